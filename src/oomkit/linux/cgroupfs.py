@@ -1,0 +1,232 @@
+"""A memory cgroup hierarchy (v1 or v2) seen through its files under a mount root.
+
+Cgroup names are strings relative to the mount, "/" being the root and
+"/batch/job1" a descendant, the way /proc/PID/cgroup prints them.  Every file
+access goes through :meth:`CgroupFS.read`/:meth:`CgroupFS.write`, which turn
+OS errors into :mod:`oomkit.errors` exceptions (ENOENT/ENODEV ->
+:class:`CgroupGone`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from oomkit.errors import KernelError
+from oomkit.errors import CgroupGone
+from oomkit.linux import parse
+from oomkit.linux._oserror import os_errors
+
+V1, V2 = "v1", "v2"
+
+# File names per version (Documentation/admin-guide/cgroup-v1/memory.rst,
+# Documentation/admin-guide/cgroup-v2.rst).
+_USAGE = {V1: "memory.usage_in_bytes", V2: "memory.current"}
+_LIMIT = {V1: "memory.limit_in_bytes", V2: "memory.max"}
+
+
+class CgroupFS:
+    """One mounted memory cgroup hierarchy; ``version`` is "v1" or "v2"."""
+
+    def __init__(self, mount: str | os.PathLike, version: str):
+        if version not in (V1, V2):
+            raise ValueError(f"cgroup version must be 'v1' or 'v2', not {version!r}")
+        self.mount = Path(mount)
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"CgroupFS({str(self.mount)!r}, {self.version!r})"
+
+    # --- paths and raw files ---------------------------------------------
+
+    def path(self, cg: str, name: str | None = None) -> Path:
+        """The filesystem path of cgroup ``cg`` (or of its file ``name``).
+
+        Refuses "." and ".." components so no name can leave the mount.
+        """
+        parts = [p for p in cg.split("/") if p]
+        if not cg.startswith("/") or any(p in (".", "..") for p in parts):
+            raise ValueError(f"cgroup path must be absolute below the mount: {cg!r}")
+        if name is not None and ("/" in name or name in (".", "..")):
+            raise ValueError(f"not a cgroup file name: {name!r}")
+        base = self.mount.joinpath(*parts)
+        return base / name if name else base
+
+    def read(self, cg: str, name: str) -> str:
+        path = self.path(cg, name)
+        with os_errors(str(path), CgroupGone, "read"):
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+
+    def write(self, cg: str, name: str, text: str) -> None:
+        """Write ``text`` with one write(2): cgroupfs files take one value per write."""
+        path = self.path(cg, name)
+        with os_errors(str(path), CgroupGone, f"write {text.strip()!r} to"):
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+
+    def open(self, cg: str, name: str, flags: int = os.O_RDONLY) -> int:
+        """A raw fd on a cgroup file (for eventfd and PSI registration); caller closes it."""
+        path = self.path(cg, name)
+        with os_errors(str(path), CgroupGone, "open"):
+            return os.open(path, flags | os.O_CLOEXEC)
+
+    # --- the tree ----------------------------------------------------------
+
+    def exists(self, cg: str) -> bool:
+        return self.path(cg).is_dir()
+
+    def children(self, cg: str) -> list[str]:
+        """Child cgroups, sorted; the control files are the only non-directories."""
+        path = self.path(cg)
+        with os_errors(str(path), CgroupGone, "list"):
+            with os.scandir(path) as it:
+                names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        return [_join(cg, n) for n in names]
+
+    def walk(self, cg: str = "/") -> Iterator[str]:
+        """``cg`` and its descendants, pre-order; a child removed meanwhile is skipped."""
+        yield cg
+        try:
+            kids = self.children(cg)
+        except CgroupGone:
+            return
+        for child in kids:
+            yield from self.walk(child)
+
+    def procs(self, cg: str) -> list[int]:
+        """The thread-group ids in ``cgroup.procs`` (not sorted or unique: see cgroup-v1/cgroups.rst)."""
+        return parse.pids(self.read(cg, "cgroup.procs"))
+
+    def attach(self, cg: str, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into ``cg`` by writing ``cgroup.procs``."""
+        self.write(cg, "cgroup.procs", f"{pid}\n")
+
+    def mkdir(self, cg: str) -> None:
+        path = self.path(cg)
+        with os_errors(str(path), CgroupGone, "mkdir"):
+            os.mkdir(path)
+
+    def rmdir(self, cg: str) -> None:
+        """Remove an empty cgroup; EBUSY (tasks or children left) is a KernelError."""
+        if cg.strip("/") == "":
+            raise ValueError("refusing to remove the root cgroup")
+        path = self.path(cg)
+        with os_errors(str(path), CgroupGone, "rmdir"):
+            os.rmdir(path)
+
+    # --- typed helpers -----------------------------------------------------
+
+    def usage(self, cg: str) -> int:
+        """Bytes charged: v1 memory.usage_in_bytes, v2 memory.current."""
+        return parse.int_value(self.read(cg, _USAGE[self.version]))
+
+    def limit(self, cg: str) -> int | None:
+        """The hard limit in bytes (v1 memory.limit_in_bytes, v2 memory.max); None is unlimited."""
+        text = self.read(cg, _LIMIT[self.version])
+        return parse.limit_v1(text) if self.version == V1 else parse.limit_v2(text)
+
+    def set_limit(self, cg: str, limit: int | None) -> None:
+        """Set the hard limit; None removes it ("-1" in v1, "max" in v2).
+
+        The kernel rounds down to whole pages.  In v1 a limit below the
+        current usage makes the kernel reclaim first and fail with EBUSY
+        (mm/memcontrol-v1.c mem_cgroup_resize_max); v2 reclaims, then OOM-kills.
+        """
+        if limit is None:
+            text = "-1" if self.version == V1 else "max"
+        else:
+            text = str(int(limit))
+        self.write(cg, _LIMIT[self.version], text + "\n")
+
+    def oom_control(self, cg: str) -> dict:
+        """v1 memory.oom_control: {oom_kill_disable, under_oom, oom_kill}."""
+        self._need(V1, "memory.oom_control")
+        return parse.oom_control(self.read(cg, "memory.oom_control"))
+
+    def set_oom_kill_disable(self, cg: str, disable: bool) -> None:
+        """v1: 1 pauses the memcg's OOMing tasks for userspace; 0 hands the OOM back at once.
+
+        The root memcg refuses (EINVAL): see memory.rst section 10.
+        """
+        self._need(V1, "memory.oom_control")
+        self.write(cg, "memory.oom_control", "1\n" if disable else "0\n")
+
+    def events(self, cg: str, local: bool = False) -> dict[str, int]:
+        """OOM-related counters.
+
+        v2: memory.events (or memory.events.local): low, high, max, oom,
+        oom_kill, oom_group_kill.  v1 has no such file; we return what it
+        has: ``oom_kill`` (memory.oom_control, counted in the victim's own
+        memcg only) and ``failcnt`` (memory.failcnt, times the limit was hit),
+        also given as ``max``, the v2 counter nearest to it.
+        """
+        if self.version == V2:
+            return parse.flat_keyed(self.read(cg, "memory.events.local" if local else "memory.events"))
+        failcnt = parse.int_value(self.read(cg, "memory.failcnt"))
+        return {"oom_kill": self.oom_control(cg)["oom_kill"], "failcnt": failcnt, "max": failcnt}
+
+    def oom_group(self, cg: str) -> bool:
+        """v2 memory.oom.group (kill the whole cgroup on OOM); v1 has none, so False."""
+        if self.version == V1:
+            return False
+        return bool(parse.int_value(self.read(cg, "memory.oom.group")))
+
+    def stat(self, cg: str) -> dict[str, int]:
+        """memory.stat as a dict (v1 keys: rss, cache, total_*...; v2: anon, file...)."""
+        return parse.flat_keyed(self.read(cg, "memory.stat"))
+
+    def _need(self, version: str, what: str) -> None:
+        if self.version != version:
+            raise KernelError(f"{what} exists only in cgroup {version}", errno=errno.EOPNOTSUPP,
+                              path=str(self.mount))
+
+
+def _join(cg: str, name: str) -> str:
+    return ("" if cg == "/" else cg.rstrip("/")) + "/" + name
+
+
+# --- finding the hierarchy ------------------------------------------------
+
+def detect(cgroup: str = "auto", mount: str | os.PathLike | None = None,
+           proc_root: str | os.PathLike = "/proc") -> tuple[str, Path]:
+    """Which hierarchy holds the memory controller: ("v1"|"v2", mount path).
+
+    v1: a ``cgroup`` mount with the ``memory`` option.  v2: a ``cgroup2``
+    mount whose root ``cgroup.controllers`` lists ``memory`` (a controller
+    lives in one hierarchy at a time, so at most one of the two matches).
+    ``cgroup`` narrows to one version; ``mount`` checks a given mount point.
+    Raises KernelError (ENOENT) when nothing fits.
+    """
+    if cgroup not in ("auto", V1, V2):
+        raise ValueError(f"cgroup must be 'auto', 'v1' or 'v2', not {cgroup!r}")
+    mounts_path = Path(proc_root) / "self" / "mounts"
+    with os_errors(str(mounts_path), KernelError, "read"):
+        table = parse.mounts(mounts_path.read_text())
+    found = []
+    for _source, target, fstype, opts in table:
+        if mount is not None and Path(target) != Path(mount):
+            continue
+        if fstype == "cgroup" and "memory" in opts:
+            found.append((V1, Path(target)))
+        elif fstype == "cgroup2" and _v2_has_memory(Path(target)):
+            found.append((V2, Path(target)))
+    for version, target in found:
+        if cgroup in ("auto", version):
+            return version, target
+    want = "cgroup v1 or v2" if cgroup == "auto" else f"cgroup {cgroup}"
+    where = f" at {mount}" if mount is not None else ""
+    raise KernelError(f"no {want} hierarchy with the memory controller is mounted{where} "
+                      f"(looked in {mounts_path})", errno=errno.ENOENT, path=str(mounts_path))
+
+
+def _v2_has_memory(mount: Path) -> bool:
+    try:
+        return "memory" in (mount / "cgroup.controllers").read_text().split()
+    except OSError:
+        return False

@@ -1,0 +1,117 @@
+"""Killing without pid-reuse races: pidfd_open, pidfd_send_signal, process_mrelease.
+
+A pidfd names one process for its whole life: once open, a signal sent
+through it can never reach a later process that got the same pid
+(pidfd_open(2), Linux 5.3+).  process_mrelease(2) (Linux 5.15+) then frees a
+killed process's memory at once, instead of waiting for its exit path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import select
+import signal
+
+from oomkit.errors import KernelError, TaskGone
+from oomkit.linux._oserror import os_errors, translate
+
+# New syscalls share one number on every architecture since Linux 5.1
+# (include/uapi/asm-generic/unistd.h), except alpha (+110) and the mips ABIs,
+# whose tables are offset by 4000/5000/6000.
+_NR_PROCESS_MRELEASE = {"alpha": 558}.get(platform.machine(), 448)
+
+_libc = None
+
+
+def _syscall():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.syscall
+
+
+def open_pidfd(pid: int) -> int:
+    """A close-on-exec pidfd for ``pid``; TaskGone if there is no such process."""
+    with os_errors(f"pid {pid}", TaskGone, "pidfd_open"):
+        return os.pidfd_open(pid)
+
+
+def send_signal(pidfd: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the process behind ``pidfd``; TaskGone if it already exited (ESRCH)."""
+    with os_errors(f"pidfd {pidfd}", TaskGone, "pidfd_send_signal"):
+        signal.pidfd_send_signal(pidfd, sig)
+
+
+def process_mrelease(pidfd: int) -> bool:
+    """Reap the memory of a process that is being killed, now, in our context.
+
+    True when the memory is released: the kernel reaped it, or the process
+    already exited and its mm is gone (ESRCH).  False when the kernel lacks
+    the syscall (ENOSYS, before 5.15).  The process must already be dying
+    (SIGKILL sent): otherwise the kernel says EINVAL, a KernelError.
+    """
+    res = _syscall()(_NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0))
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        return False
+    if err == errno.ESRCH:
+        return True
+    raise translate(OSError(err, os.strerror(err)), f"pidfd {pidfd}", TaskGone, "process_mrelease")
+
+
+def wait_exit(pidfd: int, timeout: float | None) -> bool:
+    """Wait until the process exits (a pidfd polls readable then); True if it did."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+
+def start_ticks(pid: int, proc_root: str = "/proc") -> int:
+    """The process's start time in clock ticks after boot (/proc/PID/stat field 22)."""
+    from oomkit.linux.procfs import ProcFS
+    return ProcFS(proc_root).stat(pid)["starttime"]
+
+
+def kill_pid_safely(pid: int, expect_start_time: int, *, proc_root: str = "/proc",
+                    mrelease: bool = True) -> bool:
+    """SIGKILL ``pid`` only if it is still the process the caller looked at.
+
+    ``expect_start_time`` is that process's starttime in clock ticks, as
+    :meth:`ProcFS.stat` gives it.  The pidfd is opened *before* the start
+    time is re-read, so a match proves the pidfd names the caller's process,
+    and the signal cannot hit a process that reused the pid.  Then
+    process_mrelease frees its memory at once (where the kernel has it).
+
+    Returns True when our SIGKILL was delivered, False when the process was
+    already gone or the pid now belongs to another process.  Never raises
+    TaskGone; NotPermitted and other KernelErrors do propagate.
+    """
+    try:
+        pidfd = open_pidfd(pid)
+    except TaskGone:
+        return False
+    try:
+        return _kill_if_same(pidfd, pid, expect_start_time, proc_root, mrelease)
+    finally:
+        os.close(pidfd)
+
+
+def _kill_if_same(pidfd: int, pid: int, expect_start_time: int, proc_root: str,
+                  mrelease: bool) -> bool:
+    try:
+        if start_ticks(pid, proc_root) != expect_start_time:
+            return False
+        send_signal(pidfd, signal.SIGKILL)
+    except TaskGone:
+        return False
+    if mrelease:
+        try:
+            process_mrelease(pidfd)
+        except KernelError:
+            pass  # the kill is done; the exit path frees the memory a little later
+    return True
