@@ -1,0 +1,1 @@
+"""Test helpers shared by oomkit's live-kernel suites (owned by the linux layer)."""
