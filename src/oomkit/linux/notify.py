@@ -98,23 +98,33 @@ def register_oom_eventfd(fs, cg: str) -> OOMEventFD:
 # --- PSI triggers ----------------------------------------------------------
 
 
-def psi_trigger(path: str | os.PathLike, spec: str = "some 150000 1000000") -> int:
+def psi_trigger(path: str | os.PathLike, spec: str = "some 150000 2000000") -> int:
     """Open a PSI trigger: "<some|full> <stall us> <window us>"; poll the fd for POLLPRI.
 
     The trigger lives as long as the fd.  The kernel wants the window between
-    500 ms and 10 s and, from unprivileged users, a multiple of 2 s
-    (kernel/sched/psi.c psi_trigger_create).  A cgroup's ``memory.pressure``
-    and ``/proc/pressure/memory`` both take triggers.
+    500 ms and 10 s and, unless the opener has CAP_SYS_RESOURCE, a multiple
+    of 2 s (kernel/sched/psi.c psi_trigger_create); hence the default.  A
+    cgroup's ``memory.pressure`` and ``/proc/pressure/memory`` both take
+    triggers.  The spec is written with its NUL: psi_write() overwrites the
+    last byte written with one.
     """
     path = str(path)
-    with os_errors(path, CgroupGone, f"PSI trigger {spec!r} on"):
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            os.write(fd, spec.encode() + b"\0")  # psi.rst writes strlen + 1
-        except OSError:
-            os.close(fd)
-            raise
+    fd = _open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.write(fd, spec.encode() + b"\0")
+    except OSError as exc:
+        os.close(fd)
+        err = translate(exc, path, CgroupGone, f"PSI trigger {spec!r} on")
+        if exc.errno == errno.EINVAL:
+            err.args = (err.args[0] + " (window 500000..10000000 us; without CAP_SYS_RESOURCE"
+                        " a multiple of 2000000)",)
+        raise err from exc
     return fd
+
+
+def _open(path: str, flags: int) -> int:
+    with os_errors(path, CgroupGone, "open"):
+        return os.open(path, flags)
 
 
 # --- inotify -----------------------------------------------------------------

@@ -87,8 +87,9 @@ def kill_pid_safely(pid: int, expect_start_time: int, *, proc_root: str = "/proc
     and the signal cannot hit a process that reused the pid.  Then
     process_mrelease frees its memory at once (where the kernel has it).
 
-    Returns True when our SIGKILL was delivered, False when the process was
-    already gone or the pid now belongs to another process.  Never raises
+    Returns True when our SIGKILL was delivered, False when the process had
+    already exited (a zombie included) or the pid now belongs to another
+    process.  Never raises
     TaskGone; NotPermitted and other KernelErrors do propagate.
     """
     try:
@@ -106,6 +107,8 @@ def _kill_if_same(pidfd: int, pid: int, expect_start_time: int, proc_root: str,
     try:
         if start_ticks(pid, proc_root) != expect_start_time:
             return False
+        if wait_exit(pidfd, 0):
+            return False  # exited already (a zombie): the signal would do nothing
         send_signal(pidfd, signal.SIGKILL)
     except TaskGone:
         return False
