@@ -114,7 +114,11 @@ class Sandbox:
         self.root = f"/oomkit-test-{secrets.token_hex(4)}"
         self.hogs: list[Hog] = []
         self.fs.mkdir(self.root)
-        self.fs.set_limit(self.root, cap)
+        try:
+            self.fs.set_limit(self.root, cap)
+        except KernelError:
+            self.fs.rmdir(self.root)
+            raise
 
     def cg(self, rel: str = "", limit: int | None = None) -> str:
         """Create ``<root>/<rel>`` (parents must exist) and set its limit; returns its path."""

@@ -1,0 +1,18 @@
+"""oomkit: decide what happens when Linux runs out of memory.
+
+The public, stable API is what this module exports; everything else is
+oomkit's own and may change.
+"""
+
+from oomkit.context import CgroupInfo, OOMContext, TaskInfo
+from oomkit.errors import (AttachError, CgroupGone, ConfigError, ContextReadOnly, KernelError,
+                           NotPermitted, OOMKitError, PolicyLoadError, TaskGone)
+from oomkit.policy import OOMPolicy, Refused, Verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttachError", "CgroupGone", "CgroupInfo", "ConfigError", "ContextReadOnly", "KernelError",
+    "NotPermitted", "OOMContext", "OOMKitError", "OOMPolicy", "PolicyLoadError", "Refused",
+    "TaskGone", "TaskInfo", "Verdict",
+]

@@ -1,0 +1,132 @@
+"""The simulated backend: the engine's interface over a :class:`Machine`.
+
+Public and supported (as httpx's MockTransport is): tests and ``oomkit
+simulate`` drive the real engine through it, without root.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+
+from oomkit import oom_kill
+from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
+from oomkit.backends.sim.machine import Machine, SimTask
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, is_within
+from oomkit.engine.clock import ManualClock
+
+PAGE = oom_kill.PAGE_SIZE
+
+
+class SimBackend:
+    def __init__(self, machine: Machine, clock: ManualClock | None = None):
+        self.machine = machine
+        self.clock = clock or ManualClock()
+        self._exits: list[tuple[float, int, int]] = []   # (when, seq, pid): memory comes back
+        self._seq = 0
+        self.reaped: list[SimTask] = []                     # in the order they went away
+
+    # -- context ------------------------------------------------------------------
+
+    def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
+        m = self.machine
+        return LazyMapping(lambda: m.subtree(scope), lambda path: m.cgroups[path].info())
+
+    def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
+        tasks = self.machine.tasks.values()
+        if scope == "/":
+            return LazyTasks(lambda: [t.info() for t in tasks])
+        return LazyTasks(lambda: [t.info() for t in tasks if is_within(t.cgroup, scope)])
+
+    def totalpages(self, oom: OOMEvent) -> int:
+        """``oom_constrained()``: see :mod:`oomkit.oom_kill`."""
+        m = self.machine
+        swap_pages = m.swap // PAGE
+        if oom.level == "memcg":
+            # mem_cgroup_get_max(): the limit plus the swap it may use (no swap.max here).
+            return m.cgroups[oom.memcg].limit // PAGE + swap_pages
+        if oom.level == "numa":
+            return sum(m.node_size[n] for n in oom.nodes) // PAGE + swap_pages
+        return m.memory // PAGE + swap_pages
+
+    # -- actions --------------------------------------------------------------------
+
+    def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
+        out = []
+        for info in tasks:
+            task = self.machine.tasks.get(info.pid)
+            if task is None or task.state != "running":
+                continue
+            out.append(Release(task.pid, task.name, task.cgroup, task.rss,
+                               relief_for(oom, task.cgroup, task.rss, task.node_rss)))
+            self.machine.count_event(task.cgroup, "oom_kill")
+            self._exit(task)
+        if cgroup is not None and out:
+            self.machine.count_event(cgroup, "oom_group_kill")
+        return out
+
+    def set_limit(self, path: str, limit: int) -> None:
+        self.machine.cgroups[path].limit = limit
+
+    def headroom(self, path: str) -> int:
+        return self.machine.headroom(path)
+
+    def protected(self, pid: int) -> str | None:
+        return None
+
+    # -- the OOM condition ------------------------------------------------------------
+
+    def condition_gone(self, oom: OOMEvent) -> bool:
+        return self.machine.fits(oom)
+
+    def wait_for_relief(self, oom: OOMEvent, timeout: float) -> bool:
+        """Let exiting tasks finish for up to ``timeout`` simulated seconds."""
+        deadline = self.clock.now() + timeout
+        while self._exits and self._exits[0][0] <= deadline:
+            self.reap_next()
+            if self.machine.fits(oom):
+                return True
+        self.clock.advance_to(deadline)
+        return self.machine.fits(oom)
+
+    def in_flight(self) -> tuple[int, ...]:
+        return tuple(pid for _, _, pid in sorted(self._exits))
+
+    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
+        decision = oom_kill.select_bad_process(
+            self.tasks(oom, "/"), self.cgroups(oom, "/"), level=oom.level, memcg=oom.memcg,
+            nodes=oom.nodes, totalpages=self.totalpages(oom))
+        if decision.waiting_for is not None:
+            return Fallback(waiting_for=decision.waiting_for.pid)
+        if not decision.kills:
+            return Fallback(note="out of memory and no killable processes")
+        return Fallback(killed=self.kill(decision.victims, oom, cgroup=decision.group))
+
+    # -- exits (the simulator's clock drives them) -----------------------------------
+
+    def _exit(self, task: SimTask) -> None:
+        self.machine.mark_exiting(task)
+        if task.exit_delay <= 0:
+            self._finish(task)
+            return
+        self._seq += 1
+        heapq.heappush(self._exits, (self.clock.now() + task.exit_delay, self._seq, task.pid))
+
+    def next_exit(self) -> float | None:
+        return self._exits[0][0] if self._exits else None
+
+    def reap_next(self) -> None:
+        when, _, pid = heapq.heappop(self._exits)
+        self.clock.advance_to(when)
+        task = self.machine.tasks.get(pid)
+        if task is not None:
+            self._finish(task)
+
+    def _finish(self, task: SimTask) -> None:
+        self.machine.reap(task)
+        self.reaped.append(task)
+
+    def exit_task(self, task: SimTask) -> None:
+        """A task exits by itself (the scenario's ``exit = true``)."""
+        if task.state == "running":
+            self._exit(task)

@@ -1,0 +1,201 @@
+"""The simulated kernel's state: RAM split into NUMA nodes, a memory cgroup
+tree with hierarchical charging, and tasks.  Deterministic: no clock, no
+randomness, iteration in creation order.
+
+What it models, and where it simplifies the kernel:
+* Charging is hierarchical, as ``page_counter_try_charge()`` in
+  ``mm/page_counter.c``: a charge goes to the task's memcg and every
+  ancestor; the OOM is raised at the *lowest* memcg whose limit it would
+  cross (``mem_over_limit`` in ``try_charge_memcg()``, ``mm/memcontrol.c``).
+* Page allocation comes before the memcg charge (``alloc_anon_folio()`` then
+  ``mem_cgroup_charge()`` in ``mm/memory.c``), so a global or NUMA shortage
+  is found before a memcg limit.
+* A task's memory lives on NUMA nodes: allocations go to the allowed node
+  with the most free memory first, spilling to the next.  A task bound to a
+  strict subset of the nodes that cannot be satisfied raises a numa OOM
+  (``CONSTRAINT_MEMORY_POLICY``); otherwise a shortage is global.
+* There is no reclaim and no swap-out: ``swap`` sizes only count in the OOM
+  killer's ``totalpages`` and a task's badness.  Usage is resident memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from oomkit.backends.base import OOMEvent
+from oomkit.context import CgroupInfo, TaskInfo, ancestors, parent_of
+
+EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+@dataclass
+class SimCgroup:
+    path: str
+    limit: int | None = None
+    oom_group: bool = False
+    usage: int = 0                                  # hierarchical, as memory.current
+    children: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)   # cgroup.procs, in join order
+    events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_KEYS, 0))
+
+    def info(self, swap: int = 0) -> CgroupInfo:
+        return CgroupInfo(self.path, self.usage, self.limit, swap, self.oom_group,
+                          tuple(self.children), tuple(self.pids), MappingProxyType(dict(self.events)))
+
+
+@dataclass
+class SimTask:
+    pid: int
+    name: str
+    cgroup: str
+    oom_score_adj: int = 0
+    swap: int = 0
+    pgtables: int = 0
+    uid: int = 0
+    cmdline: tuple[str, ...] = ()
+    start_time: float = 0.0
+    nodes: tuple[int, ...] | None = None
+    exit_delay: float = 0.0
+    state: str = "running"                          # running, exiting, dead
+    node_rss: dict[int, int] = field(default_factory=dict)
+    _info: TaskInfo | None = None
+
+    @property
+    def rss(self) -> int:
+        return sum(self.node_rss.values())
+
+    def info(self) -> TaskInfo:
+        if self._info is None:
+            self._info = TaskInfo(self.pid, self.name, self.cmdline or (self.name,), self.cgroup,
+                                  self.rss, self.swap, self.pgtables, self.oom_score_adj, self.uid,
+                                  self.start_time, self.state != "running", self.nodes)
+        return self._info
+
+
+class Machine:
+    """RAM, NUMA nodes, memory cgroups and tasks; charging and OOM detection."""
+
+    def __init__(self, memory: int, swap: int = 0, numa_nodes: int = 1):
+        self.memory, self.swap, self.numa_nodes = memory, swap, numa_nodes
+        per_node, rest = divmod(memory, numa_nodes)
+        self.node_size = [per_node + (1 if n < rest else 0) for n in range(numa_nodes)]
+        self.node_used = [0] * numa_nodes
+        self.cgroups: dict[str, SimCgroup] = {"/": SimCgroup("/")}
+        self.tasks: dict[int, SimTask] = {}          # live and exiting, in pid order
+
+    @property
+    def used(self) -> int:
+        return sum(self.node_used)
+
+    # -- tree -------------------------------------------------------------------
+
+    def add_cgroup(self, path: str, limit: int | None, oom_group: bool) -> SimCgroup:
+        cg = SimCgroup(path, limit, oom_group)
+        self.cgroups[path] = cg
+        self.cgroups[parent_of(path)].children.append(path)
+        return cg
+
+    def add_task(self, task: SimTask) -> SimTask:
+        self.tasks[task.pid] = task
+        self.cgroups[task.cgroup].pids.append(task.pid)
+        return task
+
+    # -- charging ---------------------------------------------------------------
+
+    def check(self, task: SimTask, amount: int) -> OOMEvent | None:
+        """The OOM this allocation would raise, or None if it fits."""
+        nodes = self.allowed_nodes(task)
+        if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
+            constrained = len(nodes) < self.numa_nodes
+            return OOMEvent("numa" if constrained else "global", "/",
+                            tuple(nodes) if constrained else (), amount, task.name, task.pid)
+        for path in ancestors(task.cgroup):
+            cg = self.cgroups[path]
+            if cg.limit is not None and cg.usage + amount > cg.limit:
+                return OOMEvent("memcg", path, (), amount, task.name, task.pid)
+        return None
+
+    def allowed_nodes(self, task: SimTask) -> list[int]:
+        if task.nodes is None:
+            return list(range(self.numa_nodes))
+        return [n for n in task.nodes if n < self.numa_nodes]
+
+    def charge(self, task: SimTask, amount: int) -> None:
+        """Place ``amount`` bytes for ``task`` (the caller checked it fits)."""
+        left = amount
+        for n in sorted(self.allowed_nodes(task), key=lambda n: self.node_used[n] - self.node_size[n]):
+            take = min(left, self.node_size[n] - self.node_used[n])
+            if take > 0:
+                self.node_used[n] += take
+                task.node_rss[n] = task.node_rss.get(n, 0) + take
+                left -= take
+            if not left:
+                break
+        self._account(task, amount - left)
+
+    def uncharge(self, task: SimTask, amount: int) -> int:
+        """Give back up to ``amount`` bytes of ``task``'s memory; returns how much."""
+        left = min(amount, task.rss)
+        done = left
+        for n in sorted(task.node_rss, reverse=True):
+            take = min(left, task.node_rss[n])
+            task.node_rss[n] -= take
+            self.node_used[n] -= take
+            left -= take
+        self._account(task, -done)
+        return done
+
+    def _account(self, task: SimTask, delta: int) -> None:
+        for path in ancestors(task.cgroup):
+            self.cgroups[path].usage += delta
+        task._info = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def mark_exiting(self, task: SimTask) -> None:
+        task.state = "exiting"
+        task._info = None
+
+    def reap(self, task: SimTask) -> None:
+        """The task is gone: its memory is uncharged and it leaves its cgroup."""
+        self.uncharge(task, task.rss)
+        task.state = "dead"
+        task._info = None
+        self.tasks.pop(task.pid, None)
+        pids = self.cgroups[task.cgroup].pids
+        if task.pid in pids:
+            pids.remove(task.pid)
+
+    def count_event(self, path: str, key: str) -> None:
+        """memory.events counters are hierarchical (cgroup v2, without memory_localevents)."""
+        for p in ancestors(path):
+            self.cgroups[p].events[key] += 1
+
+    # -- the OOM condition ----------------------------------------------------------
+
+    def fits(self, oom: OOMEvent) -> bool:
+        """Would the failing request fit now? (the OOM condition is gone)"""
+        need = oom.requested or 0
+        if oom.level == "memcg":
+            cg = self.cgroups.get(oom.memcg)
+            return cg is None or cg.limit is None or cg.usage + need <= cg.limit
+        nodes = oom.nodes if oom.level == "numa" else range(self.numa_nodes)
+        return sum(self.node_size[n] - self.node_used[n] for n in nodes) >= need
+
+    def headroom(self, path: str) -> int:
+        """How much more ``path`` may take before an ancestor's limit or RAM binds."""
+        room = self.memory - self.used
+        for p in ancestors(parent_of(path) or "/"):
+            cg = self.cgroups[p]
+            if cg.limit is not None:
+                room = min(room, cg.limit - cg.usage)
+        return max(0, room)
+
+    def subtree(self, top: str) -> list[str]:
+        out, stack = [], [top]
+        while stack:
+            path = stack.pop()
+            out.append(path)
+            stack.extend(reversed(self.cgroups[path].children))
+        return out

@@ -1,0 +1,164 @@
+"""The simulated kernel's timeline: runs a scenario through the real engine.
+
+Events run in time order (file order among equal times).  An allocation
+that does not fit raises an OOM, which the engine handles; then the
+allocation is retried, at once if it now fits, else when the next exiting
+task's memory comes back (``exit_delay``, modelling exit and the OOM
+reaper).  An allocation is retried at most ``MAX_RETRIES`` times and fails
+when an OOM is unresolved, so nothing ever loops forever.  The same
+scenario gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from oomkit.backends.sim.backend import SimBackend
+from oomkit.backends.sim.machine import Machine, SimTask
+from oomkit.config.scenario import FIRST_PID, Scenario, Task
+from oomkit.engine.chain import Engine
+from oomkit.engine.record import OOMRecord
+from oomkit.errors import ConfigError
+from oomkit.policies import make_policy
+
+MAX_RETRIES = 8
+
+
+@dataclass
+class SimResult:
+    ooms: list[OOMRecord] = field(default_factory=list)
+    survivors: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    exited: list[str] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    ejected: list[str] = field(default_factory=list)
+    events: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ooms": [o.to_dict() for o in self.ooms], "survivors": self.survivors,
+                "killed": self.killed, "exited": self.exited, "failed_allocations": self.failed,
+                "ejected": self.ejected, "final": self.final}
+
+
+class Simulator:
+    def __init__(self, scenario: Scenario, attach_overrides: dict[str, str] | None = None):
+        self.scenario = scenario
+        self.machine = Machine(scenario.memory, scenario.swap, scenario.numa_nodes)
+        self.backend = SimBackend(self.machine)
+        self.engine = Engine(self.backend, scenario.settings)
+        self.result = SimResult()
+        self._by_name: dict[str, SimTask] = {}
+        self._queue: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self._next_pid = FIRST_PID
+        self._build(attach_overrides or {})
+
+    # -- set-up -------------------------------------------------------------------
+
+    def _build(self, overrides: dict[str, str]) -> None:
+        s = self.scenario
+        for cg in s.cgroups:
+            self.machine.add_cgroup(cg.path, cg.limit, cg.oom_group)
+        for i, spec in enumerate(s.tasks):
+            task = self._spawn(spec)
+            if self.machine.check(task, spec.rss) is not None:
+                raise ConfigError(f"{spec.name}'s rss does not fit at the start (a limit or RAM is "
+                                  f"already full)", file=s.file, where=f"task[{i}].rss",
+                                  hint="make the start state fit; let events cause the OOMs")
+            self.machine.charge(task, spec.rss)
+        attachments = {a.cgroup: (a.policy, a.params, a.ceiling) for a in s.attach}
+        for cgroup, policy in overrides.items():
+            if cgroup not in self.machine.cgroups:
+                raise ConfigError(f"--attach {cgroup}={policy}: no cgroup {cgroup} in the scenario")
+            attachments[cgroup] = (policy, {}, attachments.get(cgroup, (None, None, None))[2])
+        for cgroup, (policy, params, ceiling) in attachments.items():
+            self.engine.attach(cgroup, make_policy(policy, params, s.base_dir), ceiling=ceiling)
+        for event in s.events:
+            self._push(event.at, "event", event)
+
+    def _spawn(self, spec: Task) -> SimTask:
+        task = SimTask(pid=self._next_pid, name=spec.name, cgroup=spec.cgroup,
+                       oom_score_adj=spec.oom_score_adj, swap=spec.swap, pgtables=spec.pgtables,
+                       uid=spec.uid, cmdline=spec.cmdline, start_time=self.backend.clock.now(),
+                       nodes=spec.nodes,
+                       exit_delay=self.scenario.exit_delay if spec.exit_delay is None else spec.exit_delay)
+        self._next_pid += 1
+        self._by_name[spec.name] = task
+        return self.machine.add_task(task)
+
+    def _push(self, t: float, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, kind, payload))
+
+    # -- the run --------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        backend, clock = self.backend, self.backend.clock
+        while self._queue or backend.next_exit() is not None:
+            next_exit = backend.next_exit()
+            if next_exit is not None and (not self._queue or next_exit <= self._queue[0][0]):
+                backend.reap_next()
+                continue
+            t, _, kind, payload = heapq.heappop(self._queue)
+            clock.advance_to(t)
+            self.result.events += 1
+            if kind == "event":
+                self._event(payload)
+            else:
+                self._alloc(*payload)
+        return self._finish()
+
+    def _event(self, event) -> None:
+        if event.kind == "spawn":
+            task = self._spawn(event.spawn)
+            self._alloc(task, event.amount, 0)
+            return
+        task = self._by_name.get(event.task)
+        if task is None or task.state != "running":
+            return
+        if event.kind == "alloc":
+            self._alloc(task, event.amount, 0)
+        elif event.kind == "free":
+            self.machine.uncharge(task, event.amount)
+        else:
+            self.backend.exit_task(task)
+
+    def _alloc(self, task: SimTask, amount: int, attempt: int) -> None:
+        if task.state != "running":
+            return
+        oom = self.machine.check(task, amount)
+        if oom is None:
+            self.machine.charge(task, amount)
+            return
+        if oom.level == "memcg":
+            self.machine.count_event(oom.memcg, "max")
+            self.machine.count_event(oom.memcg, "oom")
+        record = self.engine.handle(oom)
+        self.result.ooms.append(record)
+        if task.state != "running":
+            return
+        if record.resolved_by == "unresolved" or attempt >= MAX_RETRIES:
+            self.result.failed.append({"t": round(self.backend.clock.now(), 6), "task": task.name,
+                                       "alloc": amount, "oom": len(self.result.ooms) - 1})
+            return
+        when = self.backend.clock.now()
+        if not self.machine.fits(oom) and self.backend.next_exit() is not None:
+            when = max(when, self.backend.next_exit())
+        self._push(when, "retry", (task, amount, attempt + 1))
+
+    def _finish(self) -> SimResult:
+        r, m = self.result, self.machine
+        killed_pids = {k["pid"] for o in r.ooms for k in o.killed}
+        r.survivors = [t.name for t in m.tasks.values() if t.state == "running"]
+        for task in self.backend.reaped:
+            (r.killed if task.pid in killed_pids else r.exited).append(task.name)
+        r.final = {path: {"usage": cg.usage, "limit": cg.limit} for path, cg in m.cgroups.items()}
+        r.ejected = list(self.engine.ejected)
+        return r
+
+
+def simulate(scenario: Scenario, attach_overrides: dict[str, str] | None = None) -> SimResult:
+    return Simulator(scenario, attach_overrides).run()

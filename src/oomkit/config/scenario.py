@@ -1,0 +1,279 @@
+"""The scenario file of ``oomkit simulate``: a machine, a cgroup tree, tasks,
+attachments and a timeline of events (see the README for every key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from oomkit.config.common import Duration, Size, convert, duration_at, read_toml, size_at
+from oomkit.context import parent_of
+from oomkit.engine.chain import EngineSettings
+from oomkit.errors import ConfigError
+
+FIRST_PID = 100
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class MachineSpec(_Strict):
+    memory: Size
+    swap: Size = 0
+    numa_nodes: int = 1
+    exit_delay: Duration = 0
+
+
+class CgroupSpec(_Strict):
+    path: str
+    limit: Size | None = None
+    oom_group: bool = False
+
+
+class TaskSpec(_Strict):
+    name: str
+    cgroup: str = "/"
+    rss: Size = 0
+    swap: Size = 0
+    pgtables: Size = 0
+    oom_score_adj: int = 0
+    uid: int = 0
+    cmdline: list[str] | None = None
+    nodes: list[int] | None = None
+    exit_delay: Duration | None = None
+
+
+class AttachSpec(_Strict):
+    cgroup: str
+    policy: str
+    params: dict[str, Any] = {}
+    ceiling: Size | None = None
+
+
+class EventSpec(_Strict):
+    at: float | int
+    task: str | None = None
+    alloc: Size | None = None
+    free: Size | None = None
+    exit: bool = False
+    spawn: TaskSpec | None = None
+
+
+class EngineSpec(_Strict):
+    handler_deadline: Duration = "50ms"
+    handler_budget: int | None = None
+    backoff_budget: int = 3
+    backoff_window: Duration = "10s"
+    backoff_wait: Duration = "500ms"
+
+
+class ScenarioSpec(_Strict):
+    machine: MachineSpec
+    description: str = ""
+    engine: EngineSpec = msgspec.field(default_factory=EngineSpec)
+    cgroup: list[CgroupSpec] = []
+    task: list[TaskSpec] = []
+    attach: list[AttachSpec] = []
+    event: list[EventSpec] = []
+
+
+# -- the resolved, typed scenario -------------------------------------------------
+
+@dataclass(frozen=True)
+class Cgroup:
+    path: str
+    limit: int | None
+    oom_group: bool
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    cgroup: str
+    rss: int
+    swap: int = 0
+    pgtables: int = 0
+    oom_score_adj: int = 0
+    uid: int = 0
+    cmdline: tuple[str, ...] = ()
+    nodes: tuple[int, ...] | None = None
+    exit_delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Attach:
+    cgroup: str
+    policy: str
+    params: dict[str, Any]
+    ceiling: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    task: str | None
+    kind: str                          # alloc, free, exit, spawn
+    amount: int = 0
+    spawn: Task | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    file: str
+    base_dir: Path
+    memory: int
+    swap: int
+    numa_nodes: int
+    exit_delay: float
+    settings: EngineSettings
+    cgroups: list[Cgroup] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    attach: list[Attach] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    description: str = ""
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, validate and resolve a scenario; ConfigError on anything wrong."""
+    return resolve(read_toml(path), str(path), Path(path).resolve().parent)
+
+
+def resolve(data: dict[str, Any], file: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    spec = convert(data, ScenarioSpec, file)
+    return _Resolver(spec, file).scenario(base_dir or Path.cwd())
+
+
+class _Resolver:
+    def __init__(self, spec: ScenarioSpec, file: str):
+        self.spec, self.file = spec, file
+
+    def error(self, where: str, message: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, file=self.file, where=where, hint=hint)
+
+    def scenario(self, base_dir: Path) -> Scenario:
+        m = self.spec.machine
+        memory = size_at(m.memory, "machine.memory", self.file)
+        if memory <= 0:
+            raise self.error("machine.memory", "must be more than 0")
+        if m.numa_nodes < 1 or m.numa_nodes > 64:
+            raise self.error("machine.numa_nodes", f"{m.numa_nodes} is out of range", "1 to 64")
+        cgroups = self.cgroups()
+        paths = {"/"} | {c.path for c in cgroups}
+        tasks = [self.task(t, f"task[{i}]", paths, m.numa_nodes) for i, t in enumerate(self.spec.task)]
+        self.unique_names(tasks)
+        return Scenario(
+            file=self.file, base_dir=base_dir, memory=memory,
+            swap=size_at(m.swap, "machine.swap", self.file), numa_nodes=m.numa_nodes,
+            exit_delay=duration_at(m.exit_delay, "machine.exit_delay", self.file),
+            settings=self.settings(), cgroups=cgroups, tasks=tasks,
+            attach=self.attachments(paths), events=self.events(tasks, paths, m.numa_nodes),
+            description=self.spec.description)
+
+    def settings(self) -> EngineSettings:
+        e, f = self.spec.engine, self.file
+        if e.backoff_budget < 0:
+            raise self.error("engine.backoff_budget", "must be 0 or more")
+        if e.handler_budget is not None and e.handler_budget < 1:
+            raise self.error("engine.handler_budget", "must be at least 1 line")
+        return EngineSettings(
+            handler_deadline=duration_at(e.handler_deadline, "engine.handler_deadline", f),
+            handler_budget=e.handler_budget, backoff_budget=e.backoff_budget,
+            backoff_window=duration_at(e.backoff_window, "engine.backoff_window", f),
+            backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f))
+
+    def cgroups(self) -> list[Cgroup]:
+        out, seen = [], {"/"}
+        for i, c in enumerate(self.spec.cgroup):
+            where = f"cgroup[{i}].path"
+            path = check_path(c.path, where, self.file)
+            if path == "/":
+                raise self.error(where, "the root cgroup is always there", "declare only cgroups below /")
+            if path in seen:
+                raise self.error(where, f"{path} is declared twice")
+            if parent_of(path) not in seen:
+                raise self.error(where, f"the parent of {path}, {parent_of(path)}, is not declared",
+                                 "declare parents first")
+            seen.add(path)
+            limit = size_at(c.limit, f"cgroup[{i}].limit", self.file, allow_none=True)
+            out.append(Cgroup(path, limit, c.oom_group))
+        return out
+
+    def task(self, t: TaskSpec, where: str, paths: set[str], numa_nodes: int) -> Task:
+        if not t.name:
+            raise self.error(f"{where}.name", "must not be empty")
+        if t.cgroup not in paths:
+            raise self.error(f"{where}.cgroup", f"no cgroup {t.cgroup!r} is declared",
+                             "add it as a [[cgroup]] first")
+        if not -1000 <= t.oom_score_adj <= 1000:
+            raise self.error(f"{where}.oom_score_adj", f"{t.oom_score_adj} is out of range", "-1000 to 1000")
+        if t.nodes is not None:
+            bad = [n for n in t.nodes if not 0 <= n < numa_nodes] or ([] if t.nodes else ["none"])
+            if bad:
+                raise self.error(f"{where}.nodes", f"no NUMA node {bad[0]}",
+                                 f"nodes are 0 to {numa_nodes - 1}")
+        f = self.file
+        return Task(t.name, t.cgroup, size_at(t.rss, f"{where}.rss", f),
+                    size_at(t.swap, f"{where}.swap", f), size_at(t.pgtables, f"{where}.pgtables", f),
+                    t.oom_score_adj, t.uid, tuple(t.cmdline or ()),
+                    tuple(sorted(set(t.nodes))) if t.nodes is not None else None,
+                    duration_at(t.exit_delay, f"{where}.exit_delay", f))
+
+    def unique_names(self, tasks: list[Task]) -> None:
+        seen = set()
+        for i, t in enumerate(tasks):
+            if t.name in seen:
+                raise self.error(f"task[{i}].name", f"{t.name!r} is used twice", "task names are unique")
+            seen.add(t.name)
+
+    def attachments(self, paths: set[str]) -> list[Attach]:
+        out, seen = [], set()
+        for i, a in enumerate(self.spec.attach):
+            where = f"attach[{i}]"
+            if a.cgroup not in paths:
+                raise self.error(f"{where}.cgroup", f"no cgroup {a.cgroup!r} is declared")
+            if a.cgroup in seen:
+                raise self.error(f"{where}.cgroup", f"{a.cgroup} already has a policy attached",
+                                 "one policy per cgroup (EEXIST); chain policies on parent cgroups")
+            seen.add(a.cgroup)
+            ceiling = size_at(a.ceiling, f"{where}.ceiling", self.file, allow_none=True)
+            out.append(Attach(a.cgroup, a.policy, dict(a.params), ceiling))
+        return out
+
+    def events(self, tasks: list[Task], paths: set[str], numa_nodes: int) -> list[Event]:
+        names = {t.name for t in tasks}
+        out = []
+        for i, e in enumerate(self.spec.event):
+            where = f"event[{i}]"
+            if e.at < 0:
+                raise self.error(f"{where}.at", "must be 0 or more seconds")
+            kinds = [k for k in ("alloc", "free", "spawn") if getattr(e, k) is not None]
+            kinds += ["exit"] if e.exit else []
+            if len(kinds) != 1:
+                raise self.error(where, f"needs exactly one of alloc, free, exit, spawn (has {len(kinds)})")
+            kind = kinds[0]
+            if kind == "spawn":
+                task = self.task(e.spawn, f"{where}.spawn", paths, numa_nodes)
+                if task.name in names:
+                    raise self.error(f"{where}.spawn.name", f"{task.name!r} is used twice",
+                                     "task names are unique")
+                names.add(task.name)
+                out.append(Event(float(e.at), task.name, "spawn", task.rss, task))
+                continue
+            if e.task not in names:
+                raise self.error(f"{where}.task", f"no task named {e.task!r}",
+                                 "name a [[task]] or a task spawned by an earlier event")
+            amount = size_at(getattr(e, kind), f"{where}.{kind}", self.file) if kind != "exit" else 0
+            out.append(Event(float(e.at), e.task, kind, amount))
+        return out
+
+
+def check_path(path: str, where: str, file: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/") or "//" in path \
+            or (path != "/" and path.endswith("/")) or any(p in (".", "..") for p in path.split("/")):
+        raise ConfigError(f"{path!r} is not a cgroup path", file=file, where=where,
+                          hint='write an absolute path like "/batch/job1"')
+    return path

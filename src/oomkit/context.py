@@ -1,0 +1,216 @@
+"""The read-only OOM context a policy receives as ``oc``.
+
+As the BPF verifier makes ``struct oom_control`` read-only for a BPF OOM
+program, every object here refuses attribute assignment with
+:class:`~oomkit.errors.ContextReadOnly`, and every container is immutable
+(tuples, read-only mappings).  ``memory_freed`` is read from the engine's
+own record of this OOM: a policy can read it, never write it.
+
+The context is lazy: ``cgroups`` and ``tasks`` are loaded from the backend
+on first use, so a policy that looks at one cgroup does not make a live
+backend read every ``/proc`` entry on the machine during an OOM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from oomkit.errors import ContextReadOnly
+
+LEVELS = ("memcg", "global", "numa")
+
+
+class _ReadOnly:
+    """Mixin: no attribute of this object may be set after construction."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ContextReadOnly(f"the OOM context is read-only: cannot set {type(self).__name__}.{name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise ContextReadOnly(f"the OOM context is read-only: cannot delete {type(self).__name__}.{name}")
+
+
+def _init(obj: object, **values: Any) -> None:
+    for key, value in values.items():
+        object.__setattr__(obj, key, value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo(_ReadOnly):
+    """One task (thread-group leader), named after ``/proc/PID`` fields."""
+
+    pid: int
+    name: str                 # comm, as /proc/PID/stat field 2
+    cmdline: tuple[str, ...]
+    cgroup: str               # memory cgroup path, "/" for the root
+    rss: int                  # bytes resident (VmRSS)
+    swap: int                 # bytes swapped out (VmSwap)
+    pgtables: int             # bytes of page tables (VmPTE)
+    oom_score_adj: int
+    uid: int
+    start_time: float         # seconds since boot (simulated: since the scenario began)
+    exiting: bool             # already killed or exiting: its memory is on its way back
+    nodes: tuple[int, ...] | None = None   # NUMA binding (mempolicy/cpuset); None: any node
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cmdline, tuple):
+            object.__setattr__(self, "cmdline", tuple(self.cmdline))
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupInfo(_ReadOnly):
+    """One memory cgroup, named after its cgroupfs files."""
+
+    path: str
+    usage: int                # memory.current / memory.usage_in_bytes
+    limit: int | None         # memory.max / memory.limit_in_bytes; None: unlimited
+    swap: int                 # swap charged to it
+    oom_group: bool           # memory.oom.group
+    children: tuple[str, ...]
+    pids: tuple[int, ...]     # cgroup.procs of this cgroup alone, not its subtree
+    events: Mapping[str, int]  # memory.events
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.events, MappingProxyType):
+            object.__setattr__(self, "events", MappingProxyType(dict(self.events)))
+        if not isinstance(self.children, tuple):
+            object.__setattr__(self, "children", tuple(self.children))
+        if not isinstance(self.pids, tuple):
+            object.__setattr__(self, "pids", tuple(self.pids))
+
+
+# dataclass(frozen=True) installs its own __setattr__ (FrozenInstanceError);
+# put ours back so a policy always meets ContextReadOnly.
+for _cls in (TaskInfo, CgroupInfo):
+    _cls.__setattr__ = _ReadOnly.__setattr__  # type: ignore[method-assign]
+    _cls.__delattr__ = _ReadOnly.__delattr__  # type: ignore[method-assign]
+
+
+class LazyMapping(Mapping[str, Any]):
+    """A read-only mapping whose values are loaded on first access."""
+
+    __slots__ = ("_keys", "_load", "_cache")
+
+    def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], Any]):
+        _init(self, _keys=keys, _load=load, _cache={})
+
+    def _key_list(self) -> tuple[str, ...]:
+        keys = self._keys
+        if callable(keys):
+            keys = tuple(keys())
+            object.__setattr__(self, "_keys", keys)
+        return keys
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._cache:
+            if key not in self._key_list():
+                raise KeyError(key)
+            self._cache[key] = self._load(key)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._key_list())
+
+    def __len__(self) -> int:
+        return len(self._key_list())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_list()
+
+    __setattr__ = _ReadOnly.__setattr__
+
+
+class LazyTasks(Sequence[TaskInfo]):
+    """A read-only sequence of tasks, loaded on first access."""
+
+    __slots__ = ("_load", "_tasks")
+
+    def __init__(self, load: Callable[[], Iterable[TaskInfo]] | Sequence[TaskInfo]):
+        _init(self, _load=load, _tasks=None)
+
+    def _all(self) -> tuple[TaskInfo, ...]:
+        if self._tasks is None:
+            load = self._load
+            object.__setattr__(self, "_tasks", tuple(load() if callable(load) else load))
+        return self._tasks
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self) -> Iterator[TaskInfo]:
+        return iter(self._all())
+
+    def by_pid(self, pid: int) -> TaskInfo | None:
+        for task in self._all():
+            if task.pid == pid:
+                return task
+        return None
+
+    def in_cgroup(self, path: str, *, recursive: bool = True) -> tuple[TaskInfo, ...]:
+        """Tasks of ``path`` (and, by default, of every cgroup below it)."""
+        return tuple(t for t in self._all()
+                     if t.cgroup == path or (recursive and is_within(t.cgroup, path)))
+
+    __setattr__ = _ReadOnly.__setattr__
+
+
+class OOMContext(_ReadOnly):
+    """What a policy sees of one OOM: the kernel's ``struct oom_control``, read-only."""
+
+    __slots__ = ("level", "memcg", "attached_to", "nodes", "requested", "cgroups", "tasks",
+                 "totalpages", "_freed", "_in_flight")
+
+    def __init__(self, *, level: str, memcg: str, attached_to: str, nodes: tuple[int, ...],
+                 requested: int | None, cgroups: Mapping[str, CgroupInfo], tasks: LazyTasks,
+                 totalpages: int, freed: Callable[[], int], in_flight: Callable[[], tuple[int, ...]]):
+        _init(self, level=level, memcg=memcg, attached_to=attached_to, nodes=tuple(nodes),
+              requested=requested, cgroups=cgroups, tasks=tasks, totalpages=totalpages,
+              _freed=freed, _in_flight=in_flight)
+
+    @property
+    def memory_freed(self) -> int:
+        """Bytes released so far in this OOM by release actions (``bpf_memory_freed``)."""
+        return self._freed()
+
+    @property
+    def victims_in_flight(self) -> tuple[int, ...]:
+        """Pids killed (by anyone) whose memory has not come back yet."""
+        return self._in_flight()
+
+    @property
+    def oom_cgroup(self) -> CgroupInfo | None:
+        return self.cgroups.get(self.memcg)
+
+    def __repr__(self) -> str:
+        return f"<OOMContext {self.level} memcg={self.memcg} attached_to={self.attached_to}>"
+
+
+def is_within(path: str, ancestor: str) -> bool:
+    """True when cgroup ``path`` is ``ancestor`` or below it."""
+    if ancestor == "/" or path == ancestor:
+        return True
+    return path.startswith(ancestor + "/")
+
+
+def parent_of(path: str) -> str | None:
+    """The parent cgroup's path; None for the root."""
+    if path == "/":
+        return None
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """``path`` itself, then each parent up to the root ``/``."""
+    current: str | None = path
+    while current is not None:
+        yield current
+        current = parent_of(current)

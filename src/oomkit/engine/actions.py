@@ -1,0 +1,163 @@
+"""The release actions a policy gets as ``k``: the only way it frees memory.
+
+Like the kernel's release kfuncs (``bpf_oom_kill_process()`` and the
+limit-raising helper the review asked for), each action checks what it is
+asked, acts through the backend, and adds what it really released for this
+OOM to ``memory_freed`` (``bpf_memory_freed``), which the policy can read but
+not write.  A refused action returns :class:`~oomkit.policy.Refused` (a
+negative errno that says why) and is recorded like every other action.
+
+Rules (from the upstream design and the review):
+* scope: a policy acts only inside the subtree of the cgroup it is attached
+  to; the root attachment acts anywhere.
+* ``oom_score_adj`` -1000 is never killed (``OOM_SCORE_ADJ_MIN``); neither
+  is anything the backend protects (oomkit itself, its watchdog, pid 1).
+* only what relieves this OOM counts as released: memory charged inside the
+  OOMing memcg (anywhere, for a global OOM; on the constrained nodes for a
+  numa OOM), or headroom added to the limit that was hit.
+* after the handler's deadline the actions are revoked: a handler that runs
+  late can no longer touch anything.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from oomkit.context import OOMContext, TaskInfo, is_within
+from oomkit.engine.record import ActionRecord, HandlerRecord, OOMRecord
+from oomkit.oom_kill import OOM_SCORE_ADJ_MIN
+from oomkit.policy import Refused
+from oomkit.units import format_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.backends.base import Backend, OOMEvent, Release
+    from oomkit.engine.chain import Attachment
+
+
+class Actions:
+    """``k``: the trusted release actions, bound to one handler call."""
+
+    def __init__(self, *, backend: Backend, oom: OOMEvent, attachment: Attachment,
+                 oc: OOMContext, handler: HandlerRecord, record: OOMRecord, by: str,
+                 on_release=None):
+        self._backend, self._oom, self._att, self._oc = backend, oom, attachment, oc
+        self._handler, self._record, self._by = handler, record, by
+        self._on_release = on_release
+        self._revoked: str | None = None
+
+    # -- what policies call ------------------------------------------------------
+
+    def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
+        """SIGKILL one task. Returns bytes released for this OOM, or Refused."""
+        target = task if isinstance(task, TaskInfo) else self._oc.tasks.by_pid(int(task))
+        label = f"pid {getattr(target, 'pid', task)}"
+        refused = self._check_revoked() or self._check_task(target, task)
+        if refused:
+            return self._log("kill_task", label, reason, refused)
+        if target.exiting or target.pid in self._backend.in_flight():
+            return self._log("kill_task", label, reason, 0, "already exiting")
+        return self._log("kill_task", label, reason, self._kill([target], None, reason))
+
+    def kill_cgroup(self, path: str, reason: str = "") -> int:
+        """SIGKILL every task of ``path``'s subtree (``memory.oom.group`` semantics:
+        ``-1000`` tasks are skipped). Returns bytes released, or Refused."""
+        refused = self._check_revoked() or self._check_scope(path)
+        if refused:
+            return self._log("kill_cgroup", path, reason, refused)
+        members = self._oc.tasks.in_cgroup(path)
+        killable = [t for t in members if t.oom_score_adj > OOM_SCORE_ADJ_MIN and not t.exiting
+                    and not self._backend.protected(t.pid)]
+        if not killable:
+            return self._log("kill_cgroup", path, reason, 0, "no killable task")
+        skipped = len(members) - len(killable)
+        note = f"skipped {skipped} unkillable or exiting" if skipped else None
+        return self._log("kill_cgroup", path, reason, self._kill(killable, path, reason), note)
+
+    def raise_limit(self, path: str, new_limit: int, reason: str = "") -> int:
+        """Raise ``path``'s memory limit to ``new_limit`` bytes, within the parent's
+        headroom and the attachment's ceiling. Returns the bytes added to the
+        limit that was hit (0 for any other cgroup), or Refused."""
+        label = f"{path} -> {format_size(new_limit)}"
+        refused = self._check_revoked() or self._check_scope(path) or self._check_raise(path, new_limit)
+        if refused:
+            return self._log("raise_limit", label, reason, refused)
+        old = self._oc.cgroups[path].limit
+        self._backend.set_limit(path, int(new_limit))
+        self._record.limits.append({"cgroup": path, "old": old, "new": int(new_limit)})
+        gained = int(new_limit) - old if path == self._oom.memcg else 0
+        self._handler.freed += gained
+        return self._log("raise_limit", label, reason, gained)
+
+    def headroom(self, path: str) -> int:
+        """How far ``path``'s limit may be raised now (parents and ceiling)."""
+        info = self._oc.cgroups.get(path)
+        if info is None or info.limit is None:
+            return 0
+        room = self._backend.headroom(path)
+        if self._att.ceiling is not None:
+            room = min(room, self._att.ceiling - info.limit)
+        return max(0, room)
+
+    def is_oom_victim(self, task: TaskInfo | int) -> bool:
+        """``bpf_task_is_oom_victim()``: is this task already dying?"""
+        pid = task.pid if isinstance(task, TaskInfo) else int(task)
+        info = task if isinstance(task, TaskInfo) else self._oc.tasks.by_pid(pid)
+        return pid in self._backend.in_flight() or bool(info and info.exiting)
+
+    # -- the engine's side -------------------------------------------------------
+
+    def revoke(self, why: str) -> None:
+        self._revoked = why
+
+    def _kill(self, tasks: Sequence[TaskInfo], cgroup: str | None, reason: str) -> int:
+        released = self._backend.kill(tasks, self._oom, cgroup=cgroup)
+        for r in released:
+            self._record.killed.append({"name": r.name, "pid": r.pid, "cgroup": r.cgroup,
+                                        "by": self._by})
+            if self._on_release:
+                self._on_release(r, self._handler.policy, self._att.cgroup, reason)
+        freed = sum(r.relief for r in released)
+        self._handler.freed += freed
+        return freed
+
+    def _check_revoked(self) -> Refused | None:
+        return Refused(-errno.ETIME, self._revoked) if self._revoked else None
+
+    def _check_scope(self, path: str) -> Refused | None:
+        if not is_within(path, self._att.cgroup):
+            return Refused.eperm(f"{path} is outside {self._att.cgroup}, where this policy is attached")
+        if path not in self._oc.cgroups:
+            return Refused.esrch(f"no cgroup {path}")
+        return None
+
+    def _check_task(self, target: TaskInfo | None, asked: object) -> Refused | None:
+        if target is None:
+            return Refused.esrch(f"no task {asked} in {self._att.cgroup}")
+        if not is_within(target.cgroup, self._att.cgroup):
+            return Refused.eperm(f"pid {target.pid} is in {target.cgroup}, outside {self._att.cgroup}")
+        if target.oom_score_adj <= OOM_SCORE_ADJ_MIN:
+            return Refused.eperm(f"pid {target.pid} ({target.name}) has oom_score_adj -1000")
+        protected = self._backend.protected(target.pid)
+        return Refused.eperm(protected) if protected else None
+
+    def _check_raise(self, path: str, new_limit: int) -> Refused | None:
+        limit = self._oc.cgroups[path].limit
+        if limit is None:
+            return Refused.einval(f"{path} has no limit to raise")
+        if new_limit <= limit:
+            return Refused.einval(f"{format_size(new_limit)} is not above the limit {format_size(limit)}")
+        if self._att.ceiling is not None and new_limit > self._att.ceiling:
+            return Refused.eperm(f"above the attachment's ceiling {format_size(self._att.ceiling)}")
+        room = self._backend.headroom(path)
+        if new_limit - limit > room:
+            return Refused.eperm(f"the parent has only {format_size(room)} of headroom")
+        return None
+
+    def _log(self, action: str, target: str, reason: str, result: int, note: str | None = None) -> int:
+        error = result.reason if isinstance(result, Refused) else note
+        if isinstance(result, Refused):
+            error = f"{result.errno_name}: {result.reason}"
+        self._handler.actions.append(ActionRecord(action, target, reason, int(result), error))
+        return result

@@ -1,0 +1,211 @@
+"""The engine: runs the chain of attached policies for one OOM.
+
+This is ``bpf_handle_oom()`` of the upstream proposal, with what the review
+asked for on top.  Handlers run from the OOMing memcg up to the root (for a
+global or numa OOM, only the root attachment); the chain stops at the first
+handler that really released memory (the dual check: verdict *and*
+``memory_freed``), at an accepted BACKOFF whose promise is kept, or, beyond
+the kernel, as soon as the OOM condition is gone, so a second handler never
+kills needlessly.  When the whole chain fails, the backend's kernel OOM
+killer acts.
+
+The engine does not know which backend it drives (``oomkit.backends.base``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from oomkit.backends.base import Backend, OOMEvent, Release
+from oomkit.context import OOMContext, ancestors, is_within
+from oomkit.engine.actions import Actions
+from oomkit.engine.backoff import BackoffBudget
+from oomkit.engine.guard import Guard
+from oomkit.engine.record import HandlerRecord, OOMRecord
+from oomkit.errors import AttachError
+from oomkit.policy import OOMPolicy, Verdict, policy_label
+
+log = logging.getLogger("oomkit")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    handler_deadline: float = 0.050      # wall seconds per handler call
+    handler_budget: int | None = None    # Python lines per handler call (deterministic; simulator)
+    backoff_budget: int = 3              # promises per attachment per window
+    backoff_window: float = 10.0
+    backoff_wait: float = 0.5            # how long a promise may take to come true
+    max_failures: int = 3                # consecutive failures before ejection
+    record_timing: bool = False          # put wall times in records (live only)
+
+
+@dataclass
+class Attachment:
+    cgroup: str
+    policy: OOMPolicy
+    ceiling: int | None = None           # raise_limit never goes above this
+    backoff: BackoffBudget = field(default_factory=BackoffBudget)
+    failures: int = 0
+
+    @property
+    def label(self) -> str:
+        return policy_label(self.policy)
+
+
+ReleaseHook = Callable[[Release, str, str, str], None]
+
+
+class Engine:
+    def __init__(self, backend: Backend, settings: EngineSettings | None = None,
+                 on_release: ReleaseHook | None = None):
+        self.backend = backend
+        self.settings = settings or EngineSettings()
+        self.attachments: dict[str, Attachment] = {}
+        self.ejected: list[str] = []
+        self.on_release = on_release
+        self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget)
+
+    # -- attachments ---------------------------------------------------------
+
+    def attach(self, cgroup: str, policy: OOMPolicy, *, ceiling: int | None = None) -> Attachment:
+        """Attach ``policy`` to ``cgroup``; a second one there is an error (EEXIST)."""
+        if cgroup in self.attachments:
+            raise AttachError(f"{cgroup} already has policy {self.attachments[cgroup].label} attached",
+                              hint="one policy per cgroup, as the kernel's EEXIST")
+        s = self.settings
+        att = Attachment(cgroup, policy, ceiling, BackoffBudget(s.backoff_budget, s.backoff_window))
+        self.attachments[cgroup] = att
+        return att
+
+    def detach(self, cgroup: str) -> Attachment | None:
+        return self.attachments.pop(cgroup, None)
+
+    def cgroup_offline(self, path: str) -> None:
+        """``path`` was removed: tell the policies at and above it, drop those at or below."""
+        for cg, att in list(self.attachments.items()):
+            if is_within(path, cg) or is_within(cg, path):
+                self._notify_offline(att, path)
+            if is_within(cg, path):
+                self.detach(cg)
+
+    def chain(self, oom: OOMEvent) -> list[Attachment]:
+        start = oom.memcg if oom.level == "memcg" else "/"
+        return [self.attachments[cg] for cg in ancestors(start) if cg in self.attachments]
+
+    # -- one OOM ----------------------------------------------------------------
+
+    def handle(self, oom: OOMEvent) -> OOMRecord:
+        record = OOMRecord(t=self.backend.clock.now(), level=oom.level, memcg=oom.memcg,
+                           trigger=oom.trigger, requested=oom.requested, nodes=oom.nodes)
+        for i, att in enumerate(self.chain(oom)):
+            if i and self.backend.condition_gone(oom):
+                return self._gone(record)
+            handler = self._run(att, oom, record)
+            if self._accept(att, oom, handler, record):
+                return record
+        if self.backend.condition_gone(oom):
+            return self._gone(record)
+        self._fall_back(oom, record)
+        return record
+
+    @staticmethod
+    def _gone(record: OOMRecord) -> OOMRecord:
+        """The OOM ended between handlers: by a release that was not claimed, or by itself."""
+        if record.memory_freed:
+            record.resolved_by = "policy"
+        else:
+            record.resolved_by, record.note = "kernel", "the OOM condition cleared without a release"
+        return record
+
+    def _accept(self, att: Attachment, oom: OOMEvent, h: HandlerRecord, record: OOMRecord) -> bool:
+        """Does this handler's verdict end the chain? Records why not, if not."""
+        if h.verdict == Verdict.HANDLED.value:
+            if h.freed > 0:
+                record.resolved_by = "policy"
+                return True
+            self._demote(h, "false claim: HANDLED but no release action released memory")
+        elif h.verdict == Verdict.BACKOFF.value:
+            return self._backoff(att, oom, h, record)
+        return False
+
+    def _backoff(self, att: Attachment, oom: OOMEvent, h: HandlerRecord, record: OOMRecord) -> bool:
+        now = self.backend.clock.now()
+        if not att.backoff.take(now):
+            self._demote(h, f"backoff budget spent ({att.backoff.promises} per "
+                            f"{att.backoff.window:g}s)")
+            return False
+        if self.backend.wait_for_relief(oom, self.settings.backoff_wait):
+            record.resolved_by = "backoff"
+            return True
+        self._demote(h, f"backoff promise not kept within {self.settings.backoff_wait * 1000:g} ms")
+        return False
+
+    @staticmethod
+    def _demote(h: HandlerRecord, why: str) -> None:
+        h.claimed, h.verdict, h.error = h.verdict, Verdict.PASS.value, why
+
+    def _run(self, att: Attachment, oom: OOMEvent, record: OOMRecord) -> HandlerRecord:
+        h = HandlerRecord(cgroup=att.cgroup, policy=att.label)
+        record.handlers.append(h)
+        oc = self._context(att, oom, record)
+        k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
+                    record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
+        outcome = self._guard.call(lambda: att.policy.handle_out_of_memory(oc, k),
+                                   on_timeout=lambda: k.revoke("the handler's deadline passed"))
+        if self.settings.record_timing:
+            h.ms = outcome.elapsed * 1000
+        failure = self._failure(outcome)
+        if failure:
+            h.verdict, h.error = Verdict.PASS.value, failure
+            self._count_failure(att, record)
+            return h
+        att.failures = 0
+        h.verdict = outcome.value.value
+        return h
+
+    def _failure(self, outcome) -> str | None:
+        if outcome.timed_out:
+            return f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms"
+        if outcome.error is not None:
+            return f"{type(outcome.error).__name__}: {outcome.error}"
+        if not isinstance(outcome.value, Verdict):
+            return f"returned {outcome.value!r}, not a Verdict"
+        return None
+
+    def _count_failure(self, att: Attachment, record: OOMRecord) -> None:
+        att.failures += 1
+        if att.failures >= self.settings.max_failures:
+            self.detach(att.cgroup)
+            self.ejected.append(att.cgroup)
+            record.ejected.append(att.cgroup)
+            log.warning("oomkit: ejected policy %s at %s after %d consecutive failures",
+                        att.label, att.cgroup, att.failures)
+
+    def _context(self, att: Attachment, oom: OOMEvent, record: OOMRecord) -> OOMContext:
+        backend = self.backend
+        return OOMContext(level=oom.level, memcg=oom.memcg, attached_to=att.cgroup,
+                          nodes=oom.nodes, requested=oom.requested,
+                          cgroups=backend.cgroups(oom, att.cgroup),
+                          tasks=backend.tasks(oom, att.cgroup),
+                          totalpages=backend.totalpages(oom),
+                          freed=lambda: record.memory_freed, in_flight=backend.in_flight)
+
+    def _fall_back(self, oom: OOMEvent, record: OOMRecord) -> None:
+        outcome = self.backend.kernel_fallback(oom)
+        for r in outcome.killed:
+            record.killed.append({"name": r.name, "pid": r.pid, "cgroup": r.cgroup, "by": "kernel"})
+            if self.on_release:
+                self.on_release(r, "kernel", "/", "the kernel OOM killer")
+        if outcome.waiting_for is not None:
+            record.note = f"kernel waits for exiting victim pid {outcome.waiting_for}"
+        elif outcome.note:
+            record.note = outcome.note
+        record.resolved_by = "kernel" if outcome.resolved else "unresolved"
+
+    def _notify_offline(self, att: Attachment, path: str) -> None:
+        outcome = self._guard.call(lambda: att.policy.handle_cgroup_offline(path))
+        if outcome.error is not None or outcome.timed_out:
+            log.warning("oomkit: %s.handle_cgroup_offline(%s) failed: %s", att.label, path,
+                        outcome.error or "deadline")

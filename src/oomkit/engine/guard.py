@@ -1,0 +1,105 @@
+"""Running a policy's handler under a deadline, so a buggy policy never
+leaves an OOM waiting.
+
+The handler runs on a worker thread; the engine waits at most the deadline.
+A handler still running then is abandoned: its actions are revoked by the
+caller, and ``HandlerDeadline`` is raised inside its thread
+(``PyThreadState_SetAsyncExc``) so a pure-Python loop stops at its next
+bytecode; one blocked in a system call stops when the call returns.  The
+next handler gets a fresh worker.
+
+A deterministic budget is offered too (used by the simulator): a count of
+Python lines the handler may execute, enforced with ``sys.settrace`` on the
+worker, so the same scenario always fails the same handler at the same spot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class HandlerDeadline(Exception):
+    """Raised inside a handler that ran past its deadline or budget."""
+
+
+@dataclass
+class Outcome:
+    value: Any = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    elapsed: float = 0.0
+
+
+class _Worker(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="oomkit-handler", daemon=True)
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.abandoned = False
+
+    def run(self) -> None:
+        try:
+            while not self.abandoned:
+                fn, budget, done = self.jobs.get()
+                outcome = Outcome()
+                try:
+                    outcome.value = _call_with_budget(fn, budget) if budget else fn()
+                except BaseException as exc:  # noqa: BLE001 - a policy may raise anything
+                    outcome.error = exc
+                done.put(outcome)
+        except HandlerDeadline:
+            pass  # abandoned: the asynchronous stop arrived between jobs
+
+
+def _call_with_budget(fn: Callable[[], Any], budget: int) -> Any:
+    left = [budget]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            left[0] -= 1
+            if left[0] < 0:
+                raise HandlerDeadline(f"handler ran past its budget of {budget} lines")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        return fn()
+    finally:
+        sys.settrace(None)
+
+
+class Guard:
+    """Calls handlers on a worker thread with a wall-time deadline."""
+
+    def __init__(self, deadline: float, line_budget: int | None = None):
+        self.deadline, self.line_budget = deadline, line_budget
+        self._worker: _Worker | None = None
+
+    def call(self, fn: Callable[[], Any], on_timeout: Callable[[], None] = lambda: None) -> Outcome:
+        worker = self._worker
+        if worker is None or not worker.is_alive():
+            worker = self._worker = _Worker()
+            worker.start()
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        start = time.perf_counter()
+        worker.jobs.put((fn, self.line_budget, done))
+        try:
+            outcome = done.get(timeout=self.deadline)
+        except queue.Empty:
+            on_timeout()
+            self._abandon(worker)
+            outcome = Outcome(timed_out=True)
+        outcome.elapsed = time.perf_counter() - start
+        return outcome
+
+    def _abandon(self, worker: _Worker) -> None:
+        self._worker = None
+        worker.abandoned = True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
+                                                   ctypes.py_object(HandlerDeadline))

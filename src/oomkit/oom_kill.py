@@ -1,0 +1,155 @@
+"""The kernel's own OOM killer, modelled on ``mm/oom_kill.c`` (Linux 6.x).
+
+Pure functions over the read-only OOM context: they read, decide and return
+a :class:`Decision`; the caller kills.  Used twice: as the fallback when a
+whole policy chain fails (in the simulated kernel), and as the built-in
+``kernel-default`` policy.
+
+Where the kernel is subtle, this follows it and says so:
+
+* Units are pages (``PAGE_SIZE`` 4096); byte counts are floored to pages,
+  as ``get_mm_rss()`` counts whole pages.
+* ``oom_badness()``: rss + swap entries + page-table pages, plus
+  ``oom_score_adj * (totalpages / 1000)`` with C integer division of
+  ``totalpages`` first, so the adjustment is a whole number of pages.
+  ``oom_score_adj == -1000`` (``OOM_SCORE_ADJ_MIN``) is never chosen.
+* ``totalpages`` (``oom_constrained()``): the memcg's ``mem_cgroup_get_max()``
+  (limit plus the swap it may use) for a memcg OOM; RAM + swap for a global
+  OOM; the allowed nodes' memory + swap for a NUMA-constrained OOM.  The
+  backend computes it, as it alone knows the machine.
+* Candidates (``select_bad_process()``): the tasks of the OOMing memcg's
+  subtree for a memcg OOM; for a NUMA OOM, tasks whose allowed nodes
+  intersect the constrained nodes (``oom_cpuset_eligible()``); all for global.
+* Ties: ``oom_evaluate_task()`` skips a task only when ``points <
+  chosen_points``, so among equal scores the task evaluated *last* wins.
+  Evaluation order is ``for_each_process()`` (creation order, pid order
+  here) globally, and ``mem_cgroup_scan_tasks()`` for a memcg: cgroups in
+  pre-order from the OOMing one, tasks in each in the order they joined
+  (pid order here).
+* A task that is already an OOM victim and still exiting makes the kernel
+  *abort* the selection and wait for it (``oom_evaluate_task()``'s ``abort``
+  label) rather than kill a second task.
+* ``memory.oom.group`` (``mem_cgroup_get_oom_group()``): walking up from the
+  victim's memcg to the OOM domain (the OOMing memcg; the root for a global
+  OOM), the highest memcg with ``oom_group`` set is killed whole, skipping its
+  ``-1000`` tasks (``oom_kill_memcg_member()``).  The root memcg never is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from oomkit.context import CgroupInfo, TaskInfo, ancestors, is_within
+
+PAGE_SIZE = 4096
+OOM_SCORE_ADJ_MIN = -1000
+
+
+def badness(task: TaskInfo, totalpages: int) -> int | None:
+    """``oom_badness()``: the task's score in pages, or None if it may not be chosen."""
+    if task.oom_score_adj <= OOM_SCORE_ADJ_MIN:
+        return None
+    points = task.rss // PAGE_SIZE + task.swap // PAGE_SIZE + task.pgtables // PAGE_SIZE
+    return points + task.oom_score_adj * (totalpages // 1000)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the kernel would do: kill ``victims`` (victim first), wait, or nothing."""
+
+    victim: TaskInfo | None = None
+    points: int | None = None
+    group: str | None = None                 # the memory.oom.group cgroup killed whole
+    victims: tuple[TaskInfo, ...] = ()
+    waiting_for: TaskInfo | None = None     # the "abort" case: an OOM victim is still exiting
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def kills(self) -> bool:
+        return bool(self.victims)
+
+
+def eligible(task: TaskInfo, level: str, memcg: str, nodes: Sequence[int]) -> bool:
+    """May the kernel choose ``task`` for this OOM at all? (scope, not score)"""
+    if level == "memcg":
+        return is_within(task.cgroup, memcg)
+    if level == "numa":
+        return task.nodes is None or bool(set(task.nodes) & set(nodes))
+    return True
+
+
+def scan_order(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
+               memcg: str) -> list[TaskInfo]:
+    """Tasks in the order the kernel evaluates them (see the module doc)."""
+    if level != "memcg":
+        return sorted(tasks, key=lambda t: t.pid)
+    rank = {path: i for i, path in enumerate(preorder(cgroups, memcg))}
+    last = len(rank)
+    return sorted((t for t in tasks if is_within(t.cgroup, memcg)),
+                  key=lambda t: (rank.get(t.cgroup, last), t.pid))
+
+
+def preorder(cgroups: Mapping[str, CgroupInfo], top: str) -> list[str]:
+    """``css_next_descendant_pre()`` order of the subtree at ``top``."""
+    out, stack = [], [top]
+    while stack:
+        path = stack.pop()
+        out.append(path)
+        info = cgroups.get(path)
+        if info is not None:
+            stack.extend(reversed(info.children))
+    return out
+
+
+def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], *,
+                       level: str, memcg: str, nodes: Sequence[int],
+                       totalpages: int) -> Decision:
+    """``select_bad_process()`` + ``oom_kill_process()``'s group expansion."""
+    chosen, chosen_points = None, None
+    for task in scan_order(tasks, cgroups, level, memcg):
+        if not eligible(task, level, memcg, nodes):
+            continue
+        if task.exiting:
+            return Decision(waiting_for=task)
+        points = badness(task, totalpages)
+        if points is None or (chosen_points is not None and points < chosen_points):
+            continue
+        chosen, chosen_points = task, points
+    if chosen is None:
+        return Decision()
+    group = oom_group(chosen, cgroups, memcg if level == "memcg" else "/")
+    return Decision(victim=chosen, points=chosen_points, group=group,
+                    victims=group_victims(chosen, group, tasks))
+
+
+def oom_group(victim: TaskInfo, cgroups: Mapping[str, CgroupInfo], domain: str) -> str | None:
+    """``mem_cgroup_get_oom_group()``: the highest oom_group memcg up to ``domain``."""
+    if victim.cgroup == "/" or not is_within(victim.cgroup, domain):
+        return None
+    found = None
+    for path in ancestors(victim.cgroup):
+        if path == "/":
+            break
+        info = cgroups.get(path)
+        if info is not None and info.oom_group:
+            found = path
+        if path == domain:
+            break
+    return found
+
+
+def group_victims(victim: TaskInfo, group: str | None,
+                  tasks: Iterable[TaskInfo]) -> tuple[TaskInfo, ...]:
+    """The victim, then (for a group kill) every other killable task of the group."""
+    if group is None:
+        return (victim,)
+    rest = [t for t in tasks if t.pid != victim.pid and is_within(t.cgroup, group)
+            and t.oom_score_adj > OOM_SCORE_ADJ_MIN and not t.exiting]
+    return (victim, *sorted(rest, key=lambda t: t.pid))
+
+
+def decide(oc) -> Decision:
+    """The kernel's decision for the OOM described by a context ``oc``."""
+    return select_bad_process(oc.tasks, oc.cgroups, level=oc.level, memcg=oc.memcg,
+                              nodes=oc.nodes, totalpages=oc.totalpages)

@@ -1,0 +1,120 @@
+"""Finding and instantiating policies.  Every failure is a
+:class:`~oomkit.errors.PolicyLoadError` with one line that says what to fix."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from oomkit.errors import PolicyLoadError
+from oomkit.policy import OOMPolicy
+
+ENTRY_POINT_GROUP = "oomkit.policies"
+
+
+def load_policy_class(ref: str, base_dir: str | Path | None = None) -> type[OOMPolicy]:
+    """Resolve a built-in name, an entry point, ``module:Class`` or ``file.py:Class``."""
+    from oomkit.policies import BUILTINS
+
+    if not isinstance(ref, str) or not ref:
+        raise PolicyLoadError("policy must be a non-empty string")
+    if ref in BUILTINS:
+        return BUILTINS[ref]
+    if ":" not in ref:
+        found = _entry_point(ref)
+        if found is None:
+            raise PolicyLoadError(f"unknown policy {ref!r}",
+                                  hint=f"built-ins: {', '.join(BUILTINS)}; or 'module:Class', 'file.py:Class'")
+        return _check_class(found, ref)
+    where, _, name = ref.rpartition(":")
+    module = _import_file(where, base_dir) if where.endswith(".py") or "/" in where else _import_module(where)
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise PolicyLoadError(f"{where} has no class {name!r}")
+    return _check_class(cls, ref)
+
+
+def make_policy(ref: str, params: dict[str, Any] | None = None,
+                base_dir: str | Path | None = None) -> OOMPolicy:
+    """``Policy(**params)``, with unknown or bad params as a clear error."""
+    cls = load_policy_class(ref, base_dir)
+    params = dict(params or {})
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as exc:
+        accepted = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+        raise PolicyLoadError(f"policy {ref!r}: bad params: {exc}",
+                              hint=f"it takes {', '.join(accepted) or 'no params'}") from None
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise PolicyLoadError(f"policy {ref!r}: bad params: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
+        raise PolicyLoadError(f"policy {ref!r} failed to start: {type(exc).__name__}: {exc}") from None
+
+
+def _entry_point(name: str):
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as exc:  # noqa: BLE001
+                raise PolicyLoadError(f"entry point {name!r} does not load: {type(exc).__name__}: {exc}") from None
+    return None
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+        raise PolicyLoadError(f"module {name!r} does not import: {type(exc).__name__}: {exc}") from None
+
+
+def _import_file(where: str, base_dir: str | Path | None):
+    path = Path(where)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise PolicyLoadError(f"policy file {str(path)!r} does not exist",
+                              hint="paths are relative to the file that names them")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    modname = f"oomkit_policy_{path.stem}_{digest}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001
+        del sys.modules[modname]
+        line = _error_line(exc, path)
+        raise PolicyLoadError(f"policy file {str(path)!r} does not import{line}: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _error_line(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f" (line {exc.lineno})"
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename) == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (line {line})" if line else ""
+
+
+def _check_class(cls: Any, ref: str) -> type[OOMPolicy]:
+    if not (inspect.isclass(cls) and issubclass(cls, OOMPolicy)):
+        raise PolicyLoadError(f"{ref!r} is not an oomkit.OOMPolicy subclass")
+    if cls.handle_out_of_memory is OOMPolicy.handle_out_of_memory:
+        raise PolicyLoadError(f"{ref!r} does not define handle_out_of_memory(self, oc, k)")
+    return cls

@@ -1,0 +1,89 @@
+"""The policy contract: the small, stable API that code outside oomkit uses.
+
+A policy gets a read-only OOM context ``oc`` and the release actions ``k``
+and answers with a :class:`Verdict`, as ``bpf_oom_ops.handle_out_of_memory``
+does in the upstream kernel proposal (see ``upstream-design.md``)::
+
+    from oomkit import OOMPolicy, Verdict
+
+    class MyPolicy(OOMPolicy):
+        name = "my-policy"
+        def handle_out_of_memory(self, oc, k) -> Verdict: ...
+        def handle_cgroup_offline(self, cgroup: str) -> None: ...   # optional
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as _errno
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.context import OOMContext
+    from oomkit.engine.actions import Actions
+
+
+class Verdict(enum.Enum):
+    """What a handler says it did."""
+
+    #: Memory was released by a release action in this call.  Checked: with
+    #: nothing released it counts as PASS and is recorded as a false claim.
+    HANDLED = "HANDLED"
+    #: Memory will be freed soon and nothing destructive was done (a victim
+    #: is exiting).  Bounded by the attachment's backoff budget and wait.
+    BACKOFF = "BACKOFF"
+    #: This policy cannot help: the next one up the chain runs.
+    PASS = "PASS"
+
+
+class OOMPolicy:
+    """Base class of every policy.  Instantiated as ``Policy(**params)``."""
+
+    name: ClassVar[str] = ""
+
+    def handle_out_of_memory(self, oc: OOMContext, k: Actions) -> Verdict:
+        raise NotImplementedError
+
+    def handle_cgroup_offline(self, cgroup: str) -> None:
+        """The cgroup this policy is attached to (or one below it) went away."""
+
+
+class Refused(int):
+    """What a refused release action returns: a negative errno, as a kfunc's.
+
+    It is an ``int`` (so ``if k.kill_task(t) > 0`` reads naturally) that
+    also says why: ``Refused(-errno.EPERM, "oom_score_adj is -1000")``.
+    """
+
+    reason: str
+
+    def __new__(cls, code: int, reason: str) -> Refused:
+        self = super().__new__(cls, code)
+        self.reason = reason
+        return self
+
+    @property
+    def errno_name(self) -> str:
+        return _errno.errorcode.get(-int(self), str(int(self)))
+
+    def __repr__(self) -> str:
+        return f"Refused(-{self.errno_name}: {self.reason})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def eperm(cls, reason: str) -> Refused:
+        return cls(-_errno.EPERM, reason)
+
+    @classmethod
+    def esrch(cls, reason: str) -> Refused:
+        return cls(-_errno.ESRCH, reason)
+
+    @classmethod
+    def einval(cls, reason: str) -> Refused:
+        return cls(-_errno.EINVAL, reason)
+
+
+def policy_label(policy: Any) -> str:
+    """The name a policy is reported by: its ``name``, else its class name."""
+    return getattr(policy, "name", "") or type(policy).__name__
