@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from oomkit.context import CgroupInfo, LazyTasks, TaskInfo, is_within
-from oomkit.engine.clock import Clock
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.engine.clock import Clock
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,14 @@ class CgroupFS:
                 return f.read()
 
     def write(self, cg: str, name: str, text: str) -> None:
-        """Write ``text`` with one write(2): cgroupfs files take one value per write."""
+        """Write ``text`` with one write(2): cgroupfs files take one value per write.
+
+        O_TRUNC is what ``echo > file`` does; kernfs ignores it, and a plain
+        file in a test tree then holds just the last value.
+        """
         path = self.path(cg, name)
         with os_errors(str(path), CgroupGone, f"write {text.strip()!r} to"):
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
             try:
                 os.write(fd, text.encode())
             finally:

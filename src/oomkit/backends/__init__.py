@@ -1,0 +1,2 @@
+"""Backends: the simulated kernel, cgroup v1 and cgroup v2, behind one interface
+(:class:`oomkit.backends.base.Backend`)."""

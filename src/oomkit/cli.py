@@ -1,0 +1,86 @@
+"""The ``oomkit`` command.  Every error a user can cause ends as one line
+on stderr and exit status 2; never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from oomkit.errors import OOMKitError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"oomkit: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _parse_attach(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        cgroup, sep, policy = value.partition("=")
+        if not sep or not cgroup.startswith("/") or not policy:
+            _fail(f"--attach {value!r}: write CGROUP=POLICY, e.g. --attach /=largest-task")
+        out[cgroup] = policy
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="oomkit")
+def main() -> None:
+    """Decide what happens when Linux runs out of memory."""
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY",
+              help="Attach POLICY to CGROUP, replacing the scenario's (repeatable).")
+def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...]) -> None:
+    """Run SCENARIO (TOML) on the simulated kernel and report every OOM."""
+    from oomkit.backends.sim.simulator import simulate as run
+    from oomkit.config.scenario import load_scenario
+
+    overrides = _parse_attach(attach)
+    try:
+        result = run(load_scenario(scenario), overrides).to_dict()
+    except OOMKitError as exc:
+        _fail(str(exc))
+    if as_json:
+        import msgspec
+
+        click.echo(msgspec.json.encode(result).decode())
+        return
+    from oomkit.report import print_report
+
+    print_report(result, f"oomkit simulate {scenario}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check(file: Path) -> None:
+    """Validate a scenario or daemon config and every policy it names."""
+    from oomkit.config.check import check_file
+
+    try:
+        summary = check_file(file)
+    except OOMKitError as exc:
+        _fail(str(exc))
+    click.echo(f"{file}: ok ({summary})")
+
+
+@main.command("policies")
+def list_policies() -> None:
+    """List the built-in policies."""
+    from oomkit.policies import BUILTINS
+
+    for name, cls in BUILTINS.items():
+        doc = (cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        click.echo(f"{name:18} {' '.join(doc.split())}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,41 @@
+"""``oomkit check``: validate a file and load every policy it names, running nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from oomkit.config.common import read_toml
+from oomkit.errors import ConfigError, PolicyLoadError
+from oomkit.policies import make_policy
+
+
+def check_file(path: str | Path) -> str:
+    """Raise ConfigError on the first problem; return a one-line summary."""
+    data = read_toml(path)
+    if "machine" in data:
+        from oomkit.config.scenario import resolve
+
+        scenario = resolve(data, str(path), Path(path).resolve().parent)
+        check_policies(scenario.attach, str(path), scenario.base_dir)
+        # Building the start state catches a start that does not fit its limits.
+        from oomkit.backends.sim.simulator import Simulator
+
+        Simulator(scenario)
+        return (f"scenario: {len(scenario.cgroups)} cgroups, {len(scenario.tasks)} tasks, "
+                f"{len(scenario.attach)} attachments, {len(scenario.events)} events")
+    if "daemon" in data:
+        from oomkit.config.daemon import resolve as resolve_daemon
+
+        config = resolve_daemon(data, str(path), Path(path).resolve().parent)
+        check_policies(config.attach, str(path), config.base_dir)
+        return f"daemon config: {len(config.attach)} attachments"
+    raise ConfigError("neither a scenario (it has no [machine] table) nor a daemon config "
+                      "(no [daemon] table)", file=str(path))
+
+
+def check_policies(attachments, file: str, base_dir: Path) -> None:
+    for i, att in enumerate(attachments):
+        try:
+            make_policy(att.policy, att.params, base_dir)
+        except PolicyLoadError as exc:
+            raise ConfigError(str(exc), file=file, where=f"attach[{i}].policy") from None
