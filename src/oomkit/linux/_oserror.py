@@ -6,7 +6,7 @@ import contextlib
 import errno as E
 from collections.abc import Iterator
 
-from oomkit.errors import CgroupGone, KernelError, NotPermitted, TaskGone
+from oomkit.errors import KernelError, NotPermitted, TaskGone
 
 # ENOENT means "gone" for a cgroup file or /proc/PID; ENODEV is what kernfs
 # returns for a file whose cgroup was removed while we held it open

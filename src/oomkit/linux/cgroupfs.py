@@ -14,8 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from oomkit.errors import KernelError
-from oomkit.errors import CgroupGone
+from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import parse
 from oomkit.linux._oserror import os_errors
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
@@ -150,7 +149,8 @@ class Inotify:
     """
 
     def __init__(self):
-        self._libc = ctypes.CDLL(None, use_errno=True)
+        from oomkit.linux.pidfd import _libc_syscall  # one lazy ctypes handle
+        self._libc = _libc_syscall()
         fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise self._error("inotify_init1", None)
@@ -161,6 +161,7 @@ class Inotify:
 
     def add_watch(self, path: str | os.PathLike, mask: int) -> int:
         """Watch ``path``; returns the watch descriptor (wd) events will carry."""
+        import ctypes
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask))
         if wd < 0:
             raise self._error("inotify_add_watch", str(path))
@@ -168,6 +169,7 @@ class Inotify:
 
     def rm_watch(self, wd: int) -> None:
         if self._libc.inotify_rm_watch(self.fd, wd) < 0:
+            import ctypes
             err = ctypes.get_errno()
             if err != errno.EINVAL:  # EINVAL: the kernel already dropped it (IN_IGNORED)
                 raise self._error("inotify_rm_watch", None)
@@ -195,6 +197,7 @@ class Inotify:
 
     @staticmethod
     def _error(call: str, path: str | None) -> KernelError:
+        import ctypes
         err = ctypes.get_errno()
         return translate(OSError(err, os.strerror(err)), path, CgroupGone, call)
 

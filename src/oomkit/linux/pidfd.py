@@ -8,10 +8,8 @@ killed process's memory at once, instead of waiting for its exit path.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import select
 import signal
 
@@ -21,16 +19,18 @@ from oomkit.linux._oserror import os_errors, translate
 # New syscalls share one number on every architecture since Linux 5.1
 # (include/uapi/asm-generic/unistd.h), except alpha (+110) and the mips ABIs,
 # whose tables are offset by 4000/5000/6000.
-_NR_PROCESS_MRELEASE = {"alpha": 558}.get(platform.machine(), 448)
+_NR_PROCESS_MRELEASE = {"alpha": 558}.get(os.uname().machine, 448)
 
 _libc = None
 
 
-def _syscall():
+def _libc_syscall():
+    # ctypes is imported on first use only: it costs ~1 MiB of the daemon's RSS
     global _libc
     if _libc is None:
+        import ctypes
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.syscall
+    return _libc
 
 
 def open_pidfd(pid: int) -> int:
@@ -53,7 +53,8 @@ def process_mrelease(pidfd: int) -> bool:
     the syscall (ENOSYS, before 5.15).  The process must already be dying
     (SIGKILL sent): otherwise the kernel says EINVAL, a KernelError.
     """
-    res = _syscall()(_NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0))
+    import ctypes
+    res = _libc_syscall().syscall(_NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0))
     if res == 0:
         return True
     err = ctypes.get_errno()
