@@ -51,9 +51,15 @@ class Actions:
 
     def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
         """SIGKILL one task. Returns bytes released for this OOM, or Refused."""
-        target = task if isinstance(task, TaskInfo) else self._oc.tasks.by_pid(int(task))
-        label = f"pid {getattr(target, 'pid', task)}"
-        refused = self._check_revoked() or self._check_task(target, task)
+        # Always judge the live task by its pid, never the TaskInfo handed in: a
+        # stale or rebuilt (dataclasses.replace) TaskInfo must not pass the
+        # scope and -1000 checks for a task that fails them.
+        pid = task.pid if isinstance(task, TaskInfo) else int(task)
+        target = self._oc.tasks.by_pid(pid)
+        if target is None:  # outside the attachment's view: EPERM if it exists at all
+            target = self._backend.tasks(self._oom, "/").by_pid(pid)
+        label = f"pid {pid}"
+        refused = self._check_revoked() or self._check_task(target, pid)
         if refused:
             return self._log("kill_task", label, reason, refused)
         if target.exiting or target.pid in self._backend.in_flight():
@@ -134,7 +140,7 @@ class Actions:
 
     def _check_task(self, target: TaskInfo | None, asked: object) -> Refused | None:
         if target is None:
-            return Refused.esrch(f"no task {asked} in {self._att.cgroup}")
+            return Refused.esrch(f"no task {asked}")
         if not is_within(target.cgroup, self._att.cgroup):
             return Refused.eperm(f"pid {target.pid} is in {target.cgroup}, outside {self._att.cgroup}")
         if target.oom_score_adj <= OOM_SCORE_ADJ_MIN:
