@@ -46,7 +46,11 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...]) -> None:
 
     overrides = _parse_attach(attach)
     try:
-        result = run(load_scenario(scenario), overrides).to_dict()
+        loaded = load_scenario(scenario)
+        # Load every policy first, so a bad one is reported with the file and key
+        # that name it (as `oomkit check` does), not as a bare loader message.
+        _check_policies(loaded, overrides)
+        result = run(loaded, overrides).to_dict()
     except OOMKitError as exc:
         _fail(str(exc))
     if as_json:
@@ -57,6 +61,20 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...]) -> None:
     from oomkit.report import print_report
 
     print_report(result, f"oomkit simulate {scenario}")
+
+
+def _check_policies(loaded, overrides: dict[str, str]) -> None:
+    from oomkit.config.check import check_policies
+    from oomkit.errors import ConfigError, PolicyLoadError
+    from oomkit.policies import make_policy
+
+    replaced = set(overrides)
+    check_policies([a for a in loaded.attach if a.cgroup not in replaced], loaded.file, loaded.base_dir)
+    for cgroup, policy in overrides.items():
+        try:
+            make_policy(policy, {}, loaded.base_dir)
+        except PolicyLoadError as exc:
+            raise ConfigError(str(exc), where=f"--attach {cgroup}={policy}") from None
 
 
 @main.command()
