@@ -1,0 +1,153 @@
+"""The daemon's config file (``oomkit run --config FILE``); see the README."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from oomkit.config.common import Duration, Size, convert, duration_at, read_toml, size_at
+from oomkit.engine.chain import EngineSettings
+from oomkit.errors import ConfigError
+
+_PSI = re.compile(r"^(some|full) (\d+(?:\.\d+)?)(ms|s) (\d+(?:\.\d+)?)(ms|s)$")
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class DaemonSpec(_Strict):
+    cgroup: str = "auto"
+    mount: str | None = None
+    proc: str = "/proc"
+    handler_deadline: Duration = "50ms"
+    backoff_budget: int = 3
+    backoff_window: Duration = "10s"
+    backoff_wait: Duration = "500ms"
+    event_log: str = "/var/log/oomkit/events.jsonl"
+    dry_run: bool = False
+    watchdog_timeout: Duration = "1s"
+    rescan: Duration = "1s"
+    # cgroup v2 and system-wide: when to run the chain before the kernel would
+    headroom: Size = "0"
+    pressure: str = "some 150ms 2s"
+    tripwire: bool = False
+    mem_available_min: Size | None = None
+    global_pressure: str = "full 150ms 2s"
+
+
+class AttachSpec(_Strict):
+    cgroup: str
+    policy: str
+    params: dict[str, Any] = {}
+    ceiling: Size | None = None
+
+
+class ConfigSpec(_Strict):
+    daemon: DaemonSpec = msgspec.field(default_factory=DaemonSpec)
+    attach: list[AttachSpec] = []
+
+
+@dataclass(frozen=True)
+class Attach:
+    cgroup: str          # a path or a glob, relative to the mount
+    policy: str
+    params: dict[str, Any]
+    ceiling: int | None = None
+
+
+@dataclass(frozen=True)
+class PSITrigger:
+    kind: str            # some or full
+    stall_us: int
+    window_us: int
+
+    def __str__(self) -> str:   # the text written to a pressure file
+        return f"{self.kind} {self.stall_us} {self.window_us}"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    file: str
+    base_dir: Path
+    hierarchy: str                 # auto, v1 or v2
+    mount: str | None
+    proc: str
+    settings: EngineSettings
+    event_log: str
+    dry_run: bool
+    watchdog_timeout: float
+    rescan: float
+    headroom: int
+    pressure: PSITrigger
+    tripwire: bool
+    mem_available_min: int | None
+    global_pressure: PSITrigger
+    attach: list[Attach] = field(default_factory=list)
+
+
+def load_daemon_config(path: str | Path) -> DaemonConfig:
+    return resolve(read_toml(path), str(path), Path(path).resolve().parent)
+
+
+def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None = None) -> DaemonConfig:
+    spec = convert(data, ConfigSpec, file)
+    d = spec.daemon
+    if d.cgroup not in ("auto", "v1", "v2"):
+        raise ConfigError(f"{d.cgroup!r} is not a hierarchy", file=file, where="daemon.cgroup",
+                          hint='use "auto", "v1" or "v2"')
+    if d.backoff_budget < 0:
+        raise ConfigError("must be 0 or more", file=file, where="daemon.backoff_budget")
+    settings = EngineSettings(
+        handler_deadline=duration_at(d.handler_deadline, "daemon.handler_deadline", file),
+        backoff_budget=d.backoff_budget,
+        backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file),
+        backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file),
+        record_timing=True)
+    return DaemonConfig(
+        file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
+        settings=settings, event_log=d.event_log, dry_run=d.dry_run,
+        watchdog_timeout=duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file),
+        rescan=duration_at(d.rescan, "daemon.rescan", file),
+        headroom=size_at(d.headroom, "daemon.headroom", file),
+        pressure=psi_at(d.pressure, "daemon.pressure", file), tripwire=d.tripwire,
+        mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
+                                  allow_none=True),
+        global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),
+        attach=attachments(spec.attach, file))
+
+
+def attachments(specs: list[AttachSpec], file: str) -> list[Attach]:
+    out, seen = [], set()
+    for i, a in enumerate(specs):
+        where = f"attach[{i}].cgroup"
+        if not a.cgroup.startswith("/") or "//" in a.cgroup or ".." in a.cgroup.split("/"):
+            raise ConfigError(f"{a.cgroup!r} is not a cgroup path", file=file, where=where,
+                              hint='paths are relative to the mount, like "/batch.slice/*"')
+        if a.cgroup in seen:
+            raise ConfigError(f"{a.cgroup} already has a policy attached", file=file, where=where,
+                              hint="one policy per cgroup (EEXIST)")
+        seen.add(a.cgroup)
+        out.append(Attach(a.cgroup.rstrip("/") or "/", a.policy, dict(a.params),
+                          size_at(a.ceiling, f"attach[{i}].ceiling", file, allow_none=True)))
+    return out
+
+
+def psi_at(text: str, where: str, file: str) -> PSITrigger:
+    """``"some 150ms 1s"``: a PSI trigger (Documentation/accounting/psi.rst)."""
+    m = _PSI.match(text.strip())
+    if not m:
+        raise ConfigError(f"{text!r} is not a PSI trigger", file=file, where=where,
+                          hint='write "some|full STALL WINDOW", e.g. "some 150ms 1s"')
+    kind, stall, su, window, wu = m.groups()
+    to_us = {"ms": 1000, "s": 1_000_000}
+    stall_us, window_us = int(float(stall) * to_us[su]), int(float(window) * to_us[wu])
+    # The kernel accepts windows of 500 ms to 10 s, and a stall no longer than the window.
+    if not 500_000 <= window_us <= 10_000_000 or not 0 < stall_us <= window_us:
+        raise ConfigError(f"{text!r}: the window must be 500ms to 10s and the stall within it",
+                          file=file, where=where)
+    return PSITrigger(kind, stall_us, window_us)
