@@ -90,6 +90,28 @@ def check(file: Path) -> None:
     click.echo(f"{file}: ok ({summary})")
 
 
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The daemon's TOML config.")
+@click.option("--dry-run", is_flag=True, help="Decide and log, but release nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def run(config: Path, dry_run: bool, verbose: bool) -> None:
+    """Run the daemon on this machine's real cgroups (root only)."""
+    import logging
+    import os
+
+    if os.geteuid() != 0:
+        _fail("oomkit run needs root: it writes cgroup files and kills processes (try sudo)")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    from oomkit.daemon.main import run_daemon
+
+    try:
+        run_daemon(str(config), dry_run=dry_run)
+    except OOMKitError as exc:
+        _fail(str(exc))
+
+
 @main.command("policies")
 def list_policies() -> None:
     """List the built-in policies."""

@@ -107,7 +107,7 @@ class Engine:
                 return record
         if self.backend.condition_gone(oom):
             return self._gone(record)
-        self._fall_back(oom, record)
+        self.fall_back(oom, record)
         return record
 
     @staticmethod
@@ -192,7 +192,8 @@ class Engine:
                           totalpages=backend.totalpages(oom),
                           freed=lambda: record.memory_freed, in_flight=backend.in_flight)
 
-    def _fall_back(self, oom: OOMEvent, record: OOMRecord) -> None:
+    def fall_back(self, oom: OOMEvent, record: OOMRecord) -> None:
+        """Let the backend's kernel OOM killer act, and record what it did."""
         outcome = self.backend.kernel_fallback(oom)
         for r in outcome.killed:
             record.killed.append({"name": r.name, "pid": r.pid, "cgroup": r.cgroup, "by": "kernel"})

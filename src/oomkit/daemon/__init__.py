@@ -1,0 +1,2 @@
+"""The live daemon (``oomkit run``): the engine on real cgroups, its event
+sources, its event log and its watchdog."""
