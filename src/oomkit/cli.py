@@ -91,6 +91,32 @@ def check(file: Path) -> None:
 
 
 @main.command()
+@click.argument("event_log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--index", type=int, default=-1, show_default=True,
+              help="Which OOM of the log (0 is the first, -1 the last).")
+@click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY",
+              help="Attach POLICY to CGROUP for the replay (repeatable); none: the kernel alone.")
+@click.option("--json", "as_json", is_flag=True, help="Print the replayed record as JSON.")
+def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) -> None:
+    """Replay an OOM recorded by the daemon against other policies, offline."""
+    from oomkit.replay import replay_record
+
+    overrides = _parse_attach(attach)
+    try:
+        record = replay_record(event_log, index, overrides)
+    except OOMKitError as exc:
+        _fail(str(exc))
+    if as_json:
+        import msgspec
+
+        click.echo(msgspec.json.encode(record).decode())
+        return
+    from oomkit.report import print_oom
+
+    print_oom(record, f"replay of OOM {index} of {event_log}")
+
+
+@main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The daemon's TOML config.")
 @click.option("--dry-run", is_flag=True, help="Decide and log, but release nothing.")

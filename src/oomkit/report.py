@@ -36,11 +36,24 @@ def print_report(result: dict[str, Any], title: str, console: Console | None = N
     console.print(table)
 
 
+def _asked(oom: dict[str, Any]) -> str:
+    who = oom.get("trigger") or "a task"
+    if oom.get("requested") is None:
+        return f"{who} hit the limit"
+    return f"{who} asked for {_size(oom['requested'])}"
+
+
+def print_oom(oom: dict[str, Any], title: str, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    console.print(f"[bold]{title}[/bold]")
+    _print_oom(console, 0, oom)
+
+
 def _print_oom(console: Console, i: int, oom: dict[str, Any]) -> None:
     where = oom["memcg"] if oom["level"] == "memcg" else oom["level"]
     nodes = f" nodes {oom['nodes']}" if oom.get("nodes") else ""
     console.print(f"\n[bold]OOM #{i + 1}[/bold] t={oom['t']:g}s {oom['level']} in {where}{nodes}: "
-                  f"{oom['trigger']} asked for {_size(oom['requested'])} -> "
+                  f"{_asked(oom)} -> "
                   f"resolved by [bold]{oom['resolved_by']}[/bold]")
     for h in oom["handlers"]:
         claimed = f" (claimed {h['claimed']})" if h.get("claimed") else ""
