@@ -123,6 +123,7 @@ class LazyMapping(Mapping[str, Any]):
         return key in self._key_list()
 
     __setattr__ = _ReadOnly.__setattr__
+    __delattr__ = _ReadOnly.__delattr__
 
 
 class LazyTasks(Sequence[TaskInfo]):
@@ -160,6 +161,7 @@ class LazyTasks(Sequence[TaskInfo]):
                      if t.cgroup == path or (recursive and is_within(t.cgroup, path)))
 
     __setattr__ = _ReadOnly.__setattr__
+    __delattr__ = _ReadOnly.__delattr__
 
 
 class OOMContext(_ReadOnly):

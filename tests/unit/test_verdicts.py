@@ -181,3 +181,16 @@ def test_broken_backoff_falls_to_the_next_handler():
     assert (oom.handlers[1].verdict, oom.handlers[1].claimed) == ("PASS", "BACKOFF")
     assert oom.resolved_by == "kernel" and "waits" in oom.note
     assert oom.killed == []
+
+
+def test_backoff_after_a_release_ends_the_chain_as_handled_and_is_recorded():
+    # BACKOFF promises nothing destructive was done; a handler that killed and
+    # then said BACKOFF released memory, so the parent must not kill again.
+    parent = FuncPolicy(kill_named("hog"), name="parent")
+    sim = make_sim(**TREE, policies={"/a": FuncPolicy(kill_named("small", Verdict.BACKOFF)),
+                                     "/": parent})
+    oom = sim.run().ooms[0]
+    (only,) = oom.handlers
+    assert (only.verdict, only.claimed) == ("HANDLED", "BACKOFF")
+    assert "BACKOFF after releasing memory" in only.error
+    assert oom.resolved_by == "policy" and parent.calls == []

@@ -127,6 +127,13 @@ class Engine:
                 return True
             self._demote(h, "false claim: HANDLED but no release action released memory")
         elif h.verdict == Verdict.BACKOFF.value:
+            if h.freed > 0:
+                # BACKOFF promises that nothing destructive was done; this handler
+                # did release memory, so it ends the chain as HANDLED would.
+                h.claimed, h.verdict = h.verdict, Verdict.HANDLED.value
+                h.error = "BACKOFF after releasing memory: counted as HANDLED"
+                record.resolved_by = "policy"
+                return True
             return self._backoff(att, oom, h, record)
         return False
 
