@@ -58,9 +58,9 @@ def v1_memory_mount() -> str | None:
 class Hog:
     """One hog process we started; killed only through its pidfd."""
 
-    def __init__(self, mib: int):
+    def __init__(self, mib: int, script: str = HOG):
         self.mib = mib
-        self.popen = subprocess.Popen([sys.executable, "-c", HOG, str(mib)], stdin=subprocess.PIPE,
+        self.popen = subprocess.Popen([sys.executable, "-c", script, str(mib)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, bufsize=1)
         self.pid = self.popen.pid
         self.pidfd = _pidfd.open_pidfd(self.pid)
@@ -129,11 +129,11 @@ class Sandbox:
             self.fs.set_limit(path, limit)
         return path
 
-    def hog(self, cg: str, mib: int, wait_allocated: float | None = None) -> Hog:
+    def hog(self, cg: str, mib: int, wait_allocated: float | None = None, script: str = HOG) -> Hog:
         """Start a hog, move it into ``cg`` (ours only), then let it allocate."""
         if not (cg == self.root or cg.startswith(self.root + "/")):
             raise ValueError(f"{cg} is not inside this sandbox ({self.root})")
-        hog = Hog(mib)
+        hog = Hog(mib, script)
         self.hogs.append(hog)
         if not hog.wait_line("ready", 30):
             raise RuntimeError("hog did not start")

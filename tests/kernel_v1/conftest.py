@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
+from helpers.daemon import DaemonProc  # noqa: E402
 from helpers.memcg import Sandbox, v1_memory_mount  # noqa: E402
 
 
@@ -36,3 +37,24 @@ def sandbox(v1_mount):
     finally:
         left = box.cleanup()
         assert not left, f"could not remove test cgroups: {left}"
+
+
+@pytest.fixture
+def oomkit_daemon(sandbox, tmp_path):
+    """Start ``oomkit run`` on this test's sandbox: ``oomkit_daemon(attach, **daemon_opts)``.
+
+    Every daemon started here is stopped (SIGTERM, then SIGKILL) with its
+    watchdog before the sandbox is removed, also when the test fails.
+    """
+    started: list[DaemonProc] = []
+
+    def start(attach, name: str = "oomkit", run: bool = True, **opts) -> DaemonProc:
+        d = DaemonProc(tmp_path, sandbox, attach, name=name, **opts)
+        started.append(d)
+        return d.start() if run else d
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.stop()

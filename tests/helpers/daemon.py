@@ -1,0 +1,213 @@
+"""``oomkit run`` as a real subprocess, for the live daemon tests.
+
+Safety rules kept here:
+- every attachment must lie inside the test's sandbox (checked before the
+  config is written), so the daemon never manages a cgroup we did not create;
+- the daemon and its watchdog are ended by pidfd (SIGTERM, then SIGKILL),
+  never by name, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from oomkit.errors import TaskGone
+from oomkit.linux import pidfd as _pidfd
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+def config_text(sandbox_root: str, attach: list[dict], event_log: str, **daemon) -> str:
+    for a in attach:
+        cg = a["cgroup"]
+        if not (cg == sandbox_root or cg.startswith(sandbox_root + "/")):
+            raise ValueError(f"attachment {cg} is outside the sandbox {sandbox_root}")
+    lines = ["[daemon]", 'cgroup = "v1"', f"event_log = {toml_value(event_log)}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in daemon.items()]
+    for a in attach:
+        lines.append("\n[[attach]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in a.items()]
+    return "\n".join(lines) + "\n"
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+class DaemonProc:
+    """One ``oomkit run`` we started, its stderr collected line by line."""
+
+    def __init__(self, tmp_path: Path, sandbox, attach: list[dict], name: str = "oomkit", **daemon):
+        self.tmp_path, self.sandbox = Path(tmp_path), sandbox
+        self.config = self.tmp_path / f"{name}.toml"
+        self.event_log = self.tmp_path / f"{name}-events.jsonl"
+        self.daemon_opts = daemon
+        self.write_config(attach)
+        self.popen: subprocess.Popen | None = None
+        self.pidfd = -1
+        self.watchdog_pid: int | None = None
+        self.watchdog_pidfd = -1
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def write_config(self, attach: list[dict], **daemon) -> None:
+        opts = {**self.daemon_opts, **daemon}
+        self.config.write_text(config_text(self.sandbox.root, attach, str(self.event_log), **opts))
+
+    def start(self, timeout: float = 20.0) -> DaemonProc:
+        self.started_at = time.monotonic()
+        self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.tmp_path)
+        self.pidfd = _pidfd.open_pidfd(self.popen.pid)
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if self.wait_line("oomkit: running", timeout) is None:
+            raise RuntimeError("the daemon did not start:\n" + self.stderr())
+        kids = children_of(self.popen.pid)
+        if kids:   # v1: the watchdog is the daemon's only child
+            self.watchdog_pid = kids[0]
+            try:
+                self.watchdog_pidfd = _pidfd.open_pidfd(kids[0])
+            except TaskGone:
+                self.watchdog_pidfd = -1
+        return self
+
+    def _read_stderr(self) -> None:
+        for line in self.popen.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, text: str, timeout: float, start: int = 0) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[start:]:
+                if text in line:
+                    return line
+            if time.monotonic() > deadline or (self.popen.poll() is not None and not self._reader.is_alive()):
+                for line in self.lines[start:]:
+                    if text in line:
+                        return line
+                return None
+            time.sleep(0.01)
+
+    def alive(self) -> bool:
+        return not _pidfd.wait_exit(self.pidfd, 0)
+
+    def watchdog_alive(self) -> bool:
+        return self.watchdog_pidfd >= 0 and not _pidfd.wait_exit(self.watchdog_pidfd, 0)
+
+    def signal(self, sig: int) -> None:
+        try:
+            _pidfd.send_signal(self.pidfd, sig)
+        except TaskGone:
+            pass
+
+    def events(self) -> list[dict]:
+        try:
+            text = self.event_log.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def wait_events(self, n: int, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events()
+            if len(events) >= n or time.monotonic() > deadline:
+                return events
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit; then make sure the watchdog is gone."""
+        if self.popen is None:
+            return None
+        if self.pidfd >= 0:
+            self.signal(signal.SIGTERM)
+            if not _pidfd.wait_exit(self.pidfd, timeout):
+                self.signal(signal.SIGKILL)
+                _pidfd.wait_exit(self.pidfd, 5)
+        try:
+            rc = self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            rc = None
+        if self.watchdog_pidfd >= 0:
+            # On the daemon's exit the watchdog reads EOF and ends by itself.
+            if not _pidfd.wait_exit(self.watchdog_pidfd, 3):
+                try:
+                    _pidfd.send_signal(self.watchdog_pidfd, signal.SIGKILL)
+                except TaskGone:
+                    pass
+                _pidfd.wait_exit(self.watchdog_pidfd, 5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        for fd in (self.pidfd, self.watchdog_pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.pidfd = self.watchdog_pidfd = -1
+        return rc
+
+
+def until(pred, timeout: float = 5.0, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def check_record(ev: dict, memcg: str, resolved_by: str | None = None) -> None:
+    """What every OOM line in the event log carries."""
+    assert ev["level"] == "memcg", ev
+    assert ev["memcg"] == memcg, ev
+    if resolved_by is not None:
+        assert ev["resolved_by"] == resolved_by, ev
+    assert isinstance(ev["latency_ms"], (int, float)) and ev["latency_ms"] >= 0
+    assert ev["detected_at"] and ev["resolved_at"] and ev["detected_at"] <= ev["resolved_at"]
+    snap = ev["snapshot"]
+    assert snap["scope"] == memcg
+    assert memcg in snap["cgroups"] and snap["cgroups"][memcg]["limit"]
+    assert snap["totalpages"] > 0
+    assert isinstance(snap["tasks"], list)
+
+
+def killed_pids(ev: dict) -> set[int]:
+    return {k["pid"] for k in ev["killed"]}

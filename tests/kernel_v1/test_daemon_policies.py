@@ -1,0 +1,230 @@
+"""``oomkit run`` on real v1 memcgs: each built-in policy kills the expected
+victim, a PASS goes up the chain, a failing chain reaches the kernel,
+``raise-limit`` resolves without a kill, BACKOFF while a victim exits.
+
+Each test has its own sandbox (``/oomkit-test-<random>``) and its own daemon,
+attached only to cgroups inside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import pytest
+
+from helpers.daemon import check_record, killed_pids, until
+from oomkit.errors import KernelError, TaskGone
+from oomkit.linux.procfs import ProcFS
+
+MiB = 1 << 20
+
+
+def set_adj(pid: int, value: int) -> None:
+    ProcFS().set_oom_score_adj(pid, value)
+
+
+def task_tree(sandbox):
+    """a (limit 52M): old 24M, small 8M (oom_score_adj +1000), then young 24M
+    hits the limit at about 20M (task RSS also counts the interpreter, ~10M)."""
+    a = sandbox.cg("a", limit=52 * MiB)
+    cgs = {n: sandbox.cg(f"a/{n}") for n in ("old", "small", "young")}
+    return a, cgs
+
+
+def start_task_tree(sandbox, cgs):
+    old = sandbox.hog(cgs["old"], 24, wait_allocated=20)
+    small = sandbox.hog(cgs["small"], 8, wait_allocated=20)
+    set_adj(small.pid, 1000)
+    young = sandbox.hog(cgs["young"], 24)
+    return {"old": old, "small": small, "young": young}
+
+
+@pytest.mark.parametrize("policy, params, victim", [
+    ("largest-task", {}, "old"),
+    ("newest-task", {}, "young"),
+    ("kernel-default", {}, "small"),        # oom_score_adj +1000 outweighs size
+    ("prefer-avoid", {"avoid": ["{root}/a/old"], "omit": ["{root}/a/small"]}, "young"),
+    ("prefer-avoid", {"prefer": ["{root}/a/small"]}, "small"),
+])
+def test_task_policy_kills_expected_victim(sandbox, oomkit_daemon, policy, params, victim):
+    a, cgs = task_tree(sandbox)
+    params = {k: [p.format(root=sandbox.root) for p in v] for k, v in params.items()}
+    d = oomkit_daemon([{"cgroup": a, "policy": policy, "params": params}])
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True
+    hogs = start_task_tree(sandbox, cgs)
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "policy")
+    assert killed_pids(ev) == {hogs[victim].pid}, ev["killed"]
+    assert ev["killed"][0]["cgroup"] == cgs[victim]
+    assert ev["killed"][0]["by"] == f"policy:{a}"
+    [h] = ev["handlers"]
+    assert (h["cgroup"], h["policy"], h["verdict"]) == (a, policy, "HANDLED")
+    assert h["freed"] > 0 and h["actions"][0]["action"] == "kill_task"
+    assert {t["pid"] for t in ev["snapshot"]["tasks"]} >= {x.pid for n, x in hogs.items()}
+    assert hogs[victim].wait_exit(5)
+    for name, hog in hogs.items():
+        if name != victim:
+            assert hog.alive(), f"{name} was killed too"
+    # a kill by oomkit is not the kernel's: no oom_kill counted anywhere
+    assert all(sandbox.fs.oom_control(c)["oom_kill"] == 0 for c in [a, *cgs.values()])
+    assert d.wait_line(f"oomkit: killed pid {hogs[victim].pid} (python", 2) is not None
+    print(f"{policy}: latency_ms {ev['latency_ms']}, handler ms {h.get('ms')}")
+
+
+def selftest_tree(sandbox, with_protected: bool):
+    """The upstream selftest tree, scaled down: t with c1 5M (oom_score_adj
+    +1000), c2 20M (-1000), and a nested pair n/c3 15M and n/c4 10M.  c4 is
+    started last, after t's limit was set a few MiB above what the others
+    hold (about 40M), so it hits the limit while holding the least."""
+    t = sandbox.cg("t", limit=128 * MiB)
+    cg = {"c1": sandbox.cg("t/c1"), "n": sandbox.cg("t/n")}
+    cg["c3"], cg["c4"] = sandbox.cg("t/n/c3"), sandbox.cg("t/n/c4")
+    hogs = {"c1": sandbox.hog(cg["c1"], 5, wait_allocated=20)}
+    set_adj(hogs["c1"].pid, 1000)
+    if with_protected:
+        cg["c2"] = sandbox.cg("t/c2")
+        hogs["c2"] = sandbox.hog(cg["c2"], 20, wait_allocated=20)
+        try:
+            set_adj(hogs["c2"].pid, -1000)
+        except (KernelError, TaskGone) as exc:
+            if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+                pytest.skip("lowering oom_score_adj to -1000 needs CAP_SYS_RESOURCE, which this "
+                            f"sandbox lacks even as root ({exc})")
+            raise
+    hogs["c3"] = sandbox.hog(cg["c3"], 15, wait_allocated=20)
+    sandbox.fs.set_limit(t, sandbox.fs.usage(t) + 5 * MiB)
+    return t, cg, hogs
+
+
+@pytest.mark.parametrize("with_protected", [False, True], ids=["no-c2", "c2-at-minus-1000"])
+def test_largest_cgroup_selftest_tree(sandbox, oomkit_daemon, with_protected):
+    t, cg, hogs = selftest_tree(sandbox, with_protected)
+    d = oomkit_daemon([{"cgroup": t, "policy": "largest-cgroup"}])
+    hogs["c4"] = sandbox.hog(cg["c4"], 10)
+    ev = d.wait_events(1)[0]
+    check_record(ev, t, "policy")
+    # c3, the nested 15M one: not c1 (+1000, the kernel's pick), not c2 (-1000)
+    assert killed_pids(ev) == {hogs["c3"].pid}, ev
+    [h] = ev["handlers"]
+    assert h["policy"] == "largest-cgroup" and h["verdict"] == "HANDLED"
+    assert h["actions"][0]["action"] == "kill_cgroup" and h["actions"][0]["target"] == cg["c3"]
+    assert hogs["c3"].wait_exit(5)
+    assert hogs["c4"].wait_line("allocated", 10)
+    assert all(hogs[n].alive() for n in hogs if n != "c3"), ({n: hogs[n].alive() for n in hogs}, d.events()[1:], d.stderr())
+    assert sandbox.fs.oom_control(cg["c3"])["oom_kill"] == 0
+    print(f"largest-cgroup: latency_ms {ev['latency_ms']}")
+
+
+def test_kernel_default_on_selftest_tree_picks_plus_1000(sandbox, oomkit_daemon):
+    t, cg, hogs = selftest_tree(sandbox, False)
+    d = oomkit_daemon([{"cgroup": t, "policy": "kernel-default"}])
+    hogs["c4"] = sandbox.hog(cg["c4"], 10)
+    ev = d.wait_events(1)[0]
+    check_record(ev, t, "policy")
+    assert killed_pids(ev) == {hogs["c1"].pid}
+
+
+def test_pass_hands_oom_to_parent_policy(sandbox, oomkit_daemon):
+    p = sandbox.cg("p")
+    c = sandbox.cg("p/c", limit=32 * MiB)
+    # wait-for-exiting PASSes (nothing is exiting); largest-task at the parent acts
+    d = oomkit_daemon([{"cgroup": c, "policy": "wait-for-exiting"},
+                       {"cgroup": p, "policy": "largest-task"}])
+    big = sandbox.hog(c, 20, wait_allocated=20)
+    trigger = sandbox.hog(c, 20)
+    ev = d.wait_events(1)[0]
+    check_record(ev, c, "policy")
+    assert [(h["cgroup"], h["policy"], h["verdict"]) for h in ev["handlers"]] == [
+        (c, "wait-for-exiting", "PASS"), (p, "largest-task", "HANDLED")]
+    assert killed_pids(ev) == {big.pid}
+    assert ev["killed"][0]["by"] == f"policy:{p}"
+    assert big.wait_exit(5)
+    assert trigger.wait_line("allocated", 10)
+
+
+def test_failing_chain_reaches_kernel(sandbox, oomkit_daemon):
+    p = sandbox.cg("p", limit=32 * MiB)
+    c = sandbox.cg("p/c")
+    d = oomkit_daemon([{"cgroup": p, "policy": "wait-for-exiting"}])
+    assert sandbox.fs.oom_control(c)["oom_kill_disable"] is True     # managed below the attachment
+    hog = sandbox.hog(c, 64)
+    ev = d.wait_events(1)[0]
+    check_record(ev, p, "kernel")
+    assert [h["verdict"] for h in ev["handlers"]] == ["PASS"]
+    assert hog.wait_exit(5)
+    # the v1 oom_kill count is local to the victim's memcg: it moves in c, not p
+    assert sandbox.fs.oom_control(c)["oom_kill"] == 1
+    assert sandbox.fs.oom_control(p)["oom_kill"] == 0
+    assert [k["by"] for k in ev["killed"]] == ["kernel"]
+    assert ev["killed"][0]["pid"] in (hog.pid, -1)
+    if ev["killed"][0]["pid"] == hog.pid:
+        assert ev["killed"][0]["cgroup"] == c
+    # interception is taken back after the kernel acted
+    assert sandbox.fs.oom_control(p)["oom_kill_disable"] is True
+    assert d.alive()
+    print(f"chain failed -> kernel: latency_ms {ev['latency_ms']}")
+
+
+def test_raise_limit_resolves_without_kill(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=32 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "raise-limit", "params": {"step": "32M"}}])
+    hog = sandbox.hog(a, 48)
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "policy")
+    assert ev["killed"] == []
+    assert ev["limits"] == [{"cgroup": a, "old": 32 * MiB, "new": 64 * MiB}]
+    [h] = ev["handlers"]
+    assert h["verdict"] == "HANDLED" and h["actions"][0]["action"] == "raise_limit"
+    assert hog.wait_line("allocated", 10) and hog.alive()
+    assert sandbox.fs.limit(a) == 64 * MiB
+    assert sandbox.fs.oom_control(a)["oom_kill"] == 0
+    assert len(d.events()) == 1
+    print(f"raise-limit: latency_ms {ev['latency_ms']}")
+
+
+# A hog whose main thread exits (the leader becomes a zombie, state Z) while a
+# second thread keeps its memory until told to go: a victim that is exiting
+# but has not freed its memory yet.
+EXITING_HOG = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None)
+libc.prctl(1, 9)
+mib = int(sys.argv[1])
+print("ready", flush=True)
+if not sys.stdin.readline():
+    sys.exit(0)
+chunks = [b"\x01" * (1 << 20) for _ in range(mib)]
+# Once the memcg is full any new page would pause this thread in the OOM
+# too: it waits and exits through calls prepared in advance.
+read, leave, buf = libc.read, libc._exit, ctypes.create_string_buffer(8)
+def last():
+    read(0, buf, 1)
+    leave(0)
+threading.Thread(target=last).start()
+print("allocated", flush=True)
+libc.pthread_exit(None)
+"""
+
+
+def test_backoff_while_victim_exits(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=28 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "wait-for-exiting"}], backoff_wait="3s")
+    exiting = sandbox.hog(a, 16, wait_allocated=20, script=EXITING_HOG)
+    assert until(lambda: ProcFS().stat(exiting.pid)["state"] == "Z", 5)
+    hog = sandbox.hog(a, 20)
+    assert until(lambda: sandbox.fs.oom_control(a)["under_oom"], 10)
+    # the daemon now waits for the promise; let the exiting victim finish
+    time.sleep(0.3)
+    exiting.popen.stdin.write("go\n")
+    exiting.popen.stdin.flush()
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "backoff")
+    assert 250 <= ev["latency_ms"] < 3000
+    [h] = ev["handlers"]
+    assert (h["policy"], h["verdict"]) == ("wait-for-exiting", "BACKOFF")
+    assert ev["killed"] == []
+    assert exiting.wait_exit(5)
+    assert hog.wait_line("allocated", 10) and hog.alive()
+    assert sandbox.fs.oom_control(a)["oom_kill"] == 0
+    print(f"backoff: latency_ms {ev['latency_ms']}")
