@@ -1,0 +1,284 @@
+"""Root-only tests of ``oomkit run`` on a real cgroup v2 hierarchy.
+
+These machines bind the memory controller to cgroup v1, so the tests run in
+the throw-away VM (``../shared/vm/README.md``)::
+
+    ../shared/vm/run-in-vm.sh -w "$PWD" -- python3 -m pytest tests/kernel_v2 -q
+
+Everywhere else (the host included) they skip with the reason.  Each test
+gets a fresh ``/oomkit-test-<random>`` cgroup capped at 256 MiB (``box``),
+removed afterwards also on failure, and hogs of tens of MiB inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from oomkit.errors import CgroupGone, KernelError, TaskGone
+from oomkit.linux import pidfd as _pidfd
+from oomkit.linux.cgroupfs import CgroupFS, detect
+
+MiB = 1 << 20
+CAP = 256 * MiB
+
+# A hog: dies with its parent, says "ready", waits for "go" (so it can be
+# moved into its cgroup first: pages are charged to the faulting task's
+# cgroup), then touches MIB MiB, STEP MiB at a time with DELAY s between
+# steps, says "allocated", and holds it until stdin closes.
+HOG = r"""
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(1, 9)          # PR_SET_PDEATHSIG, SIGKILL
+mib, step, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+print("ready", flush=True)
+if not sys.stdin.readline():
+    sys.exit(0)
+chunks = []
+while len(chunks) < mib:
+    chunks += [b"\x01" * (1 << 20) for _ in range(min(step, mib - len(chunks)))]
+    if delay:
+        time.sleep(delay)
+print("allocated", flush=True)
+sys.stdin.readline()
+"""
+
+
+def v2_mount() -> str | None:
+    try:
+        version, mount = detect("v2")
+    except KernelError:
+        return None
+    return str(mount) if version == "v2" else None
+
+
+class Proc:
+    """A process we started (a hog or a sleeper); killed only through its pidfd."""
+
+    def __init__(self, argv: list[str], stdout=subprocess.PIPE):
+        self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=stdout, text=True,
+                                      bufsize=1)
+        self.pid = self.popen.pid
+        self.pidfd = _pidfd.open_pidfd(self.pid)
+
+    def wait_line(self, want: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not select.select([self.popen.stdout], [], [], deadline - time.monotonic())[0]:
+                return False
+            line = self.popen.stdout.readline()
+            if not line:
+                return False
+            if line.strip() == want:
+                return True
+        return False
+
+    def go(self) -> None:
+        self.popen.stdin.write("go\n")
+        self.popen.stdin.flush()
+
+    def alive(self) -> bool:
+        return not _pidfd.wait_exit(self.pidfd, 0)
+
+    def wait_exit(self, timeout: float) -> bool:
+        return _pidfd.wait_exit(self.pidfd, timeout)
+
+    def reap(self) -> None:
+        if self.pidfd >= 0:
+            try:
+                _pidfd.send_signal(self.pidfd, signal.SIGKILL)
+            except TaskGone:
+                pass
+            self.wait_exit(10)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        for stream in (self.popen.stdin, self.popen.stdout):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class Box:
+    """A fresh ``/oomkit-test-<random>`` cgroup with the memory controller on
+    for its children and a hard cap, and the processes we put in it."""
+
+    def __init__(self, mount: str):
+        self.fs = CgroupFS(mount, "v2")
+        self.root = f"/oomkit-test-{secrets.token_hex(4)}"
+        self.procs: list[Proc] = []
+        if "memory" not in self.fs.read("/", "cgroup.subtree_control").split():
+            self.fs.write("/", "cgroup.subtree_control", "+memory")
+        self.fs.mkdir(self.root)
+        self.fs.write(self.root, "memory.max", str(CAP))
+        self.fs.write(self.root, "cgroup.subtree_control", "+memory")
+
+    def cg(self, rel: str, limit: int | None = None, oom_group: bool = False,
+           subtree: bool = False) -> str:
+        path = self.root + "/" + rel.strip("/")
+        self.fs.mkdir(path)
+        if limit is not None:
+            self.fs.write(path, "memory.max", str(limit))
+        if oom_group:
+            self.fs.write(path, "memory.oom.group", "1")
+        if subtree:
+            self.fs.write(path, "cgroup.subtree_control", "+memory")
+        return path
+
+    def _mine(self, cg: str) -> None:
+        if not cg.startswith(self.root + "/"):
+            raise ValueError(f"{cg} is not inside this box ({self.root})")
+
+    def hog(self, cg: str, mib: int, step: int = 1, delay: float = 0.0) -> Proc:
+        """Start a hog, move it into ``cg`` and let it allocate."""
+        self._mine(cg)
+        hog = Proc([sys.executable, "-S", "-c", HOG, str(mib), str(step), str(delay)])
+        self.procs.append(hog)
+        if not hog.wait_line("ready", 60):
+            raise RuntimeError("hog did not start")
+        self.fs.write(cg, "cgroup.procs", str(hog.pid))
+        hog.go()
+        return hog
+
+    def sleeper(self, cg: str) -> Proc:
+        self._mine(cg)
+        p = Proc(["sleep", "1000"], stdout=subprocess.DEVNULL)
+        self.procs.append(p)
+        self.fs.write(cg, "cgroup.procs", str(p.pid))
+        return p
+
+    def events(self, cg: str, local: bool = False) -> dict[str, int]:
+        return self.fs.events(cg, local=local)
+
+    def cleanup(self) -> list[str]:
+        for p in self.procs:
+            p.reap()
+        try:  # anything else left in our subtree (only ours: it is our cgroup)
+            self.fs.write(self.root, "cgroup.kill", "1")
+        except KernelError:
+            pass
+        left = []
+        for cg in sorted(self.fs.walk(self.root), key=lambda p: -p.count("/")):
+            for _ in range(200):
+                try:
+                    self.fs.rmdir(cg)
+                    break
+                except CgroupGone:
+                    break
+                except KernelError:
+                    time.sleep(0.05)
+            else:
+                left.append(cg)
+        return left
+
+
+class Daemon:
+    """``oomkit run --config FILE -v`` as a subprocess, its stderr in a file."""
+
+    def __init__(self, tmp_path: Path, config: str):
+        self.config = tmp_path / "oomkit.toml"
+        self.config.write_text(config)
+        self.log_path = tmp_path / "daemon.log"
+        self.events_path = tmp_path / "events.jsonl"
+        self._log = open(self.log_path, "wb")
+        code = "import sys; sys.argv[0] = 'oomkit'; from oomkit.cli import main; main()"
+        self.popen = subprocess.Popen([sys.executable, "-c", code, "run", "--config",
+                                       str(self.config), "-v"],
+                                      stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_running(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while "oomkit: running on cgroup v2" not in self.log:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"the daemon exited {self.popen.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon did not start in {timeout}s:\n{self.log}")
+            time.sleep(0.1)
+
+    def records(self) -> list[dict]:
+        if not self.events_path.exists():
+            return []
+        return [msgspec.json.decode(line) for line in self.events_path.read_bytes().splitlines()
+                if line.strip()]
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            rc = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            rc = self.popen.wait()
+        self._log.close()
+        return rc
+
+
+@pytest.fixture(scope="session")
+def v2() -> str:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates cgroups and kills processes")
+    mount = v2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy with the memory controller (run these in the VM: "
+                    "../shared/vm/run-in-vm.sh -w \"$PWD\" -- python3 -m pytest tests/kernel_v2)")
+    return mount
+
+
+@pytest.fixture
+def box(v2):
+    b = Box(v2)
+    try:
+        yield b
+    finally:
+        left = b.cleanup()
+        assert not left, f"could not remove test cgroups: {left}"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started: list[Daemon] = []
+
+    def start(box: Box, policy: str, *, at: str | None = None, params: str = "{}",
+              headroom: str = "0", tripwire: bool = False,
+              pressure: str = "some 150ms 2s") -> Daemon:
+        config = f"""
+[daemon]
+cgroup = "v2"
+event_log = "{tmp_path / 'events.jsonl'}"
+headroom = "{headroom}"
+tripwire = {str(tripwire).lower()}
+pressure = "{pressure}"
+handler_deadline = "2s"
+
+[[attach]]
+cgroup = "{at or box.root}"
+policy = "{policy}"
+params = {params}
+"""
+        d = Daemon(tmp_path, config)
+        started.append(d)
+        d.wait_running()
+        return d
+
+    yield start
+    for d in started:
+        if d.popen.poll() is None:
+            d.stop()
