@@ -27,7 +27,7 @@ from pathlib import Path
 from oomkit.backends.base import OOMEvent, Release
 from oomkit.backends.live import CgroupV1Backend, CgroupV2Backend, LiveBackend
 from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
-from oomkit.context import ancestors
+from oomkit.context import ancestors, parent_of
 from oomkit.daemon import watchdog as watchdog_module
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.snapshot import snapshot
@@ -102,6 +102,7 @@ class Daemon:
         self.global_fd: int | None = None
         self.running = False
         self._notified: set[str] = set()
+        self._held: set[str] = set()
         self._reload = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._last_events: dict[str, dict[str, int]] = {}
@@ -200,6 +201,7 @@ class Daemon:
         managed = self._managed_set(wanted)
         for path in [p for p in self.managed if p not in managed]:
             self._release(path)
+        self._held = set(self.managed)      # v1: held before this pass (see _take_v1)
         for path in sorted(managed - set(self.managed)):
             self._take(path)
         self._watch_dirs(wanted)
@@ -262,6 +264,11 @@ class Daemon:
         # Tell the watchdog first: from the write on, a paused OOM must not outlive us.
         control = str(self.fs.path(m.path, "memory.oom_control"))
         original = self.fs.oom_control(m.path)["oom_kill_disable"]
+        # v1 copies oom_kill_disable from the parent at mkdir: in a memcg created
+        # under one we already held, that 1 is ours, and the original is the parent's.
+        parent = self.managed.get(parent_of(m.path) or "")
+        if parent is not None and parent.path in self._held and "memory.oom_control" in parent.restore:
+            original = parent.restore["memory.oom_control"] == "1"
         if not original:
             self.watchdog.send("+" + control)
             m.restore["memory.oom_control"] = "0"
