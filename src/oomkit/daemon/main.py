@@ -305,7 +305,10 @@ class Daemon:
             except KernelError:
                 pass        # the cgroup is gone with its settings
         if "memory.oom_control" in m.restore and self.watchdog:
-            self.watchdog.send("-" + str(self.fs.path(m.path, "memory.oom_control")))
+            try:
+                self.watchdog.send("-" + str(self.fs.path(m.path, "memory.oom_control")))
+            except KernelError:
+                pass    # the watchdog is gone: the setting is restored, go on with the rest
 
     def _watch_dirs(self, wanted: dict[str, Attach]) -> None:
         """inotify on every directory where a cgroup we care about may appear."""
