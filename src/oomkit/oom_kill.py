@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from oomkit.context import CgroupInfo, TaskInfo, ancestors, is_within
 
@@ -83,11 +84,18 @@ def scan_order(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], lev
                memcg: str) -> list[TaskInfo]:
     """Tasks in the order the kernel evaluates them (see the module doc)."""
     if level != "memcg":
-        return sorted(tasks, key=lambda t: t.pid)
+        return sorted(tasks, key=_by_pid)
     rank = {path: i for i, path in enumerate(preorder(cgroups, memcg))}
     last = len(rank)
-    return sorted((t for t in tasks if is_within(t.cgroup, memcg)),
-                  key=lambda t: (rank.get(t.cgroup, last), t.pid))
+    if memcg == "/":
+        inside = list(tasks)
+    else:   # is_within(), inlined: this runs once per task on every memcg OOM
+        prefix = memcg + "/"
+        inside = [t for t in tasks if t.cgroup == memcg or t.cgroup.startswith(prefix)]
+    return sorted(inside, key=lambda t: (rank.get(t.cgroup, last), t.pid))
+
+
+_by_pid = attrgetter("pid")
 
 
 def preorder(cgroups: Mapping[str, CgroupInfo], top: str) -> list[str]:
@@ -106,14 +114,24 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
                        level: str, memcg: str, nodes: Sequence[int],
                        totalpages: int) -> Decision:
     """``select_bad_process()`` + ``oom_kill_process()``'s group expansion."""
+    tasks = tasks if isinstance(tasks, Sequence) else list(tasks)
     chosen, chosen_points = None, None
+    adj_unit = totalpages // 1000            # badness()'s oom_score_adj scale, computed once
+    node_set = frozenset(nodes) if level == "numa" else None
+    # The loop is eligible() and badness() inlined (it runs once per task, and
+    # this is the hot path of a global OOM); scan_order() already keeps only
+    # the OOMing memcg's tasks for a memcg OOM.
     for task in scan_order(tasks, cgroups, level, memcg):
-        if not eligible(task, level, memcg, nodes):
+        if node_set is not None and task.nodes is not None and node_set.isdisjoint(task.nodes):
             continue
         if task.exiting:
             return Decision(waiting_for=task)
-        points = badness(task, totalpages)
-        if points is None or (chosen_points is not None and points < chosen_points):
+        adj = task.oom_score_adj
+        if adj <= OOM_SCORE_ADJ_MIN:
+            continue
+        points = (task.rss // PAGE_SIZE + task.swap // PAGE_SIZE + task.pgtables // PAGE_SIZE
+                  + adj * adj_unit)
+        if chosen_points is not None and points < chosen_points:
             continue
         chosen, chosen_points = task, points
     if chosen is None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from oomkit import oom_kill
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
 from oomkit.backends.sim.machine import Machine, SimTask
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, is_within
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo
 from oomkit.engine.clock import ManualClock
 
 PAGE = oom_kill.PAGE_SIZE
@@ -33,10 +33,8 @@ class SimBackend:
         return LazyMapping(lambda: m.subtree(scope), lambda path: m.cgroups[path].info())
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
-        tasks = self.machine.tasks.values()
-        if scope == "/":
-            return LazyTasks(lambda: [t.info() for t in tasks])
-        return LazyTasks(lambda: [t.info() for t in tasks if is_within(t.cgroup, scope)])
+        m = self.machine
+        return LazyTasks(lambda: m.snapshot_of(scope))
 
     def totalpages(self, oom: OOMEvent) -> int:
         """``oom_constrained()``: see :mod:`oomkit.oom_kill`."""
@@ -93,8 +91,11 @@ class SimBackend:
         return tuple(pid for _, _, pid in sorted(self._exits))
 
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
+        # Candidates of a memcg OOM are in its subtree, and so is its oom_group
+        # domain: reading only that subtree decides exactly as reading it all.
+        scope = oom.memcg if oom.level == "memcg" else "/"
         decision = oom_kill.select_bad_process(
-            self.tasks(oom, "/"), self.cgroups(oom, "/"), level=oom.level, memcg=oom.memcg,
+            self.tasks(oom, scope), self.cgroups(oom, scope), level=oom.level, memcg=oom.memcg,
             nodes=oom.nodes, totalpages=self.totalpages(oom))
         if decision.waiting_for is not None:
             return Fallback(waiting_for=decision.waiting_for.pid)

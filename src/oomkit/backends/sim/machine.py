@@ -20,6 +20,7 @@ What it models, and where it simplifies the kernel:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -83,6 +84,16 @@ class Machine:
         self.node_used = [0] * numa_nodes
         self.cgroups: dict[str, SimCgroup] = {"/": SimCgroup("/")}
         self.tasks: dict[int, SimTask] = {}          # live and exiting, in pid order
+        # Caches for the hot paths (every event charges; every OOM snapshots):
+        # each cgroup's chain of SimCgroups up to the root, subtrees in
+        # pre-order, and the tasks' TaskInfo snapshots (in self.tasks order),
+        # rebuilt only for the tasks that changed since the last snapshot.
+        self._chains: dict[str, tuple[SimCgroup, ...]] = {"/": (self.cgroups["/"],)}
+        self._subtrees: dict[str, tuple[str, ...]] = {}
+        self._infos: dict[int, TaskInfo | None] = {}
+        self._stale: set[int] = set()
+        self._joined: dict[int, int] = {}            # pid -> when it was added (self.tasks order)
+        self._join_count = itertools.count()
 
     @property
     def used(self) -> int:
@@ -92,28 +103,43 @@ class Machine:
 
     def add_cgroup(self, path: str, limit: int | None, oom_group: bool) -> SimCgroup:
         cg = SimCgroup(path, limit, oom_group)
+        parent = parent_of(path)
         self.cgroups[path] = cg
-        self.cgroups[parent_of(path)].children.append(path)
+        self.cgroups[parent].children.append(path)
+        self._chains[path] = (cg, *self._chains[parent])
+        self._subtrees.clear()
         return cg
 
     def add_task(self, task: SimTask) -> SimTask:
         self.tasks[task.pid] = task
         self.cgroups[task.cgroup].pids.append(task.pid)
+        self._infos[task.pid] = None
+        self._stale.add(task.pid)
+        self._joined[task.pid] = next(self._join_count)
         return task
+
+    def chain(self, path: str) -> tuple[SimCgroup, ...]:
+        """``path``'s cgroup, then each ancestor up to the root (as ``ancestors()``)."""
+        return self._chains[path]
 
     # -- charging ---------------------------------------------------------------
 
     def check(self, task: SimTask, amount: int) -> OOMEvent | None:
         """The OOM this allocation would raise, or None if it fits."""
-        nodes = self.allowed_nodes(task)
-        if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
-            constrained = len(nodes) < self.numa_nodes
-            return OOMEvent("numa" if constrained else "global", "/",
-                            tuple(nodes) if constrained else (), amount, task.name, task.pid)
-        for path in ancestors(task.cgroup):
-            cg = self.cgroups[path]
-            if cg.limit is not None and cg.usage + amount > cg.limit:
-                return OOMEvent("memcg", path, (), amount, task.name, task.pid)
+        if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
+            # one node, and the task may use it: the general case below, short
+            if amount > self.node_size[0] - self.node_used[0]:
+                return OOMEvent("global", "/", (), amount, task.name, task.pid)
+        else:
+            nodes = self.allowed_nodes(task)
+            if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
+                constrained = len(nodes) < self.numa_nodes
+                return OOMEvent("numa" if constrained else "global", "/",
+                                tuple(nodes) if constrained else (), amount, task.name, task.pid)
+        for cg in self._chains[task.cgroup]:
+            limit = cg.limit
+            if limit is not None and cg.usage + amount > limit:
+                return OOMEvent("memcg", cg.path, (), amount, task.name, task.pid)
         return None
 
     def allowed_nodes(self, task: SimTask) -> list[int]:
@@ -123,6 +149,16 @@ class Machine:
 
     def charge(self, task: SimTask, amount: int) -> None:
         """Place ``amount`` bytes for ``task`` (the caller checked it fits)."""
+        if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
+            # one node: the loop below, short
+            take = min(amount, self.node_size[0] - self.node_used[0])
+            if take > 0:
+                self.node_used[0] += take
+                task.node_rss[0] = task.node_rss.get(0, 0) + take
+                self._account(task, take)
+            else:
+                self._account(task, 0)
+            return
         left = amount
         for n in sorted(self.allowed_nodes(task), key=lambda n: self.node_used[n] - self.node_size[n]):
             take = min(left, self.node_size[n] - self.node_used[n])
@@ -147,15 +183,52 @@ class Machine:
         return done
 
     def _account(self, task: SimTask, delta: int) -> None:
-        for path in ancestors(task.cgroup):
-            self.cgroups[path].usage += delta
+        for cg in self._chains[task.cgroup]:
+            cg.usage += delta
+        self._changed(task)
+
+    def _changed(self, task: SimTask) -> None:
+        """``task``'s TaskInfo snapshot is out of date."""
         task._info = None
+        if task.pid in self._infos:
+            self._stale.add(task.pid)
+
+    # -- snapshots (what the OOM context shows) -----------------------------------
+
+    def snapshot(self) -> list[TaskInfo]:
+        """TaskInfo of every task (live and exiting), in ``self.tasks`` order."""
+        infos = self._infos
+        if self._stale:
+            tasks = self.tasks
+            for pid in self._stale:
+                task = tasks.get(pid)
+                if task is not None:
+                    infos[pid] = task.info()
+            self._stale.clear()
+        return list(infos.values())
+
+    def snapshot_of(self, scope: str) -> list[TaskInfo]:
+        """TaskInfo of the tasks of ``scope``'s subtree, in ``self.tasks`` order."""
+        if scope == "/":
+            return self.snapshot()
+        infos = self.snapshot()
+        members = {pid for path in self.subtree(scope) for pid in self.cgroups[path].pids}
+        if len(members) * 8 > len(infos):
+            return [i for i in infos if i.pid in members]
+        by_pid = self._infos
+        return [by_pid[pid] for pid in sorted(members, key=self._joined.__getitem__)]
+
+    def forget_snapshots(self) -> None:
+        """Rebuild every TaskInfo at the next snapshot (benchmarks: the cold case)."""
+        for task in self.tasks.values():
+            task._info = None
+        self._stale.update(self._infos)
 
     # -- lifecycle ----------------------------------------------------------------
 
     def mark_exiting(self, task: SimTask) -> None:
         task.state = "exiting"
-        task._info = None
+        self._changed(task)
 
     def reap(self, task: SimTask) -> None:
         """The task is gone: its memory is uncharged and it leaves its cgroup."""
@@ -163,14 +236,16 @@ class Machine:
         task.state = "dead"
         task._info = None
         self.tasks.pop(task.pid, None)
+        self._infos.pop(task.pid, None)
+        self._stale.discard(task.pid)
         pids = self.cgroups[task.cgroup].pids
         if task.pid in pids:
             pids.remove(task.pid)
 
     def count_event(self, path: str, key: str) -> None:
         """memory.events counters are hierarchical (cgroup v2, without memory_localevents)."""
-        for p in ancestors(path):
-            self.cgroups[p].events[key] += 1
+        for cg in self._chains[path]:
+            cg.events[key] += 1
 
     # -- the OOM condition ----------------------------------------------------------
 
@@ -193,9 +268,13 @@ class Machine:
         return max(0, room)
 
     def subtree(self, top: str) -> list[str]:
-        out, stack = [], [top]
-        while stack:
-            path = stack.pop()
-            out.append(path)
-            stack.extend(reversed(self.cgroups[path].children))
-        return out
+        """``top`` and every cgroup below it, in pre-order (cached until the tree changes)."""
+        cached = self._subtrees.get(top)
+        if cached is None:
+            out, stack = [], [top]
+            while stack:
+                path = stack.pop()
+                out.append(path)
+                stack.extend(reversed(self.cgroups[path].children))
+            cached = self._subtrees[top] = tuple(out)
+        return list(cached)
