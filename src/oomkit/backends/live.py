@@ -296,9 +296,10 @@ class CgroupV2Backend(LiveBackend):
 
     version = "v2"
 
-    def __init__(self, *args, headroom: int = 0, **kwargs):
+    def __init__(self, *args, headroom: int = 0, tripwire: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.headroom_bytes = headroom
+        self.tripwire = tripwire      # memory.high = memory.max - headroom is ours to move
 
     def _swap(self, path: str) -> int:
         try:
@@ -328,7 +329,7 @@ class CgroupV2Backend(LiveBackend):
     def set_limit(self, path: str, limit: int) -> None:
         super().set_limit(path, limit)
         # The tripwire (memory.high) moves with the limit, when it is set.
-        if not self.dry_run and self.headroom_bytes and self._has_tripwire(path):
+        if not self.dry_run and self.tripwire and self.headroom_bytes and self._has_tripwire(path):
             self.fs.write(path, "memory.high", str(max(0, limit - self.headroom_bytes)))
 
     def _has_tripwire(self, path: str) -> bool:

@@ -89,7 +89,7 @@ class Daemon:
         self.watchdog = Watchdog(config.watchdog_timeout) if version == "v1" else None
         protected = [self.watchdog.pid] if self.watchdog else []
         cls = CgroupV1Backend if version == "v1" else CgroupV2Backend
-        extra = {"headroom": config.headroom} if version == "v2" else {}
+        extra = {"headroom": config.headroom, "tripwire": config.tripwire} if version == "v2" else {}
         self.backend: LiveBackend = cls(self.fs, self.proc, protected_pids=protected,
                                         dry_run=config.dry_run, tick=self.heartbeat, **extra)
         self.engine = self._engine(config)
