@@ -64,6 +64,17 @@ def write(tmp_path: Path, name: str, text: str) -> None:
     (tmp_path / name).write_text(text)
 
 
+def cpu_seconds(pid: int, over: float) -> float:
+    """CPU time (user + system) the process used during the next ``over`` seconds."""
+    def ticks():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    t0 = ticks()
+    time.sleep(over)
+    return (ticks() - t0) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_under_oom(sandbox, cg: str, timeout: float = 10) -> float:
     t0 = time.monotonic()
     assert until(lambda: sandbox.fs.oom_control(cg)["under_oom"], timeout), f"{cg} never went under OOM"
@@ -167,6 +178,8 @@ def test_bad_policy_kernel_takes_over_then_ejected(sandbox, oomkit_daemon, tmp_p
         assert d.alive(), d.stderr()
         assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True
     assert d.wait_line(f"ejected policy {policy.lower()} at {a} after 3 consecutive failures", 1)
+    # an abandoned handler does not keep running (a busy loop gets HandlerDeadline)
+    assert cpu_seconds(d.pid, 0.5) < 0.25
     print(f"{policy}: latency_ms {[e['latency_ms'] for e in d.events()]}")
 
 
@@ -207,6 +220,19 @@ def test_sighup_bad_file_keeps_config_good_file_applies(sandbox, oomkit_daemon, 
     assert [h["policy"] for h in events[1]["handlers"]] == ["raise-limit"]
     assert events[1]["killed"] == [] and sandbox.fs.limit(a) == 64 * MiB
     assert hog2.wait_line("allocated", 10)
+
+    # a reload that moves the attachment gives a back and takes b
+    b = sandbox.cg("b", limit=24 * MiB)
+    n = len(d.lines)
+    d.write_config([{"cgroup": b, "policy": "largest-task"}])
+    d.signal(signal.SIGHUP)
+    assert d.wait_line("reloaded", 5, n), d.stderr()
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is False
+    assert sandbox.fs.oom_control(b)["oom_kill_disable"] is True
+    hog3 = sandbox.hog(b, 40)
+    events = d.wait_events(3)
+    assert len(events) == 3 and killed_pids(events[2]) == {hog3.pid}
+    check_record(events[2], b, "policy")
 
 
 def test_sigterm_restores_every_setting(sandbox, oomkit_daemon):

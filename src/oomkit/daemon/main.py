@@ -27,7 +27,7 @@ from pathlib import Path
 from oomkit.backends.base import OOMEvent, Release
 from oomkit.backends.live import CgroupV1Backend, CgroupV2Backend, LiveBackend
 from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
-from oomkit.context import ancestors, parent_of
+from oomkit.context import ancestors, is_within, parent_of
 from oomkit.daemon import watchdog as watchdog_module
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.snapshot import snapshot
@@ -106,6 +106,8 @@ class Daemon:
         self._reload = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._last_events: dict[str, dict[str, int]] = {}
+        self._last_local: dict[str, int] = {}       # v2: memory.events.local oom_kill per cgroup
+        self._quiet: dict[str, float] = {}          # v2: cgroup -> end of its post-OOM pressure window
         self._kmsg_fd: int | None = None
 
     @property
@@ -395,23 +397,50 @@ class Daemon:
         return top
 
     def _on_pressure(self, path: str, mask: int) -> None:
-        self._check_v2(path)
+        log.debug("oomkit: PSI trigger fired on %s/memory.pressure", path)
+        self._check_v2(path, pressure=True)
 
-    def _check_v2(self, path: str) -> None:
+    def _check_v2(self, path: str, pressure: bool = False) -> None:
         """The OOM condition on v2: usage within the headroom of a memory.max at or
-        above ``path``, or pressure over the trigger's threshold at ``path``."""
+        above ``path``, or (only when the PSI trigger woke us) pressure over its
+        threshold at ``path``.  A memory.events change is not pressure."""
         for p in ancestors(path):
             if p not in self.managed:
                 break
             try:
                 limit = self.fs.limit(p)
                 if limit is not None and self.fs.usage(p) + self.backend.margin(OOMEvent("memcg", p)) > limit:
+                    if self.backend.in_flight():
+                        log.debug("oomkit: %s near its limit while victims exit; waiting", p)
+                        return
+                    self._hush(p)
                     self.handle(OOMEvent("memcg", p))
                     return
             except CgroupGone:
                 return
-        if path in self.managed:
-            self.handle(OOMEvent("memcg", path), pressure=True)
+        if not pressure or path not in self.managed:
+            return
+        # The PSI window still holds the stalls of an OOM just handled (ours or the
+        # kernel's), and a cgroup's pressure includes its descendants': neither is a
+        # new OOM.  Nor is pressure while our victims are still exiting.
+        if self._hushed(path) or self.backend.in_flight():
+            log.debug("oomkit: pressure at %s ignored: an OOM there was just handled", path)
+            return
+        self._hush(path)
+        self.handle(OOMEvent("memcg", path), pressure=True)
+
+    def _hush(self, path: str) -> None:
+        """No pressure-only OOM at, above or below ``path`` for one PSI window."""
+        self._quiet[path] = self.backend.clock.now() + self.config.pressure.window_us / 1e6
+
+    def _hushed(self, path: str) -> bool:
+        now = self.backend.clock.now()
+        for p, until in list(self._quiet.items()):
+            if until <= now:
+                del self._quiet[p]
+            elif is_within(p, path) or is_within(path, p):
+                return True
+        return False
 
     def _on_inotify(self, mask: int) -> None:
         changed = False
@@ -469,11 +498,17 @@ class Daemon:
         return self._kmsg_fd
 
     def _on_global_pressure(self, mask: int) -> None:
+        """System-wide PSI trigger: with ``mem_available_min`` set, an OOM only while
+        MemAvailable is below it; without, the pressure itself is the condition."""
         threshold = self.config.mem_available_min
         available = self.proc.meminfo().get("MemAvailable", 0)
+        log.debug("oomkit: system-wide PSI trigger fired; MemAvailable %d", available)
         if threshold is not None and available >= threshold:
             return
-        self.handle(OOMEvent("global", "/", requested=threshold))
+        if self._hushed("/") or self.backend.in_flight():
+            return
+        self._hush("/")
+        self.handle(OOMEvent("global", "/", requested=threshold), pressure=threshold is None)
 
     # -- one OOM ------------------------------------------------------------------------
 
