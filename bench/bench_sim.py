@@ -106,8 +106,10 @@ def big_scenario(n_events: int, seed: int = 1) -> dict:
     attach = [{"cgroup": "/slice0", "policy": "largest-task"},
               {"cgroup": "/slice1", "policy": "kernel-default"},
               {"cgroup": "/slice2", "policy": "newest-task"}]
-    return {"machine": {"memory": "12.5G"}, "cgroup": cgroups, "task": tasks,
-            "attach": attach, "event": events}
+    # A generous wall-clock deadline: on a loaded machine the default 50 ms can
+    # expire in a policy's handler, which would change the workload measured.
+    return {"machine": {"memory": "12.5G"}, "engine": {"handler_deadline": "10s"},
+            "cgroup": cgroups, "task": tasks, "attach": attach, "event": events}
 
 
 def bench_events(n_events: int, repeat: int) -> dict:
