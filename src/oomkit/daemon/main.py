@@ -108,6 +108,7 @@ class Daemon:
         self._last_events: dict[str, dict[str, int]] = {}
         self._last_local: dict[str, int] = {}       # v2: memory.events.local oom_kill per cgroup
         self._quiet: dict[str, float] = {}          # v2: cgroup -> end of its post-OOM pressure window
+        self._kmsg_backlog: list[str] = []          # v2: OOM lines read but not yet reported
         self._kmsg_fd: int | None = None
 
     @property
@@ -279,16 +280,28 @@ class Daemon:
         self._register(m.eventfd.fileno(), self._on_oom_eventfd, m.path)
 
     def _take_v2(self, m: Managed) -> None:
-        fd = notify.psi_trigger(self.fs.path(m.path, "memory.pressure"), str(self.config.pressure))
-        m.fds.append(fd)
-        self._register(fd, self._on_pressure, m.path, events=select.POLLPRI)
+        # /dev/kmsg is read from where it stood when we started watching: a kernel
+        # kill's "Killed process" line is written before we wake for it.
+        self._kmsg()
+        self._last_events[m.path] = self.fs.events(m.path)
+        self._last_local[m.path] = self.fs.events(m.path, local=True).get("oom_kill", 0)
+        try:
+            fd = notify.psi_trigger(self.fs.path(m.path, "memory.pressure"), str(self.config.pressure))
+        except KernelError as exc:
+            if not self.fs.exists(m.path):
+                raise CgroupGone(str(exc)) from exc
+            # PSI off (psi=0, CONFIG_PSI_DEFAULT_DISABLED) or a window the kernel refuses:
+            # memory.events and the tripwire still wake us.
+            log.warning("oomkit: no PSI trigger on %s (%s): memory.events only", m.path, exc)
+        else:
+            m.fds.append(fd)
+            self._register(fd, self._on_pressure, m.path, events=select.EPOLLPRI)
         wd = self.inotify.add_watch(self.fs.path(m.path, "memory.events"), notify.IN_MODIFY)
         self.watches[wd] = m.path + "//events"
         limit = self.fs.limit(m.path)
         if self.config.tripwire and self.config.headroom and limit is not None:
             m.restore["memory.high"] = self.fs.read(m.path, "memory.high").strip()
             self.fs.write(m.path, "memory.high", str(max(0, limit - self.config.headroom)))
-        self._last_events[m.path] = self.fs.events(m.path)
 
     def _release(self, path: str) -> None:
         m = self.managed.pop(path, None)
@@ -461,33 +474,65 @@ class Daemon:
         """memory.events changed (v2): report kernel OOM kills; re-check the condition."""
         try:
             now = self.fs.events(path)
+            local = self.fs.events(path, local=True).get("oom_kill", 0)
         except CgroupGone:
             return
         before = self._last_events.get(path, {})
         self._last_events[path] = now
-        if now.get("oom_kill", 0) > before.get("oom_kill", 0):
-            self._report_kernel_kill(path, now["oom_kill"] - before.get("oom_kill", 0))
+        killed_here = local - self._last_local.get(path, 0)
+        self._last_local[path] = local
+        log.debug("oomkit: memory.events changed at %s: %s", path, now)
+        # memory.events is hierarchical; memory.events.local counts a kill only in
+        # the victim's own cgroup, so each kernel kill is reported once, there.
+        if killed_here > 0:
+            self._report_kernel_kill(path, killed_here)
+            return      # its memory is on its way back: no condition to re-check now
         if now.get("max", 0) > before.get("max", 0) or now.get("high", 0) > before.get("high", 0):
             self._check_v2(path)
 
     def _report_kernel_kill(self, path: str, count: int) -> None:
-        # memory.events is hierarchical: report at the lowest cgroup that saw it.
-        if any(c in self.managed and self._last_events.get(c, {}).get("oom_kill")
-               for c in self.fs.children(path)):
-            return
-        from oomkit.backends.live import victims_from_kmsg
-
-        victims = victims_from_kmsg(notify.read_kmsg(self._kmsg())) if self._kmsg() else []
-        record = {"t": self.backend.clock.now(), "level": "memcg", "memcg": path, "trigger": None,
-                  "handlers": [], "resolved_by": "kernel",
+        """The kernel OOM-killed in ``path`` (kernel 6.1 may count one kill twice):
+        one record, with the victims from /dev/kmsg."""
+        for p in ancestors(path):
+            if p in self.managed:
+                self._hush(p)
+        killed, oom_memcg = self._kernel_victims(path)
+        record = {"t": self.backend.clock.now(), "level": "memcg", "memcg": oom_memcg or path,
+                  "trigger": None, "requested": None, "handlers": [], "resolved_by": "kernel",
                   "killed": [{"name": v.name, "pid": v.pid, "cgroup": v.cgroup, "by": "kernel"}
-                             for v in victims], "limits": [], "detected_at": now_iso(),
-                  "note": f"the kernel's OOM killer acted ({count} oom_kill in memory.events)"}
-        for v in victims:
-            log.warning(release_line(v, "kernel", "/", "memory.max reached"))
-        if not victims:
-            log.warning("oomkit: the kernel OOM-killed %d task(s) in %s", count, path)
+                             for v in killed], "limits": [], "detected_at": now_iso(),
+                  "note": f"the kernel's OOM killer acted in {path} ({count} oom_kill in "
+                          "memory.events.local)"}
+        for v in killed:
+            log.warning(release_line(v, "kernel", "/", f"memory.max of {oom_memcg or path} reached"))
+        if not killed:
+            log.warning("oomkit: the kernel OOM-killed in %s (victim not found in /dev/kmsg)", path)
         self.events.write(record)
+
+    def _kernel_victims(self, path: str, wait: float = 0.5) -> tuple[list[Release], str | None]:
+        """The kernel's victims in ``path`` from /dev/kmsg and the memcg whose limit
+        was hit; the log lines may trail the counter a little, so wait up to ``wait``."""
+        from oomkit.backends.live import victims_from_kmsg
+        from oomkit.linux import parse
+
+        fd = self._kmsg()
+        if fd is None:
+            return [], None
+        clock, records = self.backend.clock, self._kmsg_backlog
+        deadline = clock.now() + wait
+        while True:
+            records += [r for r in notify.read_kmsg(fd) if parse.kmsg_oom_kill(r)]
+            victims = [v for v in victims_from_kmsg(records) if is_within(v.cgroup, path)]
+            if victims or clock.now() >= deadline:
+                break
+            self.heartbeat()
+            clock.sleep(0.01)
+        parsed = [(r, parse.kmsg_oom_kill(r)) for r in records]
+        memcgs = {f["pid"]: f.get("memcg") for _r, f in parsed if f["kind"] == "summary"}
+        # Lines of kills elsewhere (a sibling's, reported next) stay for their report.
+        taken = {v.pid for v in victims}
+        self._kmsg_backlog = [r for r, f in parsed if f.get("pid") not in taken][-200:]
+        return victims, next((memcgs[v.pid] for v in victims if memcgs.get(v.pid)), None)
 
     def _kmsg(self) -> int | None:
         if self._kmsg_fd is None:
