@@ -73,8 +73,7 @@ def test_policy_kills_before_the_limit_with_tripwire(box, daemon):
     hog crossing 56M raises a 'high' event, the daemon wakes and largest-task
     kills it; the kernel never reaches memory.max."""
     cg = box.cg("a", limit=64 * MiB)
-    other = box.cg("b")
-    bystander = box.sleeper(other)
+    bystander = box.sleeper(cg)     # a second kill (a stale wake-up) would take it
     d = daemon(box, "largest-task", headroom="8M", tripwire=True)
     assert box.fs.read(cg, "memory.high").strip() == str(56 * MiB)
     hog = box.hog(cg, 96, step=1, delay=0.02)
@@ -94,26 +93,35 @@ def test_policy_kills_before_the_limit_with_tripwire(box, daemon):
     assert rec["handlers"][0]["policy"] == "largest-task"
     assert rec["latency_ms"] >= 0 and rec["detected_at"] and rec["resolved_at"]
     assert any(t["pid"] == hog.pid for t in rec["snapshot"]["tasks"])
+    time.sleep(3)                   # longer than a PSI window: nothing else happens
+    assert len(d.records()) == 1, d.records()
     assert bystander.alive()
     assert f"killed pid {hog.pid}" in d.log
     assert d.stop() == 0
     assert box.fs.read(cg, "memory.high").strip() == "max", "tripwire not restored"
 
 
-def test_policy_kills_on_pressure_before_the_kernel_without_tripwire(box, daemon):
-    """No tripwire: a hog whose page cache the kernel can reclaim at memory.max
-    thrashes for a while before the OOM killer; the 'max' events (inotify) and
-    the PSI trigger wake the daemon, and the policy kills before the kernel."""
+def test_without_tripwire_one_kill_and_no_second(box, daemon):
+    """headroom but no tripwire: v2 has no wake-up between 'within the headroom'
+    and memory.max for anonymous memory, and at memory.max the kernel kills
+    within milliseconds of the first 'max' event, so the victim is the
+    kernel's or (rarely) ours.  Either way: one record naming the hog, and the
+    pressure and events that follow (PSI window, 'max' and 'oom_kill'
+    changes) do not make a policy kill the task left beside it."""
     cg = box.cg("a", limit=64 * MiB)
+    bystander = box.sleeper(cg)
     d = daemon(box, "largest-task", headroom="8M", pressure="some 50ms 500ms")
     hog = box.hog(cg, 96, step=1, delay=0.05)
     assert hog.wait_exit(120), f"the hog was not killed:\n{d.log}"
     assert until(lambda: d.records(), 30), f"no event record:\n{d.log}"
-    time.sleep(1)
+    time.sleep(3)
     records = d.records()
-    print(box.events(cg), records, d.log, sep="\n")
-    assert records[0]["resolved_by"] == "policy", (records, d.log)
-    assert box.events(cg)["oom_kill"] == 0
+    print("memory.events:", box.events(cg), "\nresolved by:", [r["resolved_by"] for r in records])
+    assert len(records) == 1, (records, d.log)
+    assert [k["pid"] for k in records[0]["killed"]] == [hog.pid], records
+    assert records[0]["resolved_by"] in ("kernel", "policy")
+    assert bystander.alive(), f"a second kill took the bystander:\n{d.log}"
+    assert d.stop() == 0
 
 
 # -- (b) cgroup.kill of an oom_group cgroup ----------------------------------------------
