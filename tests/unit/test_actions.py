@@ -96,10 +96,8 @@ def test_oom_score_adj_minus_1000_is_refused_even_to_the_root():
 
 
 def test_a_rebuilt_taskinfo_cannot_smuggle_a_minus_1000_task_past_the_check():
-    import dataclasses
-
     def fn(oc, k):
-        return k.kill_task(dataclasses.replace(task_named(oc, "prot"), oom_score_adj=0), "sneaky")
+        return k.kill_task(task_named(oc, "prot")._replace(oom_score_adj=0), "sneaky")
     value, _, result = run_with("/", fn)
     assert value == -errno.EPERM and "prot" in result.survivors
 

@@ -37,7 +37,7 @@ class ReplayBackend:
         out = []
         for t in tasks:
             if t.pid in self._tasks and not self._tasks[t.pid].exiting:
-                self._tasks[t.pid] = replace(t, exiting=True)
+                self._tasks[t.pid] = t._replace(exiting=True)
                 for path in self._cgroups:
                     if is_within(t.cgroup, path):
                         self._freed[path] = self._freed.get(path, 0) + t.rss
@@ -89,7 +89,7 @@ def _cgroup(path: str, c: dict[str, Any]) -> CgroupInfo:
 
 def _task(t: dict[str, Any]) -> TaskInfo:
     nodes = t.get("nodes")
-    return TaskInfo(t["pid"], t["name"], t.get("cmdline", ()), t["cgroup"], t["rss"], t.get("swap", 0),
+    return TaskInfo(t["pid"], t["name"], tuple(t.get("cmdline", ())), t["cgroup"], t["rss"], t.get("swap", 0),
                     t.get("pgtables", 0), t.get("oom_score_adj", 0), t.get("uid", 0),
                     t.get("start_time", 0.0), t.get("exiting", False),
                     tuple(nodes) if nodes is not None else None)
