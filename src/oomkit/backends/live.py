@@ -14,6 +14,7 @@ before ``memory.max``, which stays the kernel's last word.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -233,12 +234,13 @@ class CgroupV1Backend(LiveBackend):
             return Fallback(note="global OOM: the kernel's OOM killer acts on its own")
         kmsg = self._open_kmsg()
         before = self._oom_kills(oom.memcg)
+        threads = self._threads(oom.memcg)
         try:
             self.fs.set_oom_kill_disable(oom.memcg, False)
             moved = self._wait_kill(oom, before)
         finally:
             self._retake(oom.memcg)
-        victims = self._kmsg_victims(kmsg)
+        victims = self._ours(self._kmsg_victims(kmsg), threads)
         if victims:
             return Fallback(killed=victims)
         if moved:
@@ -265,6 +267,25 @@ class CgroupV1Backend(LiveBackend):
             except CgroupGone:
                 pass
         return total
+
+    def _threads(self, top: str) -> dict[int, str]:
+        """Every thread id under ``top`` and its memcg (the kernel names its victim
+        by the thread it picked, which need not be the thread-group leader)."""
+        out: dict[int, str] = {}
+        for path in self.fs.walk(top):
+            try:
+                out.update((tid, path) for tid in parse.pids(self.fs.read(path, "tasks")))
+            except CgroupGone:
+                pass
+        return out
+
+    @staticmethod
+    def _ours(victims: list[Release], threads: dict[int, str]) -> list[Release]:
+        """Only the kernel's kills in this subtree (/dev/kmsg also has other OOMs on the
+        host), each with its memcg: the kernel rate-limits (10 per 5 s) the summary
+        line that names it, but never the "Killed process" line."""
+        return [v if v.cgroup != "?" else dataclasses.replace(v, cgroup=threads[v.pid])
+                for v in victims if v.pid in threads]
 
     def _retake(self, path: str) -> None:
         try:
