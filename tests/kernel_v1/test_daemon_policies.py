@@ -143,10 +143,24 @@ def test_pass_hands_oom_to_parent_policy(sandbox, oomkit_daemon):
     assert trigger.wait_line("allocated", 10)
 
 
-def test_failing_chain_reaches_kernel(sandbox, oomkit_daemon):
+def burn_oom_report_ratelimit(sandbox, n: int = 11) -> None:
+    """Make the kernel OOM-kill ``n`` hogs in a memcg of ours that oomkit does not
+    manage: past 10 in 5 s the kernel stops printing the report that names the
+    victim's memcg (oom_kill_process(): __ratelimit(&oom_rs)), not "Killed process"."""
+    z = sandbox.cg("unmanaged", limit=8 * MiB)
+    for _ in range(n):
+        hog = sandbox.hog(z, 16)
+        assert hog.wait_exit(5)
+        hog.reap()
+
+
+@pytest.mark.parametrize("ratelimited", [False, True], ids=["report", "report-ratelimited"])
+def test_failing_chain_reaches_kernel(sandbox, oomkit_daemon, ratelimited):
     p = sandbox.cg("p", limit=32 * MiB)
     c = sandbox.cg("p/c")
     d = oomkit_daemon([{"cgroup": p, "policy": "wait-for-exiting"}])
+    if ratelimited:
+        burn_oom_report_ratelimit(sandbox)
     assert sandbox.fs.oom_control(c)["oom_kill_disable"] is True     # managed below the attachment
     hog = sandbox.hog(c, 64)
     ev = d.wait_events(1)[0]
