@@ -39,14 +39,20 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY",
               help="Attach POLICY to CGROUP, replacing the scenario's (repeatable).")
-def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...]) -> None:
+@click.option("--no-attach", is_flag=True,
+              help="Drop the scenario's attachments: the kernel's OOM killer alone (then --attach).")
+def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: bool) -> None:
     """Run SCENARIO (TOML) on the simulated kernel and report every OOM."""
+    import dataclasses
+
     from oomkit.backends.sim.simulator import simulate as run
     from oomkit.config.scenario import load_scenario
 
     overrides = _parse_attach(attach)
     try:
         loaded = load_scenario(scenario)
+        if no_attach:
+            loaded = dataclasses.replace(loaded, attach=[])
         # Load every policy first, so a bad one is reported with the file and key
         # that name it (as `oomkit check` does), not as a bare loader message.
         _check_policies(loaded, overrides)

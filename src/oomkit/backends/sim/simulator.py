@@ -34,13 +34,14 @@ class SimResult:
     exited: list[str] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    memory_events: dict[str, dict[str, int]] = field(default_factory=dict)
     ejected: list[str] = field(default_factory=list)
     events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ooms": [o.to_dict() for o in self.ooms], "survivors": self.survivors,
                 "killed": self.killed, "exited": self.exited, "failed_allocations": self.failed,
-                "ejected": self.ejected, "final": self.final}
+                "ejected": self.ejected, "final": self.final, "memory_events": self.memory_events}
 
 
 class Simulator:
@@ -156,6 +157,9 @@ class Simulator:
         for task in self.backend.reaped:
             (r.killed if task.pid in killed_pids else r.exited).append(task.name)
         r.final = {path: {"usage": cg.usage, "limit": cg.limit} for path, cg in m.cgroups.items()}
+        # memory.events, as a v2 kernel would show it: only the counters that moved.
+        r.memory_events = {path: {k: v for k, v in cg.events.items() if v}
+                           for path, cg in m.cgroups.items() if any(cg.events.values())}
         r.ejected = list(self.engine.ejected)
         return r
 
