@@ -108,10 +108,18 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file),
         backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file),
         record_timing=True)
+    watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file)
+    # The watchdog hears nothing while a handler runs (the daemon's one thread
+    # waits for it), so a handler must not be allowed to outlast its patience.
+    if settings.handler_deadline * 2 >= watchdog_timeout:
+        raise ConfigError(f"handler_deadline ({d.handler_deadline}) must be under half of "
+                          f"watchdog_timeout ({d.watchdog_timeout})", file=file,
+                          where="daemon.handler_deadline",
+                          hint="the watchdog would hand back OOMs while a handler still runs")
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
-        watchdog_timeout=duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file),
+        watchdog_timeout=watchdog_timeout,
         rescan=duration_at(d.rescan, "daemon.rescan", file),
         headroom=size_at(d.headroom, "daemon.headroom", file),
         pressure=psi_at(d.pressure, "daemon.pressure", file), tripwire=d.tripwire,

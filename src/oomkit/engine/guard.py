@@ -15,7 +15,6 @@ worker, so the same scenario always fails the same handler at the same spot.
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import sys
 import threading
@@ -101,5 +100,7 @@ class Guard:
     def _abandon(self, worker: _Worker) -> None:
         self._worker = None
         worker.abandoned = True
+        import ctypes   # only for an abandoned handler: it costs the daemon's RSS otherwise
+
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
                                                    ctypes.py_object(HandlerDeadline))

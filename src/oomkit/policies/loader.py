@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +57,14 @@ def make_policy(ref: str, params: dict[str, Any] | None = None,
         raise PolicyLoadError(f"policy {ref!r} failed to start: {type(exc).__name__}: {exc}") from None
 
 
+def entry_points(**selection):
+    """``importlib.metadata.entry_points``, imported only when a name needs it
+    (it is slow to import and costs the daemon's RSS)."""
+    from importlib.metadata import entry_points as find
+
+    return find(**selection)
+
+
 def _entry_point(name: str):
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
@@ -83,6 +89,8 @@ def _import_file(where: str, base_dir: str | Path | None):
     if not path.is_file():
         raise PolicyLoadError(f"policy file {str(path)!r} does not exist",
                               hint="paths are relative to the file that names them")
+    import hashlib
+
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     modname = f"oomkit_policy_{path.stem}_{digest}"
     if modname in sys.modules:

@@ -1,0 +1,68 @@
+"""The daemon's config file: `oomkit check` on good and bad files (issue 3 s.2)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from oomkit.cli import main
+from oomkit.config.daemon import resolve
+from oomkit.errors import ConfigError
+
+GOOD = """
+[daemon]
+cgroup = "v1"
+handler_deadline = "50ms"
+backoff_budget = 3
+backoff_window = "10s"
+backoff_wait = "500ms"
+event_log = "-"
+dry_run = false
+
+[[attach]]
+cgroup = "/batch.slice/*"
+policy = "largest-task"
+params = {}
+"""
+
+
+def check(tmp_path, text):
+    path = tmp_path / "oomkit.toml"
+    path.write_text(text)
+    return CliRunner().invoke(main, ["check", str(path)])
+
+
+def test_the_issue_example_checks(tmp_path):
+    result = check(tmp_path, GOOD)
+    assert result.exit_code == 0 and "daemon config: 1 attachments" in result.output
+
+
+def test_defaults_and_units():
+    config = resolve({"attach": [{"cgroup": "/", "policy": "kernel-default"}]})
+    assert config.hierarchy == "auto" and config.settings.handler_deadline == 0.05
+    assert config.settings.backoff_wait == 0.5 and config.watchdog_timeout == 1.0
+    assert str(config.pressure) == "some 150000 2000000"
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ('cgroup = "v1"', 'cgroup = "v3"', ["daemon.cgroup", "v3"]),
+    ('dry_run = false', 'dry_run = false\ncolour = 1', ["unknown key 'colour'"]),
+    ('handler_deadline = "50ms"', 'handler_deadline = "fast"', ["daemon.handler_deadline", "duration"]),
+    ('handler_deadline = "50ms"', 'handler_deadline = "600ms"', ["watchdog_timeout"]),
+    ('cgroup = "/batch.slice/*"', 'cgroup = "batch.slice"', ["attach[0].cgroup", "not a cgroup path"]),
+    ('policy = "largest-task"', 'policy = "nope"', ["attach[0].policy", "unknown policy"]),
+    ('event_log = "-"', 'event_log = "-"\npressure = "some 10ms 99s"', ["daemon.pressure"]),
+])
+def test_bad_configs_get_one_clear_line(tmp_path, old, new, words):
+    result = check(tmp_path, GOOD.replace(old, new, 1))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "oomkit.toml" in lines[0] and "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0]
+
+
+def test_two_attachments_on_one_cgroup_is_an_error():
+    with pytest.raises(ConfigError, match="already has a policy"):
+        resolve({"attach": [{"cgroup": "/a", "policy": "largest-task"},
+                            {"cgroup": "/a", "policy": "newest-task"}]})
