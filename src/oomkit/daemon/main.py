@@ -107,7 +107,8 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         self._last_events: dict[str, dict[str, int]] = {}
         self._last_local: dict[str, int] = {}       # v2: memory.events.local oom_kill per cgroup
-        self._quiet: dict[str, float] = {}          # v2: cgroup -> end of its post-OOM pressure window
+        self._quiet: dict[str, tuple[float, bool]] = {}   # v2: cgroup -> (end of its post-OOM
+                                                          # pressure window, the kernel's kill?)
         self._kmsg_backlog: list[str] = []          # v2: OOM lines read but not yet reported
         self._kmsg_fd: int | None = None
 
@@ -423,7 +424,7 @@ class Daemon:
             try:
                 limit = self.fs.limit(p)
                 if limit is not None and self.fs.usage(p) + self.backend.margin(OOMEvent("memcg", p)) > limit:
-                    if self.backend.in_flight():
+                    if self.backend.in_flight() or self._hushed(p, kernel=True):
                         log.debug("oomkit: %s near its limit while victims exit; waiting", p)
                         return
                     self._hush(p)
@@ -442,16 +443,18 @@ class Daemon:
         self._hush(path)
         self.handle(OOMEvent("memcg", path), pressure=True)
 
-    def _hush(self, path: str) -> None:
-        """No pressure-only OOM at, above or below ``path`` for one PSI window."""
-        self._quiet[path] = self.backend.clock.now() + self.config.pressure.window_us / 1e6
+    def _hush(self, path: str, kernel: bool = False) -> None:
+        """No pressure-only OOM at, above or below ``path`` for one PSI window; after
+        the kernel's own kill (its victim is no task of ours to wait for, and looks
+        alive in /proc while it exits) no limit-driven one either."""
+        self._quiet[path] = (self.backend.clock.now() + self.config.pressure.window_us / 1e6, kernel)
 
-    def _hushed(self, path: str) -> bool:
+    def _hushed(self, path: str, kernel: bool = False) -> bool:
         now = self.backend.clock.now()
-        for p, until in list(self._quiet.items()):
+        for p, (until, by_kernel) in list(self._quiet.items()):
             if until <= now:
                 del self._quiet[p]
-            elif is_within(p, path) or is_within(path, p):
+            elif (by_kernel or not kernel) and (is_within(p, path) or is_within(path, p)):
                 return True
         return False
 
@@ -493,9 +496,7 @@ class Daemon:
     def _report_kernel_kill(self, path: str, count: int) -> None:
         """The kernel OOM-killed in ``path`` (kernel 6.1 may count one kill twice):
         one record, with the victims from /dev/kmsg."""
-        for p in ancestors(path):
-            if p in self.managed:
-                self._hush(p)
+        self._hush(path, kernel=True)
         killed, oom_memcg = self._kernel_victims(path)
         record = {"t": self.backend.clock.now(), "level": "memcg", "memcg": oom_memcg or path,
                   "trigger": None, "requested": None, "handlers": [], "resolved_by": "kernel",
