@@ -1,0 +1,275 @@
+"""CgroupV2Backend and the daemon's v2 condition logic over a fake cgroup2
+tree and a fake /proc in tmp_path (real file names and formats).
+
+The pids are above any real pid_max (4194304), so a kill that reached
+``pidfd_open`` could never hit a real process: it fails with ESRCH.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from oomkit.backends.base import OOMEvent
+from oomkit.backends.live import CgroupV2Backend
+from oomkit.context import TaskInfo
+from oomkit.linux.cgroupfs import CgroupFS
+from oomkit.linux.procfs import ProcFS
+
+MiB = 1 << 20
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "linux"
+PID_A, PID_B, PID_C = 5_000_001, 5_000_002, 5_000_003
+EVENTS = "low 0\nhigh {high}\nmax {max}\noom {oom}\noom_kill {kill}\noom_group_kill 0\n"
+
+
+def cgroup(mount: Path, rel: str, *, current: int = 0, limit: int | None = None,
+           high: int | None = None, procs=(), oom_group: bool = False, events=None,
+           local=None) -> str:
+    d = mount / rel.strip("/") if rel != "/" else mount
+    d.mkdir(parents=True, exist_ok=True)
+    ev = {"high": 0, "max": 0, "oom": 0, "kill": 0, **(events or {})}
+    lo = {"high": 0, "max": 0, "oom": 0, "kill": 0, **(local or {})}
+    files = {"memory.current": f"{current}\n", "memory.max": f"{limit if limit else 'max'}\n",
+             "memory.high": f"{high if high else 'max'}\n", "memory.swap.current": "0\n",
+             "cgroup.procs": "".join(f"{p}\n" for p in procs), "cgroup.kill": "",
+             "memory.oom.group": f"{int(oom_group)}\n", "memory.events": EVENTS.format(**ev),
+             "memory.events.local": EVENTS.format(**lo),
+             "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+                                "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"}
+    for name, text in files.items():
+        (d / name).write_text(text)
+    return "/" + rel.strip("/") if rel != "/" else "/"
+
+
+def task(proc: Path, pid: int, name: str, rss_kb: int, adj: int = 0) -> None:
+    d = proc / str(pid)
+    d.mkdir(parents=True)
+    status = (FIX / "proc_status.txt").read_text().replace("python3", name)
+    status = status.replace("VmRSS:\t   13508 kB", f"VmRSS:\t{rss_kb:8d} kB")
+    (d / "status").write_text(status)
+    (d / "stat").write_text((FIX / "proc_stat.txt").read_text().replace("4587 (python3)",
+                                                                         f"{pid} ({name})", 1))
+    (d / "cmdline").write_bytes(name.encode() + b"\0")
+    (d / "oom_score_adj").write_text(f"{adj}\n")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    mount, proc = tmp_path / "cg", tmp_path / "proc"
+    cgroup(mount, "/", current=200 * MiB)
+    (mount / "cgroup.controllers").write_text("cpu io memory pids\n")
+    cgroup(mount, "/box", current=80 * MiB, limit=256 * MiB)
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B])
+    cgroup(mount, "/box/job", current=10 * MiB, limit=64 * MiB, procs=[PID_C], oom_group=True)
+    proc.mkdir()
+    (proc / "meminfo").write_text((FIX / "meminfo.txt").read_text())
+    (proc / "self").mkdir()
+    (proc / "self" / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw,nosuid 0 0\n")
+    task(proc, PID_A, "hog", 50 * 1024)
+    task(proc, PID_B, "sleep", 1024)
+    task(proc, PID_C, "job", 8 * 1024)
+    return mount, proc
+
+
+def backend(tree, **kw) -> CgroupV2Backend:
+    mount, proc = tree
+    return CgroupV2Backend(CgroupFS(mount, "v2"), ProcFS(proc), **kw)
+
+
+def read(mount: Path, rel: str, name: str) -> str:
+    return (mount / rel.strip("/") / name).read_text()
+
+
+# -- the backend ----------------------------------------------------------------------
+
+
+def test_context_reads_cgroup2_files(tree):
+    b = backend(tree)
+    oom = OOMEvent("memcg", "/box/a")
+    info = b.cgroups(oom, "/box")["/box/a"]
+    assert (info.usage, info.limit, info.oom_group, info.pids) == (57 * MiB, 64 * MiB, False,
+                                                                   (PID_A, PID_B))
+    assert info.events["oom_kill"] == 0
+    assert b.cgroups(oom, "/box")["/box/job"].oom_group is True
+    tasks = b.tasks(oom, "/box")
+    assert [(t.pid, t.name, t.cgroup) for t in tasks] == [
+        (PID_A, "hog", "/box/a"), (PID_B, "sleep", "/box/a"), (PID_C, "job", "/box/job")]
+    assert tasks.by_pid(PID_A).rss == 50 * MiB
+    assert b.totalpages(oom) == 64 * MiB // 4096
+
+
+def test_condition_is_usage_within_headroom_of_memory_max(tree):
+    mount, _ = tree
+    oom = OOMEvent("memcg", "/box/a")
+    assert backend(tree).condition_gone(oom) is True             # 57M + 2M margin <= 64M
+    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is False   # 57M + 8M > 64M
+    (mount / "box" / "a" / "memory.current").write_text(f"{50 * MiB}\n")
+    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is True
+    (mount / "box" / "a" / "memory.max").write_text("max\n")
+    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is True   # no limit, no OOM
+    assert backend(tree).condition_gone(OOMEvent("memcg", "/box/gone")) is True
+
+
+def test_whole_cgroup_kill_writes_cgroup_kill(tree):
+    mount, _ = tree
+    b = backend(tree)
+    oom = OOMEvent("memcg", "/box/job")
+    tasks = list(b.tasks(oom, "/box/job"))
+    released = b.kill(tasks, oom, cgroup="/box/job")
+    assert read(mount, "/box/job", "cgroup.kill") == "1"
+    assert [(r.pid, r.cgroup, r.relief) for r in released] == [(PID_C, "/box/job", 8 * MiB)]
+
+
+def test_cgroup_kill_not_used_when_a_task_must_survive(tree):
+    """A -1000 task (left out of the tasks to kill) keeps cgroup.kill unwritten:
+    task by task instead; these pids do not exist, so nothing is killed."""
+    mount, proc = tree
+    (proc / str(PID_B) / "oom_score_adj").write_text("-1000\n")
+    b = backend(tree)
+    oom = OOMEvent("memcg", "/box/a")
+    killable = [t for t in b.tasks(oom, "/box/a") if t.oom_score_adj > -1000]
+    assert b.kill(killable, oom, cgroup="/box/a") == []
+    assert read(mount, "/box/a", "cgroup.kill") == ""
+
+
+def test_dry_run_writes_nothing(tree):
+    mount, _ = tree
+    b = backend(tree, dry_run=True, headroom=8 * MiB, tripwire=True)
+    oom = OOMEvent("memcg", "/box/job")
+    assert len(b.kill(list(b.tasks(oom, "/box/job")), oom, cgroup="/box/job")) == 1
+    b.set_limit("/box/a", 96 * MiB)
+    assert read(mount, "/box/job", "cgroup.kill") == ""
+    assert read(mount, "/box/a", "memory.max") == f"{64 * MiB}\n"
+
+
+def test_protected_pid_is_never_in_a_cgroup_kill(tree):
+    mount, _ = tree
+    b = backend(tree, protected_pids=[PID_C])
+    oom = OOMEvent("memcg", "/box/job")
+    tasks = list(b.tasks(oom, "/box/job"))
+    assert b.kill(tasks, oom, cgroup="/box/job") == []
+    assert read(mount, "/box/job", "cgroup.kill") == ""
+
+
+def test_raise_limit_moves_our_tripwire_only(tree):
+    mount, _ = tree
+    (mount / "box" / "a" / "memory.high").write_text(f"{56 * MiB}\n")
+    backend(tree, headroom=8 * MiB, tripwire=True).set_limit("/box/a", 96 * MiB)
+    assert read(mount, "/box/a", "memory.max") == f"{96 * MiB}\n"
+    assert read(mount, "/box/a", "memory.high") == f"{88 * MiB}"
+    # tripwire off: a memory.high set by someone else is theirs, left alone
+    (mount / "box" / "a" / "memory.high").write_text(f"{40 * MiB}\n")
+    backend(tree, headroom=8 * MiB).set_limit("/box/a", 128 * MiB)
+    assert read(mount, "/box/a", "memory.high") == f"{40 * MiB}\n"
+
+
+def test_headroom_is_bounded_by_parents_and_memavailable(tree):
+    b = backend(tree)
+    assert b.headroom("/box/a") == 256 * MiB - 80 * MiB
+    assert b.kernel_fallback(OOMEvent("memcg", "/box/a")).resolved is False
+
+
+# -- the daemon's v2 condition logic --------------------------------------------------
+
+
+@pytest.fixture
+def daemon(tree, tmp_path, monkeypatch):
+    """A Daemon on the fake tree, not started (no epoll registration of fake
+    files); ``handled`` lists (level, memcg, pressure) of every handle() call."""
+    from oomkit.config.daemon import resolve
+    from oomkit.daemon.main import Daemon, Managed
+
+    mount, proc = tree
+    config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
+                                 "headroom": "8M", "event_log": str(tmp_path / "ev.jsonl")},
+                      "attach": [{"cgroup": "/box", "policy": "largest-task"}]})
+    d = Daemon(config)
+    d.handled = []
+    monkeypatch.setattr(d, "handle", lambda oom, pressure=False:
+                        d.handled.append((oom.level, oom.memcg, pressure)))
+    for path in ("/box", "/box/a", "/box/job"):
+        d.managed[path] = Managed(path)
+        d._last_events[path] = d.fs.events(path)
+        d._last_local[path] = 0
+    d._kmsg_fd = -1
+    yield d
+    d.ep.close()
+    d.inotify.close()
+
+
+def set_events(mount: Path, rel: str, *, local=None, **ev) -> None:
+    base = {"high": 0, "max": 0, "oom": 0, "kill": 0}
+    (mount / rel.strip("/") / "memory.events").write_text(EVENTS.format(**{**base, **ev}))
+    (mount / rel.strip("/") / "memory.events.local").write_text(
+        EVENTS.format(**{**base, **(local or {})}))
+
+
+def test_v2_daemon_blocks_with_no_timer(daemon):
+    assert daemon.watchdog is None          # the only timer is v1's heartbeat
+    assert daemon.backend.headroom_bytes == 8 * MiB and daemon.backend.tripwire is False
+
+
+def test_high_event_within_headroom_handles_the_limited_cgroup(daemon, tree):
+    mount, _ = tree
+    set_events(mount, "/box/a", high=3)
+    daemon._on_events("/box/a")
+    assert daemon.handled == [("memcg", "/box/a", False)]
+
+
+def test_events_far_from_the_limit_are_not_pressure(daemon, tree):
+    """'max' counted at the box (hierarchical) with its usage far below its
+    limit: nothing to do; only the PSI trigger means pressure."""
+    mount, _ = tree
+    set_events(mount, "/box", max=5)
+    daemon._on_events("/box")
+    assert daemon.handled == []
+    daemon._on_pressure("/box", 0)
+    assert daemon.handled == [("memcg", "/box", True)]
+
+
+def test_pressure_is_hushed_for_a_window_after_an_oom(daemon, tree):
+    mount, _ = tree
+    set_events(mount, "/box/a", high=1)
+    daemon._on_events("/box/a")                       # handled at /box/a
+    (mount / "box" / "a" / "memory.current").write_text(f"{20 * MiB}\n")   # the victim's gone
+    daemon._on_pressure("/box/a", 0)                  # the same stalls, still in the window
+    daemon._on_pressure("/box", 0)                    # the parent sees its child's stalls
+    assert daemon.handled == [("memcg", "/box/a", False)]
+    daemon.backend.clock.now = lambda: 1e12           # long after the window
+    daemon._on_pressure("/box", 0)
+    assert daemon.handled[-1] == ("memcg", "/box", True)
+
+
+def test_kernel_kill_reported_once_with_its_victim(daemon, tree, monkeypatch, caplog):
+    mount, _ = tree
+    from oomkit.linux import notify
+
+    kmsg = (FIX / "kmsg_memcg_oom.txt").read_text().replace("/oomkit-test-4139af87", "/box")
+    lines = iter([kmsg.splitlines(), []])
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: next(lines, []))
+    # the kill counts in the victim's cgroup (events.local) and, hierarchically, above it
+    set_events(mount, "/box", max=9, oom=1, kill=2)
+    set_events(mount, "/box/a", max=9, oom=1, kill=2, local={"kill": 2})   # 6.1: twice
+    with caplog.at_level(logging.WARNING, "oomkit"):
+        daemon._on_events("/box")          # the parent first: not reported there
+        daemon._on_events("/box/a")
+    records = [__import__("json").loads(x) for x in
+               Path(daemon.config.event_log).read_text().splitlines()]
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["resolved_by"] == "kernel" and rec["memcg"] == "/box/a"
+    assert [(k["pid"], k["name"], k["cgroup"], k["by"]) for k in rec["killed"]] == [
+        (4491, "python", "/box/a", "kernel")]
+    assert "killed pid 4491 (python) in /box/a" in caplog.text
+    assert daemon.handled == []            # no policy runs on the kernel's resolved OOM
+    daemon._on_pressure("/box/a", 0)       # its stalls are not a new OOM either
+    assert daemon.handled == []
+
+
+def test_global_pressure_without_threshold_runs_the_root_attachment(daemon):
+    daemon._on_global_pressure(0)
+    assert daemon.handled == [("global", "/", True)]
+    daemon._on_global_pressure(0)                     # hushed for a window
+    assert daemon.handled == [("global", "/", True)]
