@@ -174,6 +174,13 @@ class Machine:
         """Give back up to ``amount`` bytes of ``task``'s memory; returns how much."""
         left = min(amount, task.rss)
         done = left
+        if self.numa_nodes == 1:
+            # one node: the loop below, short
+            if left:
+                task.node_rss[0] -= left
+                self.node_used[0] -= left
+            self._account(task, -done)
+            return done
         for n in sorted(task.node_rss, reverse=True):
             take = min(left, task.node_rss[n])
             task.node_rss[n] -= take
