@@ -26,6 +26,7 @@ from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancesto
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
+from oomkit.linux._oserror import os_errors
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
 
@@ -71,16 +72,35 @@ class LiveBackend:
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
         out = []
-        for path in self.fs.walk(scope):
-            try:
-                pids = self.fs.procs(path)
-            except CgroupGone:
-                continue
+        task_info = self.task_info
+        for path, pids in self._subtree_procs(scope):
             for pid in pids:
-                info = self.task_info(pid, path)
+                info = task_info(pid, path)
                 if info is not None:
                     out.append(info)
         out.sort(key=lambda t: t.pid)
+        return out
+
+    def _subtree_procs(self, scope: str) -> list[tuple[str, list[int]]]:
+        """(cgroup, its cgroup.procs) for ``scope`` and every cgroup below it; one
+        removed meanwhile is skipped.  The same as ``fs.walk`` + ``fs.procs``, on
+        plain string paths with raw ``os`` calls: during an OOM in a subtree of
+        1,000 memcgs, the ``Path`` objects and text files cost half the time."""
+        out = []
+        stack = [(scope, str(self.fs.path(scope)))]      # validated once, at the top
+        while stack:
+            cg, d = stack.pop()
+            try:
+                with os_errors(d, CgroupGone, "list"):
+                    with os.scandir(d) as it:
+                        kids = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                with os_errors(d, CgroupGone, "read cgroup.procs of"):
+                    pids = parse.pids(_read_bytes(d + "/cgroup.procs"))
+            except CgroupGone:
+                continue
+            out.append((cg, pids))
+            prefix = "" if cg == "/" else cg
+            stack.extend((f"{prefix}/{n}", f"{d}/{n}") for n in reversed(kids))
         return out
 
     def task_info(self, pid: int, cgroup: str) -> TaskInfo | None:
@@ -362,6 +382,17 @@ class CgroupV2Backend(LiveBackend):
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
         return Fallback(note="cgroup v2: the kernel's OOM killer acts at memory.max if the "
                              "limit is reached")
+
+
+def _read_bytes(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def victims_from_kmsg(records: list[str]) -> list[Release]:

@@ -73,6 +73,9 @@ def pids(text: str) -> list[int]:
 # --- /proc ---------------------------------------------------------------
 
 _STATUS_KB = ("VmRSS", "VmSwap", "VmPTE")
+_STATUS_FIELDS = tuple((key, "\n" + key + ":", kind) for key, kind in (
+    ("Name", "str"), ("State", "state"), ("Tgid", "int"), ("PPid", "int"), ("Kthread", "int"),
+    ("Uid", "first"), *((k, "kb") for k in _STATUS_KB)))
 
 
 def proc_status(text: str) -> dict:
@@ -82,20 +85,28 @@ def proc_status(text: str) -> dict:
     fs/proc/array.c task_mem is skipped), so those are 0 there; ``Kthread``
     (Linux 6.0+) says which.  ``State`` is the letter only ("S", not
     "S (sleeping)").  ``Name`` keeps the kernel's escaping (\\n, \\\\).
+    Only these lines are looked up (the file has about 60): this runs once
+    per task during an OOM.
     """
     out: dict = {"VmRSS": 0, "VmSwap": 0, "VmPTE": 0}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "Name":
-            out["Name"] = value
-        elif key == "State":
-            out["State"] = value[:1]
-        elif key in ("Tgid", "PPid", "Kthread"):
+    text = "\n" + text
+    find = text.find
+    for key, needle, kind in _STATUS_FIELDS:
+        i = find(needle)
+        if i < 0:
+            continue
+        start = i + len(needle)
+        end = find("\n", start)
+        value = (text[start:end] if end >= 0 else text[start:]).strip()
+        if kind == "str":
+            out[key] = value
+        elif kind == "state":
+            out[key] = value[:1]
+        elif kind == "int":
             out[key] = int(value)
-        elif key == "Uid":
-            out["Uid"] = int(value.split()[0])  # real, effective, saved, fs
-        elif key in _STATUS_KB:
+        elif kind == "first":
+            out[key] = int(value.split()[0])  # real, effective, saved, fs
+        else:
             out[key] = int(value.split()[0]) * 1024
     return out
 
