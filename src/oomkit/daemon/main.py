@@ -401,6 +401,9 @@ class Daemon:
                 tops.add(top)
         self._notified.clear()
         for top in sorted(tops):
+            # A storm wakes us for many memcgs at once: the watchdog must hear from
+            # us between OOMs, or it hands every paused memcg back to the kernel.
+            self.heartbeat()
             self.handle(OOMEvent("memcg", top))
 
     def _topmost_under_oom(self, path: str) -> str | None:
