@@ -13,7 +13,10 @@ backend read every ``/proc`` entry on the machine during an OOM.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -96,6 +99,49 @@ CgroupInfo.__setattr__ = _ReadOnly.__setattr__  # type: ignore[method-assign]
 CgroupInfo.__delattr__ = _ReadOnly.__delattr__  # type: ignore[method-assign]
 
 
+class IOMeter:
+    """Time oomkit itself spends on a handler's behalf: reading the context
+    (``/proc`` and cgroupfs on a live backend) and carrying out its release
+    actions.  A handler's deadline is for the policy's own code, so the guard
+    adds this time to it (see :mod:`oomkit.engine.guard`)."""
+
+    __slots__ = ("spent", "since", "depth")
+
+    def __init__(self) -> None:
+        self.spent, self.since, self.depth = 0.0, 0.0, 0
+
+    def now(self) -> float:
+        """Time spent so far, a read in progress included (read from another thread)."""
+        since = self.since
+        return self.spent + (time.perf_counter() - since if self.depth and since else 0.0)
+
+
+_current = threading.local()
+
+
+def set_meter(meter: IOMeter | None) -> None:
+    """The meter of the handler running on this thread (the guard's worker)."""
+    _current.meter = meter
+
+
+@contextmanager
+def metered():
+    """Count the enclosed work as oomkit's, not the policy's."""
+    meter = getattr(_current, "meter", None)
+    if meter is None:
+        yield
+        return
+    meter.depth += 1
+    if meter.depth == 1:
+        meter.since = time.perf_counter()
+    try:
+        yield
+    finally:
+        meter.depth -= 1
+        if meter.depth == 0:
+            meter.spent += time.perf_counter() - meter.since
+
+
 class LazyMapping(Mapping[str, Any]):
     """A read-only mapping whose values are loaded on first access."""
 
@@ -107,7 +153,8 @@ class LazyMapping(Mapping[str, Any]):
     def _key_list(self) -> dict[str, None]:
         keys = self._keys
         if callable(keys):
-            keys = dict.fromkeys(keys())     # ordered, and O(1) membership
+            with metered():
+                keys = dict.fromkeys(keys())     # ordered, and O(1) membership
             object.__setattr__(self, "_keys", keys)
         return keys
 
@@ -118,7 +165,8 @@ class LazyMapping(Mapping[str, Any]):
             pass
         if key not in self._key_list():
             raise KeyError(key)
-        value = self._cache[key] = self._load(key)
+        with metered():
+            value = self._cache[key] = self._load(key)
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -145,7 +193,8 @@ class LazyTasks(Sequence[TaskInfo]):
     def _all(self) -> tuple[TaskInfo, ...]:
         if self._tasks is None:
             load = self._load
-            object.__setattr__(self, "_tasks", tuple(load() if callable(load) else load))
+            with metered():
+                object.__setattr__(self, "_tasks", tuple(load() if callable(load) else load))
         return self._tasks
 
     def __getitem__(self, index):  # type: ignore[override]

@@ -48,7 +48,6 @@ def test_defaults_and_units():
     ('cgroup = "v1"', 'cgroup = "v3"', ["daemon.cgroup", "v3"]),
     ('dry_run = false', 'dry_run = false\ncolour = 1', ["unknown key 'colour'"]),
     ('handler_deadline = "50ms"', 'handler_deadline = "fast"', ["daemon.handler_deadline", "duration"]),
-    ("handler_deadline = \"50ms\"", "handler_deadline = \"600ms\"", ["watchdog_timeout", "v1"]),
     ('cgroup = "/batch.slice/*"', 'cgroup = "batch.slice"', ["attach[0].cgroup", "not a cgroup path"]),
     ('policy = "largest-task"', 'policy = "nope"', ["attach[0].policy", "unknown policy"]),
     ('event_log = "-"', 'event_log = "-"\npressure = "some 10ms 99s"', ["daemon.pressure"]),
@@ -66,10 +65,3 @@ def test_two_attachments_on_one_cgroup_is_an_error():
     with pytest.raises(ConfigError, match="already has a policy"):
         resolve({"attach": [{"cgroup": "/a", "policy": "largest-task"},
                             {"cgroup": "/a", "policy": "newest-task"}]})
-
-
-def test_the_watchdog_rule_is_for_v1_only():
-    slow = {"handler_deadline": "800ms", "watchdog_timeout": "1s"}
-    resolve({"daemon": {"cgroup": "v2", **slow}})          # no watchdog on v2: fine
-    with pytest.raises(ConfigError, match="watchdog_timeout"):
-        resolve({"daemon": {"cgroup": "v1", **slow}})

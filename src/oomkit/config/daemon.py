@@ -109,8 +109,6 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file),
         record_timing=True)
     watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file)
-    if d.cgroup == "v1":
-        check_watchdog(settings.handler_deadline, watchdog_timeout, file)
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
@@ -122,16 +120,6 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
                                   allow_none=True),
         global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),
         attach=attachments(spec.attach, file))
-
-
-def check_watchdog(handler_deadline: float, watchdog_timeout: float, file: str) -> None:
-    """cgroup v1 only: the watchdog hears nothing while a handler runs (the
-    daemon's one thread waits for it), so no handler may outlast its patience."""
-    if handler_deadline * 2 >= watchdog_timeout:
-        raise ConfigError(f"handler_deadline ({handler_deadline * 1000:g}ms) must be under half of "
-                          f"watchdog_timeout ({watchdog_timeout * 1000:g}ms) on cgroup v1",
-                          file=file, where="daemon.handler_deadline",
-                          hint="the watchdog would hand back OOMs while a handler still runs")
 
 
 def attachments(specs: list[AttachSpec], file: str) -> list[Attach]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from oomkit.backends.base import OOMEvent, Release
 from oomkit.backends.live import CgroupV1Backend, CgroupV2Backend, LiveBackend
-from oomkit.config.daemon import Attach, DaemonConfig, check_watchdog, load_daemon_config
+from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
 from oomkit.context import ancestors, is_within, parent_of
 from oomkit.daemon import watchdog as watchdog_module
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
@@ -86,8 +86,6 @@ class Daemon:
         version, mount = detect(config.hierarchy, config.mount, config.proc)
         self.fs = CgroupFS(mount, version)
         self.proc = ProcFS(config.proc)
-        if version == "v1":     # "auto" found v1: the rule `oomkit check` applies to "v1"
-            check_watchdog(config.settings.handler_deadline, config.watchdog_timeout, config.file)
         self.watchdog = Watchdog(config.watchdog_timeout) if version == "v1" else None
         protected = [self.watchdog.pid] if self.watchdog else []
         cls = CgroupV1Backend if version == "v1" else CgroupV2Backend
@@ -119,7 +117,8 @@ class Daemon:
         return self.fs.version
 
     def _engine(self, config: DaemonConfig) -> Engine:
-        return Engine(self.backend, config.settings, on_release=self._on_release)
+        return Engine(self.backend, config.settings, on_release=self._on_release,
+                      tick=self.heartbeat)
 
     # -- start and stop ---------------------------------------------------------
 

@@ -22,10 +22,11 @@ Rules (from the upstream design and the review):
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from oomkit.context import OOMContext, TaskInfo, is_within
+from oomkit.context import OOMContext, TaskInfo, is_within, metered
 from oomkit.engine.record import ActionRecord, HandlerRecord, OOMRecord
 from oomkit.oom_kill import OOM_SCORE_ADJ_MIN
 from oomkit.policy import Refused
@@ -34,6 +35,15 @@ from oomkit.units import format_size
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.backends.base import Backend, OOMEvent, Release
     from oomkit.engine.chain import Attachment
+
+
+def _metered(action):
+    """An action's own work (system calls, /proc) is oomkit's time, not the policy's."""
+    @functools.wraps(action)
+    def run(self, *args, **kwargs):
+        with metered():
+            return action(self, *args, **kwargs)
+    return run
 
 
 class Actions:
@@ -49,6 +59,7 @@ class Actions:
 
     # -- what policies call ------------------------------------------------------
 
+    @_metered
     def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
         """SIGKILL one task. Returns bytes released for this OOM, or Refused."""
         # Always judge the live task by its pid, never the TaskInfo handed in: a
@@ -66,6 +77,7 @@ class Actions:
             return self._log("kill_task", label, reason, 0, "already exiting")
         return self._log("kill_task", label, reason, self._kill([target], None, reason))
 
+    @_metered
     def kill_cgroup(self, path: str, reason: str = "") -> int:
         """SIGKILL every task of ``path``'s subtree (``memory.oom.group`` semantics:
         ``-1000`` tasks are skipped). Returns bytes released, or Refused."""
@@ -81,6 +93,7 @@ class Actions:
         note = f"skipped {skipped} unkillable or exiting" if skipped else None
         return self._log("kill_cgroup", path, reason, self._kill(killable, path, reason), note)
 
+    @_metered
     def raise_limit(self, path: str, new_limit: int, reason: str = "") -> int:
         """Raise ``path``'s memory limit to ``new_limit`` bytes, within the parent's
         headroom and the attachment's ceiling. Returns the bytes added to the
@@ -96,6 +109,7 @@ class Actions:
         self._handler.freed += gained
         return self._log("raise_limit", label, reason, gained)
 
+    @_metered
     def headroom(self, path: str) -> int:
         """How far ``path``'s limit may be raised now (parents and ceiling)."""
         info = self._oc.cgroups.get(path)
@@ -106,6 +120,7 @@ class Actions:
             room = min(room, self._att.ceiling - info.limit)
         return max(0, room)
 
+    @_metered
     def is_oom_victim(self, task: TaskInfo | int) -> bool:
         """``bpf_task_is_oom_victim()``: is this task already dying?"""
         pid = task.pid if isinstance(task, TaskInfo) else int(task)

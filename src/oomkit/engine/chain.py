@@ -38,6 +38,7 @@ class EngineSettings:
     backoff_window: float = 10.0
     backoff_wait: float = 0.5            # how long a promise may take to come true
     max_failures: int = 3                # consecutive failures before ejection
+    io_cap: float = 1.0                  # most of oomkit's own I/O added to a handler's deadline
     record_timing: bool = False          # put wall times in records (live only)
 
 
@@ -59,13 +60,15 @@ ReleaseHook = Callable[[Release, str, str, str], None]
 
 class Engine:
     def __init__(self, backend: Backend, settings: EngineSettings | None = None,
-                 on_release: ReleaseHook | None = None):
+                 on_release: ReleaseHook | None = None, tick: Callable[[], None] | None = None):
         self.backend = backend
         self.settings = settings or EngineSettings()
         self.attachments: dict[str, Attachment] = {}
         self.ejected: list[str] = []
         self.on_release = on_release
-        self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget)
+        # ``tick`` (the live daemon's watchdog heartbeat) goes on while a handler runs.
+        self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
+                            io_cap=self.settings.io_cap, tick=tick)
 
     # -- attachments ---------------------------------------------------------
 
@@ -174,7 +177,8 @@ class Engine:
 
     def _failure(self, outcome) -> str | None:
         if outcome.timed_out:
-            return f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms"
+            return (f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms "
+                    f"of its own time ({outcome.io * 1000:.1f} ms more reading and acting for it)")
         if outcome.error is not None:
             return f"{type(outcome.error).__name__}: {outcome.error}"
         if not isinstance(outcome.value, Verdict):

@@ -1,7 +1,13 @@
 """Running a policy's handler under a deadline, so a buggy policy never
 leaves an OOM waiting.
 
-The handler runs on a worker thread; the engine waits at most the deadline.
+The handler runs on a worker thread; the engine waits at most the deadline
+of the policy's own time: what oomkit spends for it (reading the context from
+``/proc`` and cgroupfs, carrying out its release actions; see
+:class:`oomkit.context.IOMeter`) is added to the deadline, up to ``io_cap``,
+so a large cgroup tree on a slow ``/proc`` does not fail a sound policy.
+While it waits, the engine calls ``tick`` (the watchdog's heartbeat) every
+``tick_every`` seconds.
 A handler still running then is abandoned: its actions are revoked by the
 caller, and ``HandlerDeadline`` is raised inside its thread
 (``PyThreadState_SetAsyncExc``) so a pure-Python loop stops at its next
@@ -23,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from oomkit.context import IOMeter, set_meter
+
 
 class HandlerDeadline(Exception):
     """Raised inside a handler that ran past its deadline or budget."""
@@ -34,6 +42,7 @@ class Outcome:
     error: BaseException | None = None
     timed_out: bool = False
     elapsed: float = 0.0
+    io: float = 0.0          # of ``elapsed``, the time oomkit spent for the handler
 
 
 class _Worker(threading.Thread):
@@ -45,12 +54,15 @@ class _Worker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.abandoned:
-                fn, budget, done = self.jobs.get()
+                fn, budget, done, meter = self.jobs.get()
                 outcome = Outcome()
+                set_meter(meter)
                 try:
                     outcome.value = _call_with_budget(fn, budget) if budget else fn()
                 except BaseException as exc:  # noqa: BLE001 - a policy may raise anything
                     outcome.error = exc
+                finally:
+                    set_meter(None)
                 done.put(outcome)
         except HandlerDeadline:
             pass  # abandoned: the asynchronous stop arrived between jobs
@@ -76,8 +88,10 @@ def _call_with_budget(fn: Callable[[], Any], budget: int) -> Any:
 class Guard:
     """Calls handlers on a worker thread with a wall-time deadline."""
 
-    def __init__(self, deadline: float, line_budget: int | None = None):
-        self.deadline, self.line_budget = deadline, line_budget
+    def __init__(self, deadline: float, line_budget: int | None = None, *, io_cap: float = 1.0,
+                 tick: Callable[[], None] | None = None, tick_every: float = 0.25):
+        self.deadline, self.line_budget, self.io_cap = deadline, line_budget, io_cap
+        self.tick, self.tick_every = tick, tick_every
         self._worker: _Worker | None = None
 
     def call(self, fn: Callable[[], Any], on_timeout: Callable[[], None] = lambda: None) -> Outcome:
@@ -86,16 +100,31 @@ class Guard:
             worker = self._worker = _Worker()
             worker.start()
         done: queue.SimpleQueue = queue.SimpleQueue()
+        meter = IOMeter()
         start = time.perf_counter()
-        worker.jobs.put((fn, self.line_budget, done))
-        try:
-            outcome = done.get(timeout=self.deadline)
-        except queue.Empty:
+        worker.jobs.put((fn, self.line_budget, done, meter))
+        outcome = self._wait(done, meter, start)
+        if outcome is None:
             on_timeout()
             self._abandon(worker)
             outcome = Outcome(timed_out=True)
         outcome.elapsed = time.perf_counter() - start
+        outcome.io = meter.now()
         return outcome
+
+    def _wait(self, done: queue.SimpleQueue, meter: IOMeter, start: float) -> Outcome | None:
+        """The handler's outcome, or None once its own time passed the deadline."""
+        while True:
+            allowed = self.deadline + min(meter.now(), self.io_cap)
+            left = allowed - (time.perf_counter() - start)
+            if left <= 0:
+                return None
+            wait = min(left, self.tick_every) if self.tick else left
+            try:
+                return done.get(timeout=wait)
+            except queue.Empty:
+                if self.tick:
+                    self.tick()
 
     def _abandon(self, worker: _Worker) -> None:
         self._worker = None
