@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from oomkit.backends.base import OOMEvent
-from oomkit.backends.live import CgroupV1Backend
+from oomkit.backends.cgroup_v1 import CgroupV1Backend
 from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from oomkit.backends.base import OOMEvent
-from oomkit.backends.live import CgroupV2Backend
+from oomkit.backends.cgroup_v2 import CgroupV2Backend
 from oomkit.context import TaskInfo
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
@@ -179,7 +179,8 @@ def daemon(tree, tmp_path, monkeypatch):
     """A Daemon on the fake tree, not started (no epoll registration of fake
     files); ``handled`` lists (level, memcg, pressure) of every handle() call."""
     from oomkit.config.daemon import resolve
-    from oomkit.daemon.main import Daemon, Managed
+    from oomkit.backends.cgroup_v2 import _Held
+    from oomkit.daemon.main import Daemon
 
     mount, proc = tree
     config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
@@ -189,14 +190,16 @@ def daemon(tree, tmp_path, monkeypatch):
     d.handled = []
     monkeypatch.setattr(d, "handle", lambda oom, pressure=False:
                         d.handled.append((oom.level, oom.memcg, pressure)))
+    source = d.source
     for path in ("/box", "/box/a", "/box/job"):
-        d.managed[path] = Managed(path)
-        d._last_events[path] = d.fs.events(path)
-        d._last_local[path] = 0
-    d._kmsg_fd = -1
+        source.held[path] = _Held(path)
+        source._last_events[path] = d.fs.events(path)
+        source._last_local[path] = 0
+    source._kmsg_fd = -1
     yield d
     d.ep.close()
     d.inotify.close()
+    source.inotify.close()
 
 
 def set_events(mount: Path, rel: str, *, local=None, **ev) -> None:
@@ -214,7 +217,7 @@ def test_v2_daemon_blocks_with_no_timer(daemon):
 def test_high_event_within_headroom_handles_the_limited_cgroup(daemon, tree):
     mount, _ = tree
     set_events(mount, "/box/a", high=3)
-    daemon._on_events("/box/a")
+    daemon.source._on_events("/box/a")
     assert daemon.handled == [("memcg", "/box/a", False)]
 
 
@@ -223,22 +226,22 @@ def test_events_far_from_the_limit_are_not_pressure(daemon, tree):
     limit: nothing to do; only the PSI trigger means pressure."""
     mount, _ = tree
     set_events(mount, "/box", max=5)
-    daemon._on_events("/box")
+    daemon.source._on_events("/box")
     assert daemon.handled == []
-    daemon._on_pressure("/box", 0)
+    daemon.source._on_pressure("/box", 0)
     assert daemon.handled == [("memcg", "/box", True)]
 
 
 def test_pressure_is_hushed_for_a_window_after_an_oom(daemon, tree):
     mount, _ = tree
     set_events(mount, "/box/a", high=1)
-    daemon._on_events("/box/a")                       # handled at /box/a
+    daemon.source._on_events("/box/a")                       # handled at /box/a
     (mount / "box" / "a" / "memory.current").write_text(f"{20 * MiB}\n")   # the victim's gone
-    daemon._on_pressure("/box/a", 0)                  # the same stalls, still in the window
-    daemon._on_pressure("/box", 0)                    # the parent sees its child's stalls
+    daemon.source._on_pressure("/box/a", 0)                  # the same stalls, still in the window
+    daemon.source._on_pressure("/box", 0)                    # the parent sees its child's stalls
     assert daemon.handled == [("memcg", "/box/a", False)]
     daemon.backend.clock.now = lambda: 1e12           # long after the window
-    daemon._on_pressure("/box", 0)
+    daemon.source._on_pressure("/box", 0)
     assert daemon.handled[-1] == ("memcg", "/box", True)
 
 
@@ -253,8 +256,8 @@ def test_kernel_kill_reported_once_with_its_victim(daemon, tree, monkeypatch, ca
     set_events(mount, "/box", max=9, oom=1, kill=2)
     set_events(mount, "/box/a", max=9, oom=1, kill=2, local={"kill": 2})   # 6.1: twice
     with caplog.at_level(logging.WARNING, "oomkit"):
-        daemon._on_events("/box")          # the parent first: not reported there
-        daemon._on_events("/box/a")
+        daemon.source._on_events("/box")          # the parent first: not reported there
+        daemon.source._on_events("/box/a")
     records = [__import__("json").loads(x) for x in
                Path(daemon.config.event_log).read_text().splitlines()]
     assert len(records) == 1
@@ -264,7 +267,7 @@ def test_kernel_kill_reported_once_with_its_victim(daemon, tree, monkeypatch, ca
         (4491, "python", "/box/a", "kernel")]
     assert "killed pid 4491 (python) in /box/a" in caplog.text
     assert daemon.handled == []            # no policy runs on the kernel's resolved OOM
-    daemon._on_pressure("/box/a", 0)       # its stalls are not a new OOM either
+    daemon.source._on_pressure("/box/a", 0)       # its stalls are not a new OOM either
     assert daemon.handled == []
 
 

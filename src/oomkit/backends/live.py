@@ -6,26 +6,27 @@ in, so a temp dir stands in for the kernel in unit tests.  The context is
 read lazily: a policy that looks at one cgroup does not make us read every
 ``/proc`` entry during an OOM.
 
-cgroup v1 (:class:`CgroupV1Backend`) intercepts the OOM itself: the memcg has
-``oom_kill_disable 1``, its tasks are paused, and the kernel's killer acts
-only when we hand the OOM back.  cgroup v2 (:class:`CgroupV2Backend`) acts
-before ``memory.max``, which stays the kernel's last word.
+What the two live backends share is here: :class:`LiveBackend` (reading
+the context, killing by pidfd, limits), the :class:`Hub` their event sources
+report to (the daemon), and :class:`Hush`.  cgroup v1 (``cgroup_v1.py``)
+intercepts the OOM itself; cgroup v2 (``cgroup_v2.py``) acts before
+``memory.max``, which stays the kernel's last word.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from oomkit import oom_kill
-from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, parent_of
+from oomkit.backends.base import OOMEvent, Release, relief_for
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, is_within, parent_of
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, KernelError, TaskGone
-from oomkit.linux import notify, parse, pidfd
+from oomkit.linux import parse, pidfd
 from oomkit.linux._oserror import os_errors
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
@@ -36,6 +37,55 @@ PAGE = oom_kill.PAGE_SIZE
 # A charge may be a 2 MiB huge page: the OOM is over once that much fits again.
 CHARGE_MARGIN = 2 << 20
 POLL = 0.002
+
+
+class Hub(Protocol):
+    """What an event source needs from the daemon that runs it."""
+
+    hush: Hush
+
+    def register(self, fd: int, callback: Callable, *args, events: int = ...) -> None:
+        """Call ``callback(*args, mask)`` when ``fd`` is ready."""
+
+    def unregister(self, fd: int, close: bool = True) -> None: ...
+
+    def handle(self, oom: OOMEvent, pressure: bool = False) -> None:
+        """Run the chain for this OOM and record it."""
+
+    def kernel_killed(self, memcg: str, victims: list[Release], note: str) -> None:
+        """Record an OOM the kernel resolved on its own."""
+
+    def heartbeat(self) -> None:
+        """We are alive (the watchdog's heartbeat), during a long wait."""
+
+    def changed(self) -> None:
+        """The cgroup tree changed: match what we manage to it again."""
+
+
+class Hush:
+    """For one PSI window after an OOM at or around a cgroup, pressure alone
+    starts no new OOM there: the window still holds the stalls of the OOM just
+    handled, and a cgroup's pressure includes its descendants'.  After the
+    kernel's own kill (its victim is no task of ours to wait for, and looks
+    alive in /proc while it exits) a limit-driven OOM waits the window too."""
+
+    def __init__(self, window: float, clock: Clock):
+        self.window, self.clock = window, clock
+        self._until: dict[str, tuple[float, bool]] = {}   # cgroup -> (end, the kernel's kill?)
+
+    def start(self, path: str, kernel: bool = False) -> None:
+        self._until[path] = (self.clock.now() + self.window, kernel)
+
+    def active(self, path: str, kernel: bool = False) -> bool:
+        """Is ``path`` (or a cgroup above or below it) hushed?  With ``kernel``,
+        only by a kill of the kernel's."""
+        now = self.clock.now()
+        for p, (until, by_kernel) in list(self._until.items()):
+            if until <= now:
+                del self._until[p]
+            elif (by_kernel or not kernel) and (is_within(p, path) or is_within(path, p)):
+                return True
+        return False
 
 
 class LiveBackend:
@@ -222,166 +272,6 @@ class LiveBackend:
         for fd in self._in_flight.values():
             os.close(fd)
         self._in_flight.clear()
-
-
-class CgroupV1Backend(LiveBackend):
-    """cgroup v1: the OOMing memcg's tasks are paused (``oom_kill_disable 1``)
-    until we release memory or hand the OOM back to the kernel."""
-
-    version = "v1"
-    HANDBACK_WAIT = 2.0
-
-    def _swap(self, path: str) -> int:
-        try:
-            memsw = parse.int_value(self.fs.read(path, "memory.memsw.usage_in_bytes"))
-            return max(0, memsw - self.fs.usage(path))
-        except KernelError:
-            return 0     # no swap accounting (swapaccount=0)
-
-    def condition_gone(self, oom: OOMEvent) -> bool:
-        if oom.level == "memcg":
-            try:
-                if not self.fs.oom_control(oom.memcg)["under_oom"]:
-                    return True
-            except CgroupGone:
-                return True
-        return super().condition_gone(oom)
-
-    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
-        """Hand the OOM back (``oom_kill_disable 0``: the kernel kills at once),
-        wait for an ``oom_kill`` count below it to move, then take it back."""
-        if oom.level != "memcg":
-            return Fallback(note="global OOM: the kernel's OOM killer acts on its own")
-        kmsg = self._open_kmsg()
-        before = self._oom_kills(oom.memcg)
-        threads = self._threads(oom.memcg)
-        try:
-            self.fs.set_oom_kill_disable(oom.memcg, False)
-            moved = self._wait_kill(oom, before)
-        finally:
-            self._retake(oom.memcg)
-        victims = self._ours(self._kmsg_victims(kmsg), threads)
-        if victims:
-            return Fallback(killed=victims)
-        if moved:
-            return Fallback(killed=[Release(-1, "?", oom.memcg, 0, 0)], note="the kernel killed "
-                            "(victim not read: /dev/kmsg unavailable)")
-        return Fallback(note="handed back to the kernel; no oom_kill seen within "
-                             f"{self.HANDBACK_WAIT:g}s")
-
-    def _wait_kill(self, oom: OOMEvent, before: int) -> bool:
-        deadline = self.clock.now() + self.HANDBACK_WAIT
-        while self.clock.now() < deadline:
-            if self._oom_kills(oom.memcg) > before:
-                return True
-            self.tick()
-            self.clock.sleep(POLL)
-        return False
-
-    def _oom_kills(self, top: str) -> int:
-        """The v1 ``oom_kill`` count is local to the victim's memcg: sum the subtree."""
-        total = 0
-        for path in self.fs.walk(top):
-            try:
-                total += self.fs.oom_control(path)["oom_kill"]
-            except CgroupGone:
-                pass
-        return total
-
-    def _threads(self, top: str) -> dict[int, str]:
-        """Every thread id under ``top`` and its memcg (the kernel names its victim
-        by the thread it picked, which need not be the thread-group leader)."""
-        out: dict[int, str] = {}
-        for path in self.fs.walk(top):
-            try:
-                out.update((tid, path) for tid in parse.pids(self.fs.read(path, "tasks")))
-            except CgroupGone:
-                pass
-        return out
-
-    @staticmethod
-    def _ours(victims: list[Release], threads: dict[int, str]) -> list[Release]:
-        """Only the kernel's kills in this subtree (/dev/kmsg also has other OOMs on the
-        host), each with its memcg: the kernel rate-limits (10 per 5 s) the summary
-        line that names it, but never the "Killed process" line."""
-        return [v if v.cgroup != "?" else dataclasses.replace(v, cgroup=threads[v.pid])
-                for v in victims if v.pid in threads]
-
-    def _retake(self, path: str) -> None:
-        try:
-            self.fs.set_oom_kill_disable(path, True)
-        except CgroupGone:
-            pass
-
-    @staticmethod
-    def _open_kmsg() -> int | None:
-        try:
-            return notify.open_kmsg()
-        except KernelError:
-            return None
-
-    @staticmethod
-    def _kmsg_victims(fd: int | None) -> list[Release]:
-        if fd is None:
-            return []
-        try:
-            records = notify.read_kmsg(fd)
-        finally:
-            os.close(fd)
-        return victims_from_kmsg(records)
-
-
-class CgroupV2Backend(LiveBackend):
-    """cgroup v2: we act before ``memory.max``; the kernel's OOM killer is
-    automatic at the limit, so the fallback is to let it be."""
-
-    version = "v2"
-
-    def __init__(self, *args, headroom: int = 0, tripwire: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.headroom_bytes = headroom
-        self.tripwire = tripwire      # memory.high = memory.max - headroom is ours to move
-
-    def _swap(self, path: str) -> int:
-        try:
-            return parse.int_value(self.fs.read(path, "memory.swap.current"))
-        except KernelError:
-            return 0
-
-    def margin(self, oom: OOMEvent) -> int:
-        return max(super().margin(oom), self.headroom_bytes)
-
-    def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
-        """A whole-cgroup kill writes ``cgroup.kill`` (Linux 5.14+) when every task
-        in it may die; otherwise task by task, skipping -1000 as the kernel does."""
-        if cgroup is None or self.dry_run or not self._all_killable(cgroup, tasks):
-            return super().kill(tasks, oom, cgroup=cgroup)
-        try:
-            self.fs.write(cgroup, "cgroup.kill", "1")
-        except KernelError:
-            return super().kill(tasks, oom, cgroup=cgroup)
-        return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
-                for t in tasks]
-
-    def _all_killable(self, cgroup: str, tasks: Sequence[TaskInfo]) -> bool:
-        every = {pid for path in self.fs.walk(cgroup) for pid in self.fs.procs(path)}
-        return every == {t.pid for t in tasks} and not any(self.protected(p) for p in every)
-
-    def set_limit(self, path: str, limit: int) -> None:
-        super().set_limit(path, limit)
-        # The tripwire (memory.high) moves with the limit, when it is set.
-        if not self.dry_run and self.tripwire and self.headroom_bytes and self._has_tripwire(path):
-            self.fs.write(path, "memory.high", str(max(0, limit - self.headroom_bytes)))
-
-    def _has_tripwire(self, path: str) -> bool:
-        try:
-            return parse.limit_v2(self.fs.read(path, "memory.high")) is not None
-        except KernelError:
-            return False
-
-    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
-        return Fallback(note="cgroup v2: the kernel's OOM killer acts at memory.max if the "
-                             "limit is reached")
 
 
 def _read_bytes(path: str) -> bytes:

@@ -33,7 +33,7 @@ from oomkit.policy import Refused
 from oomkit.units import format_size
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oomkit.backends.base import Backend, OOMEvent, Release
+    from oomkit.backends.base import Backend, OOMEvent
     from oomkit.engine.chain import Attachment
 
 

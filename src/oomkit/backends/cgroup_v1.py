@@ -1,0 +1,253 @@
+"""The cgroup v1 backend: a true interception point.
+
+For every memcg it holds, oomkit writes ``oom_kill_disable 1`` to
+``memory.oom_control`` and registers an eventfd through
+``cgroup.event_control`` (Documentation/admin-guide/cgroup-v1/memory.rst,
+section 10): when a limit is hit the kernel pauses the OOMing tasks and wakes
+us, and acts itself only when we hand the OOM back (``oom_kill_disable 0``).
+
+:class:`CgroupV1Backend` is the context and the release actions;
+:class:`V1Events` the event source (what woke us).  A paused OOM must never
+outlive the daemon: every memcg taken is told to the watchdog first
+(``oomkit.daemon.watchdog``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from oomkit.backends.base import Fallback, OOMEvent, Release
+from oomkit.backends.live import POLL, Hub, LiveBackend, victims_from_kmsg
+from oomkit.context import ancestors, parent_of
+from oomkit.errors import CgroupGone, KernelError
+from oomkit.linux import notify, parse
+
+log = logging.getLogger("oomkit")
+
+
+class CgroupV1Backend(LiveBackend):
+    """cgroup v1: the OOMing memcg's tasks are paused (``oom_kill_disable 1``)
+    until we release memory or hand the OOM back to the kernel."""
+
+    version = "v1"
+    HANDBACK_WAIT = 2.0
+
+    def _swap(self, path: str) -> int:
+        try:
+            memsw = parse.int_value(self.fs.read(path, "memory.memsw.usage_in_bytes"))
+            return max(0, memsw - self.fs.usage(path))
+        except KernelError:
+            return 0     # no swap accounting (swapaccount=0)
+
+    def condition_gone(self, oom: OOMEvent) -> bool:
+        if oom.level == "memcg":
+            try:
+                if not self.fs.oom_control(oom.memcg)["under_oom"]:
+                    return True
+            except CgroupGone:
+                return True
+        return super().condition_gone(oom)
+
+    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
+        """Hand the OOM back (``oom_kill_disable 0``: the kernel kills at once),
+        wait for an ``oom_kill`` count below it to move, then take it back."""
+        if oom.level != "memcg":
+            return Fallback(note="global OOM: the kernel's OOM killer acts on its own")
+        kmsg = self._open_kmsg()
+        before = self._oom_kills(oom.memcg)
+        threads = self._threads(oom.memcg)
+        try:
+            self.fs.set_oom_kill_disable(oom.memcg, False)
+            moved = self._wait_kill(oom, before)
+        finally:
+            self._retake(oom.memcg)
+        victims = self._ours(self._kmsg_victims(kmsg), threads)
+        if victims:
+            return Fallback(killed=victims)
+        if moved:
+            return Fallback(killed=[Release(-1, "?", oom.memcg, 0, 0)], note="the kernel killed "
+                            "(victim not read: /dev/kmsg unavailable)")
+        return Fallback(note="handed back to the kernel; no oom_kill seen within "
+                             f"{self.HANDBACK_WAIT:g}s")
+
+    def _wait_kill(self, oom: OOMEvent, before: int) -> bool:
+        deadline = self.clock.now() + self.HANDBACK_WAIT
+        while self.clock.now() < deadline:
+            if self._oom_kills(oom.memcg) > before:
+                return True
+            self.tick()
+            self.clock.sleep(POLL)
+        return False
+
+    def _oom_kills(self, top: str) -> int:
+        """The v1 ``oom_kill`` count is local to the victim's memcg: sum the subtree."""
+        total = 0
+        for path in self.fs.walk(top):
+            try:
+                total += self.fs.oom_control(path)["oom_kill"]
+            except CgroupGone:
+                pass
+        return total
+
+    def _threads(self, top: str) -> dict[int, str]:
+        """Every thread id under ``top`` and its memcg (the kernel names its victim
+        by the thread it picked, which need not be the thread-group leader)."""
+        out: dict[int, str] = {}
+        for path in self.fs.walk(top):
+            try:
+                out.update((tid, path) for tid in parse.pids(self.fs.read(path, "tasks")))
+            except CgroupGone:
+                pass
+        return out
+
+    @staticmethod
+    def _ours(victims: list[Release], threads: dict[int, str]) -> list[Release]:
+        """Only the kernel's kills in this subtree (/dev/kmsg also has other OOMs on the
+        host), each with its memcg: the kernel rate-limits (10 per 5 s) the summary
+        line that names it, but never the "Killed process" line."""
+        return [v if v.cgroup != "?" else dataclasses.replace(v, cgroup=threads[v.pid])
+                for v in victims if v.pid in threads]
+
+    def _retake(self, path: str) -> None:
+        try:
+            self.fs.set_oom_kill_disable(path, True)
+        except CgroupGone:
+            pass
+
+    @staticmethod
+    def _open_kmsg() -> int | None:
+        try:
+            return notify.open_kmsg()
+        except KernelError:
+            return None
+
+    @staticmethod
+    def _kmsg_victims(fd: int | None) -> list[Release]:
+        if fd is None:
+            return []
+        try:
+            records = notify.read_kmsg(fd)
+        finally:
+            os.close(fd)
+        return victims_from_kmsg(records)
+
+
+@dataclass
+class _Held:
+    """One memcg we hold: its eventfd, and whether we flipped oom_kill_disable."""
+
+    path: str
+    eventfd: notify.OOMEventFD | None = None
+    flipped: bool = False        # we wrote oom_kill_disable 1: put back 0 on release
+
+
+class V1Events:
+    """What wakes us on v1: the OOM eventfd of every held memcg."""
+
+    def __init__(self, backend: CgroupV1Backend, hub: Hub, watchdog):
+        self.fs, self.hub, self.watchdog = backend.fs, hub, watchdog
+        self.held: dict[str, _Held] = {}
+        self._notified: set[str] = set()
+
+    def paths(self) -> set[str]:
+        return set(self.held)
+
+    def sync(self, wanted: Iterable[str]) -> None:
+        """Hold exactly ``wanted``: release the others, take the new ones."""
+        wanted = set(wanted)
+        for path in [p for p in self.held if p not in wanted]:
+            self.release(path)
+        before = set(self.held)
+        for path in sorted(wanted - before):
+            self._take(path, before)
+
+    def _take(self, path: str, before: set[str]) -> None:
+        held = _Held(path)
+        try:
+            original = self.fs.oom_control(path)["oom_kill_disable"]
+            # v1 copies oom_kill_disable from the parent at mkdir: in a memcg created
+            # under one we already held, that 1 is ours, and the original is the parent's.
+            parent = self.held.get(parent_of(path) or "")
+            if parent is not None and parent.path in before:
+                original = not parent.flipped
+            if not original:
+                # Tell the watchdog first: from the write on, a paused OOM must not outlive us.
+                self.watchdog.send("+" + self._control(path))
+                held.flipped = True
+                self.fs.set_oom_kill_disable(path, True)
+            held.eventfd = notify.register_oom_eventfd(self.fs, path)
+            self.hub.register(held.eventfd.fileno(), self._on_eventfd, path)
+        except CgroupGone:
+            self._undo(held)
+            return
+        self.held[path] = held
+
+    def release(self, path: str) -> None:
+        held = self.held.pop(path, None)
+        if held is not None:
+            self._undo(held)
+
+    def _undo(self, held: _Held) -> None:
+        if held.eventfd is not None:
+            self.hub.unregister(held.eventfd.fileno(), close=False)
+            held.eventfd.close()
+        if not held.flipped:
+            return
+        try:
+            self.fs.set_oom_kill_disable(held.path, False)
+        except KernelError:
+            pass        # the cgroup is gone with its settings
+        try:
+            self.watchdog.send("-" + self._control(held.path))
+        except KernelError:
+            pass        # the watchdog is gone: the setting is restored, go on with the rest
+
+    def _control(self, path: str) -> str:
+        return str(self.fs.path(path, "memory.oom_control"))
+
+    def close(self) -> None:
+        for path in list(self.held):
+            self.release(path)
+
+    def _on_eventfd(self, path: str, mask: int) -> None:
+        held = self.held.get(path)
+        if held is None or held.eventfd is None:
+            return
+        try:
+            held.eventfd.read()
+            held.eventfd.under_oom()
+        except CgroupGone:
+            self.release(path)      # the eventfd fires once more when its cgroup goes
+            self.hub.changed()
+            return
+        self._notified.add(path)
+
+    def flush(self) -> None:
+        """After a batch of wake-ups: v1 wakes the eventfd of the OOMing memcg and
+        of every descendant, all reading under_oom 1: the OOMing one is the topmost
+        under OOM, and it is handled once."""
+        if not self._notified:
+            return
+        tops = {top for top in map(self._topmost_under_oom, self._notified) if top is not None}
+        self._notified.clear()
+        for top in sorted(tops):
+            # Every OOM of a storm holds the loop for its handling: the watchdog must
+            # keep hearing from us, or it hands the rest back to the kernel.
+            self.hub.heartbeat()
+            self.hub.handle(OOMEvent("memcg", top))
+
+    def _topmost_under_oom(self, path: str) -> str | None:
+        top = None
+        for p in ancestors(path):
+            if p not in self.held:
+                break
+            try:
+                if self.fs.oom_control(p)["under_oom"]:
+                    top = p
+            except CgroupGone:
+                break
+        return top
