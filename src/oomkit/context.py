@@ -143,12 +143,16 @@ def metered():
 
 
 class LazyMapping(Mapping[str, Any]):
-    """A read-only mapping whose values are loaded on first access."""
+    """A read-only mapping whose values are loaded on first access.
 
-    __slots__ = ("_keys", "_load", "_cache")
+    With ``has``, a lookup checks that one key instead of listing them all
+    (on a live backend, listing means walking the whole cgroup subtree)."""
 
-    def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], Any]):
-        _init(self, _keys=keys, _load=load, _cache={})
+    __slots__ = ("_keys", "_load", "_cache", "_has")
+
+    def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], Any],
+                 has: Callable[[str], bool] | None = None):
+        _init(self, _keys=keys, _load=load, _cache={}, _has=has)
 
     def _key_list(self) -> dict[str, None]:
         keys = self._keys
@@ -158,12 +162,20 @@ class LazyMapping(Mapping[str, Any]):
             object.__setattr__(self, "_keys", keys)
         return keys
 
+    def __contains__(self, key: object) -> bool:
+        if key in self._cache:
+            return True
+        if self._has is not None and callable(self._keys):
+            with metered():
+                return isinstance(key, str) and self._has(key)
+        return key in self._key_list()
+
     def __getitem__(self, key: str) -> Any:
         try:
             return self._cache[key]
         except KeyError:
             pass
-        if key not in self._key_list():
+        if key not in self:
             raise KeyError(key)
         with metered():
             value = self._cache[key] = self._load(key)
@@ -175,20 +187,27 @@ class LazyMapping(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._key_list())
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._key_list()
+    def loaded(self, key: str) -> Any | None:
+        """The value of ``key`` if it was read already, else None."""
+        return self._cache.get(key)
 
     __setattr__ = _ReadOnly.__setattr__
     __delattr__ = _ReadOnly.__delattr__
 
 
 class LazyTasks(Sequence[TaskInfo]):
-    """A read-only sequence of tasks, loaded on first access."""
+    """A read-only sequence of tasks, loaded on first access.
 
-    __slots__ = ("_load", "_tasks", "_by_pid")
+    With ``subtree``, ``in_cgroup(path)`` loads only that cgroup's subtree
+    while the whole list has not been needed: for a memcg OOM most policies
+    look only at the OOMing cgroup, not at the attachment's whole subtree.
+    """
 
-    def __init__(self, load: Callable[[], Iterable[TaskInfo]] | Sequence[TaskInfo]):
-        _init(self, _load=load, _tasks=None, _by_pid=None)
+    __slots__ = ("_load", "_subtree", "_tasks", "_by_pid", "_parts")
+
+    def __init__(self, load: Callable[[], Iterable[TaskInfo]] | Sequence[TaskInfo],
+                 subtree: Callable[[str], Iterable[TaskInfo]] | None = None):
+        _init(self, _load=load, _subtree=subtree, _tasks=None, _by_pid=None, _parts={})
 
     def _all(self) -> tuple[TaskInfo, ...]:
         if self._tasks is None:
@@ -207,14 +226,31 @@ class LazyTasks(Sequence[TaskInfo]):
         return iter(self._all())
 
     def by_pid(self, pid: int) -> TaskInfo | None:
+        if self._tasks is None:
+            for part in self._parts.values():
+                for task in part:
+                    if task.pid == pid:
+                        return task
         if self._by_pid is None:
             object.__setattr__(self, "_by_pid", {t.pid: t for t in self._all()})
         return self._by_pid.get(pid)
 
     def in_cgroup(self, path: str, *, recursive: bool = True) -> tuple[TaskInfo, ...]:
         """Tasks of ``path`` (and, by default, of every cgroup below it)."""
+        if self._tasks is None and self._subtree is not None and recursive:
+            part = self._parts.get(path)
+            if part is None:
+                with metered():
+                    part = self._parts[path] = tuple(self._subtree(path))
+            return part
         return tuple(t for t in self._all()
                      if t.cgroup == path or (recursive and is_within(t.cgroup, path)))
+
+    def loaded(self, path: str) -> tuple[TaskInfo, ...] | None:
+        """The tasks of ``path``'s subtree if they were read already, else None."""
+        if self._tasks is not None:
+            return self.in_cgroup(path)
+        return next((part for top, part in self._parts.items() if top == path), None)
 
     __setattr__ = _ReadOnly.__setattr__
     __delattr__ = _ReadOnly.__delattr__

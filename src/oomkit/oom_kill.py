@@ -165,7 +165,15 @@ def group_victims(victim: TaskInfo, group: str | None,
     return (victim, *sorted(rest, key=lambda t: t.pid))
 
 
+def oom_tasks(oc) -> Sequence[TaskInfo]:
+    """The tasks whose death can relieve this OOM: the OOMing memcg's subtree
+    for a memcg OOM (read alone, on a live backend), every task otherwise."""
+    if oc.level == "memcg" and oc.memcg != "/":
+        return oc.tasks.in_cgroup(oc.memcg)
+    return oc.tasks
+
+
 def decide(oc) -> Decision:
     """The kernel's decision for the OOM described by a context ``oc``."""
-    return select_bad_process(oc.tasks, oc.cgroups, level=oc.level, memcg=oc.memcg,
+    return select_bad_process(oom_tasks(oc), oc.cgroups, level=oc.level, memcg=oc.memcg,
                               nodes=oc.nodes, totalpages=oc.totalpages)

@@ -186,3 +186,41 @@ def test_a_policy_that_reads_one_cgroup_does_not_load_every_task(monkeypatch):
 
 def test_public_types_are_exported():
     assert all(isinstance(c, type) for c in (CgroupInfo, OOMContext, TaskInfo))
+
+
+# -- reading only what a policy touches (live backends) ---------------------------------
+
+def test_in_cgroup_reads_only_that_subtree_until_the_whole_list_is_needed():
+    from oomkit.context import LazyTasks, TaskInfo
+
+    def task(pid, cgroup):
+        return TaskInfo(pid, f"t{pid}", (), cgroup, 1, 0, 0, 0, 0, 0.0, False)
+    everything = [task(1, "/a"), task(2, "/a/x"), task(3, "/b")]
+    calls = []
+
+    def load_all():
+        calls.append("all")
+        return everything
+
+    def load_subtree(path):
+        calls.append(path)
+        return [t for t in everything if t.cgroup == path or t.cgroup.startswith(path + "/")]
+    tasks = LazyTasks(load_all, load_subtree)
+    assert [t.pid for t in tasks.in_cgroup("/a")] == [1, 2]
+    assert tasks.by_pid(2).cgroup == "/a/x"          # found in the part already read
+    assert tasks.loaded("/a") is not None and tasks.loaded("/b") is None
+    assert calls == ["/a"]
+    assert len(tasks) == 3 and calls == ["/a", "all"]
+    assert [t.pid for t in tasks.in_cgroup("/b")] == [3] and calls == ["/a", "all"]
+
+
+def test_a_lookup_checks_one_key_without_listing_them_all():
+    from oomkit.context import LazyMapping
+
+    listed = []
+    m = LazyMapping(lambda: listed.append(1) or ["/a", "/b"], lambda k: k.upper(),
+                    has=lambda k: k in ("/a", "/b"))
+    assert m["/a"] == "/A" and m.get("/zzz") is None and "/b" in m
+    assert m.loaded("/a") == "/A" and m.loaded("/b") is None
+    assert listed == []                                # no walk for lookups
+    assert list(m) == ["/a", "/b"] and listed == [1]

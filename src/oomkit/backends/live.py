@@ -107,7 +107,14 @@ class LiveBackend:
     # -- context -------------------------------------------------------------
 
     def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
-        return LazyMapping(lambda: self.fs.walk(scope), self.cgroup_info)
+        return LazyMapping(lambda: self.fs.walk(scope), self.cgroup_info,
+                           has=lambda path: self._has_cgroup(scope, path))
+
+    def _has_cgroup(self, scope: str, path: str) -> bool:
+        try:
+            return is_within(path, scope) and self.fs.exists(path)
+        except ValueError:      # not a cgroup path ("..", relative): no such cgroup
+            return False
 
     def cgroup_info(self, path: str) -> CgroupInfo:
         fs = self.fs
@@ -118,7 +125,8 @@ class LiveBackend:
             return CgroupInfo(path, 0, None, 0, False, (), (), {})
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
-        return LazyTasks(lambda: self._read_tasks(scope))
+        return LazyTasks(lambda: self._read_tasks(scope),
+                         lambda path: self._read_tasks(path) if is_within(path, scope) else ())
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
         out = []

@@ -333,15 +333,16 @@ class Daemon:
         detected, detected_at = clock.now(), now_iso()
         if not pressure and self.backend.condition_gone(oom):
             return      # a late wake-up for an OOM already resolved: never handle one twice
-        before = snapshot(self.backend, oom)
         record = self.engine.handle(oom)
         if self.config.dry_run and self.version == "v1" and record.resolved_by != "kernel":
             record.note = "dry run: nothing released; handed to the kernel"
             self.engine.fall_back(oom, record)
-        resolved = clock.now()
-        record.extra.update(detected_at=detected_at, resolved_at=now_iso(),
-                            latency_ms=round((resolved - detected) * 1000, 3), snapshot=before,
+        resolved, resolved_at = clock.now(), now_iso()
+        record.extra.update(detected_at=detected_at, resolved_at=resolved_at,
+                            latency_ms=round((resolved - detected) * 1000, 3),
+                            snapshot=snapshot(self.backend, oom, record.contexts),
                             dry_run=self.config.dry_run)
+        record.contexts.clear()
         self.events.write(record.to_dict())
 
     def _on_release(self, r: Release, policy: str, attached: str, reason: str) -> None:

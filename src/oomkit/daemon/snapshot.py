@@ -1,24 +1,39 @@
-"""A snapshot of an OOM's context, taken before any handler acts, written in
-the event log so the OOM can be replayed offline against another policy
-(``oomkit replay``)."""
+"""A snapshot of an OOM's context, written in the event log so the OOM can be
+replayed offline against another policy (``oomkit replay``).
+
+It is taken *after* the chain, off the path from OOM to relief, from what the
+handlers' contexts had already read before they acted (the cgroups and tasks
+the policies looked at, as they were then).  What no policy read is read
+afterwards, and the snapshot says so (``"read": "after"``): a victim is then
+missing from it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from oomkit.backends.base import OOMEvent
-from oomkit.context import CgroupInfo, TaskInfo
+from oomkit.context import CgroupInfo, OOMContext, TaskInfo
 
 
-def snapshot(backend, oom: OOMEvent) -> dict[str, Any]:
+def snapshot(backend, oom: OOMEvent, contexts: list[OOMContext]) -> dict[str, Any]:
     """The OOMing memcg's subtree: its cgroups and tasks.  For a global OOM only
-    the cgroups, since reading every task on the machine would delay relief."""
+    the cgroups, unless a policy read the tasks: reading every task on the
+    machine for the log is not worth it."""
     scope = oom.memcg
-    cgroups = backend.cgroups(oom, scope)
-    out: dict[str, Any] = {"scope": scope, "totalpages": backend.totalpages(oom),
-                           "cgroups": {p: cgroup_dict(cgroups[p]) for p in cgroups}}
-    if oom.level == "memcg":
-        out["tasks"] = [task_dict(t) for t in backend.tasks(oom, scope)]
+    first = contexts[0] if contexts else None
+    fresh = backend.cgroups(oom, scope)
+    cgroups = {}
+    for path in fresh:
+        seen = first.cgroups.loaded(path) if first is not None else None
+        cgroups[path] = cgroup_dict(seen if seen is not None else fresh[path])
+    out: dict[str, Any] = {"scope": scope, "totalpages": first.totalpages if first else
+                           backend.totalpages(oom), "cgroups": cgroups, "read": "before"}
+    tasks = first.tasks.loaded(scope) if first is not None else None
+    if tasks is None and oom.level == "memcg":
+        tasks, out["read"] = backend.tasks(oom, scope), "after"
+    if tasks is not None:
+        out["tasks"] = [task_dict(t) for t in tasks]
     return out
 
 

@@ -160,6 +160,7 @@ class Engine:
         h = HandlerRecord(cgroup=att.cgroup, policy=att.label)
         record.handlers.append(h)
         oc = self._context(att, oom, record)
+        record.contexts.append(oc)
         k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
                     record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
         outcome = self._guard.call(lambda: att.policy.handle_out_of_memory(oc, k),

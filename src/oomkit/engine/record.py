@@ -62,6 +62,7 @@ class OOMRecord:
     ejected: list[str] = field(default_factory=list)
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # live: detected_at, latency_ms, snapshot
+    contexts: list[Any] = field(default_factory=list, repr=False, compare=False)  # each handler's oc
 
     @property
     def memory_freed(self) -> int:

@@ -15,7 +15,7 @@ from oomkit.units import parse_size
 
 def candidates(oc: OOMContext) -> list[TaskInfo]:
     """Tasks whose death would relieve this OOM and that may be killed."""
-    return [t for t in oc.tasks
+    return [t for t in oom_kill.oom_tasks(oc)
             if oom_kill.eligible(t, oc.level, oc.memcg, oc.nodes)
             and t.oom_score_adj > oom_kill.OOM_SCORE_ADJ_MIN and not t.exiting]
 
@@ -186,7 +186,7 @@ class WaitForExiting(OOMPolicy):
 
     def handle_out_of_memory(self, oc, k):
         in_flight = set(oc.victims_in_flight)
-        for task in oc.tasks:
+        for task in oom_kill.oom_tasks(oc):
             dying = task.exiting or task.pid in in_flight
             if dying and oom_kill.eligible(task, oc.level, oc.memcg, oc.nodes) \
                     and task.rss >= self.min_exiting:

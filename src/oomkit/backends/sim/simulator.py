@@ -138,6 +138,7 @@ class Simulator:
             self.machine.count_event(oom.memcg, "max")
             self.machine.count_event(oom.memcg, "oom")
         record = self.engine.handle(oom)
+        record.contexts.clear()     # a long run keeps its records, not every context
         self.result.ooms.append(record)
         if task.state != "running":
             return
