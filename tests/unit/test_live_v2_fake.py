@@ -14,7 +14,6 @@ import pytest
 
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.cgroup_v2 import CgroupV2Backend
-from oomkit.context import TaskInfo
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
 

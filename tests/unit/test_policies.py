@@ -12,7 +12,7 @@ from oomkit.backends.sim import Simulator
 from oomkit.config.scenario import load_scenario, resolve
 from oomkit.policies import BUILTINS, load_policy_class, make_policy
 from oomkit.policies.builtin import LargestCgroup
-from oomtest_helpers import M, FuncPolicy, make_sim, scenario_dict
+from oomtest_helpers import M, make_sim, scenario_dict
 
 # /m (100M): big 60M, bait 10M (+1000), prot 25M (-1000, the largest-but-unkillable); big asks 20M
 CONTEST = dict(cgroups=[{"path": "/m", "limit": "100M"}],

@@ -88,6 +88,38 @@ class Hush:
         return False
 
 
+class Cmdline(Sequence[str]):
+    """A task's argv, read from ``/proc/PID/cmdline`` only if a policy looks at
+    it: one file fewer per task when an OOM reads a large subtree."""
+
+    __slots__ = ("_proc", "_pid", "_argv")
+
+    def __init__(self, proc: ProcFS, pid: int):
+        self._proc, self._pid, self._argv = proc, pid, None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._argv is None:
+            try:
+                self._argv = tuple(self._proc.cmdline(self._pid))
+            except TaskGone:
+                self._argv = ()
+        return self._argv
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self._get()) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 class LiveBackend:
     """What v1 and v2 share: reading the context, killing by pidfd, limits."""
 
@@ -169,7 +201,7 @@ class LiveBackend:
                 return None
             stat = self.proc.stat(pid)
             exiting = stat["state"] in "ZXx" or pid in self._in_flight
-            return TaskInfo(pid, stat["comm"], tuple(self.proc.cmdline(pid)), cgroup,
+            return TaskInfo(pid, stat["comm"], Cmdline(self.proc, pid), cgroup,
                             status["VmRSS"], status["VmSwap"], status["VmPTE"],
                             self.proc.oom_score_adj(pid), status.get("Uid", 0),
                             stat["starttime"] / self._hz, exiting)
