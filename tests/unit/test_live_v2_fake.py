@@ -275,3 +275,14 @@ def test_global_pressure_without_threshold_runs_the_root_attachment(daemon):
     assert daemon.handled == [("global", "/", True)]
     daemon._on_global_pressure(0)                     # hushed for a window
     assert daemon.handled == [("global", "/", True)]
+
+
+def test_one_task_is_found_by_its_cgroup_file_and_its_cmdline_is_read_only_when_used(tree):
+    _, proc = tree
+    (proc / str(PID_C) / "cgroup").write_text("0::/box/job\n")
+    b = backend(tree)
+    t = b.task(PID_C)
+    assert (t.pid, t.name, t.cgroup, t.rss) == (PID_C, "job", "/box/job", 8 * MiB)
+    (proc / str(PID_C) / "cmdline").write_bytes(b"job\0--late\0")   # read now, not at task()
+    assert t.cmdline == ("job", "--late") and list(t.cmdline) == ["job", "--late"]
+    assert b.task(4_999_999) is None                                  # no such pid

@@ -63,6 +63,9 @@ class Backend(Protocol):
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
         """The tasks of ``scope``'s subtree, in pid order (lazy where reading costs)."""
 
+    def task(self, pid: int) -> TaskInfo | None:
+        """One task anywhere on the machine, or None (to refuse a kill with the right errno)."""
+
     def totalpages(self, oom: OOMEvent) -> int:
         """``oom_constrained()``'s totalpages for this OOM (see ``oomkit.oom_kill``)."""
 

@@ -193,6 +193,13 @@ class LiveBackend:
             stack.extend((f"{prefix}/{n}", f"{d}/{n}") for n in reversed(kids))
         return out
 
+    def task(self, pid: int) -> TaskInfo | None:
+        try:
+            cgroup = self.proc.cgroup(pid, self.fs.version)
+        except TaskGone:
+            return None
+        return self.task_info(pid, cgroup) if cgroup is not None else None
+
     def task_info(self, pid: int, cgroup: str) -> TaskInfo | None:
         """One task from /proc; None for kernel threads and tasks gone meanwhile."""
         try:

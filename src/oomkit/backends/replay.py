@@ -30,6 +30,9 @@ class ReplayBackend:
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
         return LazyTasks(lambda: [t for t in self._tasks.values() if is_within(t.cgroup, scope)])
 
+    def task(self, pid: int) -> TaskInfo | None:
+        return self._tasks.get(pid)
+
     def totalpages(self, oom: OOMEvent) -> int:
         return self._totalpages
 

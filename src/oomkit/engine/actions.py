@@ -68,7 +68,7 @@ class Actions:
         pid = task.pid if isinstance(task, TaskInfo) else int(task)
         target = self._oc.tasks.by_pid(pid)
         if target is None:  # outside the attachment's view: EPERM if it exists at all
-            target = self._backend.tasks(self._oom, "/").by_pid(pid)
+            target = self._backend.task(pid)
         label = f"pid {pid}"
         refused = self._check_revoked() or self._check_task(target, pid)
         if refused:

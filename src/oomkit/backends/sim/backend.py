@@ -36,6 +36,10 @@ class SimBackend:
         m = self.machine
         return LazyTasks(lambda: m.snapshot_of(scope))
 
+    def task(self, pid: int) -> TaskInfo | None:
+        task = self.machine.tasks.get(pid)
+        return task.info() if task is not None else None
+
     def totalpages(self, oom: OOMEvent) -> int:
         """``oom_constrained()``: see :mod:`oomkit.oom_kill`."""
         m = self.machine
