@@ -20,17 +20,19 @@ Layout in the guest (plain boots)::
 With systemd as PID 1 (systemd-oomd) ``/bench/lim`` is ``/bench.slice`` and
 each group a transient scope in it (``bench/peers/systemd-oomd-*``).
 
-How each tool was made comparable (see RESULTS-peers.md):
+How each tool was made comparable ("the same action point": every tool starts
+acting when the workload's memory reaches 256 MiB; see RESULTS-peers.md):
 * the kernel alone: memory.max 256M on the parent; no daemon, no memory.high.
-* oomkit, oomd, systemd-oomd: memory.max 256M and memory.high 224M (oomkit's
-  tripwire writes it itself; the bench writes it for oomd and systemd-oomd):
-  without swap, anonymous memory reaches memory.max, and the kernel's kill, in
-  milliseconds, so a pressure-driven daemon needs the throttle to act first.
+* oomkit: memory.max 288M, headroom 32M, tripwire on: oomkit itself writes
+  memory.high = 256M and acts from there.
+* oomd, systemd-oomd: memory.max 288M and memory.high 256M (written by the
+  bench, the same throttle as oomkit's tripwire): without swap, anonymous
+  memory reaches memory.max, and the kernel's kill, in milliseconds, so a
+  pressure-driven daemon needs the throttle to see pressure first.
 * earlyoom, nohang ("system mode"): they watch MemAvailable, not cgroups.  No
   memory.max; the machine is shrunk with reserved hugepages so that 256 MiB of
   room (plus a few MiB of slack) remain above the tool's own threshold
-  (earlyoom 10 %, nohang 5 % of MemTotal): the same workload then crosses the
-  tool's threshold where it would cross memory.max elsewhere.
+  (earlyoom 10 %, nohang 5 % of MemTotal).
 
 Measured, per tool and workload, by the guest driver (it started every process
 and waits for it, so exit statuses are exact; it samples each process's RSS and
@@ -69,8 +71,9 @@ OUT = CACHE / "out"
 RESULTS = HERE / "RESULTS-peers.md"
 
 MiB = 1 << 20
-BUDGET = 256          # MiB: memory.max of the parent, or room above a system-wide threshold
-HIGH = 224            # MiB: memory.high (oomkit's tripwire: max - headroom 32M)
+BUDGET = 256          # MiB: where every tool starts acting (see "the same action point")
+HEADROOM = 32         # MiB: oomkit's headroom (contrib/oomkit.toml); memory.max = BUDGET + this
+                      # for the tools that act on pressure before memory.max
 ONSET = 216           # MiB: "pressure" starts here
 SERVICE = 64          # MiB held by the protected service
 TIMEOUT = 75.0        # s of emulated time per workload after it starts
@@ -189,15 +192,16 @@ WORKLOADS: dict[str, dict] = {
 
 # --------------------------------------------------------------------------------------
 # Tools.  mode: "cgroup" (memory.max 256M on the parent) or "system" (no limit; the
-# machine shrunk).  high: memory.high 224M written by the bench.  reserve: the tool's
+# machine shrunk).  high: memory.high 256M (memory.max 288M) written by the bench.  reserve: the tool's
 # own threshold, as a fraction of MemTotal (system mode).
 TOOLS: dict[str, dict] = {
     "kernel": {"mode": "cgroup", "high": False, "what": "memory.max 256M, no daemon"},
     "earlyoom": {"mode": "system", "reserve": 0.10, "what": "earlyoom 1.7, bench/peers/earlyoom.args"},
     "nohang": {"mode": "system", "reserve": 0.05, "what": "nohang 0.2.0, bench/peers/nohang.conf"},
-    "oomd": {"mode": "cgroup", "high": True, "what": "oomd 0.5.0, bench/peers/oomd.json"},
+    "oomd": {"mode": "cgroup", "high": True,
+             "what": "oomd 0.5.0, bench/peers/oomd.json; memory.max 288M"},
     "systemd-oomd": {"mode": "cgroup", "high": True, "systemd": True,
-                     "what": "systemd-oomd 252, bench/peers/systemd-oomd-*"},
+                     "what": "systemd-oomd 252, bench/peers/systemd-oomd-*; memory.max 288M"},
     "oomkit-largest-task": {"mode": "cgroup", "high": False, "oomkit": "oomkit-largest-task.toml"},
     "oomkit-prefer-avoid": {"mode": "cgroup", "high": False, "oomkit": "oomkit-prefer-avoid.toml"},
     "oomkit-largest-cgroup": {"mode": "cgroup", "high": False, "oomkit": "oomkit-largest-cgroup.toml"},
@@ -207,7 +211,8 @@ TOOLS: dict[str, dict] = {
 }
 for _name, _t in TOOLS.items():
     if "oomkit" in _t:
-        _t["what"] = f"oomkit run, bench/peers/{_t['oomkit']} (tripwire: memory.high 224M)"
+        _t["what"] = (f"oomkit run, bench/peers/{_t['oomkit']}; memory.max 288M, the tripwire "
+                      "writes memory.high 256M")
 
 # ======================================================================================
 # Guest side
@@ -336,9 +341,10 @@ class Guest:
         self.lim = bench / "lim"
         self.lim.mkdir()
         if cgroup_mode:
-            cg_write(self.lim, "memory.max", str(BUDGET * MiB))
+            before = self.tool.get("high") or "oomkit" in self.tool   # acts before memory.max
+            cg_write(self.lim, "memory.max", str((BUDGET + (HEADROOM if before else 0)) * MiB))
         if self.tool.get("high"):
-            cg_write(self.lim, "memory.high", str(HIGH * MiB))
+            cg_write(self.lim, "memory.high", str(BUDGET * MiB))
         cg_write(self.lim, "cgroup.subtree_control", "+memory")
         self.groups = {}
 
@@ -680,7 +686,7 @@ def configs_md(tools: list[str]) -> str:
         out.append(f"### {tool}")
         out.append("")
         out.append(f"{t['what']}; mode: {t['mode']}"
-                   + ("; memory.high 224M written by the bench" if t.get("high") else ""))
+                   + ("; memory.high 256M written by the bench" if t.get("high") else ""))
         files = []
         if tool == "earlyoom":
             files = ["earlyoom.args"]
@@ -734,8 +740,11 @@ def host(args) -> None:
         "with the tool freshly started and a fresh cgroup tree",
         "* times are emulated time (Python runs 10-25x slower than on hardware): read them "
         "against each other, never against host figures", "",
-        "Budget: 256 MiB (memory.max on the parent, or room above the threshold of a "
-        "system-wide tool); the protected service is one 64 MiB process, oom_score_adj 0, in "
+        "Budget: every tool starts acting when the workload holds 256 MiB: memory.max 256M "
+        "for the kernel alone; memory.high 256M under memory.max 288M for oomkit (its "
+        "tripwire, headroom 32M), oomd and systemd-oomd; 256 MiB of room above the "
+        "threshold of earlyoom and nohang (no cgroup limit, the machine shrunk with "
+        "hugepages). The protected service is one 64 MiB process, oom_score_adj 0, in "
         "its own cgroup. needed = demand - 256 MiB; excess = killed - needed (killed = the "
         "victims' last sampled RSS). Pressure starts when the parent's memory.current first "
         f"reaches {ONSET} MiB; relief is the first sample after it with a process killed or "
