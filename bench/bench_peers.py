@@ -441,6 +441,7 @@ class Guest:
             self.daemon = None
             return
         else:
+            (self.logdir / (wl + ".jsonl")).unlink(missing_ok=True)     # this run's records only
             cfg = (PEERS / self.tool["oomkit"]).read_text()
             cfg = cfg.replace("[daemon]", f'[daemon]\nevent_log = "{self.logdir / (wl + ".jsonl")}"', 1)
             path = Path("/tmp") / f"{name}.toml"
@@ -558,7 +559,7 @@ class Guest:
             samples += 1
             if onset is None and usage >= ONSET * MiB:
                 onset = t
-            elif onset is not None and relief is None and (killed_now or usage < ONSET * MiB):
+            if onset is not None and relief is None and (killed_now or usage < ONSET * MiB):
                 relief = t
             if onset is None and relief is None and killed_now:
                 onset = relief = t      # a kill before the parent reached the onset level
@@ -643,9 +644,20 @@ def run_tool(tool: str, workloads: list[str]) -> dict:
     return data
 
 
+def relief_time(r: dict) -> float | None:
+    """Pressure to relief; also a kill seen in the very sample where pressure began
+    (the guest of the first run missed that case: its victims' death times tell)."""
+    if r.get("to_relief_s") is not None or r.get("onset_s") is None:
+        return r.get("to_relief_s")
+    kills = [float(v.rsplit("t=", 1)[1].rstrip(")")) for v in r.get("victims", [])]
+    kills = [k for k in kills if k >= r["onset_s"]]
+    return round(min(kills) - r["onset_s"], 2) if kills else None
+
+
 def fmt_time(r: dict) -> str:
-    if r.get("to_relief_s") is not None:
-        s = f"{r['to_relief_s']:.1f} s"
+    rt = relief_time(r)
+    if rt is not None:
+        s = f"{rt:.1f} s"
     elif r.get("onset_s") is None:
         s = "no pressure"
     else:
@@ -719,22 +731,29 @@ def host(args) -> None:
     for name in workloads:
         if name not in WORKLOADS:
             sys.exit(f"unknown workload {name}; one of {', '.join(WORKLOADS)}")
-    build_hog()
     OUT.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    all_data = []
-    for tool in tools:
-        print(f"== {tool}", file=sys.stderr, flush=True)
-        all_data.append(run_tool(tool, workloads))
-    wall = time.monotonic() - started
+    if args.report_only:        # rebuild the report from the last run's JSON (no VM)
+        all_data = [json.loads((OUT / f"{t}.json").read_text()) for t in tools]
+        run = json.loads((OUT / "run.json").read_text())
+    else:
+        build_hog()
+        started = time.monotonic()
+        all_data = []
+        for tool in tools:
+            print(f"== {tool}", file=sys.stderr, flush=True)
+            all_data.append(run_tool(tool, workloads))
+        run = {"wall_s": time.monotonic() - started,
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "host": f"{os.cpu_count()} CPUs, kernel {platform.release()}"}
+        (OUT / "run.json").write_text(json.dumps(run))
+    wall = run["wall_s"]
     kernel = next((d.get("kernel") for d in all_data if d.get("kernel")), "?")
     mem = next((d.get("mem_total_mib") for d in all_data if d.get("mem_total_mib")), "?")
     head = [
         "# oomkit against the peers: decision quality on cgroup v2 (in the VM)", "",
         "Written by `python bench/bench_peers.py` (issue 4, section 5). A benchmark, not a test.", "",
-        f"* date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"* host: {platform.node()}, {os.cpu_count()} CPUs, kernel {platform.release()}; "
-        f"the whole run took {wall / 60:.1f} min of wall time",
+        f"* date: {run['date']}",
+        f"* host: {run['host']}; the whole run took {wall / 60:.1f} min of wall time",
         f"* guest: QEMU TCG (emulated CPU), kernel {kernel}, {GUEST_MEM} RAM (MemTotal {mem} MiB), "
         "2 vCPUs, no swap, cgroup2 with every controller; one boot per tool, each workload "
         "with the tool freshly started and a fresh cgroup tree",
@@ -767,6 +786,8 @@ def main() -> None:
     ap.add_argument("--tools", help=f"comma-separated, of: {', '.join(TOOLS)}")
     ap.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-peers.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no VM: rebuild RESULTS-peers.md from the last run's JSON")
     ap.add_argument("--guest", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
