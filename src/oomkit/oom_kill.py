@@ -134,9 +134,56 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
         chosen, chosen_points = task, points
     if chosen is None:
         return Decision()
-    group = oom_group(chosen, cgroups, memcg if level == "memcg" else "/")
-    return Decision(victim=chosen, points=chosen_points, group=group,
-                    victims=group_victims(chosen, group, tasks))
+    return kill_decision(chosen, chosen_points, cgroups, memcg if level == "memcg" else "/", tasks)
+
+
+def kill_decision(victim: TaskInfo, points: int, cgroups: Mapping[str, CgroupInfo], domain: str,
+                  tasks: Iterable[TaskInfo]) -> Decision:
+    """``oom_kill_process()``: the chosen victim, and its ``memory.oom.group`` if any."""
+    group = oom_group(victim, cgroups, domain)
+    return Decision(victim=victim, points=points, group=group,
+                    victims=group_victims(victim, group, tasks))
+
+
+class GlobalIndex:
+    """``select_bad_process()`` for a *global* OOM, kept up to date task by task
+    instead of rescanning every task at each OOM (the simulator's hot path).
+
+    The same rules, from the same functions: ``badness()`` with the machine's
+    fixed ``totalpages``; an exiting task makes the kernel wait (the first one
+    ``for_each_process()`` meets: the lowest pid); among equal scores the task
+    evaluated last (the highest pid) wins.  ``tests/unit/test_oom_kill.py``
+    checks that it always agrees with ``select_bad_process()``.
+    """
+
+    def __init__(self, totalpages: int):
+        self.totalpages = totalpages
+        self._keys: dict[int, tuple[int, int]] = {}   # pid -> (points, pid), the max() key
+        self._exiting: set[int] = set()
+
+    def update(self, task: TaskInfo) -> None:
+        pid = task.pid
+        self._keys.pop(pid, None)
+        self._exiting.discard(pid)
+        if task.exiting:
+            self._exiting.add(pid)
+            return
+        points = badness(task, self.totalpages)
+        if points is not None:
+            self._keys[pid] = (points, pid)
+
+    def remove(self, pid: int) -> None:
+        self._keys.pop(pid, None)
+        self._exiting.discard(pid)
+
+    def select(self) -> tuple[int | None, int | None, int | None]:
+        """(victim pid, its points, pid of an exiting task to wait for)."""
+        if self._exiting:
+            return None, None, min(self._exiting)
+        if not self._keys:
+            return None, None, None
+        points, pid = max(self._keys.values())
+        return pid, points, None
 
 
 def oom_group(victim: TaskInfo, cgroups: Mapping[str, CgroupInfo], domain: str) -> str | None:

@@ -217,3 +217,36 @@ def test_fallback_group_kill_through_the_simulator():
     assert sorted(result.killed) == ["g1", "g2"]
     assert sorted(result.survivors) == ["keep", "out"]
     assert sim.machine.cgroups["/m/g"].events["oom_group_kill"] == 1
+
+
+# -- the simulator's index of the global choice agrees with the scan --------------------
+
+def test_global_index_always_agrees_with_select_bad_process():
+    import random
+
+    from oomkit.context import TaskInfo
+    from oomkit.oom_kill import GlobalIndex, select_bad_process
+
+    rng = random.Random(7)
+    for trial in range(300):
+        totalpages = rng.choice((1000, 262_144, 2_000_000))
+        index = GlobalIndex(totalpages)
+        tasks = {}
+        for _ in range(rng.randrange(0, 40)):
+            pid = rng.randrange(100, 160)
+            t = TaskInfo(pid, f"t{pid}", (), "/", rng.choice((0, 4096, 8192)) * rng.randrange(4),
+                         rng.choice((0, 4096)), 0, rng.choice((-1000, -500, 0, 0, 0, 300, 1000)),
+                         0, 0.0, rng.random() < 0.05)
+            if rng.random() < 0.1 and pid in tasks:      # a task goes away
+                del tasks[pid]
+                index.remove(pid)
+                continue
+            tasks[pid] = t
+            index.update(t)
+        ordered = sorted(tasks.values())
+        want = select_bad_process(ordered, {}, level="global", memcg="/", nodes=(),
+                                  totalpages=totalpages)
+        pid, points, waiting = index.select()
+        assert waiting == (want.waiting_for.pid if want.waiting_for else None), trial
+        assert pid == (want.victim.pid if want.victim else None), trial
+        assert points == want.points, trial

@@ -95,17 +95,33 @@ class SimBackend:
         return tuple(pid for _, _, pid in sorted(self._exits))
 
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
-        # Candidates of a memcg OOM are in its subtree, and so is its oom_group
-        # domain: reading only that subtree decides exactly as reading it all.
-        scope = oom.memcg if oom.level == "memcg" else "/"
-        decision = oom_kill.select_bad_process(
-            self.tasks(oom, scope), self.cgroups(oom, scope), level=oom.level, memcg=oom.memcg,
-            nodes=oom.nodes, totalpages=self.totalpages(oom))
+        if oom.level == "global":
+            decision = self._global_decision(oom)
+        else:
+            # Candidates of a memcg OOM are in its subtree, and so is its oom_group
+            # domain: reading only that subtree decides exactly as reading it all.
+            scope = oom.memcg if oom.level == "memcg" else "/"
+            decision = oom_kill.select_bad_process(
+                self.tasks(oom, scope), self.cgroups(oom, scope), level=oom.level,
+                memcg=oom.memcg, nodes=oom.nodes, totalpages=self.totalpages(oom))
         if decision.waiting_for is not None:
             return Fallback(waiting_for=decision.waiting_for.pid)
         if not decision.kills:
             return Fallback(note="out of memory and no killable processes")
         return Fallback(killed=self.kill(decision.victims, oom, cgroup=decision.group))
+
+    def _global_decision(self, oom: OOMEvent) -> oom_kill.Decision:
+        """``select_bad_process()`` for a global OOM, from the machine's index
+        (the same choice, without rescanning every task)."""
+        m = self.machine
+        m.refresh()
+        pid, points, waiting = m.global_index.select()
+        if waiting is not None:
+            return oom_kill.Decision(waiting_for=m.tasks[waiting].info())
+        if pid is None:
+            return oom_kill.Decision()
+        return oom_kill.kill_decision(m.tasks[pid].info(), points, self.cgroups(oom, "/"), "/",
+                                      self.tasks(oom, "/"))
 
     # -- exits (the simulator's clock drives them) -----------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from oomkit.backends.base import OOMEvent
+from oomkit.oom_kill import PAGE_SIZE, GlobalIndex
 from oomkit.context import CgroupInfo, TaskInfo, ancestors, parent_of
 
 EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
@@ -94,6 +95,9 @@ class Machine:
         self._stale: set[int] = set()
         self._joined: dict[int, int] = {}            # pid -> when it was added (self.tasks order)
         self._join_count = itertools.count()
+        # The kernel's choice for a global OOM, kept with the snapshots (totalpages
+        # of a global OOM is fixed: RAM + swap).
+        self.global_index = GlobalIndex(memory // PAGE_SIZE + swap // PAGE_SIZE)
 
     @property
     def used(self) -> int:
@@ -202,17 +206,21 @@ class Machine:
 
     # -- snapshots (what the OOM context shows) -----------------------------------
 
-    def snapshot(self) -> list[TaskInfo]:
-        """TaskInfo of every task (live and exiting), in ``self.tasks`` order."""
-        infos = self._infos
+    def refresh(self) -> None:
+        """Bring the snapshots (and the global index) up to date with the tasks."""
         if self._stale:
-            tasks = self.tasks
+            tasks, infos, update = self.tasks, self._infos, self.global_index.update
             for pid in self._stale:
                 task = tasks.get(pid)
                 if task is not None:
-                    infos[pid] = task.info()
+                    info = infos[pid] = task.info()
+                    update(info)
             self._stale.clear()
-        return list(infos.values())
+
+    def snapshot(self) -> list[TaskInfo]:
+        """TaskInfo of every task (live and exiting), in ``self.tasks`` order."""
+        self.refresh()
+        return list(self._infos.values())
 
     def snapshot_of(self, scope: str) -> list[TaskInfo]:
         """TaskInfo of the tasks of ``scope``'s subtree, in ``self.tasks`` order."""
@@ -245,6 +253,7 @@ class Machine:
         self.tasks.pop(task.pid, None)
         self._infos.pop(task.pid, None)
         self._stale.discard(task.pid)
+        self.global_index.remove(task.pid)
         pids = self.cgroups[task.cgroup].pids
         if task.pid in pids:
             pids.remove(task.pid)
