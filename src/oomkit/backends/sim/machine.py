@@ -61,11 +61,8 @@ class SimTask:
     exit_delay: float = 0.0
     state: str = "running"                          # running, exiting, dead
     node_rss: dict[int, int] = field(default_factory=dict)
+    rss: int = 0                                    # sum of node_rss, kept by Machine._account
     _info: TaskInfo | None = None
-
-    @property
-    def rss(self) -> int:
-        return sum(self.node_rss.values())
 
     def info(self) -> TaskInfo:
         if self._info is None:
@@ -194,6 +191,7 @@ class Machine:
         return done
 
     def _account(self, task: SimTask, delta: int) -> None:
+        task.rss += delta
         for cg in self._chains[task.cgroup]:
             cg.usage += delta
         self._changed(task)

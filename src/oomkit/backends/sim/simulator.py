@@ -52,7 +52,10 @@ class Simulator:
         self.engine = Engine(self.backend, scenario.settings)
         self.result = SimResult()
         self._by_name: dict[str, SimTask] = {}
-        self._queue: list[tuple[float, int, str, Any]] = []
+        # The scenario's events, in time order (file order among equal times), and
+        # a heap of the retries they cause; both ordered by (time, seq).
+        self._timeline: list[tuple[float, int, Any]] = []
+        self._queue: list[tuple[float, int, tuple]] = []
         self._seq = 0
         self._next_pid = FIRST_PID
         self._build(attach_overrides or {})
@@ -78,7 +81,9 @@ class Simulator:
         for cgroup, (policy, params, ceiling) in attachments.items():
             self.engine.attach(cgroup, make_policy(policy, params, s.base_dir), ceiling=ceiling)
         for event in s.events:
-            self._push(event.at, "event", event)
+            self._seq += 1
+            self._timeline.append((event.at, self._seq, event))
+        self._timeline.sort(key=lambda item: item[:2])
 
     def _spawn(self, spec: Task) -> SimTask:
         task = SimTask(pid=self._next_pid, name=spec.name, cgroup=spec.cgroup,
@@ -90,25 +95,36 @@ class Simulator:
         self._by_name[spec.name] = task
         return self.machine.add_task(task)
 
-    def _push(self, t: float, kind: str, payload: Any) -> None:
+    def _retry(self, t: float, payload: tuple) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (t, self._seq, kind, payload))
+        heapq.heappush(self._queue, (t, self._seq, payload))
 
     # -- the run --------------------------------------------------------------------
 
     def run(self) -> SimResult:
-        backend, clock = self.backend, self.backend.clock
-        while self._queue or backend.next_exit() is not None:
+        backend, clock, queue, timeline = self.backend, self.backend.clock, self._queue, self._timeline
+        never = (float("inf"), 0)
+        pos, end = 0, len(timeline)
+        while True:
+            event = timeline[pos][:2] if pos < end else never
+            retry = queue[0][:2] if queue else never
             next_exit = backend.next_exit()
-            if next_exit is not None and (not self._queue or next_exit <= self._queue[0][0]):
+            # An exit that lands by the next event's time comes first: memory
+            # freed at t is there for an allocation at t.
+            if next_exit is not None and next_exit <= min(event, retry)[0]:
                 backend.reap_next()
                 continue
-            t, _, kind, payload = heapq.heappop(self._queue)
-            clock.advance_to(t)
+            if event is never and retry is never:
+                break
             self.result.events += 1
-            if kind == "event":
+            if event < retry:
+                t, _, payload = timeline[pos]
+                pos += 1
+                clock.advance_to(t)
                 self._event(payload)
             else:
+                t, _, payload = heapq.heappop(queue)
+                clock.advance_to(t)
                 self._alloc(*payload)
         return self._finish()
 
@@ -149,7 +165,7 @@ class Simulator:
         when = self.backend.clock.now()
         if not self.machine.fits(oom) and self.backend.next_exit() is not None:
             when = max(when, self.backend.next_exit())
-        self._push(when, "retry", (task, amount, attempt + 1))
+        self._retry(when, (task, amount, attempt + 1))
 
     def _finish(self) -> SimResult:
         r, m = self.result, self.machine
