@@ -286,3 +286,13 @@ def test_one_task_is_found_by_its_cgroup_file_and_its_cmdline_is_read_only_when_
     (proc / str(PID_C) / "cmdline").write_bytes(b"job\0--late\0")   # read now, not at task()
     assert t.cmdline == ("job", "--late") and list(t.cmdline) == ["job", "--late"]
     assert b.task(4_999_999) is None                                  # no such pid
+
+
+def test_a_task_in_do_exit_is_exiting(tree):
+    _, proc = tree
+    stat = proc / str(PID_B) / "stat"
+    fields = stat.read_text().split(" ")
+    fields[8] = str(int(fields[8]) | 0x4)           # PF_EXITING: killed by someone else
+    stat.write_text(" ".join(fields))
+    tasks = backend(tree).tasks(OOMEvent("memcg", "/box/a"), "/box")
+    assert tasks.by_pid(PID_B).exiting is True and tasks.by_pid(PID_A).exiting is False

@@ -207,7 +207,10 @@ class LiveBackend:
             if status.get("Kthread"):
                 return None
             stat = self.proc.stat(pid)
-            exiting = stat["state"] in "ZXx" or pid in self._in_flight
+            # Exiting: a zombie or dead, in do_exit() (PF_EXITING: killed by anyone,
+            # or leaving by itself), or our own victim on its way out.
+            exiting = (stat["state"] in "ZXx" or stat["flags"] & parse.PF_EXITING
+                       or pid in self._in_flight)
             return TaskInfo(pid, stat["comm"], Cmdline(self.proc, pid), cgroup,
                             status["VmRSS"], status["VmSwap"], status["VmPTE"],
                             self.proc.oom_score_adj(pid), status.get("Uid", 0),

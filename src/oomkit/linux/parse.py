@@ -111,8 +111,14 @@ def proc_status(text: str) -> dict:
     return out
 
 
+# include/linux/sched.h: the task has begun do_exit() (its memory is on its way back).
+PF_EXITING = 0x00000004
+
+
 def proc_stat(text: str) -> dict:
-    """``/proc/PID/stat`` -> pid, comm, state, ppid, starttime (clock ticks since boot).
+    """``/proc/PID/stat`` -> pid, comm, state, ppid, flags, starttime (clock ticks since boot).
+
+    ``flags`` is field 9, the task's ``PF_*`` flags (``PF_EXITING`` once it exits).
 
     comm is between the first "(" and the *last* ")" because comm itself may
     hold spaces and parentheses (proc(5), fs/proc/array.c do_task_stat).
@@ -128,6 +134,7 @@ def proc_stat(text: str) -> dict:
         "comm": comm,
         "state": rest[0],
         "ppid": int(rest[1]),
+        "flags": int(rest[6]),
         "starttime": int(rest[19]),
     }
 

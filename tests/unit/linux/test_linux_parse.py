@@ -97,7 +97,10 @@ def test_proc_status_real_uid_is_first_column():
 
 def test_proc_stat_real():
     st = parse.proc_stat(fixture("proc_stat.txt"))
-    assert st == {"pid": 4587, "comm": "python3", "state": "R", "ppid": 4584, "starttime": 52831}
+    # flags (field 9) 4194304 is PF_RANDOMIZE (0x400000) alone: not PF_EXITING
+    assert st == {"pid": 4587, "comm": "python3", "state": "R", "ppid": 4584, "flags": 4194304,
+                  "starttime": 52831}
+    assert not st["flags"] & parse.PF_EXITING
 
 
 @pytest.mark.parametrize("comm", ["a b", "x) R 1 (y", "((", ")", ""])
