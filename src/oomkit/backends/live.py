@@ -209,7 +209,7 @@ class LiveBackend:
             stat = self.proc.stat(pid)
             # Exiting: a zombie or dead, in do_exit() (PF_EXITING: killed by anyone,
             # or leaving by itself), or our own victim on its way out.
-            exiting = (stat["state"] in "ZXx" or stat["flags"] & parse.PF_EXITING
+            exiting = (stat["state"] in "ZXx" or bool(stat["flags"] & parse.PF_EXITING)
                        or pid in self._in_flight)
             return TaskInfo(pid, stat["comm"], Cmdline(self.proc, pid), cgroup,
                             status["VmRSS"], status["VmSwap"], status["VmPTE"],
