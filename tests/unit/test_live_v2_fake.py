@@ -296,3 +296,35 @@ def test_a_task_in_do_exit_is_exiting(tree):
     stat.write_text(" ".join(fields))
     tasks = backend(tree).tasks(OOMEvent("memcg", "/box/a"), "/box")
     assert tasks.by_pid(PID_B).exiting is True and tasks.by_pid(PID_A).exiting is False
+
+
+def test_sighup_applies_new_v2_thresholds_and_refuses_what_needs_a_restart(tree, tmp_path,
+                                                                            monkeypatch):
+    from oomkit.config.daemon import load_daemon_config
+    from oomkit.daemon.main import Daemon
+
+    mount, proc = tree
+    path = tmp_path / "oomkit.toml"
+    text = (f'[daemon]\ncgroup = "v2"\nmount = "{mount}"\nproc = "{proc}"\n'
+            f'event_log = "{tmp_path / "ev.jsonl"}"\n{{extra}}\n'
+            '[[attach]]\ncgroup = "/box"\npolicy = "largest-task"\n')
+    path.write_text(text.format(extra='headroom = "8M"'))
+    d = Daemon(load_daemon_config(path), str(path))
+    registered = []
+    # Fake cgroup files are regular files, which epoll refuses: record instead.
+    monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: registered.append(fd))
+    monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
+    first = d.source
+    try:
+        path.write_text(text.format(extra='headroom = "16M"\npressure = "some 200ms 2s"'))
+        assert d.reload() is True
+        assert d.backend.headroom_bytes == 16 * MiB and d.source is not first
+        assert d.managed == {"/box", "/box/a", "/box/job"}
+        assert d.hush.window == 2.0
+        path.write_text(text.format(extra='headroom = "16M"\nwatchdog_timeout = "5s"'))
+        assert d.reload() is False                      # kept the running configuration
+        assert d.config.headroom == 16 * MiB and d.config.watchdog_timeout == 1.0
+    finally:
+        d.source.close()
+        d.ep.close()
+        d.inotify.close()

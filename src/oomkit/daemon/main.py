@@ -357,20 +357,47 @@ class Daemon:
             config = load_daemon_config(path)
             for spec in config.attach:
                 make_policy(spec.policy, spec.params, config.base_dir)
-            if config.hierarchy not in ("auto", self.version) or (config.mount and Path(config.mount) != self.fs.mount):
-                raise ConfigError("the hierarchy or mount cannot change on reload; restart oomkit",
-                                  file=path)
+            self._check_reloadable(config)
         except OOMKitError as exc:
             log.error("oomkit: reload failed, keeping the running configuration: %s", exc)
             return False
+        old, self.config = self.config, config
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
-        self.config = config
         self.backend.dry_run = config.dry_run
         self.engine = self._engine(config)
+        if config.event_log != old.event_log:
+            self.events.close()
+            self.events = EventLog(config.event_log)
+        self._reload_sources(old, config)
         self.reconcile()
         log.info("oomkit: reloaded %s: %d attachments", path, len(self.engine.attachments))
         return True
+
+    def _check_reloadable(self, config: DaemonConfig) -> None:
+        """What the running daemon cannot change without a restart."""
+        fixed = {"daemon.cgroup": (config.hierarchy not in ("auto", self.version)),
+                 "daemon.mount": bool(config.mount and Path(config.mount) != self.fs.mount),
+                 "daemon.proc": config.proc != self.config.proc,
+                 "daemon.watchdog_timeout": config.watchdog_timeout != self.config.watchdog_timeout}
+        changed = [key for key, differs in fixed.items() if differs]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} cannot change on reload", file=config.file,
+                              hint="restart oomkit to change it")
+
+    def _reload_sources(self, old: DaemonConfig, new: DaemonConfig) -> None:
+        """New v2 thresholds mean new PSI triggers and tripwires: the v2 source
+        restores everything and takes it again with them (in this thread, so no
+        OOM is missed meanwhile); a new system-wide trigger likewise."""
+        if new.pressure != old.pressure:
+            self.hush = Hush(new.pressure.window_us / 1e6, self.backend.clock)
+        if self.version == "v2" and (new.pressure, new.headroom, new.tripwire) != (
+                old.pressure, old.headroom, old.tripwire):
+            self.backend.headroom_bytes, self.backend.tripwire = new.headroom, new.tripwire
+            self.source.close()
+            self.source = V2Events(self.backend, self, new)
+        if new.global_pressure != old.global_pressure:
+            self._global_source(False)
 
 
 def _literal_prefix(pattern: str) -> str:
