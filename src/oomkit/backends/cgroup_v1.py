@@ -221,7 +221,8 @@ class V1Events:
             held.eventfd.read()
             held.eventfd.under_oom()
         except CgroupGone:
-            self.release(path)      # the eventfd fires once more when its cgroup goes
+            # The eventfd fires once more when its cgroup goes: the daemon matches
+            # what it manages to the tree again, which releases this one.
             self.hub.changed()
             return
         self._notified.add(path)

@@ -188,13 +188,19 @@ class Daemon:
     def reconcile(self) -> None:
         """Match the attachments and managed cgroups to the tree as it is now."""
         wanted = self._expand(self.config.attach)
+        managed = self._managed_set(wanted)
+        # Removed cgroups, deepest first: the policies at and above each are told
+        # (handle_cgroup_offline), and those attached at or below it go.
+        for path in sorted(self.managed - managed, key=lambda p: -p.count("/")):
+            if not self.fs.exists(path):
+                self.engine.cgroup_offline(path)
         for path in [p for p in self.engine.attachments if p not in wanted]:
-            self.engine.cgroup_offline(path)
+            self.engine.detach(path)        # still there, but no attachment matches it now
         for path, spec in wanted.items():
             if path not in self.engine.attachments:
                 self.engine.attach(path, make_policy(spec.policy, spec.params, self.config.base_dir),
                                    ceiling=spec.ceiling)
-        self.source.sync(self._managed_set(wanted))
+        self.source.sync(managed)
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
 
