@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from oomkit.errors import TaskGone
 from oomkit.linux import pidfd as _pidfd
+
+from .procs import children_of, end_by_pidfd, signal_pidfd
 
 
 def toml_value(v) -> str:
@@ -47,21 +48,6 @@ def config_text(sandbox_root: str, attach: list[dict], event_log: str, **daemon)
         lines.append("\n[[attach]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in a.items()]
     return "\n".join(lines) + "\n"
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 class DaemonProc:
@@ -135,10 +121,7 @@ class DaemonProc:
         return self.watchdog_pidfd >= 0 and not _pidfd.wait_exit(self.watchdog_pidfd, 0)
 
     def signal(self, sig: int) -> None:
-        try:
-            _pidfd.send_signal(self.pidfd, sig)
-        except TaskGone:
-            pass
+        signal_pidfd(self.pidfd, sig)
 
     def events(self) -> list[dict]:
         try:
@@ -160,22 +143,14 @@ class DaemonProc:
         if self.popen is None:
             return None
         if self.pidfd >= 0:
-            self.signal(signal.SIGTERM)
-            if not _pidfd.wait_exit(self.pidfd, timeout):
-                self.signal(signal.SIGKILL)
-                _pidfd.wait_exit(self.pidfd, 5)
+            end_by_pidfd(self.pidfd, timeout)
         try:
             rc = self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             rc = None
         if self.watchdog_pidfd >= 0:
             # On the daemon's exit the watchdog reads EOF and ends by itself.
-            if not _pidfd.wait_exit(self.watchdog_pidfd, 3):
-                try:
-                    _pidfd.send_signal(self.watchdog_pidfd, signal.SIGKILL)
-                except TaskGone:
-                    pass
-                _pidfd.wait_exit(self.watchdog_pidfd, 5)
+            end_by_pidfd(self.watchdog_pidfd, 3, sig=None)
         if self._reader is not None:
             self._reader.join(timeout=5)
         for fd in (self.pidfd, self.watchdog_pidfd):

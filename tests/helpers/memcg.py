@@ -4,7 +4,8 @@ Safety rules kept here so every live test gets them for free:
 - every cgroup is created under one fresh parent, ``/oomkit-test-<random>``,
   whose own limit (``PARENT_CAP``) bounds everything inside it, so no hog can
   cause a global OOM;
-- only processes started here are killed, by pidfd, never by name;
+- only processes started here are killed, by pidfd, never by name
+  (:class:`helpers.procs.Proc`);
 - :meth:`Sandbox.cleanup` kills our hogs, hands any paused OOM back to the
   kernel and removes the cgroups deepest first, also after a failed test;
 - hogs die with the test process (PR_SET_PDEATHSIG) and on stdin EOF.
@@ -13,37 +14,17 @@ Safety rules kept here so every live test gets them for free:
 from __future__ import annotations
 
 import errno
-import os
 import secrets
-import select
-import signal
-import subprocess
-import sys
 import time
 
-from oomkit.errors import CgroupGone, KernelError, TaskGone
-from oomkit.linux import pidfd as _pidfd
+from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux.cgroupfs import CgroupFS, detect
 from oomkit.linux.procfs import ProcFS
 
+from .procs import HOG, Proc, hog_argv
+
 MiB = 1 << 20
 PARENT_CAP = 256 * MiB
-
-# The hog: dies with its parent, says "ready", waits for a line (so the test
-# can move it into its memcg first: pages are charged to the memcg of the
-# task that faults them in), touches MIB MiB, says "allocated", then holds
-# the memory until stdin closes.
-HOG = r"""
-import ctypes, sys
-ctypes.CDLL(None).prctl(1, 9)          # PR_SET_PDEATHSIG, SIGKILL
-mib = int(sys.argv[1])
-print("ready", flush=True)
-if not sys.stdin.readline():
-    sys.exit(0)
-chunks = [b"\x01" * (1 << 20) for _ in range(mib)]   # bytes * n writes every page
-print("allocated", flush=True)
-sys.stdin.readline()
-"""
 
 
 def v1_memory_mount() -> str | None:
@@ -55,55 +36,13 @@ def v1_memory_mount() -> str | None:
     return str(mount) if version == "v1" else None
 
 
-class Hog:
-    """One hog process we started; killed only through its pidfd."""
+class Hog(Proc):
+    """One hog process we started (see :data:`helpers.procs.HOG`); killed only through its pidfd."""
 
     def __init__(self, mib: int, script: str = HOG):
+        super().__init__(hog_argv(mib, script=script))
         self.mib = mib
-        self.popen = subprocess.Popen([sys.executable, "-c", script, str(mib)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.pid = self.popen.pid
-        self.pidfd = _pidfd.open_pidfd(self.pid)
         self.starttime = ProcFS().stat(self.pid)["starttime"]
-
-    def wait_line(self, want: str, timeout: float) -> bool:
-        """Wait for the hog to print ``want``; False on timeout or exit."""
-        if not select.select([self.popen.stdout], [], [], timeout)[0]:
-            return False
-        return self.popen.stdout.readline().strip() == want
-
-    def go(self) -> None:
-        self.popen.stdin.write("go\n")
-        self.popen.stdin.flush()
-
-    def alive(self) -> bool:
-        return not _pidfd.wait_exit(self.pidfd, 0)
-
-    def wait_exit(self, timeout: float) -> bool:
-        return _pidfd.wait_exit(self.pidfd, timeout)
-
-    def kill(self) -> None:
-        try:
-            _pidfd.send_signal(self.pidfd, signal.SIGKILL)
-        except TaskGone:
-            pass
-
-    def reap(self) -> None:
-        """Kill (if needed), wait, and close every fd of ours."""
-        if self.pidfd >= 0:
-            self.kill()
-            self.wait_exit(10)
-            os.close(self.pidfd)
-            self.pidfd = -1
-        for stream in (self.popen.stdin, self.popen.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 class Sandbox:

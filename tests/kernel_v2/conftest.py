@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
@@ -24,32 +23,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from oomkit.errors import CgroupGone, KernelError, TaskGone
-from oomkit.linux import pidfd as _pidfd
+from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux.cgroupfs import CgroupFS, detect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
+
+from helpers.procs import Proc, hog_argv  # noqa: E402
 
 MiB = 1 << 20
 CAP = 256 * MiB
-
-# A hog: dies with its parent, says "ready", waits for "go" (so it can be
-# moved into its cgroup first: pages are charged to the faulting task's
-# cgroup), then touches MIB MiB, STEP MiB at a time with DELAY s between
-# steps, says "allocated", and holds it until stdin closes.
-HOG = r"""
-import ctypes, sys, time
-ctypes.CDLL(None).prctl(1, 9)          # PR_SET_PDEATHSIG, SIGKILL
-mib, step, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-print("ready", flush=True)
-if not sys.stdin.readline():
-    sys.exit(0)
-chunks = []
-while len(chunks) < mib:
-    chunks += [b"\x01" * (1 << 20) for _ in range(min(step, mib - len(chunks)))]
-    if delay:
-        time.sleep(delay)
-print("allocated", flush=True)
-sys.stdin.readline()
-"""
 
 
 def v2_mount() -> str | None:
@@ -58,58 +40,6 @@ def v2_mount() -> str | None:
     except KernelError:
         return None
     return str(mount) if version == "v2" else None
-
-
-class Proc:
-    """A process we started (a hog or a sleeper); killed only through its pidfd."""
-
-    def __init__(self, argv: list[str], stdout=subprocess.PIPE):
-        self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=stdout, text=True,
-                                      bufsize=1)
-        self.pid = self.popen.pid
-        self.pidfd = _pidfd.open_pidfd(self.pid)
-
-    def wait_line(self, want: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not select.select([self.popen.stdout], [], [], deadline - time.monotonic())[0]:
-                return False
-            line = self.popen.stdout.readline()
-            if not line:
-                return False
-            if line.strip() == want:
-                return True
-        return False
-
-    def go(self) -> None:
-        self.popen.stdin.write("go\n")
-        self.popen.stdin.flush()
-
-    def alive(self) -> bool:
-        return not _pidfd.wait_exit(self.pidfd, 0)
-
-    def wait_exit(self, timeout: float) -> bool:
-        return _pidfd.wait_exit(self.pidfd, timeout)
-
-    def reap(self) -> None:
-        if self.pidfd >= 0:
-            try:
-                _pidfd.send_signal(self.pidfd, signal.SIGKILL)
-            except TaskGone:
-                pass
-            self.wait_exit(10)
-            os.close(self.pidfd)
-            self.pidfd = -1
-        for stream in (self.popen.stdin, self.popen.stdout):
-            try:
-                if stream:
-                    stream.close()
-            except OSError:
-                pass
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 class Box:
@@ -145,7 +75,7 @@ class Box:
     def hog(self, cg: str, mib: int, step: int = 1, delay: float = 0.0) -> Proc:
         """Start a hog, move it into ``cg`` and let it allocate."""
         self._mine(cg)
-        hog = Proc([sys.executable, "-S", "-c", HOG, str(mib), str(step), str(delay)])
+        hog = Proc(hog_argv(mib, step=step, delay=delay, flags=("-S",)))
         self.procs.append(hog)
         if not hog.wait_line("ready", 60):
             raise RuntimeError("hog did not start")

@@ -359,3 +359,12 @@ def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, tmp_path, m
         d.source.close()
         d.ep.close()
         d.inotify.close()
+
+
+def test_subtree_procs_lists_each_cgroup_of_a_subtree_in_preorder(tree):
+    mount, _ = tree
+    fs = CgroupFS(mount, "v2")
+    assert fs.subtree_procs("/box") == [("/box", []), ("/box/a", [PID_A, PID_B]),
+                                        ("/box/job", [PID_C])]
+    assert fs.subtree_procs("/box/gone") == []                 # removed meanwhile: skipped
+    assert [cg for cg, _ in fs.subtree_procs("/")] == list(fs.walk("/"))

@@ -27,7 +27,6 @@ from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancesto
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import parse, pidfd
-from oomkit.linux._oserror import os_errors
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
 
@@ -163,34 +162,12 @@ class LiveBackend:
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
         out = []
         task_info = self.task_info
-        for path, pids in self._subtree_procs(scope):
+        for path, pids in self.fs.subtree_procs(scope):
             for pid in pids:
                 info = task_info(pid, path)
                 if info is not None:
                     out.append(info)
         out.sort(key=lambda t: t.pid)
-        return out
-
-    def _subtree_procs(self, scope: str) -> list[tuple[str, list[int]]]:
-        """(cgroup, its cgroup.procs) for ``scope`` and every cgroup below it; one
-        removed meanwhile is skipped.  The same as ``fs.walk`` + ``fs.procs``, on
-        plain string paths with raw ``os`` calls: during an OOM in a subtree of
-        1,000 memcgs, the ``Path`` objects and text files cost half the time."""
-        out = []
-        stack = [(scope, str(self.fs.path(scope)))]      # validated once, at the top
-        while stack:
-            cg, d = stack.pop()
-            try:
-                with os_errors(d, CgroupGone, "list"):
-                    with os.scandir(d) as it:
-                        kids = [e.name for e in it if e.is_dir(follow_symlinks=False)]
-                with os_errors(d, CgroupGone, "read cgroup.procs of"):
-                    pids = parse.pids(_read_bytes(d + "/cgroup.procs"))
-            except CgroupGone:
-                continue
-            out.append((cg, pids))
-            prefix = "" if cg == "/" else cg
-            stack.extend((f"{prefix}/{n}", f"{d}/{n}") for n in reversed(kids))
         return out
 
     def task(self, pid: int) -> TaskInfo | None:
@@ -322,17 +299,6 @@ class LiveBackend:
         for fd in self._in_flight.values():
             os.close(fd)
         self._in_flight.clear()
-
-
-def _read_bytes(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
 
 
 def victims_from_kmsg(records: list[str]) -> list[Release]:

@@ -102,6 +102,29 @@ class CgroupFS:
         for child in kids:
             yield from self.walk(child)
 
+    def subtree_procs(self, cg: str) -> list[tuple[str, list[int]]]:
+        """(cgroup, its ``cgroup.procs``) for ``cg`` and every cgroup below it,
+        pre-order; one removed meanwhile is skipped.  The same as :meth:`walk`
+        plus :meth:`procs`, on plain string paths with raw ``os`` calls: during
+        an OOM in a subtree of 1,000 memcgs, ``Path`` objects and text file
+        objects cost half the time."""
+        out = []
+        stack = [(cg, str(self.path(cg)))]      # validated once, at the top
+        while stack:
+            name, d = stack.pop()
+            try:
+                with os_errors(d, CgroupGone, "list"):
+                    with os.scandir(d) as it:
+                        kids = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                with os_errors(d, CgroupGone, "read cgroup.procs of"):
+                    pids = parse.pids(_read_bytes(d + "/cgroup.procs"))
+            except CgroupGone:
+                continue
+            out.append((name, pids))
+            prefix = "" if name == "/" else name
+            stack.extend((f"{prefix}/{n}", f"{d}/{n}") for n in reversed(kids))
+        return out
+
     def procs(self, cg: str) -> list[int]:
         """The thread-group ids in ``cgroup.procs`` (not sorted or unique: see cgroup-v1/cgroups.rst)."""
         return parse.pids(self.read(cg, "cgroup.procs"))
@@ -188,6 +211,17 @@ class CgroupFS:
         if self.version != version:
             raise KernelError(f"{what} exists only in cgroup {version}", errno=errno.EOPNOTSUPP,
                               path=str(self.mount))
+
+
+def _read_bytes(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _join(cg: str, name: str) -> str:
