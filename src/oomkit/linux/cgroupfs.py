@@ -115,7 +115,7 @@ class CgroupFS:
             try:
                 with os_errors(d, CgroupGone, "list"):
                     with os.scandir(d) as it:
-                        kids = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                        kids = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
                 with os_errors(d, CgroupGone, "read cgroup.procs of"):
                     pids = parse.pids(_read_bytes(d + "/cgroup.procs"))
             except CgroupGone:
