@@ -63,28 +63,12 @@ HZ = os.sysconf("SC_CLK_TCK")
 sys.path.insert(0, str(HERE))
 import bench_sim  # noqa: E402  (the simulator's decision benchmark, reused)
 
-# -- the processes we start ----------------------------------------------------------
+# The hog, the pidfd-owned process and the waiting helpers are the live tests'
+# own (tests/helpers): one copy, with their safety rules.
+sys.path.insert(0, str(HERE.parent / "tests"))
+from helpers.procs import Proc, children_of, end_by_pidfd, hog_argv, signal_pidfd  # noqa: E402
 
-# The hog: dies with us, says "ready", waits for a line (so we can move it into
-# its memcg first), then touches MIB MiB one 1 MiB chunk at a time, writing
-# CLOCK_MONOTONIC (ns) into a shared page before each chunk: after an OOM the
-# page holds the start of the allocation that stalled.
-HOG = r"""
-import ctypes, mmap, struct, sys, time
-ctypes.CDLL(None).prctl(1, 9)          # PR_SET_PDEATHSIG, SIGKILL
-mib, fd, slot = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-page = mmap.mmap(fd, 4096)
-put, now = struct.Struct("q").pack_into, time.monotonic_ns
-print("ready", flush=True)
-if not sys.stdin.readline():
-    sys.exit(0)
-chunks = []
-for _ in range(mib):
-    put(page, slot * 8, now())
-    chunks.append(b"\x01" * (1 << 20))
-print("allocated", flush=True)
-sys.stdin.readline()
-"""
+# -- the processes we start ----------------------------------------------------------
 
 # The sleeper factory: a static C process that, on "C <cgroup.procs>", moves
 # itself into that cgroup, and on "F <n>" forks n children there that pause()
@@ -147,46 +131,6 @@ def fmt(s: dict, key: str = "median") -> str:
     return f"{s[key]:.2f}" if s.get("n") else "-"
 
 
-class Hog:
-    def __init__(self, mib: int, clock_fd: int, slot: int = 0):
-        self.popen = subprocess.Popen([sys.executable, "-c", HOG, str(mib), str(clock_fd), str(slot)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      bufsize=1, pass_fds=(clock_fd,))
-        self.pid = self.popen.pid
-        self.pidfd = _pidfd.open_pidfd(self.pid)
-
-    def wait_line(self, want: str, timeout: float) -> bool:
-        if not select.select([self.popen.stdout], [], [], timeout)[0]:
-            return False
-        return self.popen.stdout.readline().strip() == want
-
-    def go(self) -> None:
-        self.popen.stdin.write("go\n")
-        self.popen.stdin.flush()
-
-    def exited(self) -> bool:
-        return _pidfd.wait_exit(self.pidfd, 0)
-
-    def reap(self) -> None:
-        if self.pidfd >= 0:
-            try:
-                _pidfd.send_signal(self.pidfd, signal.SIGKILL)
-            except TaskGone:
-                pass
-            _pidfd.wait_exit(self.pidfd, 10)
-            os.close(self.pidfd)
-            self.pidfd = -1
-        for stream in (self.popen.stdin, self.popen.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 class Bench:
     """Our own ``/oomkit-bench-<random>`` parent, everything in it, and its cleanup."""
 
@@ -195,7 +139,7 @@ class Bench:
         self.fs = CgroupFS(mount, version)
         self.root = f"/oomkit-bench-{secrets.token_hex(4)}"
         self.tmp = Path(tempfile.mkdtemp(prefix="oomkit-bench-"))
-        self.hogs: list[Hog] = []
+        self.hogs: list[Proc] = []
         self.daemons: list[DaemonProc] = []
         self.forkers: list[Forker] = []
         self.fs.mkdir(self.root)
@@ -219,9 +163,9 @@ class Bench:
         if not (path == self.root or path.startswith(self.root + "/")):
             raise ValueError(f"{path} is not ours ({self.root})")
 
-    def hog(self, cg: str, mib: int, slot: int = 0, start: bool = True) -> Hog:
+    def hog(self, cg: str, mib: int, slot: int = 0, start: bool = True) -> Proc:
         self.mine(cg)
-        hog = Hog(mib, self.clock_fd, slot)
+        hog = Proc(hog_argv(mib, step=1, clock=(self.clock_fd, slot)), pass_fds=(self.clock_fd,))
         self.hogs.append(hog)
         if not start:
             return hog
@@ -284,10 +228,7 @@ class Bench:
                         fd = _pidfd.open_pidfd(pid)
                     except TaskGone:
                         continue
-                    try:
-                        _pidfd.send_signal(fd, signal.SIGKILL)
-                    except TaskGone:
-                        pass
+                    signal_pidfd(fd, signal.SIGKILL)
                     os.close(fd)
             if not left:
                 break
@@ -349,12 +290,7 @@ class Forker:
             self.popen.stdin.close()          # EOF: it exits, its children die (PDEATHSIG)
         except OSError:
             pass
-        if not _pidfd.wait_exit(self.pidfd, 5):
-            try:
-                _pidfd.send_signal(self.pidfd, signal.SIGKILL)
-            except TaskGone:
-                pass
-            _pidfd.wait_exit(self.pidfd, 5)
+        end_by_pidfd(self.pidfd, 5, sig=None)
         os.close(self.pidfd)
         self.pidfd = -1
         self.popen.wait(timeout=5)
@@ -397,7 +333,7 @@ class DaemonProc:
                 raise RuntimeError("the daemon did not start:\n" + self.stderr())
             time.sleep(0.02)
         self.startup_s = time.monotonic() - t0
-        kids = [p for p in _children(self.popen.pid)]
+        kids = children_of(self.popen.pid)
         self.watchdog_pid = kids[0] if kids else None
         return self
 
@@ -425,16 +361,7 @@ class DaemonProc:
     def stop(self) -> None:
         if self.pidfd < 0:
             return
-        try:
-            _pidfd.send_signal(self.pidfd, signal.SIGTERM)
-        except TaskGone:
-            pass
-        if not _pidfd.wait_exit(self.pidfd, 30):
-            try:
-                _pidfd.send_signal(self.pidfd, signal.SIGKILL)
-            except TaskGone:
-                pass
-            _pidfd.wait_exit(self.pidfd, 5)
+        end_by_pidfd(self.pidfd, 30)
         os.close(self.pidfd)
         self.pidfd = -1
         self.popen.wait(timeout=5)
@@ -444,25 +371,8 @@ class DaemonProc:
                 fd = _pidfd.open_pidfd(self.watchdog_pid)
             except TaskGone:
                 return
-            if not _pidfd.wait_exit(fd, 3):
-                try:
-                    _pidfd.send_signal(fd, signal.SIGKILL)
-                except TaskGone:
-                    pass
+            end_by_pidfd(fd, 3, sig=None)
             os.close(fd)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
 
 
 def cpu_ticks(pid: int) -> int:
@@ -523,7 +433,7 @@ def write_section(name: str, text: str) -> None:
 
 # -- 1. latency ----------------------------------------------------------------------------
 
-def spin_until_relief(bench: Bench, usage_fd: int, threshold: int, hog: Hog, timeout: float = 5.0):
+def spin_until_relief(bench: Bench, usage_fd: int, threshold: int, hog: Proc, timeout: float = 5.0):
     """Spin on memory.usage_in_bytes (and the hog's pidfd) until both say it is over."""
     t_unc = t_exit = None
     deadline = time.monotonic_ns() + int(timeout * 1e9)
@@ -909,7 +819,7 @@ def bench_storm(args) -> None:
         t_end = time.monotonic_ns()
         time.sleep(0.5)
         events = d.wait_events(len(relieved), 5)
-        alive = sum(not h.exited() for h in hogs)
+        alive = sum(h.alive() for h in hogs)
         stalls = [bench.stall_ns(i) for i in range(n)]
         ep.close()
         for e in efds:
