@@ -66,7 +66,8 @@ import bench_sim  # noqa: E402  (the simulator's decision benchmark, reused)
 # The hog, the pidfd-owned process and the waiting helpers are the live tests'
 # own (tests/helpers): one copy, with their safety rules.
 sys.path.insert(0, str(HERE.parent / "tests"))
-from helpers.procs import Proc, children_of, end_by_pidfd, hog_argv, signal_pidfd  # noqa: E402
+from helpers.daemon import read_event_log, wait_event_log  # noqa: E402
+from helpers.procs import Proc, children_of, end_by_pidfd, hog_argv, signal_pidfd, wait_for_line  # noqa: E402
 
 # -- the processes we start ----------------------------------------------------------
 
@@ -328,10 +329,9 @@ class DaemonProc:
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=self._err, cwd=self.bench.tmp)
         self.pidfd = _pidfd.open_pidfd(self.popen.pid)
-        while "oomkit: running" not in self.stderr():
-            if time.monotonic() - t0 > timeout or self.popen.poll() is not None:
-                raise RuntimeError("the daemon did not start:\n" + self.stderr())
-            time.sleep(0.02)
+        if wait_for_line(lambda: self.stderr().splitlines(), "oomkit: running", timeout - (time.monotonic() - t0),
+                         done=lambda: self.popen.poll() is not None, step=0.02) is None:
+            raise RuntimeError("the daemon did not start:\n" + self.stderr())
         self.startup_s = time.monotonic() - t0
         kids = children_of(self.popen.pid)
         self.watchdog_pid = kids[0] if kids else None
@@ -344,19 +344,10 @@ class DaemonProc:
             return ""
 
     def events(self) -> list[dict]:
-        try:
-            text = self.event_log.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return read_event_log(self.event_log)
 
     def wait_events(self, n: int, timeout: float) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self.events()
-            if len(ev) >= n or time.monotonic() > deadline:
-                return ev
-            time.sleep(0.005)
+        return wait_event_log(self.event_log, n, timeout, step=0.005)
 
     def stop(self) -> None:
         if self.pidfd < 0:

@@ -20,7 +20,26 @@ from pathlib import Path
 from oomkit.errors import TaskGone
 from oomkit.linux import pidfd as _pidfd
 
-from .procs import children_of, end_by_pidfd, signal_pidfd
+from .procs import children_of, end_by_pidfd, signal_pidfd, wait_for_line
+
+
+def read_event_log(path: Path) -> list[dict]:
+    """The records of a daemon's JSON-lines event log so far ([] before it exists)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def wait_event_log(path: Path, n: int, timeout: float = 10.0, step: float = 0.01) -> list[dict]:
+    """The event log's records once there are ``n`` or more, or what is there after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_event_log(path)
+        if len(records) >= n or time.monotonic() > deadline:
+            return records
+        time.sleep(step)
 
 
 def toml_value(v) -> str:
@@ -102,17 +121,8 @@ class DaemonProc:
         return "\n".join(self.lines)
 
     def wait_line(self, text: str, timeout: float, start: int = 0) -> str | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines[start:]:
-                if text in line:
-                    return line
-            if time.monotonic() > deadline or (self.popen.poll() is not None and not self._reader.is_alive()):
-                for line in self.lines[start:]:
-                    if text in line:
-                        return line
-                return None
-            time.sleep(0.01)
+        return wait_for_line(lambda: self.lines[start:], text, timeout,
+                             done=lambda: self.popen.poll() is not None and not self._reader.is_alive())
 
     def alive(self) -> bool:
         return not _pidfd.wait_exit(self.pidfd, 0)
@@ -124,19 +134,10 @@ class DaemonProc:
         signal_pidfd(self.pidfd, sig)
 
     def events(self) -> list[dict]:
-        try:
-            text = self.event_log.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return read_event_log(self.event_log)
 
     def wait_events(self, n: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if len(events) >= n or time.monotonic() > deadline:
-                return events
-            time.sleep(0.01)
+        return wait_event_log(self.event_log, n, timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit; then make sure the watchdog is gone."""
@@ -158,15 +159,6 @@ class DaemonProc:
                 os.close(fd)
         self.pidfd = self.watchdog_pidfd = -1
         return rc
-
-
-def until(pred, timeout: float = 5.0, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def check_record(ev: dict, memcg: str, resolved_by: str | None = None) -> None:

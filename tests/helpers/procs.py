@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from oomkit.errors import TaskGone
 from oomkit.linux import pidfd as _pidfd
@@ -159,3 +159,37 @@ def children_of(pid: int) -> list[int]:
             out.append(int(entry))
     return out
 
+
+
+# -- waiting --------------------------------------------------------------------------
+
+
+def until(pred, timeout: float = 5.0, step: float = 0.005) -> bool:
+    """Poll ``pred`` every ``step`` s until it is true (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def wait_for_line(lines: Callable[[], Iterable[str]], text: str, timeout: float,
+                  done: Callable[[], bool], step: float = 0.01) -> str | None:
+    """The first of ``lines()`` (a subprocess's output so far) containing ``text``.
+
+    Polls every ``step`` s; gives up (None) after ``timeout`` s or once
+    ``done()`` (the output is complete: the writer has exited), after one
+    last look.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in lines():
+            if text in line:
+                return line
+        if time.monotonic() > deadline or done():
+            for line in lines():
+                if text in line:
+                    return line
+            return None
+        time.sleep(step)

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from helpers.daemon import check_record, killed_pids, until
+from helpers.daemon import check_record, killed_pids
+from helpers.procs import until
 from oomkit.errors import KernelError, TaskGone
 from oomkit.linux.procfs import ProcFS
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import check_record, killed_pids, until
+from helpers.daemon import check_record, killed_pids
+from helpers.procs import until
 from oomkit.linux.pidfd import send_signal
 
 MiB = 1 << 20

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from helpers.procs import until
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse
 from oomkit.linux.pidfd import kill_pid_safely, process_mrelease, send_signal
@@ -29,15 +30,6 @@ def wait_readable(fd, timeout: float) -> float | None:
         return time.monotonic() - t0 if ep.poll(timeout) else None
     finally:
         ep.close()
-
-
-def until(pred, timeout: float = 5.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def paused_oom(sandbox, limit_mib: int = 32, hog_mib: int = 64):

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from oomkit.errors import CgroupGone, KernelError
@@ -28,7 +27,8 @@ from oomkit.linux.cgroupfs import CgroupFS, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
-from helpers.procs import Proc, hog_argv  # noqa: E402
+from helpers.daemon import read_event_log  # noqa: E402
+from helpers.procs import Proc, hog_argv, wait_for_line  # noqa: E402
 
 MiB = 1 << 20
 CAP = 256 * MiB
@@ -135,19 +135,14 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_running(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while "oomkit: running on cgroup v2" not in self.log:
+        if wait_for_line(lambda: self.log.splitlines(), "oomkit: running on cgroup v2", timeout,
+                         done=lambda: self.popen.poll() is not None, step=0.1) is None:
             if self.popen.poll() is not None:
                 raise AssertionError(f"the daemon exited {self.popen.returncode}:\n{self.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the daemon did not start in {timeout}s:\n{self.log}")
-            time.sleep(0.1)
+            raise AssertionError(f"the daemon did not start in {timeout}s:\n{self.log}")
 
     def records(self) -> list[dict]:
-        if not self.events_path.exists():
-            return []
-        return [msgspec.json.decode(line) for line in self.events_path.read_bytes().splitlines()
-                if line.strip()]
+        return read_event_log(self.events_path)
 
     def stop(self, timeout: float = 60) -> int:
         if self.popen.poll() is None:

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import select
 import time
+from functools import partial
 
-MiB = 1 << 20
+from helpers.procs import until as _until
 from oomkit.linux import notify
 
-
-def until(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
+MiB = 1 << 20
+until = partial(_until, step=0.05)      # Python in the VM is slow: poll less often
 
 
 def oom_kills(box, cg) -> int:
