@@ -35,6 +35,7 @@ class CgroupV1Backend(LiveBackend):
 
     version = "v1"
     HANDBACK_WAIT = 2.0
+    SETTLE = 0.5
 
     def _swap(self, path: str) -> int:
         try:
@@ -63,6 +64,11 @@ class CgroupV1Backend(LiveBackend):
         try:
             self.fs.set_oom_kill_disable(oom.memcg, False)
             moved = self._wait_kill(oom, before)
+            if moved:
+                # Leave the OOM with the kernel until its victim's memory is back:
+                # a charge retried meanwhile then meets the kernel's own wait for
+                # its exiting victim, not a second hand-back that could kill again.
+                self.wait_for_relief(oom, self.SETTLE)
         finally:
             self._retake(oom.memcg)
         victims = self._ours(self._kmsg_victims(kmsg), threads)
