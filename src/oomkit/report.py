@@ -50,9 +50,9 @@ def print_oom(oom: dict[str, Any], title: str, console: Console | None = None) -
 
 
 def _print_oom(console: Console, i: int, oom: dict[str, Any]) -> None:
-    where = oom["memcg"] if oom["level"] == "memcg" else oom["level"]
-    nodes = f" nodes {oom['nodes']}" if oom.get("nodes") else ""
-    console.print(f"\n[bold]OOM #{i + 1}[/bold] t={oom['t']:g}s {oom['level']} in {where}{nodes}: "
+    where = {"memcg": f"memcg OOM in {oom['memcg']}",
+             "numa": f"numa OOM on nodes {oom.get('nodes')}"}.get(oom["level"], "global OOM")
+    console.print(f"\n[bold]OOM #{i + 1}[/bold] t={oom['t']:g}s {where}: "
                   f"{_asked(oom)} -> "
                   f"resolved by [bold]{oom['resolved_by']}[/bold]")
     for h in oom["handlers"]:
