@@ -26,7 +26,6 @@ we started are killed, by pidfd.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import mmap
@@ -46,7 +45,7 @@ from pathlib import Path
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.cgroup_v1 import CgroupV1Backend
 from oomkit.engine.chain import Engine, EngineSettings
-from oomkit.errors import CgroupGone, KernelError, TaskGone
+from oomkit.errors import KernelError, TaskGone
 from oomkit.linux import notify
 from oomkit.linux import pidfd as _pidfd
 from oomkit.linux.cgroupfs import CgroupFS, detect
@@ -67,6 +66,7 @@ import bench_sim  # noqa: E402  (the simulator's decision benchmark, reused)
 # own (tests/helpers): one copy, with their safety rules.
 sys.path.insert(0, str(HERE.parent / "tests"))
 from helpers.daemon import read_event_log, wait_event_log  # noqa: E402
+from helpers.memcg import rmdir_patiently  # noqa: E402
 from helpers.procs import Proc, children_of, end_by_pidfd, hog_argv, signal_pidfd, wait_for_line  # noqa: E402
 
 # -- the processes we start ----------------------------------------------------------
@@ -242,17 +242,7 @@ class Bench:
         return stuck
 
     def _rmdir(self, cg: str, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.fs.rmdir(cg)
-                return True
-            except CgroupGone:
-                return True
-            except KernelError as exc:
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    return False
-                time.sleep(0.05)
+        return rmdir_patiently(self.fs, cg, timeout)
 
 
 class Forker:
@@ -807,7 +797,6 @@ def bench_storm(args) -> None:
                 if i not in relieved and int(os.pread(usage[i], 64, 0)) <= limit // 4:
                     relieved[i] = now
             os.sched_yield()
-        t_end = time.monotonic_ns()
         time.sleep(0.5)
         events = d.wait_events(len(relieved), 5)
         alive = sum(h.alive() for h in hogs)

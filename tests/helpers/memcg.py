@@ -101,16 +101,20 @@ class Sandbox:
         return list(self.fs.walk(self.root)) if self.fs.exists(self.root) else []
 
     def _rmdir(self, cg: str, timeout: float = 10.0) -> bool:
-        # rmdir says EBUSY until exited tasks have left the css (they do so
-        # at the end of do_exit), so retry for a while.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.fs.rmdir(cg)
-                return True
-            except CgroupGone:
-                return True
-            except KernelError as exc:
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    return False
-                time.sleep(0.05)
+        return rmdir_patiently(self.fs, cg, timeout)
+
+
+def rmdir_patiently(fs: CgroupFS, cg: str, timeout: float = 10.0) -> bool:
+    """Remove ``cg``; True once it is gone.  rmdir says EBUSY until exited tasks
+    have left the css (they do so at the end of do_exit), so retry for a while."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fs.rmdir(cg)
+            return True
+        except CgroupGone:
+            return True
+        except KernelError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
