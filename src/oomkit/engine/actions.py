@@ -63,7 +63,7 @@ class Actions:
     def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
         """SIGKILL one task. Returns bytes released for this OOM, or Refused."""
         # Always judge the live task by its pid, never the TaskInfo handed in: a
-        # stale or rebuilt (dataclasses.replace) TaskInfo must not pass the
+        # stale or rebuilt (``t._replace(...)``) TaskInfo must not pass the
         # scope and -1000 checks for a task that fails them.
         pid = task.pid if isinstance(task, TaskInfo) else int(task)
         target = self._oc.tasks.by_pid(pid)
