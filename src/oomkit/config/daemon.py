@@ -31,7 +31,6 @@ class DaemonSpec(_Strict):
     event_log: str = "/var/log/oomkit/events.jsonl"
     dry_run: bool = False
     watchdog_timeout: Duration = "1s"
-    rescan: Duration = "1s"
     # cgroup v2 and system-wide: when to run the chain before the kernel would
     headroom: Size = "0"
     pressure: str = "some 150ms 2s"
@@ -81,7 +80,6 @@ class DaemonConfig:
     event_log: str
     dry_run: bool
     watchdog_timeout: float
-    rescan: float
     headroom: int
     pressure: PSITrigger
     tripwire: bool
@@ -113,7 +111,6 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
         watchdog_timeout=watchdog_timeout,
-        rescan=duration_at(d.rescan, "daemon.rescan", file),
         headroom=size_at(d.headroom, "daemon.headroom", file),
         pressure=psi_at(d.pressure, "daemon.pressure", file), tripwire=d.tripwire,
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
