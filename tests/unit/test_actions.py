@@ -193,3 +193,19 @@ def test_two_attachments_on_one_cgroup_in_a_scenario_are_rejected():
                                          {"cgroup": "/p", "policy": "newest-task"}])
     with pytest.raises(ConfigError, match=r"attach\[1\]\.cgroup.*already has a policy"):
         resolve(data, "s.toml")
+
+
+def test_a_second_raise_in_one_handler_starts_from_the_first():
+    def twice(oc, k):
+        first = k.raise_limit("/p/a", 110 * M, "first")
+        room_after = k.headroom("/p/a")
+        lower = k.raise_limit("/p/a", 105 * M, "not above the raised limit")
+        second = k.raise_limit("/p/a", 130 * M, "second")
+        return first, room_after, lower, second
+    (first, room_after, lower, second), oom, result = run_with("/p", twice)
+    assert (first, second) == (10 * M, 20 * M)           # each counts what it added
+    assert lower == -errno.EINVAL
+    assert room_after == 200 * M - 135 * M               # /p's free room: usage did not change
+    assert [(lim["old"], lim["new"]) for lim in oom.limits] == [(100 * M, 110 * M),
+                                                                (110 * M, 130 * M)]
+    assert result.final["/p/a"]["limit"] == 130 * M

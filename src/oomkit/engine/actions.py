@@ -56,6 +56,7 @@ class Actions:
         self._handler, self._record, self._by = handler, record, by
         self._on_release = on_release
         self._revoked: str | None = None
+        self._raised: dict[str, int] = {}   # limits this call set: newer than the context's
 
     # -- what policies call ------------------------------------------------------
 
@@ -102,8 +103,9 @@ class Actions:
         refused = self._check_revoked() or self._check_scope(path) or self._check_raise(path, new_limit)
         if refused:
             return self._log("raise_limit", label, reason, refused)
-        old = self._oc.cgroups[path].limit
+        old = self._limit(path)
         self._backend.set_limit(path, int(new_limit))
+        self._raised[path] = int(new_limit)
         self._record.limits.append({"cgroup": path, "old": old, "new": int(new_limit)})
         gained = int(new_limit) - old if path == self._oom.memcg else 0
         self._handler.freed += gained
@@ -112,12 +114,12 @@ class Actions:
     @_metered
     def headroom(self, path: str) -> int:
         """How far ``path``'s limit may be raised now (parents and ceiling)."""
-        info = self._oc.cgroups.get(path)
-        if info is None or info.limit is None:
+        limit = self._limit(path) if path in self._oc.cgroups else None
+        if limit is None:
             return 0
         room = self._backend.headroom(path)
         if self._att.ceiling is not None:
-            room = min(room, self._att.ceiling - info.limit)
+            room = min(room, self._att.ceiling - limit)
         return max(0, room)
 
     @_metered
@@ -143,6 +145,10 @@ class Actions:
         self._handler.freed += freed
         return freed
 
+    def _limit(self, path: str) -> int | None:
+        """``path``'s limit now: as this call raised it, else as the context read it."""
+        return self._raised.get(path, self._oc.cgroups[path].limit)
+
     def _check_revoked(self) -> Refused | None:
         return Refused(-errno.ETIME, self._revoked) if self._revoked else None
 
@@ -164,7 +170,7 @@ class Actions:
         return Refused.eperm(protected) if protected else None
 
     def _check_raise(self, path: str, new_limit: int) -> Refused | None:
-        limit = self._oc.cgroups[path].limit
+        limit = self._limit(path)
         if limit is None:
             return Refused.einval(f"{path} has no limit to raise")
         if new_limit <= limit:
