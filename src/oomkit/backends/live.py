@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -25,7 +24,7 @@ from oomkit import oom_kill
 from oomkit.backends.base import OOMEvent, Release, relief_for
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, is_within, parent_of
 from oomkit.engine.clock import Clock, MonotonicClock
-from oomkit.errors import CgroupGone, KernelError, TaskGone
+from oomkit.errors import CgroupGone, TaskGone
 from oomkit.linux import parse, pidfd
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
@@ -220,25 +219,14 @@ class LiveBackend:
         return out
 
     def _kill_one(self, task: TaskInfo) -> bool:
-        """SIGKILL through a pidfd, only if the pid still names the task we saw."""
-        try:
-            fd = pidfd.open_pidfd(task.pid)
-        except TaskGone:
-            return False
-        try:
-            same = round(task.start_time * self._hz) == self.proc.stat(task.pid)["starttime"]
-            if not same or pidfd.wait_exit(fd, 0):
-                os.close(fd)
-                return False
-            pidfd.send_signal(fd, signal.SIGKILL)
-        except TaskGone:
-            os.close(fd)
+        """SIGKILL through a pidfd, only if the pid still names the task we saw
+        (then ``process_mrelease`` reaps its memory at once, Linux 5.15+); the
+        pidfd stays open to tell when the victim is gone (``in_flight``)."""
+        fd = pidfd.kill_keeping_pidfd(task.pid, round(task.start_time * self._hz),
+                                      proc_root=str(self.proc.root))
+        if fd is None:
             return False
         self._in_flight[task.pid] = fd
-        try:
-            pidfd.process_mrelease(fd)      # Linux 5.15+: reap its memory now, in our context
-        except KernelError:
-            pass                            # the exit path frees it a little later
         return True
 
     def set_limit(self, path: str, limit: int) -> None:

@@ -82,25 +82,44 @@ def kill_pid_safely(pid: int, expect_start_time: int, *, proc_root: str = "/proc
                     mrelease: bool = True) -> bool:
     """SIGKILL ``pid`` only if it is still the process the caller looked at.
 
+    True when our SIGKILL was delivered; see :func:`kill_keeping_pidfd`.
+    """
+    fd = kill_keeping_pidfd(pid, expect_start_time, proc_root=proc_root, mrelease=mrelease)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def kill_keeping_pidfd(pid: int, expect_start_time: int, *, proc_root: str = "/proc",
+                       mrelease: bool = True) -> int | None:
+    """SIGKILL ``pid`` only if it is still the process the caller looked at, and
+    return its pidfd (the caller closes it; it polls readable once the victim
+    has exited), or None when nothing was killed.
+
     ``expect_start_time`` is that process's starttime in clock ticks, as
     :meth:`ProcFS.stat` gives it.  The pidfd is opened *before* the start
     time is re-read, so a match proves the pidfd names the caller's process,
     and the signal cannot hit a process that reused the pid.  Then
     process_mrelease frees its memory at once (where the kernel has it).
 
-    Returns True when our SIGKILL was delivered, False when the process had
-    already exited (a zombie included) or the pid now belongs to another
-    process.  Never raises
-    TaskGone; NotPermitted and other KernelErrors do propagate.
+    None when the process had already exited (a zombie included) or the pid
+    now belongs to another process.  Never raises TaskGone; NotPermitted and
+    other KernelErrors do propagate.
     """
     try:
         pidfd = open_pidfd(pid)
     except TaskGone:
-        return False
+        return None
     try:
-        return _kill_if_same(pidfd, pid, expect_start_time, proc_root, mrelease)
-    finally:
+        killed = _kill_if_same(pidfd, pid, expect_start_time, proc_root, mrelease)
+    except BaseException:
         os.close(pidfd)
+        raise
+    if not killed:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 def _kill_if_same(pidfd: int, pid: int, expect_start_time: int, proc_root: str,
