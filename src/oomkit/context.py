@@ -23,9 +23,6 @@ from typing import Any, NamedTuple
 
 from oomkit.errors import ContextReadOnly
 
-LEVELS = ("memcg", "global", "numa")
-
-
 class _ReadOnly:
     """Mixin: no attribute of this object may be set after construction."""
 
@@ -278,10 +275,6 @@ class OOMContext(_ReadOnly):
     def victims_in_flight(self) -> tuple[int, ...]:
         """Pids killed (by anyone) whose memory has not come back yet."""
         return self._in_flight()
-
-    @property
-    def oom_cgroup(self) -> CgroupInfo | None:
-        return self.cgroups.get(self.memcg)
 
     def __repr__(self) -> str:
         return f"<OOMContext {self.level} memcg={self.memcg} attached_to={self.attached_to}>"

@@ -27,7 +27,6 @@ class OOMEvent:
     nodes: tuple[int, ...] = ()      # the constrained nodes of a numa OOM
     requested: int | None = None     # bytes of the failing charge, when known
     trigger: str | None = None       # name of the task whose allocation failed
-    trigger_pid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-RESOLVED_BY = ("policy", "backoff", "kernel", "unresolved")
-
-
 @dataclass
 class ActionRecord:
     action: str            # kill_task, kill_cgroup, raise_limit
@@ -56,7 +53,7 @@ class OOMRecord:
     requested: int | None = None
     nodes: tuple[int, ...] = ()
     handlers: list[HandlerRecord] = field(default_factory=list)
-    resolved_by: str = "unresolved"
+    resolved_by: str = "unresolved"   # policy, backoff, kernel or unresolved
     killed: list[dict[str, Any]] = field(default_factory=list)
     limits: list[dict[str, Any]] = field(default_factory=list)
     ejected: list[str] = field(default_factory=list)

@@ -130,17 +130,17 @@ class Machine:
         if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
             # one node, and the task may use it: the general case below, short
             if amount > self.node_size[0] - self.node_used[0]:
-                return OOMEvent("global", "/", (), amount, task.name, task.pid)
+                return OOMEvent("global", "/", (), amount, task.name)
         else:
             nodes = self.allowed_nodes(task)
             if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
                 constrained = len(nodes) < self.numa_nodes
                 return OOMEvent("numa" if constrained else "global", "/",
-                                tuple(nodes) if constrained else (), amount, task.name, task.pid)
+                                tuple(nodes) if constrained else (), amount, task.name)
         for cg in self._chains[task.cgroup]:
             limit = cg.limit
             if limit is not None and cg.usage + amount > limit:
-                return OOMEvent("memcg", cg.path, (), amount, task.name, task.pid)
+                return OOMEvent("memcg", cg.path, (), amount, task.name)
         return None
 
     def allowed_nodes(self, task: SimTask) -> list[int]:
