@@ -102,10 +102,13 @@ class Engine:
     def handle(self, oom: OOMEvent) -> OOMRecord:
         record = OOMRecord(t=self.backend.clock.now(), level=oom.level, memcg=oom.memcg,
                            trigger=oom.trigger, requested=oom.requested, nodes=oom.nodes)
-        for i, att in enumerate(self.chain(oom)):
+        chain = self.chain(oom)
+        # One OOM, one totalpages: a live backend reads it from /proc and cgroupfs.
+        pages = self.backend.totalpages(oom) if chain else 0
+        for i, att in enumerate(chain):
             if i and self.backend.condition_gone(oom):
                 return self._gone(record)
-            handler = self._run(att, oom, record)
+            handler = self._run(att, oom, record, pages)
             if self._accept(att, oom, handler, record):
                 return record
         if self.backend.condition_gone(oom):
@@ -156,10 +159,10 @@ class Engine:
     def _demote(h: HandlerRecord, why: str) -> None:
         h.claimed, h.verdict, h.error = h.verdict, Verdict.PASS.value, why
 
-    def _run(self, att: Attachment, oom: OOMEvent, record: OOMRecord) -> HandlerRecord:
+    def _run(self, att: Attachment, oom: OOMEvent, record: OOMRecord, pages: int) -> HandlerRecord:
         h = HandlerRecord(cgroup=att.cgroup, policy=att.label)
         record.handlers.append(h)
-        oc = self._context(att, oom, record)
+        oc = self._context(att, oom, record, pages)
         record.contexts.append(oc)
         k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
                     record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
@@ -195,13 +198,13 @@ class Engine:
             log.warning("oomkit: ejected policy %s at %s after %d consecutive failures",
                         att.label, att.cgroup, att.failures)
 
-    def _context(self, att: Attachment, oom: OOMEvent, record: OOMRecord) -> OOMContext:
+    def _context(self, att: Attachment, oom: OOMEvent, record: OOMRecord, pages: int) -> OOMContext:
         backend = self.backend
         return OOMContext(level=oom.level, memcg=oom.memcg, attached_to=att.cgroup,
                           nodes=oom.nodes, requested=oom.requested,
                           cgroups=backend.cgroups(oom, att.cgroup),
                           tasks=backend.tasks(oom, att.cgroup),
-                          totalpages=backend.totalpages(oom),
+                          totalpages=pages,
                           freed=lambda: record.memory_freed, in_flight=backend.in_flight)
 
     def fall_back(self, oom: OOMEvent, record: OOMRecord) -> None:
