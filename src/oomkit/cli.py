@@ -18,6 +18,16 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def _emit(result: dict, as_json: bool, report) -> None:
+    """A result as one JSON document, or as the readable ``report()``."""
+    if as_json:
+        import msgspec
+
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        report()
+
+
 def _parse_attach(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for value in values:
@@ -59,14 +69,9 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
         result = run(loaded, overrides).to_dict()
     except OOMKitError as exc:
         _fail(str(exc))
-    if as_json:
-        import msgspec
-
-        click.echo(msgspec.json.encode(result).decode())
-        return
     from oomkit.report import print_report
 
-    print_report(result, f"oomkit simulate {scenario}")
+    _emit(result, as_json, lambda: print_report(result, f"oomkit simulate {scenario}"))
 
 
 def _check_policies(loaded, overrides: dict[str, str]) -> None:
@@ -112,14 +117,9 @@ def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) 
         record = replay_record(event_log, index, overrides)
     except OOMKitError as exc:
         _fail(str(exc))
-    if as_json:
-        import msgspec
-
-        click.echo(msgspec.json.encode(record).decode())
-        return
     from oomkit.report import print_oom
 
-    print_oom(record, f"replay of OOM {index} of {event_log}")
+    _emit(record, as_json, lambda: print_oom(record, f"replay of OOM {index} of {event_log}"))
 
 
 @main.command()

@@ -95,18 +95,19 @@ def _struct_in(tp: Any) -> Any:
 def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
-    try:
-        return parse_size(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"bad size: {exc}", file=file, where=where,
-                          hint='write e.g. "512M", "2G" or a number of bytes') from None
+    return _parsed(parse_size, value, where, file, "size",
+                   'write e.g. "512M", "2G" or a number of bytes')
 
 
 def duration_at(value: Duration | None, where: str, file: str) -> float | None:
     if value is None:
         return None
+    return _parsed(parse_duration, value, where, file, "duration",
+                   'write e.g. "500ms", "2s" or a number of seconds')
+
+
+def _parsed(parse, value, where: str, file: str, what: str, hint: str):
     try:
-        return parse_duration(value)
+        return parse(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"bad duration: {exc}", file=file, where=where,
-                          hint='write e.g. "500ms", "2s" or a number of seconds') from None
+        raise ConfigError(f"bad {what}: {exc}", file=file, where=where, hint=hint) from None
