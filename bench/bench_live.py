@@ -241,6 +241,11 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return stuck
 
+    def cleanup_or_warn(self) -> None:
+        stuck = self.cleanup()
+        if stuck:
+            print(f"WARNING: could not remove {stuck}", file=sys.stderr)
+
     def _rmdir(self, cg: str, timeout: float = 20.0) -> bool:
         return rmdir_patiently(self.fs, cg, timeout)
 
@@ -522,9 +527,7 @@ def bench_latency(args) -> None:
         os.close(kern_usage)
         kern_efd.close()
     finally:
-        stuck = bench.cleanup()
-        if stuck:
-            print(f"WARNING: could not remove {stuck}", file=sys.stderr)
+        bench.cleanup_or_warn()
     end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     lines = ["## 1. Reaction latency: oomkit (largest-task) vs the kernel's OOM killer", "",
              machine_line(info, end_load), "",
@@ -589,9 +592,7 @@ def bench_idle(args) -> None:
         d.stop()
         startup = d.startup_s
     finally:
-        stuck = bench.cleanup()
-        if stuck:
-            print(f"WARNING: could not remove {stuck}", file=sys.stderr)
+        bench.cleanup_or_warn()
     end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     total_pct = sum(cpu) / wall * 100
     rss = mem[0]["VmRSS"] / MiB
@@ -662,9 +663,7 @@ def bench_scaling(args) -> None:
                                    "resolved_by": rec.resolved_by, "killed": len(killed)})
             print(f"scaling: {n} live done", file=sys.stderr)
     finally:
-        stuck = bench.cleanup()
-        if stuck:
-            print(f"WARNING: could not remove {stuck}", file=sys.stderr)
+        bench.cleanup_or_warn()
     after_free = free_mib()
     sim = []
     for n in sizes:
@@ -808,9 +807,7 @@ def bench_storm(args) -> None:
             os.close(fd)
         d.stop()
     finally:
-        stuck = bench.cleanup()
-        if stuck:
-            print(f"WARNING: could not remove {stuck}", file=sys.stderr)
+        bench.cleanup_or_warn()
     end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     per = [(relieved[i] - notified[i]) / 1e6 for i in relieved]
     by_memcg: dict[str, list[dict]] = {}
