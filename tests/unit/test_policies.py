@@ -11,7 +11,8 @@ from oomkit import OOMPolicy, PolicyLoadError, Verdict
 from oomkit.backends.sim import Simulator
 from oomkit.config.scenario import load_scenario, resolve
 from oomkit.policies import BUILTINS, load_policy_class, make_policy
-from oomkit.policies.builtin import LargestCgroup
+from oomkit.backends.base import OOMEvent
+from oomkit.policies.builtin import LargestCgroup, Settle
 from oomtest_helpers import M, make_sim, scenario_dict
 
 # /m (100M): big 60M, bait 10M (+1000), prot 25M (-1000, the largest-but-unkillable); big asks 20M
@@ -35,7 +36,7 @@ def contest(**over):
 
 def test_builtins_are_all_registered():
     assert set(BUILTINS) == {"kernel-default", "largest-task", "largest-cgroup", "newest-task",
-                             "prefer-avoid", "raise-limit", "wait-for-exiting"}
+                             "prefer-avoid", "raise-limit", "wait-for-exiting", "settle"}
     assert all(BUILTINS[n].name == n for n in BUILTINS)
 
 
@@ -192,6 +193,143 @@ def test_prefer_avoid_without_lists_is_largest_first():
 def test_prefer_avoid_bad_params_are_a_clear_error(params):
     with pytest.raises(PolicyLoadError, match="prefer-avoid"):
         make_policy("prefer-avoid", params)
+
+
+# -- prefer/avoid/omit on every killing built-in ------------------------------------------------
+
+# /m (100M): db 50M is the largest and the kernel's choice; web 30M; job 10M, started last
+LISTS = dict(cgroups=[{"path": "/m", "limit": "100M"}, {"path": "/m/batch"}, {"path": "/m/db"},
+                      {"path": "/m/web"}],
+             tasks=[{"name": "postgres", "cgroup": "/m/db", "rss": "50M"},
+                    {"name": "web", "cgroup": "/m/web", "rss": "30M"}],
+             events=[{"at": 0.5, "spawn": {"name": "job", "cgroup": "/m/batch", "rss": "10M"}},
+                     {"at": 1, "task": "web", "alloc": "20M"}])
+KILLERS = ["largest-task", "kernel-default", "largest-cgroup", "newest-task"]
+
+
+@pytest.mark.parametrize("policy", KILLERS)
+def test_every_killer_takes_prefer_avoid_omit(policy):
+    assert [k["name"] for k in first_kill(policy, {}, **LISTS)[0].killed] != ["web"]
+    oom, _ = first_kill(policy, {"avoid": ["/m/db"], "omit": ["^job$"]}, **LISTS)
+    assert [k["name"] for k in oom.killed] == ["web"]
+    oom, _ = first_kill(policy, {"prefer": ["web"]}, **LISTS)
+    assert [k["name"] for k in oom.killed] == ["web"]
+
+
+@pytest.mark.parametrize("policy", KILLERS)
+def test_an_avoided_task_dies_when_nothing_else_can(policy):
+    oom, _ = first_kill(policy, {"avoid": ["postgres"], "omit": ["web", "job"]}, **LISTS)
+    assert oom.handlers[0].verdict == "HANDLED"
+    assert [(k["name"], k["by"]) for k in oom.killed] == [("postgres", "policy:/")]
+
+
+@pytest.mark.parametrize("policy", KILLERS)
+def test_an_omitted_task_never_dies_by_the_policy(policy):
+    oom, _ = first_kill(policy, {"omit": ["postgres", "web", "job"]}, **LISTS)
+    assert oom.handlers[0].verdict == "PASS"
+    assert [k["by"] for k in oom.killed] == ["kernel"]
+
+
+def test_kernel_default_with_lists_keeps_the_badness_order_within_a_class():
+    # +1000 on web beats db's size for the kernel: avoid db changes nothing here,
+    # avoid web makes db (the next by badness, not job) the victim.
+    tasks = [dict(t, oom_score_adj=1000) if t["name"] == "web" else t for t in LISTS["tasks"]]
+    scenario = {**LISTS, "tasks": tasks}
+    assert [k["name"] for k in first_kill("kernel-default", {"avoid": ["/m/db"]}, **scenario)[0].killed] == ["web"]
+    assert [k["name"] for k in first_kill("kernel-default", {"avoid": ["web"]}, **scenario)[0].killed] == ["postgres"]
+
+
+def test_kernel_default_omits_an_oom_group_holding_an_omitted_task():
+    oom, _ = first_kill("kernel-default", {"omit": ["^g2$"]},
+                        cgroups=[{"path": "/g", "oom_group": True}],
+                        tasks=[{"name": "g1", "cgroup": "/g", "rss": "500M"},
+                               {"name": "g2", "cgroup": "/g", "rss": "100M"},
+                               {"name": "x", "rss": "300M"}],
+                        events=[{"at": 1, "task": "x", "alloc": "200M"}])
+    assert [k["name"] for k in oom.killed] == ["x"]
+
+
+@pytest.mark.parametrize("policy", KILLERS)
+def test_bad_lists_are_a_clear_error_for_every_killer(policy):
+    with pytest.raises(PolicyLoadError, match=f"{policy}.*avoid"):
+        make_policy(policy, {"avoid": "db"})
+
+
+# -- settle ------------------------------------------------------------------------------------
+
+def settle_sim(policy: Settle):
+    """/m (100M): old 40M, new 40M, nothing else; OOMs are raised by hand, as the
+    v2 tripwire raises them (no failing charge: usage within the headroom of memory.max)."""
+    sim = make_sim(cgroups=[{"path": "/m", "limit": "100M"}],
+                   tasks=[{"name": "old", "cgroup": "/m", "rss": "40M"},
+                          {"name": "new", "cgroup": "/m", "rss": "40M"}],
+                   policies={"/m": policy})
+    task = {t.name: t for t in sim.machine.tasks.values()}
+    return sim, task
+
+
+def tripwire(sim, t: float):
+    sim.backend.clock.advance_to(t)
+    return sim.engine.handle(OOMEvent("memcg", "/m"))
+
+
+def test_settle_holds_while_the_workload_sits_under_the_limit_and_kills_once_it_climbs():
+    sim, task = settle_sim(Settle(margin="4M", slack="1M"))
+    sim.machine.charge(task["new"], 10 * M)                 # 90M of 100M: room 10M
+    first = tripwire(sim, 1.0)
+    sim.machine.charge(task["new"], 512 * 1024)             # within the slack
+    second = tripwire(sim, 2.0)
+    assert [h.verdict for r in (first, second) for h in r.handlers] == ["PASS", "PASS"]
+    assert first.killed == second.killed == []
+    sim.machine.charge(task["new"], 2 * M)                  # climbing
+    third = tripwire(sim, 3.0)
+    assert third.handlers[0].verdict == "HANDLED"
+    assert [k["name"] for k in third.killed] == ["new"]     # then: prefer-avoid, the largest
+
+
+def test_settle_hands_over_when_room_is_under_the_margin():
+    sim, task = settle_sim(Settle(margin="16M"))
+    sim.machine.charge(task["new"], 10 * M)                 # 90M: room 10M < 16M
+    assert [k["name"] for k in tripwire(sim, 1.0).killed] == ["new"]
+
+
+def test_settle_backs_off_while_a_task_gives_memory_back_and_then_params_reach_then():
+    policy = Settle(then="largest-task", then_params={"avoid": ["^new$"]}, margin="1M", grace="5s")
+    sim, task = settle_sim(policy)
+    sim.machine.charge(task["new"], 10 * M)
+    assert tripwire(sim, 1.0).handlers[0].verdict == "PASS"
+    sim.machine.uncharge(task["old"], 16 * M)               # old sheds; new takes it and more
+    sim.machine.charge(task["new"], 20 * M)
+    shedding = tripwire(sim, 1.5)
+    assert shedding.handlers[0].verdict == "BACKOFF" and shedding.killed == []
+    sim.machine.charge(task["new"], 2 * M)                   # nobody sheds now, and it climbs
+    climbing = tripwire(sim, 2.0)
+    assert [k["name"] for k in climbing.killed] == ["old"]   # new is avoided by then's params
+
+
+def test_settle_stops_waiting_for_shedding_after_its_grace():
+    # then = wait-for-exiting kills nobody: its PASS shows where settle handed over
+    sim, task = settle_sim(Settle(then="wait-for-exiting", margin="50M", grace="2s"))
+    sim.machine.charge(task["new"], 10 * M)                 # room 10M < 50M: never settled
+    verdicts = []
+    for t in (1.0, 1.5, 3.5):
+        verdicts.append(tripwire(sim, t).handlers[0].verdict)
+        sim.machine.uncharge(task["old"], 8 * M)            # old sheds all along
+    assert verdicts == ["PASS", "BACKOFF", "PASS"]          # 2.5 s into the stretch > grace
+
+
+def test_settle_on_a_real_oom_in_the_simulator_hands_over():
+    oom, _ = first_kill("settle", {}, **contest())           # the charge does not fit: no room
+    assert [k["name"] for k in oom.killed] == ["big"]
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"then": "settle"}, "itself"), ({"then": "nope"}, "unknown policy"),
+    ({"then_params": {"avoid": "x"}}, "avoid"), ({"margin": "lots"}, "settle"),
+    ({"grace": "soon"}, "settle")])
+def test_settle_bad_params_are_a_clear_error(params, match):
+    with pytest.raises(PolicyLoadError, match=match):
+        make_policy("settle", params)
 
 
 # -- raise-limit -----------------------------------------------------------------------------

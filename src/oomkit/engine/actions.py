@@ -129,6 +129,11 @@ class Actions:
         info = task if isinstance(task, TaskInfo) else self._oc.tasks.by_pid(pid)
         return pid in self._backend.in_flight() or bool(info and info.exiting)
 
+    def now(self) -> float:
+        """The backend's clock, in seconds (simulated time in the simulator), for a
+        policy that compares what it sees from one OOM to the next; never sleep on it."""
+        return self._backend.clock.now()
+
     # -- the engine's side -------------------------------------------------------
 
     def revoke(self, why: str) -> None:

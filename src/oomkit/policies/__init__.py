@@ -12,6 +12,7 @@ BUILTINS = {
     "prefer-avoid": builtin.PreferAvoid,
     "raise-limit": builtin.RaiseLimit,
     "wait-for-exiting": builtin.WaitForExiting,
+    "settle": builtin.Settle,
 }
 
 from oomkit.policies.loader import load_policy_class, make_policy  # noqa: E402

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from oomkit import oom_kill
 from oomkit.context import OOMContext, TaskInfo, is_within
 from oomkit.policy import OOMPolicy, Verdict
-from oomkit.units import parse_size
+from oomkit.units import parse_duration, parse_size
 
 
 def candidates(oc: OOMContext) -> list[TaskInfo]:
@@ -32,8 +32,57 @@ def kill_first(k, tasks: Iterable[TaskInfo], reason: str) -> Verdict:
     return Verdict.PASS
 
 
-class KernelDefault(OOMPolicy):
-    """What the kernel's OOM killer would do (``mm/oom_kill.c``), as a policy."""
+class Matcher:
+    """A list of cgroup globs (entries starting with ``/``) and task-name regexes."""
+
+    def __init__(self, patterns: Sequence[str], param: str):
+        if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+            raise ValueError(f"{param} must be a list of strings")
+        self.globs = [p for p in patterns if p.startswith("/")]
+        try:
+            self.regexes = [re.compile(p) for p in patterns if not p.startswith("/")]
+        except re.error as exc:
+            raise ValueError(f"{param}: bad regular expression: {exc}") from None
+
+    def __call__(self, task: TaskInfo) -> bool:
+        return (any(fnmatch.fnmatchcase(task.cgroup, g) for g in self.globs)
+                or any(r.search(task.name) for r in self.regexes))
+
+
+class Preferences(OOMPolicy):
+    """Base of the killing built-ins: the optional ``prefer``, ``avoid`` and
+    ``omit`` lists, one implementation for all of them.  An ``omit`` match is
+    never killed; an ``avoid`` match only when nothing else can relieve the
+    OOM; a ``prefer`` match before the rest.  Empty lists (the default)
+    change nothing."""
+
+    def __init__(self, prefer: Sequence[str] = (), avoid: Sequence[str] = (),
+                 omit: Sequence[str] = ()):
+        self.prefer = Matcher(prefer, "prefer")
+        self.avoid = Matcher(avoid, "avoid")
+        self.omit = Matcher(omit, "omit")
+        self.lists = bool(prefer or avoid or omit)
+
+    def tier(self, tasks: Iterable[TaskInfo]) -> int | None:
+        """The class of a victim (a task, or every task a kill takes with it):
+        None if any is omitted, 2 if any is avoided, 0 if any is preferred, else 1."""
+        tasks = list(tasks)
+        if any(self.omit(t) for t in tasks):
+            return None
+        if any(self.avoid(t) for t in tasks):
+            return 2
+        return 0 if any(self.prefer(t) for t in tasks) else 1
+
+    def ranked(self, tasks: Iterable[TaskInfo], key) -> list[TaskInfo]:
+        """``tasks`` without the omitted, by class, then by ``key`` within it."""
+        tiers = {t.pid: self.tier((t,)) for t in tasks}
+        return sorted((t for t in tasks if tiers[t.pid] is not None),
+                      key=lambda t: (tiers[t.pid], key(t)))
+
+
+class KernelDefault(Preferences):
+    """What the kernel's OOM killer would do (``mm/oom_kill.c``), as a policy.
+    With ``prefer``/``avoid``/``omit``: the kernel's badness order within each class."""
 
     name = "kernel-default"
 
@@ -41,6 +90,28 @@ class KernelDefault(OOMPolicy):
         decision = oom_kill.decide(oc)
         if decision.waiting_for is not None:
             return Verdict.BACKOFF
+        if not self.lists:
+            return self._carry_out(decision, k)
+        for choice in self._choices(oc):
+            if self._carry_out(choice, k) is Verdict.HANDLED:
+                return Verdict.HANDLED
+        return Verdict.PASS
+
+    def _choices(self, oc) -> list[oom_kill.Decision]:
+        """Each candidate's kill (its memory.oom.group with it) by class, then badness."""
+        domain = oc.memcg if oc.level == "memcg" else "/"
+        scope = oom_kill.oom_tasks(oc)
+        scored = []
+        for task in candidates(oc):
+            points = oom_kill.badness(task, oc.totalpages)
+            choice = oom_kill.kill_decision(task, points, oc.cgroups, domain, scope)
+            tier = self.tier(choice.victims)
+            if tier is not None:
+                scored.append(((tier, -points, -task.pid), choice))
+        return [choice for _key, choice in sorted(scored, key=lambda s: s[0])]
+
+    @staticmethod
+    def _carry_out(decision: oom_kill.Decision, k) -> Verdict:
         if not decision.kills:
             return Verdict.PASS
         victim = decision.victim
@@ -52,36 +123,41 @@ class KernelDefault(OOMPolicy):
         return Verdict.HANDLED if freed > 0 else Verdict.PASS
 
 
-class LargestTask(OOMPolicy):
+class LargestTask(Preferences):
     """Kill the task using the most memory (rss + swap), ignoring oom_score_adj
-    except -1000."""
+    except -1000; with ``prefer``/``avoid``/``omit``, the largest within each class."""
 
     name = "largest-task"
 
     def handle_out_of_memory(self, oc, k):
-        ranked = sorted(candidates(oc), key=lambda t: (-size_of(t), t.pid))
-        return kill_first(k, ranked, "largest task")
+        ranked = self.ranked(candidates(oc), key=lambda t: (-size_of(t), t.pid))
+        return kill_first(k, ranked, self.name)
 
 
-class NewestTask(OOMPolicy):
-    """Kill the most recently started task: the least work lost."""
+class NewestTask(Preferences):
+    """Kill the most recently started task: the least work lost; with
+    ``prefer``/``avoid``/``omit``, the newest within each class."""
 
     name = "newest-task"
 
     def handle_out_of_memory(self, oc, k):
-        ranked = sorted(candidates(oc), key=lambda t: (-t.start_time, -t.pid))
+        ranked = self.ranked(candidates(oc), key=lambda t: (-t.start_time, -t.pid))
         return kill_first(k, ranked, "newest task")
 
 
-class LargestCgroup(OOMPolicy):
+class LargestCgroup(Preferences):
     """The upstream selftest's policy: kill the leaf (or ``oom_group``) cgroup
-    with the largest usage, skipping any that holds a -1000 task."""
+    with the largest usage, skipping any that holds a -1000 task; with
+    ``prefer``/``avoid``/``omit``, a cgroup is in the class of its tasks
+    (omitted if one is, else avoided if one is, else preferred if one is)."""
 
     name = "largest-cgroup"
 
     def handle_out_of_memory(self, oc, k):
         top = oc.memcg if is_within(oc.memcg, oc.attached_to) else oc.attached_to
-        units = sorted(self._units(oc, top), key=lambda cg: (-oc.cgroups[cg].usage, cg))
+        tiers = {cg: self.tier(oc.tasks.in_cgroup(cg)) for cg in self._units(oc, top)}
+        units = sorted((cg for cg, tier in tiers.items() if tier is not None),
+                       key=lambda cg: (tiers[cg], -oc.cgroups[cg].usage, cg))
         for path in units:
             if self._protected(oc, path):
                 continue
@@ -108,45 +184,13 @@ class LargestCgroup(OOMPolicy):
         return any(t.oom_score_adj <= oom_kill.OOM_SCORE_ADJ_MIN for t in oc.tasks.in_cgroup(path))
 
 
-class Matcher:
-    """A list of cgroup globs (entries starting with ``/``) and task-name regexes."""
-
-    def __init__(self, patterns: Sequence[str], param: str):
-        if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
-            raise ValueError(f"{param} must be a list of strings")
-        self.globs = [p for p in patterns if p.startswith("/")]
-        try:
-            self.regexes = [re.compile(p) for p in patterns if not p.startswith("/")]
-        except re.error as exc:
-            raise ValueError(f"{param}: bad regular expression: {exc}") from None
-
-    def __call__(self, task: TaskInfo) -> bool:
-        return (any(fnmatch.fnmatchcase(task.cgroup, g) for g in self.globs)
-                or any(r.search(task.name) for r in self.regexes))
-
-
-class PreferAvoid(OOMPolicy):
+class PreferAvoid(LargestTask):
     """Kill by preference: never an ``omit`` match, ``prefer`` matches first,
     ``avoid`` matches last; the largest first within each class (like
-    systemd-oomd's ManagedOOMPreference and earlyoom's --prefer/--avoid)."""
+    systemd-oomd's ManagedOOMPreference and earlyoom's --prefer/--avoid).
+    The same as largest-task with the same lists, under the name users look for."""
 
     name = "prefer-avoid"
-
-    def __init__(self, prefer: Sequence[str] = (), avoid: Sequence[str] = (),
-                 omit: Sequence[str] = ()):
-        self.prefer = Matcher(prefer, "prefer")
-        self.avoid = Matcher(avoid, "avoid")
-        self.omit = Matcher(omit, "omit")
-
-    def handle_out_of_memory(self, oc, k):
-        allowed = [t for t in candidates(oc) if not self.omit(t)]
-        ranked = sorted(allowed, key=lambda t: (self._rank(t), -size_of(t), t.pid))
-        return kill_first(k, ranked, "prefer-avoid")
-
-    def _rank(self, task: TaskInfo) -> int:
-        if self.prefer(task):
-            return 0
-        return 2 if self.avoid(task) else 1
 
 
 class RaiseLimit(OOMPolicy):
@@ -192,3 +236,53 @@ class WaitForExiting(OOMPolicy):
                     and task.rss >= self.min_exiting:
                 return Verdict.BACKOFF
         return Verdict.PASS
+
+
+class Settle(OOMPolicy):
+    """Kill only while memory keeps climbing towards the limit: BACKOFF while the
+    OOMing cgroup gives memory back (a task's rss fell, or one is exiting), for at
+    most ``grace``; PASS while it has settled with ``margin`` of room under its
+    limit; otherwise the ``then`` policy decides (``then_params`` its params)."""
+
+    name = "settle"
+
+    def __init__(self, then: str = "prefer-avoid", then_params: dict | None = None,
+                 margin: str | int = "4M", slack: str | int = "1M", grace: str | float = "10s"):
+        from oomkit.errors import PolicyLoadError
+        from oomkit.policies import make_policy   # the registry imports this module
+
+        if then == self.name:
+            raise ValueError("then: settle cannot run itself")
+        try:
+            self.then = make_policy(then, then_params)
+        except PolicyLoadError as exc:
+            raise ValueError(f"then: {exc}") from None
+        self.margin, self.slack = parse_size(margin), parse_size(slack)
+        self.grace = parse_duration(grace)
+        self._last: tuple[float, dict[int, int]] | None = None   # the previous look: rss by pid
+        self._episode = (0.0, 0)     # when this stretch of OOMs began, and the usage then
+
+    def handle_out_of_memory(self, oc, k):
+        info = oc.cgroups.get(oc.memcg)
+        if oc.level != "memcg" or info is None or info.limit is None:
+            return self.then.handle_out_of_memory(oc, k)
+        now, tasks = k.now(), oom_kill.oom_tasks(oc)
+        last, self._last = self._last, (now, {t.pid: t.rss for t in tasks})
+        if last is None or now - last[0] > self.grace:
+            self._episode = (now, info.usage)
+        began, usage_then = self._episode
+        if now - began < self.grace and self._shedding(oc, tasks, last):
+            return Verdict.BACKOFF
+        room = info.limit - info.usage
+        # Settled: room left under the limit, and no higher than when this began;
+        # the kernel still kills at the limit if it is ever reached.
+        if room >= max(oc.requested or 0, self.margin) and info.usage <= usage_then + self.slack:
+            return Verdict.PASS
+        return self.then.handle_out_of_memory(oc, k)
+
+    def _shedding(self, oc, tasks, last) -> bool:
+        """Is memory coming back: a task exiting, or one whose rss fell since the last look?"""
+        in_flight = set(oc.victims_in_flight)
+        before = last[1] if last else {}
+        return any(t.exiting or t.pid in in_flight
+                   or before.get(t.pid, 0) >= t.rss + self.slack for t in tasks)
