@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from oomkit.context import CgroupInfo, TaskInfo, ancestors, is_within
+from oomkit.context import CgroupInfo, TaskInfo, ancestors, is_within, parent_of
 
 PAGE_SIZE = 4096
 OOM_SCORE_ADJ_MIN = -1000
@@ -84,57 +84,94 @@ def scan_order(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], lev
     """Tasks in the order the kernel evaluates them (see the module doc)."""
     if level != "memcg":
         return sorted(tasks)    # a TaskInfo is a tuple that starts with its (unique) pid
-    rank = {path: i for i, path in enumerate(preorder(cgroups, memcg))}
-    last = len(rank)
-    if memcg == "/":
-        inside = list(tasks)
-    else:   # is_within(), inlined: this runs once per task on every memcg OOM
-        prefix = memcg + "/"
-        inside = [t for t in tasks if t.cgroup == memcg or t.cgroup.startswith(prefix)]
-    return sorted(inside, key=lambda t: (rank.get(t.cgroup, last), t.pid))
+    inside = _in_memcg(tasks, memcg)
+    rank = _preorder_rank({t.cgroup for t in inside}, cgroups, memcg)
+    return sorted(inside, key=lambda t: (rank[t.cgroup], t.pid))
 
 
-
-
-def preorder(cgroups: Mapping[str, CgroupInfo], top: str) -> list[str]:
-    """``css_next_descendant_pre()`` order of the subtree at ``top``."""
-    out, stack = [], [top]
+def _preorder_rank(paths: set[str], cgroups: Mapping[str, CgroupInfo], top: str) -> dict[str, int]:
+    """The ``css_next_descendant_pre()`` positions of ``paths`` (all within
+    ``top``) relative to each other.  Only the cgroups where two of their
+    branches part need their children's order looked up: on a live backend
+    that is one cgroup's files read, not the whole subtree's."""
+    branches: dict[str, set[str]] = {}         # cgroup -> its children on the way to paths
+    for path in paths:
+        node = path
+        while node != top:
+            parent = parent_of(node)
+            kids = branches.setdefault(parent, set())
+            if node in kids:
+                break                          # the rest of the way up is known
+            kids.add(node)
+            node = parent
+    rank, stack = {}, [top]
     while stack:
-        path = stack.pop()
-        out.append(path)
-        info = cgroups.get(path)
-        if info is not None:
-            stack.extend(reversed(info.children))
-    return out
+        node = stack.pop()
+        rank[node] = len(rank)
+        kids = branches.get(node, ())
+        if len(kids) > 1:
+            info = cgroups.get(node)
+            pos = {c: i for i, c in enumerate(info.children if info is not None else ())}
+            kids = sorted(kids, key=lambda c: (pos.get(c, len(pos)), c))
+        stack.extend(reversed(list(kids)))
+    return rank
 
 
 def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], *,
                        level: str, memcg: str, nodes: Sequence[int],
                        totalpages: int) -> Decision:
-    """``select_bad_process()`` + ``oom_kill_process()``'s group expansion."""
+    """``select_bad_process()`` + ``oom_kill_process()``'s group expansion.
+
+    The evaluation order decides only two things: which of equal scores wins,
+    and which exiting task the kernel meets first.  So one pass finds the best
+    score, and the order (which needs the cgroup tree for a memcg OOM) is
+    worked out for the tied or exiting tasks alone: on a live backend, the
+    tree is files to read.
+    """
     tasks = tasks if isinstance(tasks, Sequence) else list(tasks)
-    chosen, chosen_points = None, None
+    best, tied, exiting_tasks = None, [], []
     adj_unit = totalpages // 1000            # badness()'s oom_score_adj scale, computed once
     node_set = frozenset(nodes) if level == "numa" else None
     # The loop is eligible() and badness() inlined (it runs once per task, and
-    # this is the hot path of a global OOM); scan_order() already keeps only
-    # the OOMing memcg's tasks for a memcg OOM.
-    for task in scan_order(tasks, cgroups, level, memcg):
+    # this is the hot path of a global OOM).
+    for task in _in_memcg(tasks, memcg) if level == "memcg" else tasks:
         # Unpacking the named tuple once is cheaper than six attribute reads.
         _pid, _name, _cmd, _cg, rss, swap, pgtables, adj, _uid, _start, exiting, tnodes = task
         if node_set is not None and tnodes is not None and node_set.isdisjoint(tnodes):
             continue
         if exiting:
-            return Decision(waiting_for=task)
+            exiting_tasks.append(task)
+            continue
         if adj <= OOM_SCORE_ADJ_MIN:
             continue
         points = rss // PAGE_SIZE + swap // PAGE_SIZE + pgtables // PAGE_SIZE + adj * adj_unit
-        if chosen_points is not None and points < chosen_points:
-            continue
-        chosen, chosen_points = task, points
-    if chosen is None:
+        if best is None or points > best:
+            best, tied = points, [task]
+        elif points == best:
+            tied.append(task)
+    if exiting_tasks:       # oom_evaluate_task()'s abort: at the first exiting task met
+        return Decision(waiting_for=_in_scan_order(exiting_tasks, cgroups, level, memcg)[0])
+    if not tied:
         return Decision()
-    return kill_decision(chosen, chosen_points, cgroups, memcg if level == "memcg" else "/", tasks)
+    # oom_evaluate_task() keeps a later task of equal points: the last one met wins.
+    chosen = _in_scan_order(tied, cgroups, level, memcg)[-1]
+    return kill_decision(chosen, best, cgroups, memcg if level == "memcg" else "/", tasks)
+
+
+def _in_memcg(tasks: Iterable[TaskInfo], memcg: str) -> list[TaskInfo]:
+    if memcg == "/":
+        return list(tasks)
+    prefix = memcg + "/"    # is_within(), inlined: this runs once per task
+    return [t for t in tasks if t.cgroup == memcg or t.cgroup.startswith(prefix)]
+
+
+def _in_scan_order(tasks: list[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
+                   memcg: str) -> list[TaskInfo]:
+    """:func:`scan_order` of a few tasks; the cgroup tree is walked only if
+    they are in more than one cgroup."""
+    if len(tasks) == 1 or level != "memcg" or len({t.cgroup for t in tasks}) == 1:
+        return sorted(tasks)    # a TaskInfo is a tuple that starts with its (unique) pid
+    return scan_order(tasks, cgroups, level, memcg)
 
 
 def kill_decision(victim: TaskInfo, points: int, cgroups: Mapping[str, CgroupInfo], domain: str,

@@ -28,6 +28,7 @@ from oomkit.errors import CgroupGone, TaskGone
 from oomkit.linux import parse, pidfd
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
+from oomkit.linux.taskcache import TaskCache, TaskSample
 
 log = logging.getLogger("oomkit")
 
@@ -125,8 +126,11 @@ class LiveBackend:
 
     def __init__(self, fs: CgroupFS, proc: ProcFS, *, clock: Clock | None = None,
                  protected_pids: Sequence[int] = (), dry_run: bool = False,
-                 tick: Callable[[], None] = lambda: None):
+                 tick: Callable[[], None] = lambda: None, proc_cache: int = 10_000):
         self.fs, self.proc = fs, proc
+        # /proc fds kept between OOMs: an OOM re-reads two small files per task
+        # instead of opening three (linux/taskcache.py says what that costs).
+        self.task_cache = TaskCache(proc, proc_cache)
         self.clock = clock or MonotonicClock()
         self.protected_pids = {1, os.getpid(), *protected_pids}
         self.dry_run = dry_run
@@ -159,15 +163,22 @@ class LiveBackend:
                          lambda path: self._read_tasks(path) if is_within(path, scope) else ())
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
-        out = []
-        task_info = self.task_info
-        for path, pids in self.fs.subtree_procs(scope):
-            for pid in pids:
-                info = task_info(pid, path)
-                if info is not None:
-                    out.append(info)
+        info = self._info
+        out = [info(pid, path, s) for pid, path, s in self.task_cache.scan(self.fs.subtree_procs(scope))]
         out.sort(key=lambda t: t.pid)
         return out
+
+    def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
+        # Exiting: a zombie or dead, in do_exit() (PF_EXITING: killed by anyone,
+        # or leaving by itself), or our own victim on its way out.
+        return TaskInfo(pid, s.comm, Cmdline(self.proc, pid), cgroup, s.rss, s.swap, s.pgtables,
+                        s.oom_score_adj, s.uid, s.starttime / self._hz,
+                        s.exiting or pid in self._in_flight)
+
+    def warm(self, scope: str) -> int:
+        """Read (and cache) every task of ``scope`` now, before any OOM there: the
+        daemon does it when it takes a cgroup.  How many tasks it read."""
+        return len(self.task_cache.scan(self.fs.subtree_procs(scope)))
 
     def task(self, pid: int) -> TaskInfo | None:
         try:
@@ -178,21 +189,10 @@ class LiveBackend:
 
     def task_info(self, pid: int, cgroup: str) -> TaskInfo | None:
         """One task from /proc; None for kernel threads and tasks gone meanwhile."""
-        try:
-            status = self.proc.status(pid)
-            if status.get("Kthread"):
-                return None
-            stat = self.proc.stat(pid)
-            # Exiting: a zombie or dead, in do_exit() (PF_EXITING: killed by anyone,
-            # or leaving by itself), or our own victim on its way out.
-            exiting = (stat["state"] in "ZXx" or bool(stat["flags"] & parse.PF_EXITING)
-                       or pid in self._in_flight)
-            return TaskInfo(pid, stat["comm"], Cmdline(self.proc, pid), cgroup,
-                            status["VmRSS"], status["VmSwap"], status["VmPTE"],
-                            self.proc.oom_score_adj(pid), status.get("Uid", 0),
-                            stat["starttime"] / self._hz, exiting)
-        except TaskGone:
-            return None
+        cache = self.task_cache
+        with cache.lock:
+            s = cache.sample(pid, cgroup)
+        return None if s is None else self._info(pid, cgroup, s)
 
     def _swap(self, path: str) -> int:
         return 0
@@ -287,6 +287,7 @@ class LiveBackend:
         for fd in self._in_flight.values():
             os.close(fd)
         self._in_flight.clear()
+        self.task_cache.close()
 
 
 def victims_from_kmsg(records: list[str]) -> list[Release]:
