@@ -208,6 +208,7 @@ TOOLS: dict[str, dict] = {
     "oomkit-kernel-default": {"mode": "cgroup", "high": False, "oomkit": "oomkit-kernel-default.toml"},
     "oomkit-wait+prefer-avoid": {"mode": "cgroup", "high": False,
                                  "oomkit": "oomkit-wait-then-prefer-avoid.toml"},
+    "oomkit-settle+prefer-avoid": {"mode": "cgroup", "high": False, "oomkit": "oomkit-settle.toml"},
 }
 for _name, _t in TOOLS.items():
     if "oomkit" in _t:

@@ -294,7 +294,8 @@ def test_settle_hands_over_when_room_is_under_the_margin():
 
 
 def test_settle_backs_off_while_a_task_gives_memory_back_and_then_params_reach_then():
-    policy = Settle(then="largest-task", then_params={"avoid": ["^new$"]}, margin="1M", grace="5s")
+    policy = Settle(then="largest-task", then_params={"avoid": ["^new$"]}, margin="1M",
+                    slack="1M", grace="5s")
     sim, task = settle_sim(policy)
     sim.machine.charge(task["new"], 10 * M)
     assert tripwire(sim, 1.0).handlers[0].verdict == "PASS"

@@ -247,7 +247,7 @@ class Settle(OOMPolicy):
     name = "settle"
 
     def __init__(self, then: str = "prefer-avoid", then_params: dict | None = None,
-                 margin: str | int = "4M", slack: str | int = "1M", grace: str | float = "10s"):
+                 margin: str | int = "4M", slack: str | int = "8M", grace: str | float = "10s"):
         from oomkit.errors import PolicyLoadError
         from oomkit.policies import make_policy   # the registry imports this module
 
