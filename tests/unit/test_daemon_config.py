@@ -42,6 +42,7 @@ def test_defaults_and_units():
     assert config.hierarchy == "auto" and config.settings.handler_deadline == 0.05
     assert config.settings.backoff_wait == 0.5 and config.watchdog_timeout == 1.0
     assert str(config.pressure) == "some 150000 2000000"
+    assert config.proc_cache == 10_000
 
 
 @pytest.mark.parametrize("old,new,words", [
@@ -51,6 +52,7 @@ def test_defaults_and_units():
     ('cgroup = "/batch.slice/*"', 'cgroup = "batch.slice"', ["attach[0].cgroup", "not a cgroup path"]),
     ('policy = "largest-task"', 'policy = "nope"', ["attach[0].policy", "unknown policy"]),
     ('event_log = "-"', 'event_log = "-"\npressure = "some 10ms 99s"', ["daemon.pressure"]),
+    ('dry_run = false', 'dry_run = false\nproc_cache = -1', ["daemon.proc_cache", "0 or more"]),
 ])
 def test_bad_configs_get_one_clear_line(tmp_path, old, new, words):
     result = check(tmp_path, GOOD.replace(old, new, 1))

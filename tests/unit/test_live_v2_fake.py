@@ -52,6 +52,7 @@ def task(proc: Path, pid: int, name: str, rss_kb: int, adj: int = 0) -> None:
                                                                          f"{pid} ({name})", 1))
     (d / "cmdline").write_bytes(name.encode() + b"\0")
     (d / "oom_score_adj").write_text(f"{adj}\n")
+    (d / "statm").write_text(f"4141 {rss_kb // 4} 1146 1 0 1013 0\n")
 
 
 @pytest.fixture
@@ -361,6 +362,28 @@ def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, tmp_path, m
         d.inotify.close()
 
 
+def test_taking_a_cgroup_reads_its_tasks_ahead_of_any_oom(tree, tmp_path, monkeypatch):
+    from oomkit.config.daemon import resolve
+    from oomkit.daemon.main import Daemon
+
+    mount, proc = tree
+    d = Daemon(resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
+                                   "event_log": str(tmp_path / "ev.jsonl")},
+                        "attach": [{"cgroup": "/box", "policy": "largest-task"},
+                                   {"cgroup": "/box/job", "policy": "newest-task"}]}))
+    monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: None)
+    monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
+    try:
+        assert len(d.backend.task_cache) == 0
+        d.reconcile()
+        assert len(d.backend.task_cache) == 3            # PID_A, PID_B, PID_C, each once
+    finally:
+        d.source.close()
+        d.ep.close()
+        d.inotify.close()
+        d.backend.close()
+
+
 def test_subtree_procs_lists_each_cgroup_of_a_subtree_in_preorder(tree):
     mount, _ = tree
     fs = CgroupFS(mount, "v2")
@@ -368,3 +391,5 @@ def test_subtree_procs_lists_each_cgroup_of_a_subtree_in_preorder(tree):
                                         ("/box/job", [PID_C])]
     assert fs.subtree_procs("/box/gone") == []                 # removed meanwhile: skipped
     assert [cg for cg, _ in fs.subtree_procs("/")] == list(fs.walk("/"))
+    cgroup(mount, "/box/a/late")                # a leaf that gains a child is listed again
+    assert [cg for cg, _ in fs.subtree_procs("/box")] == ["/box", "/box/a", "/box/a/late", "/box/job"]

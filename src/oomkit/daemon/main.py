@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -31,6 +32,7 @@ from oomkit.backends.cgroup_v1 import CgroupV1Backend, V1Events
 from oomkit.backends.cgroup_v2 import CgroupV2Backend, V2Events
 from oomkit.backends.live import Hush, LiveBackend
 from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
+from oomkit.context import is_within
 from oomkit.daemon import watchdog as watchdog_module
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.snapshot import snapshot
@@ -84,7 +86,8 @@ class Daemon:
         cls = CgroupV1Backend if version == "v1" else CgroupV2Backend
         extra = {"headroom": config.headroom, "tripwire": config.tripwire} if version == "v2" else {}
         self.backend: LiveBackend = cls(self.fs, self.proc, protected_pids=protected,
-                                        dry_run=config.dry_run, tick=self.heartbeat, **extra)
+                                        dry_run=config.dry_run, tick=self.heartbeat,
+                                        proc_cache=config.proc_cache, **extra)
         self.engine = self._engine(config)
         self.events = EventLog(config.event_log)
         self.ep = select.epoll()
@@ -116,6 +119,7 @@ class Daemon:
 
     def start(self) -> None:
         lock_memory()
+        raise_nofile()
         self._signals()
         self.register(self.inotify.fileno(), self._on_inotify)
         self.reconcile()
@@ -196,13 +200,26 @@ class Daemon:
                 self.engine.cgroup_offline(path)
         for path in [p for p in self.engine.attachments if p not in wanted]:
             self.engine.detach(path)        # still there, but no attachment matches it now
-        for path, spec in wanted.items():
-            if path not in self.engine.attachments:
-                self.engine.attach(path, make_policy(spec.policy, spec.params, self.config.base_dir),
-                                   ceiling=spec.ceiling)
+        taken = [path for path in wanted if path not in self.engine.attachments]
+        for path in taken:
+            spec = wanted[path]
+            self.engine.attach(path, make_policy(spec.policy, spec.params, self.config.base_dir),
+                               ceiling=spec.ceiling)
         self.source.sync(managed)
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
+        self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
+
+    def _warm(self, tops: list[str]) -> None:
+        """Read the tasks of newly taken subtrees now, so that their first OOM
+        re-reads only what changed (linux/taskcache.py)."""
+        for top in tops:
+            try:
+                n = self.backend.warm(top)
+            except OOMKitError as exc:
+                log.warning("oomkit: could not read the tasks of %s ahead of an OOM: %s", top, exc)
+                continue
+            log.debug("oomkit: %s: %d tasks read ahead of any OOM", top, n)
 
     def _expand(self, attach: list[Attach]) -> dict[str, Attach]:
         """Concrete cgroups for each attachment (a glob matches present cgroups;
@@ -371,6 +388,8 @@ class Daemon:
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
         self.backend.dry_run = config.dry_run
+        if config.proc_cache != old.proc_cache:
+            self.backend.task_cache.resize(config.proc_cache)
         self.engine = self._engine(config)
         if config.event_log != old.event_log:
             self.events.close()
@@ -413,6 +432,17 @@ def _literal_prefix(pattern: str) -> str:
             break
         parts.append(part)
     return "/" + "/".join(parts)
+
+
+def raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: the /proc cache keeps two fds per
+    task, and the soft default (often 1,024) would leave it almost no room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("oomkit: could not raise the open files limit to %s: %s", hard, exc)
 
 
 def lock_memory() -> None:

@@ -223,6 +223,13 @@ class TaskCache:
             if not known:
                 del self._by_tag[tag]
 
+    def resize(self, capacity: int) -> None:
+        """A new cap; a smaller one forgets everything (tasks are read afresh once)."""
+        with self.lock:
+            if capacity < len(self._entries):
+                self.close()
+            self.capacity = capacity
+
     def _drop(self, pid: int) -> None:
         entry = self._entries.pop(pid, None)
         if entry is not None:
