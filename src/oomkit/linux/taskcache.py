@@ -23,9 +23,10 @@ gone every read fails with ESRCH (``proc_single_show``, ``get_proc_task``),
 even if the number has been reused, and the entry is dropped and read afresh.
 
 Cost: two fds per cached task, plus the page the seq_file keeps for ``statm``
-from its first read until close: about 4.5 KiB of kernel memory per task.  The
-cache never takes fds the daemon needs elsewhere: it fills at most half of
-what RLIMIT_NOFILE leaves free, and a task it has no room for is read afresh.
+from its first read until close: about 4.5 KiB of kernel memory per task.
+The cache leaves the rest of the daemon the fds it holds plus a reserve (at
+least 1,024, and an eighth of RLIMIT_NOFILE), counted when its room is used
+up; a task it has no room for is read afresh, as without a cache.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from oomkit.linux import parse
 from oomkit.linux.procfs import ProcFS
 
 _O = os.O_RDONLY | os.O_CLOEXEC
-FD_SPARE = 256      # fds always left to the rest of the daemon, whatever the cache
+# fds always left to the rest of the daemon (v1 takes three per managed memcg),
+# beyond those it holds: at least this many, and an eighth of RLIMIT_NOFILE.
+FD_RESERVE = 1024
 
 
 class TaskSample(NamedTuple):
@@ -82,6 +85,7 @@ class TaskCache:
         self._entries: dict[int, _Entry] = {}
         self._by_tag: dict[object, set[int]] = {}
         self._room = 0                  # new entries allowed before fds are counted again
+        self._counted = False           # counted during this scan (at most once: it lists /proc/self/fd)
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -172,14 +176,16 @@ class TaskCache:
         return _Entry(statm_fd, adj_fd, tag)
 
     def _has_room(self) -> bool:
-        """Half of the fds RLIMIT_NOFILE leaves free, counted again when used up."""
-        if self._room <= 0:
+        """Room for one more entry under RLIMIT_NOFILE, counted again when used up."""
+        if self._room <= 0 and not self._counted:
+            self._counted = True
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             try:
-                in_use = len(os.listdir("/proc/self/fd"))
+                others = len(os.listdir("/proc/self/fd")) - 2 * len(self._entries)
             except OSError:
                 return False
-            self._room = max(0, (soft - in_use - FD_SPARE) // 4)   # 2 fds per entry, half the room
+            reserve = max(FD_RESERVE, soft // 8)
+            self._room = (soft - others - reserve) // 2 - len(self._entries)
         return self._room > 0
 
     def scan(self, groups: Iterable[tuple[object, Sequence[int]]]) -> list[tuple[int, object, TaskSample]]:
@@ -189,6 +195,7 @@ class TaskCache:
         out = []
         append, entries, pread, sample = out.append, self._entries, os.pread, self.sample
         with self.lock:
+            self._counted = False
             for tag, pids in groups:
                 for pid in pids:
                     # The common case inlined (it runs for every task of the subtree):

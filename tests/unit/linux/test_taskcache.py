@@ -183,3 +183,20 @@ def test_real_proc_a_kept_fd_fails_once_its_process_is_gone(child):
     child.wait()                                # reaped: the pid is free for reuse
     assert cache.sample(child.pid, "/x") is None
     assert len(cache) == 0
+
+
+def test_the_cache_leaves_the_daemon_its_fds_and_reads_the_rest_afresh(proc, monkeypatch):
+    import os
+
+    from oomkit.linux import taskcache
+
+    pids = [PID + i for i in range(30)]
+    for pid in pids:
+        fake_task(proc, pid)
+    others = len(os.listdir("/proc/self/fd"))
+    # room for 10 entries (2 fds each) above what is open and the 1,024 reserve
+    soft = others + taskcache.FD_RESERVE + 20
+    monkeypatch.setattr(taskcache.resource, "getrlimit", lambda what: (soft, soft))
+    cache = TaskCache(ProcFS(proc))
+    assert [pid for pid, _t, _s in cache.scan([("/a", pids)])] == pids
+    assert 8 <= len(cache) <= 10
