@@ -152,7 +152,7 @@ def decision_machine(n_tasks: int, seed: int = 2) -> tuple[SimBackend, OOMEvent]
         task = m.add_task(SimTask(pid=100 + i, name=f"t{i}", cgroup=paths[i % n_cg],
                                   oom_score_adj=rng.choice((0, 0, 0, 100, -300, -1000))))
         m.charge(task, rng.randrange(1, 4096) * 4096)
-    return SimBackend(m), OOMEvent("global", "/", (), 1 * G, "t0", 100)
+    return SimBackend(m), OOMEvent("global", "/", (), 1 * G, "t0")
 
 
 def decide_once(backend: SimBackend, oom: OOMEvent):

@@ -163,9 +163,12 @@ class LiveBackend:
                          lambda path: self._read_tasks(path) if is_within(path, scope) else ())
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
-        info = self._info
-        out = [info(pid, path, s) for pid, path, s in self.task_cache.scan(self.fs.subtree_procs(scope))]
-        out.sort(key=lambda t: t.pid)
+        # _info() inlined: this runs for every task of the subtree on every OOM.
+        hz, in_flight, proc = self._hz, self._in_flight, self.proc
+        out = [TaskInfo(pid, s.comm, Cmdline(proc, pid), path, s.rss, s.swap, s.pgtables,
+                        s.oom_score_adj, s.uid, s.starttime / hz, s.exiting or pid in in_flight)
+               for pid, path, s in self.task_cache.scan(self.fs.subtree_procs(scope))]
+        out.sort()      # by pid: a TaskInfo is a tuple that starts with its (unique) pid
         return out
 
     def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
