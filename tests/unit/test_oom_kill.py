@@ -100,6 +100,25 @@ def test_tie_last_evaluated_wins_memcg_in_preorder_then_pid(order, winner):
     assert d.victim.pid == winner
 
 
+def test_the_cgroup_tree_is_read_only_where_tied_tasks_part(monkeypatch):
+    """On a live backend every cgroup looked up is files read: a clear winner
+    needs only its own ancestors (memory.oom.group); a tie across cgroups, the
+    children of the cgroup where their branches part."""
+    from oomkit.context import LazyMapping
+
+    cg = tree("/m", "/m/a", "/m/b", "/m/c", "/m/c/x")
+    read = []
+    lazy = LazyMapping(lambda: list(cg), lambda p: read.append(p) or cg[p])
+    clear = [T(100, "/m/a", rss=G), T(101, "/m/b", rss=M), T(102, "/m/c/x", rss=M)]
+    assert select(clear, lazy).victim.pid == 100
+    assert sorted(read) == ["/m", "/m/a"]
+    read.clear()
+    lazy = LazyMapping(lambda: list(cg), lambda p: read.append(p) or cg[p])
+    tie = [T(100, "/m/c/x", rss=M), T(101, "/m/a", rss=M), T(102, "/m/b", rss=1)]
+    assert select(tie, lazy).victim.pid == 100         # /m/c/x comes after /m/a in pre-order
+    assert "/m/b" not in read and "/m" in read
+
+
 def test_numa_oom_considers_tasks_that_may_use_the_constrained_nodes():
     cg = tree("/m")
     tasks = [T(100, rss=G, nodes=(1,)), T(101, rss=M, nodes=(0, 1)), T(102, rss=2 * M)]
