@@ -331,38 +331,9 @@ def test_sighup_applies_new_v2_thresholds_and_refuses_what_needs_a_restart(tree,
         d.inotify.close()
 
 
-def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, tmp_path, monkeypatch):
-    import shutil
-
-    from oomkit.config.daemon import resolve
-    from oomkit.daemon.main import Daemon
-    from oomkit.policies import BUILTINS
-
-    mount, proc = tree
-    offline = []
-    monkeypatch.setattr(BUILTINS["largest-task"], "handle_cgroup_offline",
-                        lambda self, cgroup: offline.append(cgroup), raising=False)
-    d = Daemon(resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
-                                   "event_log": str(tmp_path / "ev.jsonl")},
-                        "attach": [{"cgroup": "/box", "policy": "largest-task"},
-                                   {"cgroup": "/box/job", "policy": "newest-task"}]}))
-    monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: None)
-    monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
-    try:
-        d.reconcile()
-        assert set(d.engine.attachments) == {"/box", "/box/job"}
-        shutil.rmtree(mount / "box" / "job")             # the cgroup goes away
-        d.reconcile()
-        assert offline == ["/box/job"]                   # told to the policy on /box
-        assert set(d.engine.attachments) == {"/box"}     # the one on /box/job went with it
-        assert "/box/job" not in d.managed
-    finally:
-        d.source.close()
-        d.ep.close()
-        d.inotify.close()
-
-
-def test_taking_a_cgroup_reads_its_tasks_ahead_of_any_oom(tree, tmp_path, monkeypatch):
+@pytest.fixture
+def box_daemon(tree, tmp_path, monkeypatch):
+    """A Daemon on the fake tree, policies on /box and /box/job, not started."""
     from oomkit.config.daemon import resolve
     from oomkit.daemon.main import Daemon
 
@@ -374,14 +345,36 @@ def test_taking_a_cgroup_reads_its_tasks_ahead_of_any_oom(tree, tmp_path, monkey
     monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: None)
     monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
     try:
-        assert len(d.backend.task_cache) == 0
-        d.reconcile()
-        assert len(d.backend.task_cache) == 3            # PID_A, PID_B, PID_C, each once
+        yield d
     finally:
         d.source.close()
         d.ep.close()
         d.inotify.close()
         d.backend.close()
+
+
+def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, box_daemon, monkeypatch):
+    import shutil
+
+    from oomkit.policies import BUILTINS
+
+    mount, _ = tree
+    d, offline = box_daemon, []
+    monkeypatch.setattr(BUILTINS["largest-task"], "handle_cgroup_offline",
+                        lambda self, cgroup: offline.append(cgroup), raising=False)
+    d.reconcile()
+    assert set(d.engine.attachments) == {"/box", "/box/job"}
+    shutil.rmtree(mount / "box" / "job")             # the cgroup goes away
+    d.reconcile()
+    assert offline == ["/box/job"]                   # told to the policy on /box
+    assert set(d.engine.attachments) == {"/box"}     # the one on /box/job went with it
+    assert "/box/job" not in d.managed
+
+
+def test_taking_a_cgroup_reads_its_tasks_ahead_of_any_oom(box_daemon):
+    assert len(box_daemon.backend.task_cache) == 0
+    box_daemon.reconcile()
+    assert len(box_daemon.backend.task_cache) == 3   # PID_A, PID_B, PID_C, each once
 
 
 def test_subtree_procs_lists_each_cgroup_of_a_subtree_in_preorder(tree):
