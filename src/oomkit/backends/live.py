@@ -163,25 +163,23 @@ class LiveBackend:
                          lambda path: self._read_tasks(path) if is_within(path, scope) else ())
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
-        # _info() inlined: this runs for every task of the subtree on every OOM.
-        hz, in_flight, proc = self._hz, self._in_flight, self.proc
-        out = [TaskInfo(pid, s.comm, Cmdline(proc, pid), path, s.rss, s.swap, s.pgtables,
-                        s.oom_score_adj, s.uid, s.starttime / hz, s.exiting or pid in in_flight)
-               for pid, path, s in self.task_cache.scan(self.fs.subtree_procs(scope))]
+        out = self.task_cache.scan(self.fs.subtree_procs(scope), self._info)
+        if self._in_flight:      # our victims on their way out (not cached: it changes)
+            dying = self._in_flight
+            out = [t._replace(exiting=True) if t.pid in dying and not t.exiting else t for t in out]
         out.sort()      # by pid: a TaskInfo is a tuple that starts with its (unique) pid
         return out
 
     def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
-        # Exiting: a zombie or dead, in do_exit() (PF_EXITING: killed by anyone,
-        # or leaving by itself), or our own victim on its way out.
+        # Exiting: a zombie or dead, or in do_exit() (PF_EXITING: killed by
+        # anyone, or leaving by itself); _read_tasks() adds our own victims.
         return TaskInfo(pid, s.comm, Cmdline(self.proc, pid), cgroup, s.rss, s.swap, s.pgtables,
-                        s.oom_score_adj, s.uid, s.starttime / self._hz,
-                        s.exiting or pid in self._in_flight)
+                        s.oom_score_adj, s.uid, s.starttime / self._hz, s.exiting)
 
     def warm(self, scope: str) -> int:
         """Read (and cache) every task of ``scope`` now, before any OOM there: the
         daemon does it when it takes a cgroup.  How many tasks it read."""
-        return len(self.task_cache.scan(self.fs.subtree_procs(scope)))
+        return len(self.task_cache.scan(self.fs.subtree_procs(scope), self._info))
 
     def task(self, pid: int) -> TaskInfo | None:
         try:
@@ -195,7 +193,10 @@ class LiveBackend:
         cache = self.task_cache
         with cache.lock:
             s = cache.sample(pid, cgroup)
-        return None if s is None else self._info(pid, cgroup, s)
+        if s is None:
+            return None
+        info = self._info(pid, cgroup, s)
+        return info._replace(exiting=True) if pid in self._in_flight else info
 
     def _swap(self, path: str) -> int:
         return 0

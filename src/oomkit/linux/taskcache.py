@@ -34,14 +34,16 @@ from __future__ import annotations
 import os
 import resource
 import threading
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeVar
 
 from oomkit.errors import TaskGone
 from oomkit.linux import parse
 from oomkit.linux.procfs import ProcFS
 
 _O = os.O_RDONLY | os.O_CLOEXEC
+T = TypeVar("T")
+R = TypeVar("R")
 # fds always left to the rest of the daemon (v1 takes three per managed memcg),
 # beyond those it holds: at least this many, and an eighth of RLIMIT_NOFILE.
 FD_RESERVE = 1024
@@ -61,12 +63,13 @@ class TaskSample(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("statm_fd", "adj_fd", "statm", "adj", "sample", "tag")
+    __slots__ = ("statm_fd", "adj_fd", "statm", "adj", "sample", "tag", "made")
 
     def __init__(self, statm_fd: int, adj_fd: int, tag: object):
         self.statm_fd, self.adj_fd, self.tag = statm_fd, adj_fd, tag
         self.statm = self.adj = b""
         self.sample: TaskSample | None = None     # None: a kernel thread
+        self.made: object = None                  # scan()'s make(pid, tag, sample), kept while both hold
 
 
 class TaskCache:
@@ -107,7 +110,7 @@ class TaskCache:
                     return self._refresh(pid, entry, statm, adj)
                 if adj != entry.adj and entry.sample is not None:
                     entry.sample = entry.sample._replace(oom_score_adj=int(adj))
-                    entry.adj = adj
+                    entry.adj, entry.made = adj, None
                 return entry.sample
         return self._first(pid, tag)
 
@@ -140,7 +143,7 @@ class TaskCache:
             return None
         # adj and statm as the fds read them, before _read(): a change since
         # then shows at the next look, and _read() has the newer values.
-        entry.statm, entry.adj, entry.sample = statm, adj, sample
+        entry.statm, entry.adj, entry.sample, entry.made = statm, adj, sample, None
         return sample
 
     def _read(self, pid: int, starttime: int | None) -> TaskSample | None:
@@ -188,11 +191,14 @@ class TaskCache:
             self._room = (soft - others - reserve) // 2 - len(self._entries)
         return self._room > 0
 
-    def scan(self, groups: Iterable[tuple[object, Sequence[int]]]) -> list[tuple[int, object, TaskSample]]:
-        """(pid, tag, sample) for every process of every (tag, pids) group, kernel
-        threads and tasks gone left out; cached processes of these tags that are
-        not among their pids any more are forgotten."""
-        out = []
+    def scan(self, groups: Iterable[tuple[T, Sequence[int]]],
+             make: Callable[[int, T, TaskSample], R]) -> list[R]:
+        """``make(pid, tag, sample)`` for every process of every (tag, pids)
+        group, kernel threads and tasks gone left out.  A cached process whose
+        sample and tag are unchanged gets the object made last time (it should
+        be immutable).  Cached processes of these tags that are not among their
+        pids any more are forgotten."""
+        out: list[R] = []
         append, entries, pread, sample = out.append, self._entries, os.pread, self.sample
         with self.lock:
             self._counted = False
@@ -204,14 +210,21 @@ class TaskCache:
                     if e is not None and e.tag == tag:
                         try:
                             if pread(e.statm_fd, 512, 0) == e.statm and pread(e.adj_fd, 32, 0) == e.adj:
-                                if e.sample is not None:
-                                    append((pid, tag, e.sample))
+                                if e.made is not None:
+                                    append(e.made)
+                                elif e.sample is not None:
+                                    e.made = make(pid, tag, e.sample)
+                                    append(e.made)
                                 continue
                         except OSError:
                             pass
                     s = sample(pid, tag)
                     if s is not None:
-                        append((pid, tag, s))
+                        made = make(pid, tag, s)
+                        e = entries.get(pid)
+                        if e is not None:
+                            e.made = made
+                        append(made)
                 known = self._by_tag.get(tag)
                 if known:
                     for pid in known.difference(pids):
@@ -220,7 +233,7 @@ class TaskCache:
 
     def _retag(self, pid: int, entry: _Entry, tag: object) -> None:
         self._untag(pid, entry.tag)
-        entry.tag = tag
+        entry.tag, entry.made = tag, None
         self._by_tag.setdefault(tag, set()).add(pid)
 
     def _untag(self, pid: int, tag: object) -> None:

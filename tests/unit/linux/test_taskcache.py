@@ -22,6 +22,10 @@ PID, OTHER = 5_000_101, 5_000_102
 KiB = 1024
 
 
+def TUPLE(pid, tag, sample):
+    return pid, tag, sample
+
+
 def fake_task(proc: Path, pid: int, *, rss_kb: int = 13508, adj: int = 0, start: int = 52831,
               kthread: bool = False, statm: str | None = None) -> Path:
     d = proc / str(pid)
@@ -80,40 +84,40 @@ def test_oom_score_adj_is_read_at_every_look(proc):
     assert cache.sample(PID, "/a").oom_score_adj == 0
     (d / "oom_score_adj").write_text("-500\n")
     assert cache.sample(PID, "/a").oom_score_adj == -500
-    assert cache.scan([("/a", [PID])])[0][2].oom_score_adj == -500
+    assert cache.scan([("/a", [PID])], TUPLE)[0][2].oom_score_adj == -500
 
 
 def test_kernel_threads_are_left_out(proc):
     fake_task(proc, PID, kthread=True)
     fake_task(proc, OTHER)
     cache = TaskCache(ProcFS(proc))
-    assert [pid for pid, _tag, _s in cache.scan([("/", [PID, OTHER])])] == [OTHER]
+    assert [pid for pid, _tag, _s in cache.scan([("/", [PID, OTHER])], TUPLE)] == [OTHER]
     assert cache.sample(PID, "/") is None
 
 
 def test_a_task_gone_between_the_listing_and_the_read_is_left_out(proc):
     fake_task(proc, OTHER)
-    assert [pid for pid, _t, _s in TaskCache(ProcFS(proc)).scan([("/a", [PID, OTHER])])] == [OTHER]
+    assert [pid for pid, _t, _s in TaskCache(ProcFS(proc)).scan([("/a", [PID, OTHER])], TUPLE)] == [OTHER]
 
 
 def test_scan_forgets_tasks_their_cgroup_no_longer_lists(proc):
     fake_task(proc, PID)
     fake_task(proc, OTHER)
     cache = TaskCache(ProcFS(proc))
-    cache.scan([("/a", [PID, OTHER])])
+    cache.scan([("/a", [PID, OTHER])], TUPLE)
     assert len(cache) == 2
-    cache.scan([("/b", [])])                   # another cgroup's scan keeps them
+    cache.scan([("/b", [])], TUPLE)                   # another cgroup's scan keeps them
     assert len(cache) == 2
-    assert [pid for pid, _t, _s in cache.scan([("/a", [OTHER])])] == [OTHER]
+    assert [pid for pid, _t, _s in cache.scan([("/a", [OTHER])], TUPLE)] == [OTHER]
     assert len(cache) == 1
 
 
 def test_a_task_moved_to_another_cgroup_is_kept_under_its_new_one(proc):
     fake_task(proc, PID)
     cache = TaskCache(ProcFS(proc))
-    cache.scan([("/a", [PID])])
-    assert [(pid, tag) for pid, tag, _s in cache.scan([("/b", [PID])])] == [(PID, "/b")]
-    cache.scan([("/a", [])])                   # its old cgroup's scan does not forget it
+    cache.scan([("/a", [PID])], TUPLE)
+    assert [(pid, tag) for pid, tag, _s in cache.scan([("/b", [PID])], TUPLE)] == [(PID, "/b")]
+    cache.scan([("/a", [])], TUPLE)                   # its old cgroup's scan does not forget it
     assert len(cache) == 1
 
 
@@ -127,6 +131,17 @@ def test_a_changed_start_time_is_another_process_and_is_dropped(proc):
     assert cache.sample(PID, "/a") is None and len(cache) == 0
     assert cache.sample(PID, "/a").starttime == 99999  # read afresh as the new process
     assert d.exists()
+
+
+def test_scan_keeps_what_it_made_while_the_task_and_its_cgroup_are_unchanged(proc):
+    d = fake_task(proc, PID, rss_kb=2048)
+    cache = TaskCache(ProcFS(proc))
+    first = cache.scan([("/a", [PID])], TUPLE)[0]
+    assert cache.scan([("/a", [PID])], TUPLE)[0] is first
+    (d / "oom_score_adj").write_text("7\n")
+    second = cache.scan([("/a", [PID])], TUPLE)[0]
+    assert second is not first and second[2].oom_score_adj == 7
+    assert cache.scan([("/b", [PID])], TUPLE)[0][1] == "/b"
 
 
 def test_close_releases_every_fd(proc):
@@ -198,5 +213,5 @@ def test_the_cache_leaves_the_daemon_its_fds_and_reads_the_rest_afresh(proc, mon
     soft = others + taskcache.FD_RESERVE + 20
     monkeypatch.setattr(taskcache.resource, "getrlimit", lambda what: (soft, soft))
     cache = TaskCache(ProcFS(proc))
-    assert [pid for pid, _t, _s in cache.scan([("/a", pids)])] == pids
+    assert [pid for pid, _t, _s in cache.scan([("/a", pids)], TUPLE)] == pids
     assert 8 <= len(cache) <= 10
