@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * oomkit: every user process of one memory-cgroup subtree, in one read().
+ *
+ * A task iterator (kernel/bpf/task_iter.c) visits every task on the machine;
+ * this program writes one fixed-size record (struct rec, parsed by
+ * oomkit/linux/bpftasks.py) for each process whose memory cgroup is the
+ * target cgroup (cfg.target_id, set by user space before each read) or below it.
+ * It replaces, per OOM, reading cgroup.procs of every cgroup of the subtree
+ * and /proc/PID/{statm,status,stat,oom_score_adj} of every task.
+ *
+ * What a record holds, and the kernel code it mirrors:
+ *   rss      get_mm_rss(): MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES (include/linux/mm.h)
+ *   swap     get_mm_counter(mm, MM_SWAPENTS)
+ *   pgtables mm_pgtables_bytes(): mm->pgtables_bytes (bytes already)
+ *            -- the three terms of oom_badness() in mm/oom_kill.c
+ *   oom_score_adj  task->signal->oom_score_adj
+ *   uid      task_uid(): the real uid of the objective creds (task->real_cred),
+ *            what /proc/PID/status shows first on its Uid: line
+ *   starttime  task->start_boottime in clock ticks, as /proc/PID/stat field 22
+ *            (fs/proc/array.c do_task_stat: nsec_to_clock_t(start_boottime)),
+ *            without a time namespace's boot-time offset
+ *   exiting  PF_EXITING (in do_exit()) or exit_state set (zombie, dead)
+ *
+ * The rss counters are the kernel's own approximate ones: since 6.2 (commit
+ * f1a7941243c1, "mm: convert mm's rss stats into percpu_counter") each is a
+ * percpu_counter and get_mm_counter() reads only its central count, which lags
+ * the exact sum by less than percpu_counter_batch (max(32, 2 * online CPUs))
+ * pages per CPU.  /proc/PID/status sums every CPU since 6.16 (task_mem() uses
+ * get_mm_counter_sum()); summing here would cost a read per CPU per counter
+ * per task (upstream measured the OOM killer going from 3 to 80 ms at 10,000
+ * tasks on 256 CPUs when it switched to the sum), so we read the central count
+ * like get_mm_counter().  Before 6.2 the counters are atomic_long_t in
+ * struct mm_rss_stat and per-thread caches (SPLIT_RSS_COUNTING) lag by up to
+ * 64 events per thread; /proc reads the same atomics there.
+ *
+ * Compiled once, run on many kernels (CO-RE): field offsets are relocated by
+ * libbpf against /sys/kernel/btf/vmlinux at load time, and the two layouts of
+ * mm->rss_stat and of cgroup ancestry are told apart with
+ * bpf_core_field_exists().
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define PF_EXITING 0x00000004  /* include/linux/sched.h, unchanged since 2.6 */
+#define PF_KTHREAD 0x00200000
+#define ANY_LEVEL 0xffffffffu
+#define MAX_LEVEL 64           /* deeper targets are not found */
+
+/* One record per process; keep in step with bpftasks.RECORD ("<IiQQQQQII16s"). */
+struct rec {
+	__u32 pid;              /* tgid, in the initial pid namespace */
+	__s32 oom_score_adj;
+	__u64 memcg_id;         /* kernfs id = inode of the memcg's cgroupfs directory */
+	__u64 rss;              /* bytes */
+	__u64 swap;             /* bytes */
+	__u64 pgtables;         /* bytes */
+	__u64 starttime;        /* clock ticks since boot */
+	__u32 uid;
+	__u32 exiting;
+	char comm[16];          /* TASK_COMM_LEN, NUL-padded */
+};
+
+/* Set by user space through the mmap()ed .bss before each read (bpftasks._Config).
+ * One struct, so that its layout is ours, not the compiler's choice of order. */
+struct config {
+	__u64 target_id;        /* kernfs id of the subtree's top cgroup */
+	__u32 target_level;     /* its depth (0: the hierarchy's root), or ANY_LEVEL if not known */
+	__u32 page_shift;       /* log2(page size) */
+	__u64 ns_per_tick;      /* NSEC_PER_SEC / USER_HZ (sysconf(_SC_CLK_TCK)) */
+} cfg;
+
+/* Kernel layouts older than the vmlinux.h we build against (CO-RE flavors). */
+struct mm_rss_stat___old {
+	atomic_long_t count[4];
+} __attribute__((preserve_access_index));
+
+/* <= 6.1: struct mm_rss_stat rss_stat; 6.2+: struct percpu_counter rss_stat[NR_MM_COUNTERS] */
+struct mm_struct___old {
+	struct mm_rss_stat___old rss_stat;
+} __attribute__((preserve_access_index));
+
+/* < 6.0: u64 ancestor_ids[] (ids); 6.0+: struct cgroup *ancestors[] (commit 7f203bc89eb6) */
+struct cgroup___old {
+	int level;
+	__u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 counter(struct mm_struct *mm, int member)
+{
+	long v;
+
+	if (bpf_core_field_exists(((struct mm_struct___old *)0)->rss_stat.count)) {
+		struct mm_struct___old *old = (void *)mm;
+		v = BPF_CORE_READ(old, rss_stat.count[member].counter);
+	} else {
+		v = BPF_CORE_READ(mm, rss_stat[member].count);
+	}
+	return v > 0 ? v : 0;   /* get_mm_counter(): a transiently negative count reads 0 */
+}
+
+static __always_inline bool ancestor_is(struct cgroup *cgrp, __u32 at)
+{
+	if (bpf_core_field_exists(((struct cgroup___old *)0)->ancestor_ids)) {
+		struct cgroup___old *old = (void *)cgrp;
+		__u64 id = 0;
+		bpf_core_read(&id, sizeof(id), &old->ancestor_ids[at]);
+		return id == cfg.target_id;
+	}
+	struct cgroup *anc = NULL;
+	bpf_core_read(&anc, sizeof(anc), &cgrp->ancestors[at]);
+	return anc && BPF_CORE_READ(anc, kn, id) == cfg.target_id;
+}
+
+/* Is cgrp target_id or below it?  Then its ancestor at the target's depth is
+ * the target (cgroup->ancestors[], indexed by level, holds the cgroup itself
+ * last).  With the depth known that is one read; otherwise every ancestor is
+ * compared, root first.  (Rather than walking kernfs_node parents: that field
+ * was renamed __parent in 6.15, and ancestors[] needs no pointer chase.) */
+static __always_inline bool in_subtree(struct cgroup *cgrp)
+{
+	int level = BPF_CORE_READ(cgrp, level);
+	__u32 want = cfg.target_level;
+
+	if (level < 0)
+		return false;
+	if (want != ANY_LEVEL)
+		return want <= (__u32)level && want < MAX_LEVEL && ancestor_is(cgrp, want);
+	for (__u32 at = 0; at < MAX_LEVEL; at++) {
+		if (at > (__u32)level)
+			break;
+		if (ancestor_is(cgrp, at))
+			return true;
+	}
+	return false;
+}
+
+SEC("iter/task")
+int dump_tasks(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct rec r = {};
+
+	if (!task)
+		return 0;       /* the end of the iteration */
+	/* processes only: cgroup.procs lists thread-group leaders */
+	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid))
+		return 0;
+	__u32 flags = BPF_CORE_READ(task, flags);
+	if (flags & PF_KTHREAD)
+		return 0;
+
+	int memcg = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (memcg < 0 || memcg >= 64)
+		return 0;
+	/* task_css(task, memory_cgrp_id)->cgroup: the memcg the task is charged
+	 * to (v1: in the memory hierarchy; v2: the nearest cgroup with the memory
+	 * controller enabled) */
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, subsys[memcg], cgroup);
+	if (!cgrp || !in_subtree(cgrp))
+		return 0;
+
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	int exit_state = BPF_CORE_READ(task, exit_state);
+	if (!mm) {
+		/* A leader that has exited while other threads of its process live
+		 * on has no mm of its own (exit_mm()); cgroup.procs still lists it
+		 * while signal->live is non-zero (kernel/cgroup/cgroup.c
+		 * css_task_iter_advance), so report it, exiting, with no memory,
+		 * as /proc/PID/statm does.  A process entirely gone is left out. */
+		if (BPF_CORE_READ(task, signal, live.counter) <= 0)
+			return 0;
+	} else {
+		__u32 shift = cfg.page_shift;
+		if (shift > 20)
+			shift = 12;
+		r.rss = (counter(mm, MM_FILEPAGES) + counter(mm, MM_ANONPAGES) +
+			 counter(mm, MM_SHMEMPAGES)) << shift;
+		r.swap = counter(mm, MM_SWAPENTS) << shift;
+		long pt = BPF_CORE_READ(mm, pgtables_bytes.counter);
+		r.pgtables = pt > 0 ? pt : 0;
+	}
+
+	r.pid = BPF_CORE_READ(task, tgid);
+	r.oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
+	r.memcg_id = BPF_CORE_READ(cgrp, kn, id);
+	__u64 tick = cfg.ns_per_tick;
+	r.starttime = BPF_CORE_READ(task, start_boottime) / (tick ? tick : 10000000);
+	r.uid = BPF_CORE_READ(task, real_cred, uid.val);
+	r.exiting = (flags & PF_EXITING) || exit_state || !mm;
+	bpf_probe_read_kernel_str(r.comm, sizeof(r.comm), &task->comm);
+
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}

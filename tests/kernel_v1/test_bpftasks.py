@@ -1,0 +1,164 @@
+"""BpfTasks (the BPF task iterator) against /proc and cgroup.procs, on real v1 memcgs.
+
+Each test runs in its own /oomkit-test-<random> memcg (fixture ``sandbox``),
+with processes it started: a few ``sleep`` and one 20 MiB hog.  Skipped, with
+the reason BpfTasks.open() gives, where BPF cannot be used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from helpers.procs import Proc
+from oomkit.errors import KernelError
+from oomkit.linux.bpftasks import BpfTasks, cgroup_key
+from oomkit.linux.procfs import ProcFS
+from oomkit.linux.taskcache import TaskCache
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CPUS = os.cpu_count() or 1
+# rss is read as the kernel's get_mm_counter() reads it: since 6.2 the central
+# count of a percpu_counter, which lags the exact per-CPU sum that
+# /proc/PID/status shows (6.16+) by less than percpu_counter_batch
+# (max(32, 2 * CPUs), lib/percpu_counter.c) pages per CPU, for each of the
+# three counters in rss (file, anon, shmem).
+RSS_SLACK = 3 * max(32, 2 * CPUS) * CPUS * PAGE
+
+
+@pytest.fixture
+def bpf():
+    try:
+        tasks = BpfTasks.open()
+    except KernelError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield tasks
+    finally:
+        tasks.close()
+
+
+@pytest.fixture
+def sleepers(sandbox):
+    started: list[Proc] = []
+
+    def start(cg: str, n: int = 1) -> list[Proc]:
+        assert cg == sandbox.root or cg.startswith(sandbox.root + "/")
+        out = []
+        for _ in range(n):
+            p = Proc(["sleep", "600"])
+            started.append(p)
+            sandbox.fs.attach(cg, p.pid)
+            out.append(p)
+        return out
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.reap()
+
+
+def key(sandbox, cg: str) -> tuple[int, int]:
+    return cgroup_key(sandbox.fs.path(cg), sandbox.fs.mount)
+
+
+def test_reads_exactly_our_subtree_as_proc_shows_it(sandbox, bpf, sleepers):
+    fs = sandbox.fs
+    top = sandbox.cg("a", limit=128 << 20)
+    leaf = sandbox.cg("a/x")
+    other = sandbox.cg("b")                      # the target's sibling: never listed
+    s_top = sleepers(top, 2)
+    s_leaf = sleepers(leaf, 1)
+    sleepers(other, 2)
+    hog = sandbox.hog(leaf, 20, wait_allocated=20)
+    ProcFS().set_oom_score_adj(s_top[0].pid, 500)
+    ProcFS().set_oom_score_adj(s_leaf[0].pid, 300)   # raising needs no CAP_SYS_RESOURCE
+
+    ident, level = key(sandbox, top)
+    got = bpf.read(ident, level)
+    assert bpf.read(ident) == got                # the level only spares the walk of ancestors
+
+    memcg = {p.pid: key(sandbox, top)[0] for p in s_top}
+    memcg.update({p.pid: key(sandbox, leaf)[0] for p in (*s_leaf, hog)})
+    assert sorted(pid for pid, _, _ in got) == sorted(memcg)
+    assert sorted(pid for _, pids in fs.subtree_procs(top) for pid in pids) == sorted(memcg)
+
+    proc = ProcFS()
+    for pid, cg_id, s in got:
+        assert cg_id == memcg[pid]
+        status, stat = proc.status(pid), proc.stat(pid)
+        assert s.comm == stat["comm"]
+        assert s.starttime == stat["starttime"]
+        assert s.uid == status["Uid"]
+        assert s.oom_score_adj == proc.oom_score_adj(pid)
+        assert s.pgtables == status["VmPTE"]     # bytes, VmPTE is whole KiB of pages
+        assert s.swap == status["VmSwap"]
+        assert abs(s.rss - status["VmRSS"]) <= RSS_SLACK, (pid, s.rss, status["VmRSS"])
+        assert s.exiting is False
+    by_pid = {pid: s for pid, _, s in got}
+    assert by_pid[s_top[0].pid].oom_score_adj == 500
+    assert by_pid[s_leaf[0].pid].oom_score_adj == 300
+    assert by_pid[hog.pid].rss >= 20 << 20
+
+    # the same samples TaskCache reads from /proc, but for the approximate rss
+    cache = TaskCache(proc)
+    try:
+        scanned = dict(cache.scan(fs.subtree_procs(top), lambda pid, tag, s: (pid, s)))
+    finally:
+        cache.close()
+    assert {pid: s._replace(rss=0) for pid, s in scanned.items()} == \
+        {pid: s._replace(rss=0) for pid, s in by_pid.items()}
+
+
+def test_leaf_sibling_and_root_of_sandbox(sandbox, bpf, sleepers):
+    a, b = sandbox.cg("a"), sandbox.cg("b")
+    pa, pb = sleepers(a)[0].pid, sleepers(b)[0].pid
+    assert [pid for pid, _, _ in bpf.read(*key(sandbox, a))] == [pa]
+    assert [pid for pid, _, _ in bpf.read(*key(sandbox, b))] == [pb]
+    assert sorted(pid for pid, _, _ in bpf.read(*key(sandbox, sandbox.root))) == sorted([pa, pb])
+    empty = sandbox.cg("a/empty")
+    assert bpf.read(*key(sandbox, empty)) == []
+    assert bpf.read(*key(sandbox, empty)[:1]) == []
+
+
+def test_a_task_that_exits_is_gone_at_the_next_read(sandbox, bpf, sleepers):
+    cg = sandbox.cg("a")
+    first, second = sleepers(cg, 2)
+    k = key(sandbox, cg)
+    assert sorted(pid for pid, _, _ in bpf.read(*k)) == sorted([first.pid, second.pid])
+    first.kill()
+    assert first.wait_exit(10)
+    # a zombie now (we have not reaped it): gone from cgroup.procs, and from the read
+    assert [pid for pid, _, _ in bpf.read(*k)] == [second.pid]
+    first.reap()
+    assert [pid for pid, _, _ in bpf.read(*k)] == [second.pid]
+
+
+def test_our_own_process_and_threads(bpf):
+    # Not in a sandbox: the memcg this test process runs in, read-only.  One
+    # record per process (threads are not listed), ours among them.
+    import threading
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        mount = "/sys/fs/cgroup/memory"
+        rel = ProcFS().cgroup(os.getpid(), "v1")
+        got = bpf.read(*cgroup_key(mount + rel.rstrip("/"), mount))
+    finally:
+        stop.set()
+        t.join()
+    mine = [s for pid, _, s in got if pid == os.getpid()]
+    assert len(mine) == 1
+    assert mine[0].comm == ProcFS().stat(os.getpid())["comm"]
+    assert len({pid for pid, _, _ in got}) == len(got)
+
+
+def test_closed_reader_refuses(bpf):
+    bpf.close()
+    with pytest.raises(KernelError, match="closed"):
+        bpf.read(1)
+    bpf.close()                                  # twice is fine

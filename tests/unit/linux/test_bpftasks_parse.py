@@ -1,0 +1,101 @@
+"""bpftasks: the record format of tasks.bpf.c, and why BpfTasks.open() refuses.
+
+No BPF needed: records are packed here as the program writes them (struct rec
+in src/oomkit/linux/bpf/tasks.bpf.c), and open() is pointed at what is missing.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from oomkit.errors import KernelError
+from oomkit.linux import bpftasks
+from oomkit.linux.bpftasks import RECORD, BpfTasks, cgroup_key, parse
+from oomkit.linux.taskcache import TaskSample
+
+MiB = 1 << 20
+
+
+def rec(pid=4587, adj=0, memcg=1018052, rss=20 * MiB, swap=0, pgtables=81920, start=791195,
+        uid=0, exiting=0, comm=b"python3"):
+    return RECORD.pack(pid, adj, memcg, rss, swap, pgtables, start, uid, exiting, comm)
+
+
+def test_record_is_the_c_struct():
+    # u32 pid, s32 adj, 5 x u64, u32 uid, u32 exiting, char comm[16]: no padding anywhere
+    assert RECORD.size == 72
+    assert RECORD.size % 8 == 0
+
+
+def test_parse_one_record_per_process():
+    data = rec() + rec(pid=7, adj=-1000, memcg=35, rss=0, swap=4096, pgtables=0, start=1,
+                       uid=1000, exiting=1, comm=b"sleep")
+    assert parse(data) == [
+        (4587, 1018052, TaskSample("python3", 20 * MiB, 0, 81920, 0, 0, 791195, False)),
+        (7, 35, TaskSample("sleep", 0, 4096, 0, -1000, 1000, 1, True)),
+    ]
+
+
+def test_parse_comm_full_length_padding_and_bad_utf8():
+    full = parse(rec(comm=b"0123456789abcdef"))      # TASK_COMM_LEN: 15 chars + NUL in the kernel,
+    assert full[0][2].comm == "0123456789abcdef"     # but never trust it: all 16 if no NUL
+    assert parse(rec(comm=b"a\0stale-bytes"))[0][2].comm == "a"
+    assert parse(rec(comm=b"caf\xc3"))[0][2].comm == "caf\ufffd"
+
+
+def test_parse_nothing_and_types():
+    assert parse(b"") == []
+    (pid, memcg, s), = parse(bytearray(rec()))
+    assert isinstance(s, TaskSample) and s.exiting is False
+
+
+def test_parse_rejects_a_torn_record():
+    with pytest.raises(struct.error):
+        parse(rec()[:-1])
+
+
+def test_cgroup_key_is_inode_and_depth(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    ino = (tmp_path / "a" / "b").stat().st_ino
+    assert cgroup_key(tmp_path / "a" / "b", tmp_path) == (ino, 2)
+    assert cgroup_key(tmp_path, tmp_path)[1] == 0
+    with pytest.raises(KernelError):
+        cgroup_key(tmp_path / "gone", tmp_path)
+
+
+def test_open_says_why_without_btf(monkeypatch, tmp_path):
+    monkeypatch.setattr(bpftasks, "VMLINUX_BTF", str(tmp_path / "vmlinux"))
+    with pytest.raises(KernelError, match="no kernel BTF"):
+        BpfTasks.open()
+
+
+def test_open_says_why_without_object(tmp_path):
+    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+        pytest.skip("this kernel has no BTF: that check comes first")
+    with pytest.raises(KernelError, match="no .*tasks.bpf.o.*make -C"):
+        BpfTasks.open(tmp_path / "tasks.bpf.o")
+
+
+def test_open_says_why_without_libbpf(monkeypatch, tmp_path):
+    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+        pytest.skip("this kernel has no BTF: that check comes first")
+    obj = tmp_path / "tasks.bpf.o"
+    obj.write_bytes(b"")
+    monkeypatch.setattr(bpftasks, "LIBBPF", "libbpf-not-here.so.0")
+    with pytest.raises(KernelError, match="cannot load libbpf-not-here"):
+        BpfTasks.open(obj)
+
+
+def test_open_says_why_for_a_bad_object(tmp_path):
+    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+        pytest.skip("this kernel has no BTF: that check comes first")
+    try:
+        bpftasks._libbpf()
+    except KernelError:
+        pytest.skip("no libbpf.so.1 here")
+    obj = tmp_path / "tasks.bpf.o"
+    obj.write_bytes(b"not an ELF file")
+    with pytest.raises(KernelError, match="BPF unavailable: open"):
+        BpfTasks.open(obj)
