@@ -36,7 +36,9 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from oomkit.errors import KernelError, NotPermitted
 from oomkit.linux._oserror import translate
@@ -50,6 +52,7 @@ LIBBPF = "libbpf.so.1"
 # starttime, uid, exiting, comm[16] -- 72 bytes, little-endian (x86, arm64).
 RECORD = struct.Struct("<IiQQQQQII16s")
 ANY_LEVEL = 0xFFFFFFFF
+R = TypeVar("R")
 _READ = 1 << 20     # bytes asked per read(); the seq_file hands out up to its buffer (8 pages) each time
 
 
@@ -140,6 +143,8 @@ class BpfTasks:
                  cfg: _Config):
         self._lib, self._obj, self._link, self._link_fd = lib, obj, link, link_fd
         self._bss, self._cfg = bss, cfg
+        self._make: Callable | None = None
+        self._made: dict[bytes, object] = {}    # record -> what read() made of it
         self.lock = threading.Lock()
 
     @classmethod
@@ -193,11 +198,32 @@ class BpfTasks:
         g.ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
         return cls(lib, obj, link, link_fd, bss, g)
 
-    def read(self, cgroup_id: int, level: int | None = None) -> list[tuple[int, int, TaskSample]]:
+    def read(self, cgroup_id: int, level: int | None = None,
+             make: Callable[[int, int, TaskSample], R] | None = None) -> list:
         """(pid, memcg id, sample) of every process whose memory cgroup is the
         one with inode ``cgroup_id`` or below it; ``level`` (its depth, see
-        :func:`cgroup_key`) if known spares the program a walk of ancestors."""
-        return parse(self.read_raw(cgroup_id, level))
+        :func:`cgroup_key`) if known spares the program a walk of ancestors.
+
+        With ``make``, ``make(pid, memcg id, sample)`` for each instead (as
+        :meth:`TaskCache.scan`).  A process whose record is byte for byte the
+        one of an earlier read gets the object made then (it should be
+        immutable): a dict hit costs a quarter of unpacking and making one.
+        """
+        data = self.read_raw(cgroup_id, level)
+        with self.lock:
+            if make is not self._make:
+                self._make, self._made = make, {}
+            made, size = self._made, RECORD.size
+            keys = [data[i:i + size] for i in range(0, len(data), size)]
+            out = list(map(made.get, keys))
+            if None in out:
+                for i, (k, m) in enumerate(zip(keys, out)):
+                    if m is None:
+                        (m,) = parse(k)
+                        out[i] = made[k] = m if make is None else make(*m)
+            if len(made) > 2 * len(keys) + 1024:     # forget records no read returns any more
+                self._made = dict(zip(keys, out))
+        return out
 
     def read_raw(self, cgroup_id: int, level: int | None = None) -> bytes:
         """The records of :meth:`read`, unparsed."""

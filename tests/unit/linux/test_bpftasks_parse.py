@@ -99,3 +99,45 @@ def test_open_says_why_for_a_bad_object(tmp_path):
     obj.write_bytes(b"not an ELF file")
     with pytest.raises(KernelError, match="BPF unavailable: open"):
         BpfTasks.open(obj)
+
+
+class FakeReader(BpfTasks):
+    """BpfTasks.read()'s parsing and reuse, over records given here (no BPF)."""
+
+    def __init__(self):
+        import threading
+        self.lock = threading.Lock()
+        self._make, self._made = None, {}
+        self.data = b""
+
+    def read_raw(self, cgroup_id, level=None):
+        return self.data
+
+
+def test_read_reuses_what_it_made_for_an_unchanged_record():
+    r = FakeReader()
+    r.data = rec(pid=1) + rec(pid=2)
+    made = []
+
+    def make(pid, memcg, sample):
+        made.append(pid)
+        return ("task", pid, memcg, sample.rss)
+
+    first = r.read(5, make=make)
+    assert first == [("task", 1, 1018052, 20 * MiB), ("task", 2, 1018052, 20 * MiB)]
+    r.data = rec(pid=1) + rec(pid=2, rss=21 * MiB) + rec(pid=3)
+    second = r.read(5, make=make)
+    assert made == [1, 2, 2, 3]                    # pid 1 unchanged: not made again
+    assert second[0] is first[0]
+    assert second[1] == ("task", 2, 1018052, 21 * MiB)
+    # without make: the (pid, memcg id, sample) triples, cached apart from make's objects
+    assert r.read(5) == parse(r.data)
+    assert r.read(5)[0] is r.read(5)[0]
+
+
+def test_read_forgets_records_no_read_returns():
+    r = FakeReader()
+    for start in range(3000):                      # 3,000 reads of one task, each changed
+        r.data = rec(start=start)
+        assert r.read(5)[0][2].starttime == start
+    assert len(r._made) <= 2 + 1024 + 1

@@ -95,9 +95,9 @@ static __always_inline __u64 counter(struct mm_struct *mm, int member)
 
 	if (bpf_core_field_exists(((struct mm_struct___old *)0)->rss_stat.count)) {
 		struct mm_struct___old *old = (void *)mm;
-		v = BPF_CORE_READ(old, rss_stat.count[member].counter);
+		v = old->rss_stat.count[member].counter;
 	} else {
-		v = BPF_CORE_READ(mm, rss_stat[member].count);
+		v = mm->rss_stat[member].count;
 	}
 	return v > 0 ? v : 0;   /* get_mm_counter(): a transiently negative count reads 0 */
 }
@@ -138,6 +138,14 @@ static __always_inline bool in_subtree(struct cgroup *cgrp)
 	return false;
 }
 
+/*
+ * Fields are read by plain dereference: in a tracing program (iter/task is
+ * one) a load through a BTF-typed kernel pointer is checked by the verifier
+ * and done with an exception-table entry (BPF_PROBE_MEM, 5.5+), so a helper
+ * call (bpf_probe_read_kernel) per field is not needed; the offsets are still
+ * CO-RE relocations (vmlinux.h marks every type preserve_access_index).
+ * Only the variable-index ancestors[] read goes through bpf_core_read().
+ */
 SEC("iter/task")
 int dump_tasks(struct bpf_iter__task *ctx)
 {
@@ -148,31 +156,35 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	if (!task)
 		return 0;       /* the end of the iteration */
 	/* processes only: cgroup.procs lists thread-group leaders */
-	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid))
+	if (task->pid != task->tgid)
 		return 0;
-	__u32 flags = BPF_CORE_READ(task, flags);
+	__u32 flags = task->flags;
 	if (flags & PF_KTHREAD)
 		return 0;
 
-	int memcg = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
-	if (memcg < 0 || memcg >= 64)
-		return 0;
 	/* task_css(task, memory_cgrp_id)->cgroup: the memcg the task is charged
 	 * to (v1: in the memory hierarchy; v2: the nearest cgroup with the memory
-	 * controller enabled) */
-	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, subsys[memcg], cgroup);
+	 * controller enabled).  The enum's value depends on the kernel's config. */
+	struct css_set *cset = task->cgroups;
+	if (!cset)
+		return 0;
+	struct cgroup_subsys_state *css =
+		cset->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
+	if (!css)
+		return 0;
+	struct cgroup *cgrp = css->cgroup;
 	if (!cgrp || !in_subtree(cgrp))
 		return 0;
 
-	struct mm_struct *mm = BPF_CORE_READ(task, mm);
-	int exit_state = BPF_CORE_READ(task, exit_state);
+	struct mm_struct *mm = task->mm;
+	struct signal_struct *sig = task->signal;
 	if (!mm) {
 		/* A leader that has exited while other threads of its process live
 		 * on has no mm of its own (exit_mm()); cgroup.procs still lists it
 		 * while signal->live is non-zero (kernel/cgroup/cgroup.c
 		 * css_task_iter_advance), so report it, exiting, with no memory,
 		 * as /proc/PID/statm does.  A process entirely gone is left out. */
-		if (BPF_CORE_READ(task, signal, live.counter) <= 0)
+		if (!sig || sig->live.counter <= 0)
 			return 0;
 	} else {
 		__u32 shift = cfg.page_shift;
@@ -181,18 +193,21 @@ int dump_tasks(struct bpf_iter__task *ctx)
 		r.rss = (counter(mm, MM_FILEPAGES) + counter(mm, MM_ANONPAGES) +
 			 counter(mm, MM_SHMEMPAGES)) << shift;
 		r.swap = counter(mm, MM_SWAPENTS) << shift;
-		long pt = BPF_CORE_READ(mm, pgtables_bytes.counter);
+		long pt = mm->pgtables_bytes.counter;
 		r.pgtables = pt > 0 ? pt : 0;
 	}
 
-	r.pid = BPF_CORE_READ(task, tgid);
-	r.oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
-	r.memcg_id = BPF_CORE_READ(cgrp, kn, id);
+	r.pid = task->tgid;
+	if (sig)
+		r.oom_score_adj = sig->oom_score_adj;
+	r.memcg_id = cgrp->kn->id;
 	__u64 tick = cfg.ns_per_tick;
-	r.starttime = BPF_CORE_READ(task, start_boottime) / (tick ? tick : 10000000);
-	r.uid = BPF_CORE_READ(task, real_cred, uid.val);
-	r.exiting = (flags & PF_EXITING) || exit_state || !mm;
-	bpf_probe_read_kernel_str(r.comm, sizeof(r.comm), &task->comm);
+	r.starttime = task->start_boottime / (tick ? tick : 10000000);
+	const struct cred *cred = task->real_cred;
+	if (cred)
+		r.uid = cred->uid.val;
+	r.exiting = (flags & PF_EXITING) || task->exit_state || !mm;
+	__builtin_memcpy(r.comm, task->comm, sizeof(r.comm));
 
 	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
