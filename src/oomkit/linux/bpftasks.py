@@ -119,7 +119,7 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, c
 
 @_PRINT
 def _keep(level: int, fmt: bytes, args: int) -> int:
-    buf = ctypes.create_string_buffer(1024)
+    buf = ctypes.create_string_buffer(1 << 20)     # a verifier log comes in one message
     _libc.vsnprintf(buf, len(buf), fmt, args)
     _log.append(buf.value.decode(errors="replace").rstrip())
     del _log[:-40]
@@ -130,6 +130,12 @@ def _fail(what: str, err: int) -> KernelError:
     """The error for a failed libbpf/bpf call (``err`` positive errno), with libbpf's last words."""
     why = os.strerror(err) if err else "failed"
     detail = next((line for line in reversed(_log) if line), "")
+    for msg in reversed(_log):      # the verifier's own reason: the last line of its log
+        if "-- END PROG LOAD LOG --" in msg:
+            lines = [ln for ln in msg.split("-- END PROG LOAD LOG --")[0].splitlines()
+                     if ln.strip() and not ln.startswith(("processed ", "verification time"))]
+            detail = (lines[-1].strip() if lines else detail) + "; " + detail
+            break
     text = f"BPF unavailable: {what}: {why}" + (f" (libbpf: {detail})" if detail else "")
     if err in (E.EPERM, E.EACCES):
         return NotPermitted(text + " (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)", errno=err)

@@ -141,3 +141,15 @@ def test_read_forgets_records_no_read_returns():
         r.data = rec(start=start)
         assert r.read(5)[0][2].starttime == start
     assert len(r._made) <= 2 + 1024 + 1
+
+
+def test_failure_names_the_verifiers_reason(monkeypatch):
+    from oomkit.errors import NotPermitted
+    log = ["libbpf: prog 'dump_tasks': BPF program load failed: Invalid argument",
+           "libbpf: prog 'dump_tasks': -- BEGIN PROG LOAD LOG --\n0: (79) r0 = *(u64 *)(r5 +0)\n"
+           "Type 'atomic_long_t' is not a struct\nprocessed 1546 insns\n-- END PROG LOAD LOG --",
+           "libbpf: failed to load object 'tasks.bpf.o'"]
+    monkeypatch.setattr(bpftasks, "_log", log)
+    err = bpftasks._fail("load the task iterator", 22)
+    assert "Invalid argument" in str(err) and "'atomic_long_t' is not a struct" in str(err)
+    assert isinstance(bpftasks._fail("load", 1), NotPermitted)

@@ -94,8 +94,11 @@ static __always_inline __u64 counter(struct mm_struct *mm, int member)
 	long v;
 
 	if (bpf_core_field_exists(((struct mm_struct___old *)0)->rss_stat.count)) {
+		/* A helper read: the 6.1 verifier cannot walk a plain load into an
+		 * array of typedef'd structs ("Type 'atomic_long_t' is not a struct",
+		 * kernel/bpf/btf.c btf_struct_walk). */
 		struct mm_struct___old *old = (void *)mm;
-		v = old->rss_stat.count[member].counter;
+		v = BPF_CORE_READ(old, rss_stat.count[member].counter);
 	} else {
 		v = mm->rss_stat[member].count;
 	}
