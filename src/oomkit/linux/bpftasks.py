@@ -119,6 +119,8 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, c
 
 @_PRINT
 def _keep(level: int, fmt: bytes, args: int) -> int:
+    if level >= 2:      # LIBBPF_DEBUG: CO-RE relocation notes; the verifier log is a warning
+        return 0
     buf = ctypes.create_string_buffer(1 << 20)     # a verifier log comes in one message
     _libc.vsnprintf(buf, len(buf), fmt, args)
     _log.append(buf.value.decode(errors="replace").rstrip())
@@ -169,7 +171,7 @@ class BpfTasks:
         obj = lib.bpf_object__open_file(os.fsencode(obj_file), None)
         if not obj:     # libbpf 1.0+: NULL and errno
             raise _fail(f"open {obj_file}", ctypes.get_errno())
-        link = None
+        link = bss = None
         try:
             rc = lib.bpf_object__load(obj)
             if rc < 0:
@@ -193,6 +195,8 @@ class BpfTasks:
                 raise _fail("attach the task iterator", ctypes.get_errno())
             link_fd = lib.bpf_link__fd(link)
         except BaseException:
+            if bss is not None:
+                bss.close()
             if link:
                 lib.bpf_link__destroy(link)
             lib.bpf_object__close(obj)
