@@ -150,11 +150,11 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
         elif points == best:
             tied.append(task)
     if exiting_tasks:       # oom_evaluate_task()'s abort: at the first exiting task met
-        return Decision(waiting_for=_in_scan_order(exiting_tasks, cgroups, level, memcg)[0])
+        return Decision(waiting_for=_met(min, exiting_tasks, cgroups, level, memcg))
     if not tied:
         return Decision()
     # oom_evaluate_task() keeps a later task of equal points: the last one met wins.
-    chosen = _in_scan_order(tied, cgroups, level, memcg)[-1]
+    chosen = _met(max, tied, cgroups, level, memcg)
     return kill_decision(chosen, best, cgroups, memcg if level == "memcg" else "/", tasks)
 
 
@@ -165,13 +165,16 @@ def _in_memcg(tasks: Iterable[TaskInfo], memcg: str) -> list[TaskInfo]:
     return [t for t in tasks if t.cgroup == memcg or t.cgroup.startswith(prefix)]
 
 
-def _in_scan_order(tasks: list[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
-                   memcg: str) -> list[TaskInfo]:
-    """:func:`scan_order` of a few tasks; the cgroup tree is walked only if
-    they are in more than one cgroup."""
-    if len(tasks) == 1 or level != "memcg" or len({t.cgroup for t in tasks}) == 1:
-        return sorted(tasks)    # a TaskInfo is a tuple that starts with its (unique) pid
-    return scan_order(tasks, cgroups, level, memcg)
+def _met(first_or_last, tasks: list[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
+         memcg: str) -> TaskInfo:
+    """The first (``min``) or last (``max``) of a few tasks in :func:`scan_order`,
+    all in the OOM's scope; the cgroup tree is looked at only if they are in
+    more than one cgroup."""
+    paths = {t.cgroup for t in tasks}
+    if level != "memcg" or len(paths) == 1:
+        return first_or_last(tasks)     # a TaskInfo is a tuple that starts with its (unique) pid
+    rank = _preorder_rank(paths, cgroups, memcg)
+    return first_or_last(tasks, key=lambda t: (rank[t.cgroup], t.pid))
 
 
 def kill_decision(victim: TaskInfo, points: int, cgroups: Mapping[str, CgroupInfo], domain: str,

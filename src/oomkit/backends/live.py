@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from oomkit.errors import CgroupGone, TaskGone
 from oomkit.linux import parse, pidfd
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
+from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.taskcache import TaskCache, TaskSample
 
 log = logging.getLogger("oomkit")
@@ -126,11 +128,19 @@ class LiveBackend:
 
     def __init__(self, fs: CgroupFS, proc: ProcFS, *, clock: Clock | None = None,
                  protected_pids: Sequence[int] = (), dry_run: bool = False,
-                 tick: Callable[[], None] = lambda: None, proc_cache: int = 10_000):
+                 tick: Callable[[], None] = lambda: None, proc_cache: int = 10_000,
+                 bpf: BpfTasks | None = None):
         self.fs, self.proc = fs, proc
-        # /proc fds kept between OOMs: an OOM re-reads two small files per task
-        # instead of opening three (linux/taskcache.py says what that costs).
+        # How an OOM's tasks are read: with ``bpf``, a task iterator's one read
+        # per OOM (linux/bpftasks.py); otherwise /proc through fds kept between
+        # OOMs, two small files per task (linux/taskcache.py).  Single tasks
+        # (task(), task_info()) always come from the cache.
+        self.bpf = bpf
         self.task_cache = TaskCache(proc, proc_cache)
+        self._cgroup_paths: dict[int, str] = {}     # BPF's memcg ids -> cgroup
+        self._bpf_scope = "/"
+        self._bpf_lock = threading.Lock()
+        self._bpf_make = self._bpf_info   # one bound method: bpf.read() keeps what it made per make
         self.clock = clock or MonotonicClock()
         self.protected_pids = {1, os.getpid(), *protected_pids}
         self.dry_run = dry_run
@@ -163,12 +173,40 @@ class LiveBackend:
                          lambda path: self._read_tasks(path) if is_within(path, scope) else ())
 
     def _read_tasks(self, scope: str) -> list[TaskInfo]:
-        out = self.task_cache.scan(self.fs.subtree_procs(scope), self._info)
+        if self.bpf is not None:
+            out = self._read_tasks_bpf(scope)
+        else:
+            out = self.task_cache.scan(self.fs.subtree_procs(scope), self._info)
         if self._in_flight:      # our victims on their way out (not cached: it changes)
             dying = self._in_flight
             out = [t._replace(exiting=True) if t.pid in dying and not t.exiting else t for t in out]
         out.sort()      # by pid: a TaskInfo is a tuple that starts with its (unique) pid
         return out
+
+    def _read_tasks_bpf(self, scope: str) -> list[TaskInfo]:
+        top, level = cgroup_key(self.fs.path(scope), self.fs.mount)
+        with self._bpf_lock:
+            self._bpf_scope = scope
+            return self.bpf.read(top, level, self._bpf_make)
+
+    def _bpf_info(self, pid: int, memcg_id: int, s: TaskSample) -> TaskInfo:
+        """A task from the iterator's record (made once per distinct record):
+        its memcg id named through the ids of the subtree's directories, read
+        again when an id is new (a cgroup made since)."""
+        path = self._cgroup_paths.get(memcg_id)
+        if path is None:
+            if len(self._cgroup_paths) > 65536:        # cgroups come and go: stay bounded
+                self._cgroup_paths.clear()
+            self._cgroup_paths.update(self.fs.cgroup_ids(self._bpf_scope))
+            path = self._cgroup_paths.get(memcg_id) or self._cgroup_of(pid)
+        return self._info(pid, path, s)
+
+    def _cgroup_of(self, pid: int) -> str:
+        """/proc/PID/cgroup, for a task in a cgroup made and gone between two looks."""
+        try:
+            return self.proc.cgroup(pid, self.fs.version) or self._bpf_scope
+        except TaskGone:
+            return self._bpf_scope
 
     def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
         # Exiting: a zombie or dead, or in do_exit() (PF_EXITING: killed by
@@ -292,6 +330,8 @@ class LiveBackend:
             os.close(fd)
         self._in_flight.clear()
         self.task_cache.close()
+        if self.bpf is not None:
+            self.bpf.close()
 
 
 def victims_from_kmsg(records: list[str]) -> list[Release]:

@@ -141,7 +141,34 @@ class CgroupFS:
                 raise err from exc
             out.append((name, pids))
             prefix = "" if name == "/" else name
-            stack.extend((f"{prefix}/{n}", f"{d}/{n}", nlink == 2) for n, nlink in reversed(kids))
+            stack.extend((f"{prefix}/{n}", f"{d}/{n}", nlink == 2) for n, nlink, _ino in reversed(kids))
+        return out
+
+    def cgroup_ids(self, cg: str) -> dict[int, str]:
+        """{id: cgroup} for ``cg`` and every cgroup below it, where the id is the
+        directory's inode number: the kernfs node id on 64-bit (fs/kernfs/inode.c
+        ``kernfs_init_inode``), what a BPF program reads as ``cgroup->kn->id``.
+        Leaves are not listed (see :meth:`subtree_procs`); one removed meanwhile is skipped."""
+        top = str(self.path(cg))
+        try:
+            out = {os.stat(top).st_ino: cg}
+        except OSError as exc:
+            err = translate(exc, top, CgroupGone, "stat")
+            if isinstance(err, CgroupGone):
+                return {}
+            raise err from exc
+        stack = [(cg, top)]
+        while stack:
+            name, d = stack.pop()
+            try:
+                kids = _subdirs(d)
+            except CgroupGone:
+                continue
+            prefix = "" if name == "/" else name
+            for n, nlink, ino in kids:
+                out[ino] = f"{prefix}/{n}"
+                if nlink != 2:
+                    stack.append((f"{prefix}/{n}", f"{d}/{n}"))
         return out
 
     def procs(self, cg: str) -> list[int]:
@@ -293,12 +320,12 @@ def _v2_has_memory(mount: Path) -> bool:
         return False
 
 
-def _subdirs(d: str) -> list[tuple[str, int]]:
-    """(name, link count) of each subdirectory of ``d``, sorted by name; link
-    count 0 (unknown) for one removed meanwhile."""
+def _subdirs(d: str) -> list[tuple[str, int, int]]:
+    """(name, link count, inode) of each subdirectory of ``d``, sorted by name;
+    link count 0 (unknown) for one removed meanwhile."""
     with os_errors(d, CgroupGone, "list"):
         with os.scandir(d) as it:
-            return sorted((e.name, _nlink(e)) for e in it if e.is_dir(follow_symlinks=False))
+            return sorted((e.name, _nlink(e), e.inode()) for e in it if e.is_dir(follow_symlinks=False))
 
 
 def _nlink(entry: os.DirEntry) -> int:

@@ -75,6 +75,8 @@ class Preferences(OOMPolicy):
 
     def ranked(self, tasks: Iterable[TaskInfo], key) -> list[TaskInfo]:
         """``tasks`` without the omitted, by class, then by ``key`` within it."""
+        if not self.lists:          # no lists, one class: the usual case, and the fast one
+            return sorted(tasks, key=key)
         tiers = {t.pid: self.tier((t,)) for t in tasks}
         return sorted((t for t in tasks if tiers[t.pid] is not None),
                       key=lambda t: (tiers[t.pid], key(t)))
