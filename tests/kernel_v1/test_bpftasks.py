@@ -162,3 +162,28 @@ def test_closed_reader_refuses(bpf):
     with pytest.raises(KernelError, match="closed"):
         bpf.read(1)
     bpf.close()                                  # twice is fine
+
+
+def test_the_live_backend_reads_the_same_tasks_with_either_reader(sandbox, bpf, sleepers):
+    """CgroupV1Backend._read_tasks() through BPF (memcg ids named by the
+    subtree's directory inodes) and through the /proc cache: the same tasks in
+    the same cgroups; a cgroup made after the first read is named too."""
+    from oomkit.backends.cgroup_v1 import CgroupV1Backend
+
+    top = sandbox.cg("a")
+    sleepers(sandbox.cg("a/x"), 2)
+    sleepers(top, 1)
+    with_bpf = CgroupV1Backend(sandbox.fs, ProcFS(), dry_run=True, bpf=bpf)
+    with_proc = CgroupV1Backend(sandbox.fs, ProcFS(), dry_run=True)
+    try:
+        def seen(backend):
+            return [(t.pid, t.name, t.cgroup, t.oom_score_adj, t.exiting) for t in backend._read_tasks(top)]
+
+        assert seen(with_bpf) == seen(with_proc) and len(seen(with_proc)) == 3
+        late = sleepers(sandbox.cg("a/late"), 1)[0]           # an id the backend has not met
+        assert (late.pid, "sleep", f"{top}/late") in [t[:3] for t in seen(with_bpf)]
+        assert seen(with_bpf) == seen(with_proc)
+    finally:
+        with_bpf.bpf = None              # the fixture closes the reader
+        with_bpf.close()
+        with_proc.close()

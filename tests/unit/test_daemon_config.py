@@ -42,7 +42,7 @@ def test_defaults_and_units():
     assert config.hierarchy == "auto" and config.settings.handler_deadline == 0.05
     assert config.settings.backoff_wait == 0.5 and config.watchdog_timeout == 1.0
     assert str(config.pressure) == "some 150000 2000000"
-    assert config.proc_cache == 10_000
+    assert config.proc_cache == 10_000 and config.task_reader == "auto"
 
 
 @pytest.mark.parametrize("old,new,words", [
@@ -53,6 +53,7 @@ def test_defaults_and_units():
     ('policy = "largest-task"', 'policy = "nope"', ["attach[0].policy", "unknown policy"]),
     ('event_log = "-"', 'event_log = "-"\npressure = "some 10ms 99s"', ["daemon.pressure"]),
     ('dry_run = false', 'dry_run = false\nproc_cache = -1', ["daemon.proc_cache", "0 or more"]),
+    ('dry_run = false', 'dry_run = false\ntask_reader = "ebpf"', ["daemon.task_reader", '"bpf"']),
 ])
 def test_bad_configs_get_one_clear_line(tmp_path, old, new, words):
     result = check(tmp_path, GOOD.replace(old, new, 1))
@@ -67,3 +68,12 @@ def test_two_attachments_on_one_cgroup_is_an_error():
     with pytest.raises(ConfigError, match="already has a policy"):
         resolve({"attach": [{"cgroup": "/a", "policy": "largest-task"},
                             {"cgroup": "/a", "policy": "newest-task"}]})
+
+
+def test_task_reader_bpf_needs_the_running_kernels_proc():
+    from oomkit.daemon.main import open_task_reader
+
+    assert open_task_reader("auto", "/tmp/fake-proc") is None     # a test's fake tree: /proc reads
+    assert open_task_reader("proc", "/proc") is None
+    with pytest.raises(ConfigError, match="reads the running kernel"):
+        open_task_reader("bpf", "/tmp/fake-proc")

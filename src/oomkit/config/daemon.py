@@ -31,6 +31,7 @@ class DaemonSpec(_Strict):
     event_log: str = "/var/log/oomkit/events.jsonl"
     dry_run: bool = False
     watchdog_timeout: Duration = "1s"
+    task_reader: str = "auto"       # how an OOM's tasks are read: "bpf", "proc", or "auto" (bpf if it loads)
     proc_cache: int = 10_000        # tasks whose /proc fds are kept between OOMs (0: none)
     # cgroup v2 and system-wide: when to run the chain before the kernel would
     headroom: Size = "0"
@@ -81,6 +82,7 @@ class DaemonConfig:
     event_log: str
     dry_run: bool
     watchdog_timeout: float
+    task_reader: str
     proc_cache: int
     headroom: int
     pressure: PSITrigger
@@ -100,6 +102,9 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     if d.cgroup not in ("auto", "v1", "v2"):
         raise ConfigError(f"{d.cgroup!r} is not a hierarchy", file=file, where="daemon.cgroup",
                           hint='use "auto", "v1" or "v2"')
+    if d.task_reader not in ("auto", "bpf", "proc"):
+        raise ConfigError(f"{d.task_reader!r} is not a task reader", file=file, where="daemon.task_reader",
+                          hint='use "auto", "bpf" or "proc"')
     for key in ("backoff_budget", "proc_cache"):
         if getattr(d, key) < 0:
             raise ConfigError("must be 0 or more", file=file, where=f"daemon.{key}")
@@ -113,7 +118,7 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
-        watchdog_timeout=watchdog_timeout, proc_cache=d.proc_cache,
+        watchdog_timeout=watchdog_timeout, task_reader=d.task_reader, proc_cache=d.proc_cache,
         headroom=size_at(d.headroom, "daemon.headroom", file),
         pressure=psi_at(d.pressure, "daemon.pressure", file), tripwire=d.tripwire,
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,

@@ -39,6 +39,7 @@ from oomkit.daemon.snapshot import snapshot
 from oomkit.engine.chain import Engine
 from oomkit.errors import CgroupGone, ConfigError, KernelError, OOMKitError
 from oomkit.linux import notify
+from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
 from oomkit.linux.procfs import ProcFS
 from oomkit.policies import make_policy
@@ -87,7 +88,9 @@ class Daemon:
         extra = {"headroom": config.headroom, "tripwire": config.tripwire} if version == "v2" else {}
         self.backend: LiveBackend = cls(self.fs, self.proc, protected_pids=protected,
                                         dry_run=config.dry_run, tick=self.heartbeat,
-                                        proc_cache=config.proc_cache, **extra)
+                                        proc_cache=config.proc_cache,
+                                        bpf=open_task_reader(config.task_reader, config.proc),
+                                        **extra)
         self.engine = self._engine(config)
         self.events = EventLog(config.event_log)
         self.ep = select.epoll()
@@ -404,7 +407,8 @@ class Daemon:
         fixed = {"daemon.cgroup": (config.hierarchy not in ("auto", self.version)),
                  "daemon.mount": bool(config.mount and Path(config.mount) != self.fs.mount),
                  "daemon.proc": config.proc != self.config.proc,
-                 "daemon.watchdog_timeout": config.watchdog_timeout != self.config.watchdog_timeout}
+                 "daemon.watchdog_timeout": config.watchdog_timeout != self.config.watchdog_timeout,
+                 "daemon.task_reader": config.task_reader != self.config.task_reader}
         changed = [key for key, differs in fixed.items() if differs]
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change on reload", file=config.file,
@@ -432,6 +436,27 @@ def _literal_prefix(pattern: str) -> str:
             break
         parts.append(part)
     return "/" + "/".join(parts)
+
+
+def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
+    """The BPF task iterator for "bpf" (or a KernelError saying why it cannot
+    load), for "auto" if it loads (else the /proc cache, with a line saying
+    why), None for "proc".  BPF reads the running kernel: with another /proc
+    root (a test's fake tree) "auto" means /proc, and "bpf" is an error."""
+    if choice == "proc" or (choice == "auto" and os.path.realpath(proc) != "/proc"):
+        return None
+    if os.path.realpath(proc) != "/proc":
+        raise ConfigError(f'task_reader "bpf" reads the running kernel, but proc is {proc}',
+                          where="daemon.task_reader", hint='use "auto" or "proc", or proc = "/proc"')
+    try:
+        reader = BpfTasks.open()
+    except KernelError as exc:
+        if choice == "bpf":
+            raise
+        log.warning("oomkit: reading tasks from /proc (%s)", exc)
+        return None
+    log.info("oomkit: reading tasks with the BPF task iterator")
+    return reader
 
 
 def raise_nofile() -> None:

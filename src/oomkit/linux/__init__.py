@@ -3,6 +3,8 @@
     parse      pure functions over the text of cgroupfs, /proc and /dev/kmsg
     cgroupfs   CgroupFS: a memory cgroup hierarchy (v1 or v2) under a mount root
     procfs     ProcFS: /proc under a root
+    taskcache  TaskCache: per-task /proc fds kept between OOMs
+    bpftasks   BpfTasks: a memcg subtree's tasks in one read, from a BPF task iterator (bpf/)
     pidfd      race-free kills: pidfd_open, pidfd_send_signal, process_mrelease
     notify     wake-ups: v1 OOM eventfd, PSI triggers, inotify, /dev/kmsg
 
