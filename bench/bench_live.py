@@ -30,6 +30,7 @@ import json
 import math
 import mmap
 import os
+import resource
 import secrets
 import select
 import shutil
@@ -620,12 +621,15 @@ def bench_idle(args) -> None:
 # -- 3. scaling ------------------------------------------------------------------------------
 
 def bench_scaling(args) -> None:
+    from oomkit.daemon.main import raise_nofile
+    raise_nofile()                  # as the daemon does: the /proc cache's fds
     sizes = [int(s) for s in args.sizes.split(",")]
     info = header()
     before_free = free_mib()
     bench = Bench()
-    live: dict[str, list[dict]] = {"kernel-default": [], "largest-task": []}
-    reads: list[dict] = []
+    from oomkit.daemon.main import open_task_reader
+    live = {reader: {"read": [], **{name: [] for name in POLICIES}} for reader in ("bpf", "proc")}
+    cold: list[dict] = []
     notes = []
     try:
         tops = {}
@@ -637,30 +641,29 @@ def bench_scaling(args) -> None:
             notes.append(f"{n:,} sleepers in {len(leaves):,} cgroups forked in {time.monotonic() - t0:.1f} s")
             tops[n] = top
         during_free = free_mib()
-        proc = ProcFS()
-        backend = CgroupV1Backend(bench.fs, proc, dry_run=True)
         for n in sizes:
-            top = tops[n]
-            oom = OOMEvent("memcg", top)
+            top, oom = tops[n], OOMEvent("memcg", tops[n])
             repeat = args.repeat if n < 10_000 else max(5, args.repeat // 5)
-            t = []
-            for _ in range(repeat):
-                s = time.perf_counter()
-                got = backend._read_tasks(top)
-                t.append((time.perf_counter() - s) * 1000)
-            reads.append({"tasks": n, "read": summary(t), "seen": len(got)})
-            for name in live:
-                engine = Engine(backend, EngineSettings(handler_deadline=60.0))
-                engine.attach(top, make_policy(name, {}, HERE))
-                rec = engine.handle(oom)         # warm-up, and check it decides
-                killed = [k for k in rec.killed]
-                t = []
-                for _ in range(repeat):
-                    s = time.perf_counter()
-                    engine.handle(oom)
-                    t.append((time.perf_counter() - s) * 1000)
-                live[name].append({"tasks": n, "runs": repeat, **summary(t),
-                                   "resolved_by": rec.resolved_by, "killed": len(killed)})
+            cold.append(scaling_cold(bench, top, oom, max(3, repeat // 5)))
+            for reader in live:
+                # Warm: the daemon reads a subtree's tasks when it takes the cgroup
+                # (Daemon._warm), so an OOM re-reads only what changed.  One backend
+                # per size and reader: each /proc cache has every fd it can get.
+                bpf = open_task_reader("bpf", "/proc") if reader == "bpf" else None
+                backend = CgroupV1Backend(bench.fs, ProcFS(), dry_run=True, bpf=bpf)
+                try:
+                    backend.warm(top)
+                    t = []
+                    for _ in range(repeat):
+                        s = time.perf_counter()
+                        got = backend._read_tasks(top)
+                        t.append((time.perf_counter() - s) * 1000)
+                    live[reader]["read"].append({"tasks": n, **summary(t), "seen": len(got),
+                                                 "cached": len(backend.task_cache)})
+                    for name in POLICIES:
+                        live[reader][name].append(scaling_warm(backend, top, oom, name, repeat))
+                finally:
+                    backend.close()
             print(f"scaling: {n} live done", file=sys.stderr)
     finally:
         bench.cleanup_or_warn()
@@ -670,7 +673,7 @@ def bench_scaling(args) -> None:
         sim.append(bench_sim.bench_decision(n, args.repeat if n < 10_000 else max(10, args.repeat // 4)))
     events = bench_sim.bench_events(args.events, 3) if args.events else None
     end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    plot(sizes, live, sim)
+    plot(sizes, live, sim, cold)
     lines = ["## 3. Scaling: context build + decision for one memcg OOM", "",
              machine_line(info, end_load), "",
              "`python bench/bench_live.py scaling`. Live: a subtree of N real tasks (sleepers "
@@ -678,33 +681,54 @@ def bench_scaling(args) -> None:
              "`CgroupV1Backend` on the real cgroupfs and /proc, `Engine.handle()` of a memcg "
              "OOM at the subtree's top with the policy attached there, dry run (the decision "
              "is made and recorded, nothing is killed): the whole of what the daemon does "
-             "between the wake-up and the kill, context reads included (each run reads them "
-             "afresh: a live context is always cold). Simulator: `bench_sim.bench_decision()` "
-             "(context + `kernel-default` for a global OOM over N tasks in N/10 cgroups; warm = "
-             "the simulator's cached task snapshots, cold = every one rebuilt). Times in ms.", "",
-             "| tasks | live kernel-default median | p99 | live largest-task median | p99 | "
-             "of which reading the tasks (median) | sim cold median | sim warm median | runs (live) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "between the wake-up and the kill, context reads included. Two task readers, "
+             "as the daemon's `task_reader` chooses: **bpf**, the BPF task iterator "
+             "(`linux/bpftasks.py`: every task of the subtree in one read, no /proc, no "
+             "`cgroup.procs`; the daemon's default where it loads), and **proc**, /proc "
+             "through fds kept between OOMs (`linux/taskcache.py`: `statm` and "
+             "`oom_score_adj` per task, `cgroup.procs` per cgroup; `status`/`stat` only for a "
+             "task whose `statm` changed). Both warm, as in the daemon, which reads a "
+             "subtree's tasks when it takes the cgroup. **Cold**: /proc for tasks never seen "
+             "(a fresh backend, kernel-default: `status`, `stat`, `oom_score_adj` opened per "
+             "task). Simulator: `bench_sim.bench_decision()` (context + `kernel-default` for "
+             "a global OOM over N tasks in N/10 cgroups; warm = its cached task snapshots, "
+             "cold = every one rebuilt). Times in ms, median (p99).", "",
+             "| tasks | bpf: kernel-default | bpf: largest-task | bpf: reading the tasks | "
+             "proc: kernel-default | proc: largest-task | proc: reading the tasks | tasks in the "
+             "proc cache | cold /proc: kernel-default | sim cold | sim warm | runs |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(row: dict) -> str:
+        return f"{row['median']:.2f} ({row['p99']:.2f})"
+
     for i, n in enumerate(sizes):
-        kd, lt, rd, sm = live["kernel-default"][i], live["largest-task"][i], reads[i], sim[i]
-        lines.append(f"| {n:,} | {kd['median']:.2f} | {kd['p99']:.2f} | {lt['median']:.2f} | {lt['p99']:.2f} | "
-                     f"{rd['read']['median']:.2f} | {sm['cold']['median_ms']:.2f} | {sm['warm']['median_ms']:.2f} | "
-                     f"{kd['runs']} |")
+        b, p, sm, cd = live["bpf"], live["proc"], sim[i], cold[i]
+        lines.append(f"| {n:,} | {cell(b['kernel-default'][i])} | {cell(b['largest-task'][i])} | "
+                     f"{cell(b['read'][i])} | {cell(p['kernel-default'][i])} | "
+                     f"{cell(p['largest-task'][i])} | {cell(p['read'][i])} | "
+                     f"{p['read'][i]['cached']:,} | {cell(cd)} | {sm['cold']['median_ms']:.2f} | "
+                     f"{sm['warm']['median_ms']:.2f} | {b['kernel-default'][i]['runs']} / {cd['n']} |")
     lines.append("")
     by = {n: i for i, n in enumerate(sizes)}
-    for name, rows in live.items():
-        parts = []
-        if 1000 in by:
-            v = rows[by[1000]]["median"]
-            parts.append(f"{v:.2f} ms at 1,000 (target <= 5: **{'met' if v <= 5 else 'missed'}**)")
-        if 10000 in by:
-            v = rows[by[10000]]["median"]
-            parts.append(f"{v:.2f} ms at 10,000 (target <= 50: **{'met' if v <= 50 else 'missed'}**)")
-        if 100 in by and 10000 in by:
-            ratio = rows[by[10000]]["median"] / rows[by[100]]["median"]
-            parts.append(f"x{ratio:.0f} from 100 to 10,000 tasks (linear: x100)")
-        lines.append(f"- live {name}: " + "; ".join(parts) +
-                     f"; decided: {rows[0]['resolved_by']}, {rows[0]['killed']} (dry-run) kill each")
+    for reader in live:
+        for name in POLICIES:
+            rows = live[reader][name]
+            parts = []
+            for n, target in ((1000, 5), (10000, 50)):
+                if n in by:
+                    v = rows[by[n]]["median"]
+                    parts.append(f"{v:.2f} ms at {n:,} (target <= {target}: "
+                                 f"**{'met' if v <= target else 'missed'}**)")
+            if 100 in by and 10000 in by:
+                parts.append(f"x{rows[by[10000]]['median'] / rows[by[100]]['median']:.0f} "
+                             "from 100 to 10,000 tasks (linear: x100)")
+            lines.append(f"- {reader}, {name}: " + "; ".join(parts) +
+                         f"; decided: {rows[0]['resolved_by']}, {rows[0]['killed']} (dry-run) kill each")
+    fd_soft, fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lines.append(f"- open files limit (RLIMIT_NOFILE) {fd_soft:,} soft / {fd_hard:,} hard: the /proc "
+                 "cache holds two fds per task and leaves the rest a reserve of max(1,024, 1/8 of the "
+                 "limit), so where 'tasks in the proc cache' is short of the subtree the rest are read "
+                 "cold at every OOM; the BPF reader needs no fd per task")
     if events:
         ok = events["events_per_s_median"] >= 200_000
         lines.append(f"- simulator events/s ({events['cgroups']:,} cgroups, {events['tasks']:,} tasks, "
@@ -720,7 +744,38 @@ def bench_scaling(args) -> None:
     write_section("scaling", text)
 
 
-def plot(sizes, live, sim) -> None:
+POLICIES = ("kernel-default", "largest-task")
+
+
+def scaling_warm(backend, top: str, oom: OOMEvent, name: str, repeat: int) -> dict:
+    engine = Engine(backend, EngineSettings(handler_deadline=60.0))
+    engine.attach(top, make_policy(name, {}, HERE))
+    rec = engine.handle(oom)         # warm-up, and check it decides
+    t = []
+    for _ in range(repeat):
+        s = time.perf_counter()
+        engine.handle(oom)
+        t.append((time.perf_counter() - s) * 1000)
+    return {"runs": repeat, **summary(t), "resolved_by": rec.resolved_by, "killed": len(rec.killed)}
+
+
+def scaling_cold(bench: Bench, top: str, oom: OOMEvent, runs: int) -> dict:
+    """kernel-default on a backend that has never seen these tasks: the first OOM."""
+    t = []
+    for _ in range(runs):
+        backend = CgroupV1Backend(bench.fs, ProcFS(), dry_run=True)
+        try:
+            engine = Engine(backend, EngineSettings(handler_deadline=60.0))
+            engine.attach(top, make_policy("kernel-default", {}, HERE))
+            s = time.perf_counter()
+            engine.handle(oom)
+            t.append((time.perf_counter() - s) * 1000)
+        finally:
+            backend.close()
+    return summary(t)
+
+
+def plot(sizes, readers, sim, cold) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -729,18 +784,22 @@ def plot(sizes, live, sim) -> None:
         print("matplotlib missing (pip install -e '.[bench]'): no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
-    style = {"kernel-default": ("tab:blue", "o"), "largest-task": ("tab:orange", "s")}
-    for name, rows in live.items():
-        c, m = style[name]
-        ax.plot(sizes, [r["median"] for r in rows], marker=m, color=c, label=f"live /proc + cgroupfs, {name}")
-        ax.fill_between(sizes, [r["median"] for r in rows], [r["p99"] for r in rows], color=c, alpha=0.12)
+    style = {("bpf", "kernel-default"): ("tab:blue", "o", "-"), ("bpf", "largest-task"): ("tab:orange", "s", "-"),
+             ("proc", "kernel-default"): ("tab:blue", "o", ":"), ("proc", "largest-task"): ("tab:orange", "s", ":")}
+    for (reader, name), (c, m, ls) in style.items():
+        rows = readers[reader][name]
+        ax.plot(sizes, [r["median"] for r in rows], marker=m, color=c, linestyle=ls,
+                label=f"live, {name}, {reader} reader (warm)")
+        ax.fill_between(sizes, [r["median"] for r in rows], [r["p99"] for r in rows], color=c, alpha=0.08)
+    ax.plot(sizes, [c["median"] for c in cold], marker="D", color="tab:red", linestyle="--",
+            label="live, kernel-default, cold /proc (first sight of every task)")
     ax.plot(sizes, [s["cold"]["median_ms"] for s in sim], marker="^", color="tab:green", linestyle="--",
             label="simulator, kernel-default, cold")
     ax.plot(sizes, [s["warm"]["median_ms"] for s in sim], marker="v", color="tab:olive", linestyle=":",
             label="simulator, kernel-default, warm")
-    base = live["kernel-default"][0]["median"]
+    base = readers["bpf"]["kernel-default"][0]["median"]
     ax.plot(sizes, [base * n / sizes[0] for n in sizes], color="grey", linewidth=0.8,
-            label="linear from the first live point")
+            label="linear from the first bpf point")
     ax.scatter([1000, 10000], [5, 50], marker="*", s=160, color="red", zorder=5, label="targets (5 ms, 50 ms)")
     ax.set_xscale("log")
     ax.set_yscale("log")
