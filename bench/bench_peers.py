@@ -209,6 +209,8 @@ TOOLS: dict[str, dict] = {
     "oomkit-wait+prefer-avoid": {"mode": "cgroup", "high": False,
                                  "oomkit": "oomkit-wait-then-prefer-avoid.toml"},
     "oomkit-settle+prefer-avoid": {"mode": "cgroup", "high": False, "oomkit": "oomkit-settle.toml"},
+    "oomkit-settle-late+prefer-avoid": {"mode": "cgroup", "high": False,
+                                        "oomkit": "oomkit-settle-late.toml"},
 }
 for _name, _t in TOOLS.items():
     if "oomkit" in _t:
