@@ -1,19 +1,24 @@
-"""BpfTasks (the BPF task iterator) against /proc and cgroup.procs, on real v1 memcgs.
+"""BpfTasks (the BPF iterators) against /proc and cgroup.procs, on real v1 memcgs.
 
 Each test runs in its own /oomkit-test-<random> memcg (fixture ``sandbox``),
-with processes it started: a few ``sleep`` and one 20 MiB hog.  Skipped, with
-the reason BpfTasks.open() gives, where BPF cannot be used.
+with processes it started: a few ``sleep`` and one 20 MiB hog.  The fixture
+``bpf`` runs each test with either program: "css" (the cgroup iterator, 6.7+)
+and "task" (the task iterator).  Skipped, with the reason BpfTasks.open()
+gives, where one cannot be used.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 
 import pytest
-
 from helpers.procs import Proc
+
 from oomkit.errors import KernelError
+from oomkit.linux import bpftasks
 from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.procfs import ProcFS
 from oomkit.linux.taskcache import TaskCache
@@ -28,16 +33,36 @@ CPUS = os.cpu_count() or 1
 RSS_SLACK = 3 * max(32, 2 * CPUS) * CPUS * PAGE
 
 
-@pytest.fixture
-def bpf():
+def opened(mode: str | None = None, **kw) -> BpfTasks:
     try:
-        tasks = BpfTasks.open()
+        return BpfTasks.open(mode=mode, **kw)
     except KernelError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["css", "task"])
+def bpf(request):
+    tasks = opened(request.param)
+    assert tasks.mode == request.param
     try:
         yield tasks
     finally:
         tasks.close()
+
+
+@pytest.fixture
+def both():
+    css = opened("css")
+    try:
+        task = opened("task")
+    except BaseException:
+        css.close()
+        raise
+    try:
+        yield css, task
+    finally:
+        css.close()
+        task.close()
 
 
 @pytest.fixture
@@ -52,6 +77,10 @@ def sleepers(sandbox):
             started.append(p)
             sandbox.fs.attach(cg, p.pid)
             out.append(p)
+        for p in out:           # exec'd: a read between fork and exec would name it python3
+            deadline = time.monotonic() + 10
+            while ProcFS().stat(p.pid)["comm"] != "sleep" and time.monotonic() < deadline:
+                time.sleep(0.001)
         return out
 
     try:
@@ -187,3 +216,120 @@ def test_the_live_backend_reads_the_same_tasks_with_either_reader(sandbox, bpf, 
         with_bpf.bpf = None              # the fixture closes the reader
         with_bpf.close()
         with_proc.close()
+
+
+def kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int(re.match(r"\d+", minor).group())
+
+
+def test_the_default_is_the_cgroup_iterator_where_it_loads():
+    tasks = opened()
+    try:
+        if kernel() >= (6, 7):      # the css task iterator, in an iter/cgroup program
+            assert (tasks.mode, tasks.fallback) == ("css", None)
+        else:
+            assert tasks.mode == "task" and tasks.fallback
+    finally:
+        tasks.close()
+
+
+def test_either_program_reads_the_same_subtree(sandbox, both, sleepers):
+    css, task = both
+    top, x, deep, y, b = (sandbox.cg(c) for c in ("a", "a/x", "a/x/deep", "a/y", "b"))
+    for cg in (top, x, deep, y):
+        sleepers(cg, 2)
+    sleepers(b, 3)
+    hog = sandbox.hog(y, 8, wait_allocated=20)
+    for cg in (top, x, deep, b, sandbox.root):
+        k = key(sandbox, cg)
+
+        def strip(got):     # rss moves between two reads of a live hog
+            return sorted((pid, m, s._replace(rss=0)) for pid, m, s in got)
+
+        assert strip(css.read(*k)) == strip(task.read(*k)), cg
+    assert hog.pid in {pid for pid, _, _ in css.read(*key(sandbox, top))}
+
+
+def test_the_cgroup_iterator_visits_only_the_subtree(sandbox, sleepers):
+    """Cost in proportion to the subtree, by structure: the css task iterators
+    return the subtree's tasks only, never those of a sibling or the parent."""
+    tasks = opened("css")
+    try:
+        top = sandbox.cg("a")
+        sleepers(top, 2)
+        sleepers(sandbox.cg("a/x"), 3)
+        sandbox.cg("a/x/empty")
+        b = sandbox.cg("b")
+        sleepers(b, 20)                               # the sibling's
+        sleepers(sandbox.root, 5)                     # the parent's
+        got = tasks.read(*key(sandbox, top))
+        assert len(got) == 5
+        assert tasks.visits == (3, 5)                 # a, a/x, a/x/empty; their 5 processes
+        assert len(tasks.read(*key(sandbox, b))) == 20
+        assert tasks.visits == (1, 20)
+    finally:
+        tasks.close()
+
+
+def test_the_records_map_grows_when_a_subtree_outgrows_it(sandbox, sleepers):
+    tasks = opened("css", capacity=2)
+    try:
+        cg = sandbox.cg("a")
+        pids = sorted(p.pid for p in sleepers(cg, 7))
+        assert sorted(pid for pid, _, _ in tasks.read(*key(sandbox, cg))) == pids
+        assert tasks._s.capacity >= 14
+        assert sorted(pid for pid, _, _ in tasks.read(*key(sandbox, cg))) == pids
+    finally:
+        tasks.close()
+
+
+def test_links_are_kept_per_cgroup_and_the_oldest_dropped(sandbox, sleepers, monkeypatch):
+    monkeypatch.setattr(bpftasks, "LINKS", 2)
+    tasks = opened("css")
+    try:
+        cgs = [sandbox.cg(f"c{i}") for i in range(3)]
+        pids = [sleepers(cg, 1)[0].pid for cg in cgs]
+        for _ in range(2):
+            for cg, pid in zip(cgs, pids):
+                assert [p for p, _, _ in tasks.read(*key(sandbox, cg))] == [pid]
+        assert list(tasks._links) == [key(sandbox, cg)[0] for cg in cgs[1:]]
+        # by path too (the same link), and a path whose cgroup is another now
+        assert [p for p, _, _ in tasks.read(*key(sandbox, cgs[0]), path=sandbox.fs.path(cgs[0]))] == [pids[0]]
+        assert tasks.read(key(sandbox, cgs[0])[0] + 1, path=sandbox.fs.path(cgs[0])) == []
+    finally:
+        tasks.close()
+
+
+def test_a_removed_cgroup_reads_empty(sandbox, bpf):
+    cg = sandbox.cg("gone")
+    k = key(sandbox, cg)
+    assert bpf.read(*k) == []
+    sandbox.fs.rmdir(cg)
+    assert bpf.read(*k) == []
+
+
+def test_a_leader_gone_before_its_threads_is_listed_exiting(sandbox, bpf):
+    """cgroup.procs lists a process whose leader thread has exited while
+    another thread lives on; so do both programs, exiting, with no memory."""
+    cg = sandbox.cg("a")
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(600,)).start()\n"
+            "print('ready', flush=True)\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    p = Proc([sys.executable, "-c", code])
+    try:
+        sandbox.fs.attach(cg, p.pid)
+        assert p.wait_line("ready", 30)
+        k = key(sandbox, cg)
+        for _ in range(200):                         # until the leader is a zombie
+            got = bpf.read(*k)
+            if got and got[0][2].exiting:
+                break
+            time.sleep(0.05)
+        assert [pid for pid, _, _ in got] == [p.pid]
+        assert sorted(pid for _, pids in sandbox.fs.subtree_procs(cg) for pid in pids) == [p.pid]
+        s = got[0][2]
+        assert s.exiting is True and (s.rss, s.swap, s.pgtables) == (0, 0, 0)
+    finally:
+        p.reap()

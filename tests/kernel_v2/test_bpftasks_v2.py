@@ -10,6 +10,7 @@ cannot be used.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -25,10 +26,10 @@ CPUS = os.cpu_count() or 1
 RSS_SLACK = 3 * max(64, 2 * CPUS) * CPUS * PAGE
 
 
-@pytest.fixture
-def bpf(v2):
+@pytest.fixture(params=["css", "task"])
+def bpf(v2, request):
     try:
-        tasks = BpfTasks.open()
+        tasks = BpfTasks.open(mode=request.param)
     except KernelError as exc:
         pytest.skip(str(exc))
     try:
@@ -77,3 +78,21 @@ def test_subtree_on_v2_matches_proc(box, bpf):
     s_top.kill()
     assert s_top.wait_exit(30)
     assert s_top.pid not in {pid for pid, _, _ in bpf.read(ident, level)}
+
+
+def test_the_task_iterator_is_the_fallback_before_6_7(v2):
+    """6.1 has the cgroup iterator but not the css task iterator (6.7): open()
+    falls back to the task iterator and says why."""
+    major, minor = os.uname().release.split(".")[:2]
+    try:
+        tasks = BpfTasks.open()
+    except KernelError as exc:
+        pytest.skip(str(exc))
+    try:
+        if (int(major), int(re.match(r"\d+", minor).group())) < (6, 7):
+            assert tasks.mode == "task"
+            assert "dump_subtree" in tasks.fallback, tasks.fallback
+        else:
+            assert (tasks.mode, tasks.fallback) == ("css", None)
+    finally:
+        tasks.close()

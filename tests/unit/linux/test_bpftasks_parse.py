@@ -153,3 +153,42 @@ def test_failure_names_the_verifiers_reason(monkeypatch):
     err = bpftasks._fail("load the task iterator", 22)
     assert "Invalid argument" in str(err) and "'atomic_long_t' is not a struct" in str(err)
     assert isinstance(bpftasks._fail("load", 1), NotPermitted)
+    # EACCES with a verifier log: the program was refused (6.1: "R0 !read_ok"), not us
+    denied = bpftasks._fail("load", 13)
+    assert isinstance(denied, KernelError) and not isinstance(denied, NotPermitted)
+    monkeypatch.setattr(bpftasks, "_log", ["libbpf: failed to load object"])
+    assert isinstance(bpftasks._fail("load", 13), NotPermitted)
+
+
+MOUNTINFO = """\
+22 1 0:21 / / rw,relatime - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 31 0:32 / /sys/fs/cgroup/memory\\040x rw,relatime - cgroup cgroup rw,memory
+"""
+
+
+def test_memcg_mount_prefers_the_v1_memory_hierarchy(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert bpftasks.memcg_mount(str(info)) == "/sys/fs/cgroup/memory x"
+    info.write_text("".join(ln + "\n" for ln in MOUNTINFO.splitlines() if "memory" not in ln))
+    assert bpftasks.memcg_mount(str(info)) == "/sys/fs/cgroup/unified"
+    info.write_text(MOUNTINFO.splitlines()[0] + "\n")
+    with pytest.raises(KernelError, match="no memory cgroup hierarchy"):
+        bpftasks.memcg_mount(str(info))
+
+
+def test_open_knows_two_modes():
+    with pytest.raises(ValueError, match="mode"):
+        BpfTasks.open(mode="proc")
+
+
+def test_link_info_is_the_kernels_layout():
+    # union bpf_iter_link_info: the cgroup member {u32 order, u32 cgroup_fd, u64 cgroup_id}
+    # is its largest; struct bpf_iter_attach_opts {size_t sz; void *link_info; u32 len}
+    import ctypes
+    assert ctypes.sizeof(bpftasks._CgroupLinkInfo) == 16
+    assert ctypes.sizeof(bpftasks._IterAttachOpts) == 24
+    assert ctypes.sizeof(bpftasks._Config) == 56

@@ -2,12 +2,24 @@
 /*
  * oomkit: every user process of one memory-cgroup subtree, in one read().
  *
- * A task iterator (kernel/bpf/task_iter.c) visits every task on the machine;
- * this program writes one fixed-size record (struct rec, parsed by
- * oomkit/linux/bpftasks.py) for each process whose memory cgroup is the
- * target cgroup (cfg.target_id, set by user space before each read) or below it.
- * It replaces, per OOM, reading cgroup.procs of every cgroup of the subtree
- * and /proc/PID/{statm,status,stat,oom_score_adj} of every task.
+ * Two programs, of which user space (oomkit/linux/bpftasks.py) loads one:
+ *
+ * dump_subtree (SEC("iter/cgroup"), Linux 6.7+): a cgroup iterator
+ *   (kernel/bpf/cgroup_iter.c, 6.1+) attached to the subtree's top cgroup
+ *   walks its descendants in pre-order, and for each cgroup the open-coded css
+ *   task iterator (bpf_iter_css_task_*, kernel/bpf/task_iter.c, 6.7+) lists its
+ *   processes: the cost is the subtree's, not the machine's.  Records go into
+ *   the mmap()able array map recs (see there why not into the seq_file).
+ *
+ * dump_tasks (SEC("iter/task"), Linux 5.8+): the fallback.  A task iterator
+ *   visits every task on the machine and writes a record to the seq_file for
+ *   each process whose memory cgroup is the target cgroup (cfg.target_id, set
+ *   by user space before each read) or below it.
+ *
+ * Both write the same fixed-size record (struct rec, parsed by bpftasks.py),
+ * built by fill() from the same fields.  Either replaces, per OOM, reading
+ * cgroup.procs of every cgroup of the subtree and
+ * /proc/PID/{statm,status,stat,oom_score_adj} of every task.
  *
  * What a record holds, and the kernel code it mirrors:
  *   rss      get_mm_rss(): MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES (include/linux/mm.h)
@@ -67,11 +79,43 @@ struct rec {
 /* Set by user space through the mmap()ed .bss before each read (bpftasks._Config).
  * One struct, so that its layout is ours, not the compiler's choice of order. */
 struct config {
-	__u64 target_id;        /* kernfs id of the subtree's top cgroup */
-	__u32 target_level;     /* its depth (0: the hierarchy's root), or ANY_LEVEL if not known */
+	__u64 target_id;        /* task: kernfs id of the subtree's top cgroup */
+	__u32 target_level;     /* task: its depth (0: the hierarchy's root), or ANY_LEVEL if not known */
 	__u32 page_shift;       /* log2(page size) */
 	__u64 ns_per_tick;      /* NSEC_PER_SEC / USER_HZ (sysconf(_SC_CLK_TCK)) */
+	/* dump_subtree only; user space zeroes the counters before each read */
+	__u64 count;            /* records of this read (those at index >= recs' size are not kept) */
+	__u64 tasks_seen;       /* tasks the css task iterators returned */
+	__u64 cgroups_seen;     /* cgroups the cgroup iterator visited */
+	__u32 top_level;        /* depth of the first cgroup visited: the subtree's top */
+	__u32 pad;
 } cfg;
+
+/*
+ * dump_subtree's output.  Not the seq_file: a cgroup iterator holds
+ * cgroup_mutex while it walks and so cannot resume a walk in a second read()
+ * (cgroup_iter_seq_start() fails a restart with EOPNOTSUPP), and one read()
+ * returns at most the seq_file's buffer (8 pages: 455 records).  An array
+ * map, mmap()ed by user space (BPF_F_MMAPABLE, 5.5+), holds any number the
+ * size user space gives it before load (bpf_map__set_max_entries); user space
+ * reloads with a bigger one when cfg.count says it was too small.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct rec);
+	__uint(max_entries, 1);
+} recs SEC(".maps");
+
+/* Open-coded css task iterator (6.7+, commit 9c66dc94b62a), as declared in the
+ * kernel's tools/testing/selftests/bpf/bpf_experimental.h.  Weak: a kernel
+ * without them still loads dump_tasks from this object. */
+extern int bpf_iter_css_task_new(struct bpf_iter_css_task *it,
+				 struct cgroup_subsys_state *css, unsigned int flags) __weak __ksym;
+extern struct task_struct *bpf_iter_css_task_next(struct bpf_iter_css_task *it) __weak __ksym;
+extern void bpf_iter_css_task_destroy(struct bpf_iter_css_task *it) __weak __ksym;
+#define CSS_TASK_ITER_PROCS (1U << 0)  /* include/linux/cgroup.h: thread-group leaders only */
 
 /* Kernel layouts older than the vmlinux.h we build against (CO-RE flavors). */
 struct mm_rss_stat___old {
@@ -141,14 +185,70 @@ static __always_inline bool in_subtree(struct cgroup *cgrp)
 	return false;
 }
 
+/* task_css(task, memory_cgrp_id)->cgroup: the memcg the task is charged to
+ * (v1: in the memory hierarchy; v2: the nearest cgroup with the memory
+ * controller enabled).  The enum's value depends on the kernel's config. */
+static __always_inline struct cgroup *memcg_of(struct task_struct *task)
+{
+	struct css_set *cset = task->cgroups;
+	if (!cset)
+		return NULL;
+	struct cgroup_subsys_state *css =
+		cset->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
+	if (!css)
+		return NULL;
+	return css->cgroup;
+}
+
 /*
- * Fields are read by plain dereference: in a tracing program (iter/task is
- * one) a load through a BTF-typed kernel pointer is checked by the verifier
- * and done with an exception-table entry (BPF_PROBE_MEM, 5.5+), so a helper
- * call (bpf_probe_read_kernel) per field is not needed; the offsets are still
- * CO-RE relocations (vmlinux.h marks every type preserve_access_index).
+ * The record of process task (a thread-group leader, not a kernel thread),
+ * charged to memcg; false if it is to be left out.
+ *
+ * Fields are read by plain dereference: in a tracing program (iter/task and
+ * iter/cgroup are) a load through a BTF-typed kernel pointer is checked by the
+ * verifier and done with an exception-table entry (BPF_PROBE_MEM, 5.5+), so a
+ * helper call (bpf_probe_read_kernel) per field is not needed; the offsets are
+ * still CO-RE relocations (vmlinux.h marks every type preserve_access_index).
  * Only the variable-index ancestors[] read goes through bpf_core_read().
  */
+static __always_inline bool fill(struct rec *r, struct task_struct *task, struct cgroup *memcg,
+				 __u32 flags)
+{
+	struct mm_struct *mm = task->mm;
+	struct signal_struct *sig = task->signal;
+	if (!mm) {
+		/* A leader that has exited while other threads of its process live
+		 * on has no mm of its own (exit_mm()); cgroup.procs still lists it
+		 * while signal->live is non-zero (kernel/cgroup/cgroup.c
+		 * css_task_iter_advance), so report it, exiting, with no memory,
+		 * as /proc/PID/statm does.  A process entirely gone is left out. */
+		if (!sig || sig->live.counter <= 0)
+			return false;
+	} else {
+		__u32 shift = cfg.page_shift;
+		if (shift > 20)
+			shift = 12;
+		r->rss = (counter(mm, MM_FILEPAGES) + counter(mm, MM_ANONPAGES) +
+			  counter(mm, MM_SHMEMPAGES)) << shift;
+		r->swap = counter(mm, MM_SWAPENTS) << shift;
+		long pt = mm->pgtables_bytes.counter;
+		r->pgtables = pt > 0 ? pt : 0;
+	}
+
+	r->pid = task->tgid;
+	if (sig)
+		r->oom_score_adj = sig->oom_score_adj;
+	r->memcg_id = memcg->kn->id;
+	__u64 tick = cfg.ns_per_tick;
+	r->starttime = task->start_boottime / (tick ? tick : 10000000);
+	const struct cred *cred = task->real_cred;
+	if (cred)
+		r->uid = cred->uid.val;
+	r->exiting = (flags & PF_EXITING) || task->exit_state || !mm;
+	__builtin_memcpy(r->comm, task->comm, sizeof(r->comm));
+	return true;
+}
+
 SEC("iter/task")
 int dump_tasks(struct bpf_iter__task *ctx)
 {
@@ -164,54 +264,63 @@ int dump_tasks(struct bpf_iter__task *ctx)
 	__u32 flags = task->flags;
 	if (flags & PF_KTHREAD)
 		return 0;
-
-	/* task_css(task, memory_cgrp_id)->cgroup: the memcg the task is charged
-	 * to (v1: in the memory hierarchy; v2: the nearest cgroup with the memory
-	 * controller enabled).  The enum's value depends on the kernel's config. */
-	struct css_set *cset = task->cgroups;
-	if (!cset)
-		return 0;
-	struct cgroup_subsys_state *css =
-		cset->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
-	if (!css)
-		return 0;
-	struct cgroup *cgrp = css->cgroup;
+	struct cgroup *cgrp = memcg_of(task);
 	if (!cgrp || !in_subtree(cgrp))
 		return 0;
+	if (fill(&r, task, cgrp, flags))
+		bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
 
-	struct mm_struct *mm = task->mm;
-	struct signal_struct *sig = task->signal;
-	if (!mm) {
-		/* A leader that has exited while other threads of its process live
-		 * on has no mm of its own (exit_mm()); cgroup.procs still lists it
-		 * while signal->live is non-zero (kernel/cgroup/cgroup.c
-		 * css_task_iter_advance), so report it, exiting, with no memory,
-		 * as /proc/PID/statm does.  A process entirely gone is left out. */
-		if (!sig || sig->live.counter <= 0)
-			return 0;
-	} else {
-		__u32 shift = cfg.page_shift;
-		if (shift > 20)
-			shift = 12;
-		r.rss = (counter(mm, MM_FILEPAGES) + counter(mm, MM_ANONPAGES) +
-			 counter(mm, MM_SHMEMPAGES)) << shift;
-		r.swap = counter(mm, MM_SWAPENTS) << shift;
-		long pt = mm->pgtables_bytes.counter;
-		r.pgtables = pt > 0 ? pt : 0;
+/*
+ * Called once per cgroup of the subtree, top first (BPF_CGROUP_ITER_DESCENDANTS_PRE,
+ * set at attach time), under cgroup_mutex; then once with cgroup NULL.
+ *
+ * The processes of each cgroup come from its own css (cgrp->self), whose
+ * task iterator walks the css_sets linked to that cgroup (css->ss NULL:
+ * cgrp->cset_links): on v1, given a cgroup of the memory hierarchy, exactly
+ * the tasks whose memcg it is; on v2, the tasks of that cgroup.  Each task
+ * is thus met once, at its own cgroup, and its memcg is read from its
+ * css_set as dump_tasks reads it (on v2 the nearest ancestor with memory on,
+ * which may be above the subtree's top: such a task is not the subtree's
+ * memcg's, and dump_tasks would not list it either, so neither does this).
+ * cgrp->self, rather than cgrp->subsys[memory_cgrp_id], because a pointer
+ * loaded from cgrp->subsys[] is not trusted, and the kfunc wants a trusted one.
+ *
+ * CSS_TASK_ITER_PROCS: thread-group leaders, skipping dying leaders without
+ * live threads -- the cgroup.procs rule dump_tasks follows by hand.
+ */
+SEC("iter/cgroup")
+int dump_subtree(struct bpf_iter__cgroup *ctx)
+{
+	struct cgroup *cgrp = ctx->cgroup;
+	struct bpf_iter_css_task it;
+	struct task_struct *task;
+
+	if (!cgrp)
+		return 0;       /* the end of the iteration */
+	if (ctx->meta->seq_num == 0)
+		cfg.top_level = cgrp->level;
+	cfg.cgroups_seen++;
+	__u32 top = cfg.top_level;
+
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
+	while ((task = bpf_iter_css_task_next(&it))) {
+		cfg.tasks_seen++;
+		__u32 flags = task->flags;
+		if (flags & PF_KTHREAD)
+			continue;
+		struct cgroup *memcg = memcg_of(task);
+		if (!memcg || memcg->level < (int)top)
+			continue;
+		struct rec r = {};
+		if (!fill(&r, task, memcg, flags))
+			continue;
+		__u32 i = cfg.count++;
+		struct rec *slot = bpf_map_lookup_elem(&recs, &i);
+		if (slot)
+			*slot = r;
 	}
-
-	r.pid = task->tgid;
-	if (sig)
-		r.oom_score_adj = sig->oom_score_adj;
-	r.memcg_id = cgrp->kn->id;
-	__u64 tick = cfg.ns_per_tick;
-	r.starttime = task->start_boottime / (tick ? tick : 10000000);
-	const struct cred *cred = task->real_cred;
-	if (cred)
-		r.uid = cred->uid.val;
-	r.exiting = (flags & PF_EXITING) || task->exit_state || !mm;
-	__builtin_memcpy(r.comm, task->comm, sizeof(r.comm));
-
-	bpf_seq_write(seq, &r, sizeof(r));
+	bpf_iter_css_task_destroy(&it);
 	return 0;
 }
