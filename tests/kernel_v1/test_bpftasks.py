@@ -212,6 +212,13 @@ def test_the_live_backend_reads_the_same_tasks_with_either_reader(sandbox, bpf, 
         late = sleepers(sandbox.cg("a/late"), 1)[0]           # an id the backend has not met
         assert (late.pid, "sleep", f"{top}/late") in [t[:3] for t in seen(with_bpf)]
         assert seen(with_bpf) == seen(with_proc)
+        # A removed subtree's link is dropped (it would hold the dying cgroup);
+        # _links is the reader's link cache, looked at directly for want of a count.
+        top_id = key(sandbox, top)[0]
+        assert bpf.mode != "css" or top_id in bpf._links
+        with_bpf.cgroup_gone(top)
+        assert top_id not in bpf._links
+        assert seen(with_bpf) == seen(with_proc)     # still there: read again, linked again
     finally:
         with_bpf.bpf = None              # the fixture closes the reader
         with_bpf.close()

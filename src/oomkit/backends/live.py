@@ -138,6 +138,7 @@ class LiveBackend:
         self.bpf = bpf
         self.task_cache = TaskCache(proc, proc_cache)
         self._cgroup_paths: dict[int, str] = {}     # BPF's memcg ids -> cgroup
+        self._scope_ids: dict[str, int] = {}        # subtrees read through BPF -> their ids
         self._bpf_scope = "/"
         self._bpf_lock = threading.Lock()
         self._bpf_make = self._bpf_info   # one bound method: bpf.read() keeps what it made per make
@@ -184,10 +185,25 @@ class LiveBackend:
         return out
 
     def _read_tasks_bpf(self, scope: str) -> list[TaskInfo]:
-        top, level = cgroup_key(self.fs.path(scope), self.fs.mount)
+        path = self.fs.path(scope)
+        top, level = cgroup_key(path, self.fs.mount)
         with self._bpf_lock:
             self._bpf_scope = scope
-            return self.bpf.read(top, level, self._bpf_make)
+            self._scope_ids[scope] = top
+            return self.bpf.read(top, level, self._bpf_make, path=path)
+
+    def cgroup_gone(self, path: str) -> None:
+        """``path`` was removed: forget what was kept for it and below (the BPF
+        reader's link to it holds the cgroup in the kernel until dropped)."""
+        with self._bpf_lock:
+            for scope, ident in list(self._scope_ids.items()):
+                if is_within(scope, path):
+                    del self._scope_ids[scope]
+                    if self.bpf is not None:
+                        self.bpf.forget(ident)
+            for ident, cg in list(self._cgroup_paths.items()):
+                if is_within(cg, path):
+                    del self._cgroup_paths[ident]
 
     def _bpf_info(self, pid: int, memcg_id: int, s: TaskSample) -> TaskInfo:
         """A task from the iterator's record (made once per distinct record):

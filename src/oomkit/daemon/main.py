@@ -201,6 +201,7 @@ class Daemon:
         for path in sorted(self.managed - managed, key=lambda p: -p.count("/")):
             if not self.fs.exists(path):
                 self.engine.cgroup_offline(path)
+                self.backend.cgroup_gone(path)
         for path in [p for p in self.engine.attachments if p not in wanted]:
             self.engine.detach(path)        # still there, but no attachment matches it now
         taken = [path for path in wanted if path not in self.engine.attachments]
@@ -455,7 +456,11 @@ def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
             raise
         log.warning("oomkit: reading tasks from /proc (%s)", exc)
         return None
-    log.info("oomkit: reading tasks with the BPF task iterator")
+    if reader.mode == "css":
+        log.info("oomkit: reading tasks with BPF, subtree by subtree (cgroup + css task iterators)")
+    else:
+        log.info("oomkit: reading tasks with the BPF task iterator, every task of the machine "
+                 "at each read (%s)", reader.fallback)
     return reader
 
 

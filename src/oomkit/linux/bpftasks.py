@@ -498,6 +498,14 @@ class BpfTasks:
         self._s.close()
         self._s = new
 
+    def forget(self, cgroup_id: int) -> None:
+        """Drop the link kept for ``cgroup_id`` (a cgroup removed: the link holds
+        it, so until dropped it stays in the kernel as a dying cgroup)."""
+        with self.lock:
+            link = self._links.pop(cgroup_id, None)
+            if link is not None:
+                self._lib.bpf_link__destroy(link[0])
+
     def _drop_links(self) -> None:
         for link, _ in self._links.values():
             self._lib.bpf_link__destroy(link)
