@@ -627,8 +627,8 @@ def bench_scaling(args) -> None:
     info = header()
     before_free = free_mib()
     bench = Bench()
-    from oomkit.daemon.main import open_task_reader
-    live = {reader: {"read": [], **{name: [] for name in POLICIES}} for reader in ("bpf", "proc")}
+    from oomkit.linux.bpftasks import BpfTasks
+    live = {reader: {"read": [], **{name: [] for name in POLICIES}} for reader in ("bpf", "bpf-task", "proc")}
     cold: list[dict] = []
     notes = []
     try:
@@ -649,7 +649,8 @@ def bench_scaling(args) -> None:
                 # Warm: the daemon reads a subtree's tasks when it takes the cgroup
                 # (Daemon._warm), so an OOM re-reads only what changed.  One backend
                 # per size and reader: each /proc cache has every fd it can get.
-                bpf = open_task_reader("bpf", "/proc") if reader == "bpf" else None
+                bpf = (BpfTasks.open(mode="css") if reader == "bpf" else
+                       BpfTasks.open(mode="task") if reader == "bpf-task" else None)
                 backend = CgroupV1Backend(bench.fs, ProcFS(), dry_run=True, bpf=bpf)
                 try:
                     backend.warm(top)
@@ -681,10 +682,13 @@ def bench_scaling(args) -> None:
              "`CgroupV1Backend` on the real cgroupfs and /proc, `Engine.handle()` of a memcg "
              "OOM at the subtree's top with the policy attached there, dry run (the decision "
              "is made and recorded, nothing is killed): the whole of what the daemon does "
-             "between the wake-up and the kill, context reads included. Two task readers, "
-             "as the daemon's `task_reader` chooses: **bpf**, the BPF task iterator "
-             "(`linux/bpftasks.py`: every task of the subtree in one read, no /proc, no "
-             "`cgroup.procs`; the daemon's default where it loads), and **proc**, /proc "
+             "between the wake-up and the kill, context reads included. The task readers "
+             "the daemon's `task_reader` chooses between: **bpf** (`linux/bpftasks.py`, "
+             "Linux 6.7+, the daemon's default where it loads: a cgroup iterator over the "
+             "subtree and the css task iterator in each cgroup, no /proc, no `cgroup.procs`), "
+             "**bpf-task** (its fallback on older kernels: a task iterator over every task of "
+             "the machine, keeping the subtree's; the bench's 11,100 sleepers are all on the "
+             "machine at once), and **proc**, /proc "
              "through fds kept between OOMs (`linux/taskcache.py`: `statm` and "
              "`oom_score_adj` per task, `cgroup.procs` per cgroup; `status`/`stat` only for a "
              "task whose `statm` changed). Both warm, as in the daemon, which reads a "
@@ -694,17 +698,19 @@ def bench_scaling(args) -> None:
              "a global OOM over N tasks in N/10 cgroups; warm = its cached task snapshots, "
              "cold = every one rebuilt). Times in ms, median (p99).", "",
              "| tasks | bpf: kernel-default | bpf: largest-task | bpf: reading the tasks | "
+             "bpf-task: kernel-default | bpf-task: reading the tasks | "
              "proc: kernel-default | proc: largest-task | proc: reading the tasks | tasks in the "
              "proc cache | cold /proc: kernel-default | sim cold | sim warm | runs |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def cell(row: dict) -> str:
         return f"{row['median']:.2f} ({row['p99']:.2f})"
 
     for i, n in enumerate(sizes):
-        b, p, sm, cd = live["bpf"], live["proc"], sim[i], cold[i]
+        b, bt, p, sm, cd = live["bpf"], live["bpf-task"], live["proc"], sim[i], cold[i]
         lines.append(f"| {n:,} | {cell(b['kernel-default'][i])} | {cell(b['largest-task'][i])} | "
-                     f"{cell(b['read'][i])} | {cell(p['kernel-default'][i])} | "
+                     f"{cell(b['read'][i])} | {cell(bt['kernel-default'][i])} | {cell(bt['read'][i])} | "
+                     f"{cell(p['kernel-default'][i])} | "
                      f"{cell(p['largest-task'][i])} | {cell(p['read'][i])} | "
                      f"{p['read'][i]['cached']:,} | {cell(cd)} | {sm['cold']['median_ms']:.2f} | "
                      f"{sm['warm']['median_ms']:.2f} | {b['kernel-default'][i]['runs']} / {cd['n']} |")
