@@ -221,6 +221,23 @@ def test_high_event_within_headroom_handles_the_limited_cgroup(daemon, tree):
     assert daemon.handled == [("memcg", "/box/a", False)]
 
 
+def test_a_kernel_kill_of_our_own_victim_is_not_a_second_record(daemon, monkeypatch):
+    """Our SIGKILL and the kernel's OOM kill can race for one task at memory.max:
+    one death, already ours; a kernel kill of another task is still reported."""
+    from oomkit.backends.base import Release
+
+    reports = []
+    monkeypatch.setattr(daemon, "kernel_killed", lambda memcg, victims, note: reports.append(victims))
+    victims = [Release(PID_A, "hog", "/box/a", 50 * MiB, 50 * MiB)]
+    monkeypatch.setattr(daemon.source, "_kernel_victims", lambda path: (list(victims), "/box/a"))
+    daemon.backend._killed[PID_A] = daemon.backend.clock.now()     # as _kill_one records a kill
+    daemon.source._report_kernel_kill("/box/a", 1)
+    assert reports == []
+    victims.append(Release(PID_B, "sleep", "/box/a", MiB, MiB))
+    daemon.source._report_kernel_kill("/box/a", 2)
+    assert [[v.pid for v in r] for r in reports] == [[PID_B]]
+
+
 def test_events_far_from_the_limit_are_not_pressure(daemon, tree):
     """'max' counted at the box (hierarchical) with its usage far below its
     limit: nothing to do; only the PSI trigger means pressure."""

@@ -241,6 +241,14 @@ class V2Events:
         one report, with the victims from /dev/kmsg."""
         self.hub.hush.start(path, kernel=True)
         killed, oom_memcg = self._kernel_victims(path)
+        ours = [v for v in killed if self.backend.killed_lately(v.pid)]
+        if ours and len(ours) == len(killed):
+            # Our SIGKILL and the kernel's OOM kill raced for the same task: one
+            # death, already recorded as ours.
+            log.info("oomkit: the kernel also OOM-killed %s in %s, already killed by oomkit",
+                     ", ".join(f"pid {v.pid}" for v in ours), path)
+            return
+        killed = [v for v in killed if v not in ours]
         self.hub.kernel_killed(oom_memcg or path, killed,
                                f"the kernel's OOM killer acted in {path} ({count} oom_kill in "
                                "memory.events.local)")

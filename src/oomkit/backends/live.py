@@ -38,6 +38,7 @@ PAGE = oom_kill.PAGE_SIZE
 # A charge may be a 2 MiB huge page: the OOM is over once that much fits again.
 CHARGE_MARGIN = 2 << 20
 POLL = 0.002
+RECENT = 10.0       # seconds a kill of ours is remembered (killed_lately)
 
 
 class Hub(Protocol):
@@ -147,6 +148,7 @@ class LiveBackend:
         self.dry_run = dry_run
         self.tick = tick                  # called while we wait (the watchdog's heartbeat)
         self._in_flight: dict[int, int] = {}   # pid -> pidfd of tasks we killed
+        self._killed: dict[int, float] = {}    # pid -> when we killed it, for RECENT seconds
         self._hz = ProcFS.clock_ticks()
 
     # -- context -------------------------------------------------------------
@@ -285,7 +287,17 @@ class LiveBackend:
         if fd is None:
             return False
         self._in_flight[task.pid] = fd
+        now = self.clock.now()
+        self._killed = {pid: t for pid, t in self._killed.items() if now - t < RECENT}
+        self._killed[task.pid] = now
         return True
+
+    def killed_lately(self, pid: int) -> bool:
+        """Did we kill ``pid`` in the last few seconds?  The kernel may OOM-kill our
+        victim too when it charges at the limit before our SIGKILL lands: that
+        is one death, already ours (v2 reports kernel kills)."""
+        t = self._killed.get(pid)
+        return t is not None and self.clock.now() - t < RECENT
 
     def set_limit(self, path: str, limit: int) -> None:
         if not self.dry_run:
