@@ -221,6 +221,21 @@ def test_high_event_within_headroom_handles_the_limited_cgroup(daemon, tree):
     assert daemon.handled == [("memcg", "/box/a", False)]
 
 
+def test_once_the_kernel_oom_killer_has_run_we_kill_nothing(tree):
+    """memory.events 'oom' moved after we took the OOM: the kernel's OOM killer
+    is picking (or has picked) its victim; ours would be a second one."""
+    mount, _ = tree
+    b = backend(tree, headroom=8 * MiB)
+    oom = OOMEvent("memcg", "/box/a")
+    set_events(mount, "/box/a", oom=2)
+    b.take("/box/a")
+    tasks = [t for t in b.tasks(oom, "/box/a") if t.pid == PID_B]
+    assert b.kernel_acted(oom) is False and b.condition_gone(oom) is False   # 57M + 8M > 64M
+    set_events(mount, "/box/a", oom=3)
+    assert b.kernel_acted(oom) is True and b.condition_gone(oom) is True
+    assert b.kill(tasks, oom) == []
+
+
 def test_a_kernel_kill_of_our_own_victim_is_not_a_second_record(daemon, monkeypatch):
     """Our SIGKILL and the kernel's OOM kill can race for one task at memory.max:
     one death, already ours; a kernel kill of another task is still reported."""

@@ -36,6 +36,34 @@ class CgroupV2Backend(LiveBackend):
         super().__init__(*args, **kwargs)
         self.headroom_bytes = headroom
         self.tripwire = tripwire      # memory.high = memory.max - headroom is ours to move
+        self._kernel_ooms: dict[str, int] = {}   # memcg -> its 'oom' count when we took its OOM
+
+    # -- the kernel's OOM killer, which may act while our chain runs ------------
+
+    def take(self, memcg: str) -> None:
+        """We are about to run the chain for ``memcg``: note how many times the
+        kernel's OOM killer has run there (memory.events 'oom', counted by
+        mm/memcontrol.c mem_cgroup_out_of_memory before it picks a victim)."""
+        try:
+            self._kernel_ooms[memcg] = self.fs.events(memcg).get("oom", 0)
+        except CgroupGone:
+            self._kernel_ooms.pop(memcg, None)
+
+    def kernel_acted(self, oom: OOMEvent) -> bool:
+        """Has the kernel's OOM killer run in the OOMing memcg since we took the
+        OOM?  Then its kill is the last word: a kill of ours now would be a
+        second one (seen in the VM: the kernel killed the hog at memory.max
+        while our policy, finding the hog already exiting, took the bystander)."""
+        seen = self._kernel_ooms.get(oom.memcg)
+        if oom.level != "memcg" or seen is None:
+            return False
+        try:
+            return self.fs.events(oom.memcg).get("oom", 0) > seen
+        except CgroupGone:
+            return True
+
+    def condition_gone(self, oom: OOMEvent) -> bool:
+        return self.kernel_acted(oom) or super().condition_gone(oom)
 
     def _swap(self, path: str) -> int:
         try:
@@ -48,7 +76,13 @@ class CgroupV2Backend(LiveBackend):
 
     def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
         """A whole-cgroup kill writes ``cgroup.kill`` (Linux 5.14+) when every task
-        in it may die; otherwise task by task, skipping -1000 as the kernel does."""
+        in it may die; otherwise task by task, skipping -1000 as the kernel does.
+        Nothing, if the kernel's OOM killer has acted since we took the OOM: the
+        kernel's own last check before a kill (mem_cgroup_out_of_memory checks
+        the margin again under oom_lock), ours against its kill."""
+        if self.kernel_acted(oom):
+            log.info("oomkit: the kernel's OOM killer acted in %s first; not killing", oom.memcg)
+            return []
         if cgroup is None or self.dry_run or not self._all_killable(cgroup, tasks):
             return super().kill(tasks, oom, cgroup=cgroup)
         try:
@@ -201,6 +235,7 @@ class V2Events:
                         log.debug("oomkit: %s near its limit while victims exit; waiting", p)
                         return
                     self.hub.hush.start(p)
+                    self.backend.take(p)
                     self.hub.handle(OOMEvent("memcg", p))
                     return
             except CgroupGone:
@@ -214,6 +249,7 @@ class V2Events:
             log.debug("oomkit: pressure at %s ignored: an OOM there was just handled", path)
             return
         self.hub.hush.start(path)
+        self.backend.take(path)
         self.hub.handle(OOMEvent("memcg", path), pressure=True)
 
     def _on_events(self, path: str) -> None:
@@ -233,6 +269,15 @@ class V2Events:
         if killed_here > 0:
             self._report_kernel_kill(path, killed_here)
             return      # its memory is on its way back: no condition to re-check now
+        if now.get("oom", 0) > before.get("oom", 0):
+            # The kernel's OOM killer is at work here right now ('oom' counts its
+            # runs, mm/memcontrol.c mem_cgroup_out_of_memory; 'oom_kill' follows
+            # when it has killed): its kill is the last word, and a chain run now
+            # would take a second task (seen in the VM: ours killed the bystander
+            # while the kernel killed the hog).  Its kill is reported when counted.
+            self.hub.hush.start(path, kernel=True)
+            log.debug("oomkit: the kernel's OOM killer is acting in %s; not running the chain", path)
+            return
         if now.get("max", 0) > before.get("max", 0) or now.get("high", 0) > before.get("high", 0):
             self._check(path)
 

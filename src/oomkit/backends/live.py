@@ -292,6 +292,11 @@ class LiveBackend:
         self._killed[task.pid] = now
         return True
 
+    def kernel_acted(self, oom: OOMEvent) -> bool:
+        """Has the kernel's own OOM killer acted on this OOM while we held it?
+        (Only v2 can tell: on v1 the OOM waits for us.)"""
+        return False
+
     def killed_lately(self, pid: int) -> bool:
         """Did we kill ``pid`` in the last few seconds?  The kernel may OOM-kill our
         victim too when it charges at the limit before our SIGKILL lands: that
