@@ -27,9 +27,9 @@ from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancesto
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, TaskGone
 from oomkit.linux import parse, pidfd
+from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
-from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.taskcache import TaskCache, TaskSample
 
 log = logging.getLogger("oomkit")
@@ -132,10 +132,10 @@ class LiveBackend:
                  tick: Callable[[], None] = lambda: None, proc_cache: int = 10_000,
                  bpf: BpfTasks | None = None):
         self.fs, self.proc = fs, proc
-        # How an OOM's tasks are read: with ``bpf``, a task iterator's one read
-        # per OOM (linux/bpftasks.py); otherwise /proc through fds kept between
-        # OOMs, two small files per task (linux/taskcache.py).  Single tasks
-        # (task(), task_info()) always come from the cache.
+        # How an OOM's tasks are read: with ``bpf``, the BPF reader's one read
+        # of the subtree per OOM (linux/bpftasks.py); otherwise /proc through fds
+        # kept between OOMs, two small files per task (linux/taskcache.py).
+        # Single tasks (task(), task_info()) always come from /proc.
         self.bpf = bpf
         self.task_cache = TaskCache(proc, proc_cache)
         self._cgroup_paths: dict[int, str] = {}     # BPF's memcg ids -> cgroup
@@ -233,9 +233,11 @@ class LiveBackend:
                         s.oom_score_adj, s.uid, s.starttime / self._hz, s.exiting)
 
     def warm(self, scope: str) -> int:
-        """Read (and cache) every task of ``scope`` now, before any OOM there: the
-        daemon does it when it takes a cgroup.  How many tasks it read."""
-        return len(self.task_cache.scan(self.fs.subtree_procs(scope), self._info))
+        """Read every task of ``scope`` now, before any OOM there, so that an OOM
+        re-reads only what changed (the /proc cache's fds, or the BPF reader's
+        parsed records): the daemon does it when it takes a cgroup.  How many
+        tasks it read."""
+        return len(self._read_tasks(scope))
 
     def task(self, pid: int) -> TaskInfo | None:
         try:
