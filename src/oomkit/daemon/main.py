@@ -453,9 +453,9 @@ def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
 
     Only the per-subtree program (Linux 6.7+) is used.  The task-iterator
     program that BpfTasks falls back to on older kernels missed a running,
-    allocating process in about a third of its reads on Debian's 6.1 in the
-    VM (a bystander was killed in its place), and the cause is not known yet:
-    there /proc it is."""
+    allocating process in a share of its reads in a debug loop on Debian's
+    6.1 in the VM, depending on the target's depth, and the cause is not
+    known yet: there, /proc it is."""
     if choice == "proc" or (choice == "auto" and os.path.realpath(proc) != "/proc"):
         return None
     if os.path.realpath(proc) != "/proc":
