@@ -730,8 +730,8 @@ def bench_scaling(args) -> None:
                              "from 100 to 10,000 tasks (linear: x100)")
             lines.append(f"- {reader}, {name}: " + "; ".join(parts) +
                          f"; decided: {rows[0]['resolved_by']}, {rows[0]['killed']} (dry-run) kill each")
-    lines.append("- bpf-task is measured for what it costs; the daemon does not use it (README, "
-                 "'Reading an OOM's tasks': it missed a running process in a debug loop on 6.1)")
+    lines.append("- bpf-task is what the daemon reads with on kernels 5.8-6.6 (no css task "
+                 "iterator kfuncs); measured here by forcing it")
     fd_soft, fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lines.append(f"- open files limit (RLIMIT_NOFILE) {fd_soft:,} soft / {fd_hard:,} hard: the /proc "
                  "cache holds two fds per task and leaves the rest a reserve of max(1,024, 1/8 of the "

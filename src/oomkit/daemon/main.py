@@ -449,26 +449,24 @@ def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
     """The BPF reader for "bpf" (or a KernelError saying why it cannot load),
     for "auto" if it loads (else the /proc cache, with a line saying why), None
     for "proc".  BPF reads the running kernel: with another /proc root (a test's
-    fake tree) "auto" means /proc, and "bpf" is an error.
-
-    Only the per-subtree program (Linux 6.7+) is used.  The task-iterator
-    program that BpfTasks falls back to on older kernels missed a running,
-    allocating process in a share of its reads in a debug loop on Debian's
-    6.1 in the VM, depending on the target's depth, and the cause is not
-    known yet: there, /proc it is."""
+    fake tree) "auto" means /proc, and "bpf" is an error."""
     if choice == "proc" or (choice == "auto" and os.path.realpath(proc) != "/proc"):
         return None
     if os.path.realpath(proc) != "/proc":
         raise ConfigError(f'task_reader "bpf" reads the running kernel, but proc is {proc}',
                           where="daemon.task_reader", hint='use "auto" or "proc", or proc = "/proc"')
     try:
-        reader = BpfTasks.open(mode="css")
+        reader = BpfTasks.open()
     except KernelError as exc:
         if choice == "bpf":
             raise
         log.warning("oomkit: reading tasks from /proc (%s)", exc)
         return None
-    log.info("oomkit: reading tasks with BPF, subtree by subtree (cgroup + css task iterators)")
+    if reader.mode == "css":
+        log.info("oomkit: reading tasks with BPF, subtree by subtree (cgroup + css task iterators)")
+    else:
+        log.info("oomkit: reading tasks with the BPF task iterator, every task of the machine "
+                 "at each read (%s)", reader.fallback)
     return reader
 
 
