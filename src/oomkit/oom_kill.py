@@ -79,16 +79,6 @@ def eligible(task: TaskInfo, level: str, memcg: str, nodes: Sequence[int]) -> bo
     return True
 
 
-def scan_order(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
-               memcg: str) -> list[TaskInfo]:
-    """Tasks in the order the kernel evaluates them (see the module doc)."""
-    if level != "memcg":
-        return sorted(tasks)    # a TaskInfo is a tuple that starts with its (unique) pid
-    inside = _in_memcg(tasks, memcg)
-    rank = _preorder_rank({t.cgroup for t in inside}, cgroups, memcg)
-    return sorted(inside, key=lambda t: (rank[t.cgroup], t.pid))
-
-
 def _preorder_rank(paths: set[str], cgroups: Mapping[str, CgroupInfo], top: str) -> dict[str, int]:
     """The ``css_next_descendant_pre()`` positions of ``paths`` (all within
     ``top``) relative to each other.  Only the cgroups where two of their
@@ -167,9 +157,9 @@ def _in_memcg(tasks: Iterable[TaskInfo], memcg: str) -> list[TaskInfo]:
 
 def _met(first_or_last, tasks: list[TaskInfo], cgroups: Mapping[str, CgroupInfo], level: str,
          memcg: str) -> TaskInfo:
-    """The first (``min``) or last (``max``) of a few tasks in :func:`scan_order`,
-    all in the OOM's scope; the cgroup tree is looked at only if they are in
-    more than one cgroup."""
+    """The first (``min``) or last (``max``) of a few tasks in the order the
+    kernel evaluates them (see the module doc), all in the OOM's scope; the
+    cgroup tree is looked at only if they are in more than one cgroup."""
     paths = {t.cgroup for t in tasks}
     if level != "memcg" or len(paths) == 1:
         return first_or_last(tasks)     # a TaskInfo is a tuple that starts with its (unique) pid
