@@ -93,7 +93,7 @@ class CgroupV2Backend(LiveBackend):
                 for t in tasks]
 
     def _all_killable(self, cgroup: str, tasks: Sequence[TaskInfo]) -> bool:
-        every = {pid for path in self.fs.walk(cgroup) for pid in self.fs.procs(path)}
+        every = {pid for _path, pids in self.fs.subtree_procs(cgroup) for pid in pids}
         return every == {t.pid for t in tasks} and not any(self.protected(p) for p in every)
 
     def set_limit(self, path: str, limit: int) -> None:

@@ -108,68 +108,64 @@ class CgroupFS:
 
     def walk(self, cg: str = "/") -> Iterator[str]:
         """``cg`` and its descendants, pre-order; a child removed meanwhile is skipped."""
-        yield cg
-        try:
-            kids = self.children(cg)
-        except CgroupGone:
-            return
-        for child in kids:
-            yield from self.walk(child)
+        for name, _dir, _ino in self._tree(cg):
+            yield name
 
     def subtree_procs(self, cg: str) -> list[tuple[str, list[int]]]:
         """(cgroup, its ``cgroup.procs``) for ``cg`` and every cgroup below it,
         pre-order; one removed meanwhile is skipped.  The same as :meth:`walk`
         plus :meth:`procs`, on plain string paths with raw ``os`` calls: during
         an OOM in a subtree of 1,000 memcgs, ``Path`` objects and text file
-        objects cost half the time.  A leaf is not listed: kernfs keeps a
-        directory's link count at 2 + its subdirectories (fs/kernfs/inode.c
-        ``kernfs_refresh_inode``), as tmpfs and ext4 do, and listing a v1 memcg's
-        thirty-odd files costs ten times the ``stat`` that tells."""
+        objects cost half the time."""
         out = []
-        stack = [(cg, str(self.path(cg)), False)]      # validated once, at the top
-        while stack:
-            name, d, leaf = stack.pop()
+        for name, d, _ino in self._tree(cg):
             try:
-                kids = () if leaf else _subdirs(d)
                 pids = parse.pids(_read_bytes(d + "/cgroup.procs"))
-            except CgroupGone:         # removed meanwhile (listing it)
-                continue
             except OSError as exc:     # no context manager per cgroup: this is the hot loop
                 err = translate(exc, d + "/cgroup.procs", CgroupGone, "read")
                 if isinstance(err, CgroupGone):
                     continue
                 raise err from exc
             out.append((name, pids))
-            prefix = "" if name == "/" else name
-            stack.extend((f"{prefix}/{n}", f"{d}/{n}", nlink == 2) for n, nlink, _ino in reversed(kids))
         return out
 
     def cgroup_ids(self, cg: str) -> dict[int, str]:
         """{id: cgroup} for ``cg`` and every cgroup below it, where the id is the
         directory's inode number: the kernfs node id on 64-bit (fs/kernfs/inode.c
-        ``kernfs_init_inode``), what a BPF program reads as ``cgroup->kn->id``.
-        Leaves are not listed (see :meth:`subtree_procs`); one removed meanwhile is skipped."""
-        top = str(self.path(cg))
-        try:
-            out = {os.stat(top).st_ino: cg}
-        except OSError as exc:
-            err = translate(exc, top, CgroupGone, "stat")
-            if isinstance(err, CgroupGone):
-                return {}
-            raise err from exc
-        stack = [(cg, top)]
+        ``kernfs_init_inode``), what a BPF program reads as ``cgroup->kn->id``."""
+        out = {}
+        for name, d, ino in self._tree(cg):
+            if not ino:                # the top: its parent's listing was not read
+                try:
+                    ino = os.stat(d).st_ino
+                except OSError as exc:
+                    err = translate(exc, d, CgroupGone, "stat")
+                    if isinstance(err, CgroupGone):
+                        return {}
+                    raise err from exc
+            out[ino] = name
+        return out
+
+    def _tree(self, cg: str) -> Iterator[tuple[str, str, int]]:
+        """(cgroup, its directory, its inode) for ``cg`` and every cgroup below
+        it, pre-order, children sorted by name; the inode comes from the
+        parent's listing (0 for ``cg`` itself).  A cgroup removed meanwhile
+        ends its branch.  A leaf is not listed: kernfs keeps a directory's link
+        count at 2 + its subdirectories (fs/kernfs/inode.c
+        ``kernfs_refresh_inode``), as tmpfs and ext4 do, and listing a v1
+        memcg's thirty-odd files costs ten times the ``stat`` that tells."""
+        stack = [(cg, str(self.path(cg)), 0, False)]      # validated once, at the top
         while stack:
-            name, d = stack.pop()
+            name, d, ino, leaf = stack.pop()
+            yield name, d, ino
+            if leaf:
+                continue
             try:
                 kids = _subdirs(d)
             except CgroupGone:
                 continue
             prefix = "" if name == "/" else name
-            for n, nlink, ino in kids:
-                out[ino] = f"{prefix}/{n}"
-                if nlink != 2:
-                    stack.append((f"{prefix}/{n}", f"{d}/{n}"))
-        return out
+            stack.extend((f"{prefix}/{n}", f"{d}/{n}", i, nlink == 2) for n, nlink, i in reversed(kids))
 
     def procs(self, cg: str) -> list[int]:
         """The thread-group ids in ``cgroup.procs`` (not sorted or unique: see cgroup-v1/cgroups.rst)."""
