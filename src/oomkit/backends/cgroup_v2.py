@@ -65,6 +65,11 @@ class CgroupV2Backend(LiveBackend):
     def condition_gone(self, oom: OOMEvent) -> bool:
         return self.kernel_acted(oom) or super().condition_gone(oom)
 
+    def cgroup_gone(self, path: str) -> None:
+        super().cgroup_gone(path)
+        for memcg in [m for m in self._kernel_ooms if is_within(m, path)]:
+            del self._kernel_ooms[memcg]
+
     def _swap(self, path: str) -> int:
         try:
             return parse.int_value(self.fs.read(path, "memory.swap.current"))

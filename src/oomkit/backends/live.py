@@ -180,11 +180,17 @@ class LiveBackend:
             out = self._read_tasks_bpf(scope)
         else:
             out = self.task_cache.scan(self.fs.subtree_procs(scope), self._info)
-        if self._in_flight:      # our victims on their way out (not cached: it changes)
-            dying = self._in_flight
-            out = [t._replace(exiting=True) if t.pid in dying and not t.exiting else t for t in out]
+        out = self._with_victims(out)
         out.sort()      # by pid: a TaskInfo is a tuple that starts with its (unique) pid
         return out
+
+    def _with_victims(self, tasks: list[TaskInfo]) -> list[TaskInfo]:
+        """Our victims on their way out are exiting (not in what the readers
+        keep between OOMs: it changes)."""
+        dying = self._in_flight
+        if not dying:
+            return tasks
+        return [t._replace(exiting=True) if t.pid in dying and not t.exiting else t for t in tasks]
 
     def _read_tasks_bpf(self, scope: str) -> list[TaskInfo]:
         path = self.fs.path(scope)
@@ -251,10 +257,7 @@ class LiveBackend:
         cache = self.task_cache
         with cache.lock:
             s = cache.sample(pid, cgroup)
-        if s is None:
-            return None
-        info = self._info(pid, cgroup, s)
-        return info._replace(exiting=True) if pid in self._in_flight else info
+        return None if s is None else self._with_victims([self._info(pid, cgroup, s)])[0]
 
     def _swap(self, path: str) -> int:
         return 0
