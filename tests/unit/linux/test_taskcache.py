@@ -145,11 +145,15 @@ def test_scan_keeps_what_it_made_while_the_task_and_its_cgroup_are_unchanged(pro
 
 
 def test_close_releases_every_fd(proc):
+    import os
+
     fake_task(proc, PID)
     cache = TaskCache(ProcFS(proc))
     cache.sample(PID, "/a")
+    before = set(os.listdir("/proc/self/fd"))
     cache.close()
     assert len(cache) == 0
+    assert len(before - set(os.listdir("/proc/self/fd"))) == 2     # statm and oom_score_adj
 
 
 # -- the kernel facts it relies on (real /proc, a child of ours) ----------------------------
