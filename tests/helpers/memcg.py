@@ -27,6 +27,16 @@ MiB = 1 << 20
 PARENT_CAP = 256 * MiB
 
 
+def cleaned_up(box):
+    """A fixture body: yield ``box`` (a v1 Sandbox or a v2 Box), then remove its
+    cgroups, also after a failed test, and fail if any is left."""
+    try:
+        yield box
+    finally:
+        left = box.cleanup()
+        assert not left, f"could not remove test cgroups: {left}"
+
+
 def v1_memory_mount() -> str | None:
     """The v1 memory controller's mount, or None."""
     try:

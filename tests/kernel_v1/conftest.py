@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
 from helpers.daemon import DaemonProc  # noqa: E402
-from helpers.memcg import Sandbox, v1_memory_mount  # noqa: E402
+from helpers.memcg import Sandbox, cleaned_up, v1_memory_mount  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +31,7 @@ def v1_mount() -> str:
 
 @pytest.fixture
 def sandbox(v1_mount):
-    box = Sandbox(v1_mount)
-    try:
-        yield box
-    finally:
-        left = box.cleanup()
-        assert not left, f"could not remove test cgroups: {left}"
+    yield from cleaned_up(Sandbox(v1_mount))
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from oomkit.linux.cgroupfs import CgroupFS, detect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
 from helpers.daemon import read_event_log  # noqa: E402
+from helpers.memcg import cleaned_up  # noqa: E402
 from helpers.procs import Proc, hog_argv, wait_for_line  # noqa: E402
 
 MiB = 1 << 20
@@ -169,12 +170,7 @@ def v2() -> str:
 
 @pytest.fixture
 def box(v2):
-    b = Box(v2)
-    try:
-        yield b
-    finally:
-        left = b.cleanup()
-        assert not left, f"could not remove test cgroups: {left}"
+    yield from cleaned_up(Box(v2))
 
 
 @pytest.fixture
