@@ -18,32 +18,30 @@ _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 def parse_size(value: int | float | str) -> int:
     """Bytes from ``1073741824``, ``"1G"``, ``"512M"``, ``"1.5G"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{value!r} is negative")
-        return int(value)
-    match = _SIZE.match(value)
-    if not match:
-        raise ValueError(f"{value!r} is not a size; write bytes or a number with K, M, G or T")
-    number, unit = match.groups()
-    return int(float(number) * (1 << _SHIFT[unit.lower()] if unit else 1))
+    number, unit = _number(value, _SIZE, "size", "write bytes or a number with K, M, G or T")
+    return int(number * (1 << _SHIFT[unit.lower()] if unit else 1))
 
 
 def parse_duration(value: int | float | str) -> float:
     """Seconds from ``0.5``, ``"500ms"``, ``"10s"``, ``"1m"``; ValueError otherwise."""
+    number, unit = _number(value, _DURATION, "duration", "write seconds or a number with ms, s or m")
+    return float(number) * _DURATION_SCALE[unit]
+
+
+def _number(value: int | float | str, pattern: re.Pattern, what: str,
+            hint: str) -> tuple[int | float, str | None]:
+    """(number, unit) of a size or duration; a plain number has no unit."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
+        raise ValueError(f"{value!r} is not a {what}")
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"{value!r} is negative")
-        return float(value)
-    match = _DURATION.match(value)
+        return value, None
+    match = pattern.match(value)
     if not match:
-        raise ValueError(f"{value!r} is not a duration; write seconds or a number with ms, s or m")
+        raise ValueError(f"{value!r} is not a {what}; {hint}")
     number, unit = match.groups()
-    return float(number) * _DURATION_SCALE[unit]
+    return float(number), unit
 
 
 def format_size(n: int | None) -> str:
