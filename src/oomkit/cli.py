@@ -9,12 +9,14 @@ from pathlib import Path
 import click
 
 from oomkit.errors import OOMKitError
+from oomkit.text import TerminalFormatter, for_terminal, record_safe
 
 EXIT_USAGE = 2
 
 
 def _fail(message: str) -> None:
-    click.echo(f"oomkit: {message}", err=True)
+    # One line, whatever a file name or a policy's exception text holds.
+    click.echo(f"oomkit: {for_terminal(message)}", err=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -23,7 +25,11 @@ def _emit(result: dict, as_json: bool, report) -> None:
     if as_json:
         import msgspec
 
-        click.echo(msgspec.json.encode(result).decode())
+        try:
+            data = msgspec.json.encode(result)
+        except UnicodeEncodeError:      # a name that was not UTF-8: \xNN, as the event log
+            data = msgspec.json.encode(record_safe(result))
+        click.echo(data.decode())
     else:
         report()
 
@@ -98,7 +104,7 @@ def check(file: Path) -> None:
         summary = check_file(file)
     except OOMKitError as exc:
         _fail(str(exc))
-    click.echo(f"{file}: ok ({summary})")
+    click.echo(for_terminal(f"{file}: ok ({summary})"))
 
 
 @main.command()
@@ -134,8 +140,9 @@ def run(config: Path, dry_run: bool, verbose: bool) -> None:
 
     if os.geteuid() != 0:
         _fail("oomkit run needs root: it writes cgroup files and kills processes (try sudo)")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalFormatter("%(message)s"))  # names in log lines are hostile
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     from oomkit.daemon.main import run_daemon
 
     try:

@@ -28,8 +28,10 @@ nothing in oomkit parses these escapes back.  Pure functions, no I/O.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
+from typing import Any
 
 # Fast path: a plain ASCII printable string needs nothing.
 _PLAIN = re.compile(r"[ -~]*")
@@ -73,3 +75,34 @@ def for_markup(s: str) -> str:
     from rich.markup import escape
 
     return escape(for_terminal(s))
+
+
+def record_safe(value: Any) -> Any:
+    """``value`` (a record: dicts, lists, tuples, scalars) with every string,
+    keys included, passed through :func:`for_record`."""
+    if isinstance(value, str):
+        return for_record(value)
+    if isinstance(value, dict):
+        return {record_safe(k): record_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [record_safe(v) for v in value]
+    return value
+
+
+class TerminalFormatter(logging.Formatter):
+    """A log formatter for stderr: the message is one :func:`for_terminal`
+    line whatever the names in it hold (a newline in a task name cannot forge
+    a second line); a traceback keeps its lines, each escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return for_terminal(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _lines(super().formatStack(stack_info))
+
+
+def _lines(text: str) -> str:
+    return "\n".join(for_terminal(line) for line in text.split("\n"))

@@ -6,6 +6,7 @@ reports of ``simulate`` and ``replay`` use it."""
 from __future__ import annotations
 
 import io
+import logging
 import json
 import textwrap
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from oomkit.cli import main
 from oomkit.daemon.snapshot import snapshot
 from oomkit.report import print_oom
-from oomkit.text import for_markup, for_record, for_terminal
+from oomkit.text import TerminalFormatter, for_markup, for_record, for_terminal, record_safe
 from oomtest_helpers import FuncPolicy, kill_named, make_sim
 
 # What the kernel gives for bytes that are not UTF-8, read with surrogateescape.
@@ -144,3 +145,49 @@ def test_the_report_prints_undecodable_names_on_a_strict_utf8_terminal():
     out.flush()
     text = out.buffer.getvalue().decode("utf-8")
     assert "killed pid 1 (caf\\xe9 \\xff) in /caf\\xe9 \\xff" in text
+
+
+def test_record_safe_reaches_keys_and_nested_values():
+    assert record_safe({LATIN1_NAME: [LATIN1_NAME, 1, None, (LATIN1_NAME,)]}) == \
+        {"caf\\xe9 \\xff": ["caf\\xe9 \\xff", 1, None, ["caf\\xe9 \\xff"]]}
+
+
+def test_log_lines_are_escaped_and_stay_one_line():
+    formatter = TerminalFormatter("%(message)s")
+    record = logging.LogRecord("oomkit", logging.WARNING, __file__, 1,
+                               "oomkit: killed pid %d (%s)", (7, "x\noomkit: forged " + ANSI), None)
+    assert formatter.format(record) == \
+        "oomkit: killed pid 7 (x\\x0aoomkit: forged \\x1b[31mred\\x1b[0m\\x1b]0;title\\x07)"
+
+
+def test_an_error_line_escapes_a_hostile_file_name(tmp_path):
+    name = tmp_path / "\x1b[31mx\ny.toml"
+    result = CliRunner().invoke(main, ["check", str(name)])
+    assert result.exit_code == 2
+    assert "\x1b" not in result.output and result.output.count("\n") == 1
+    assert "\\x1b[31mx\\x0ay.toml" in result.output
+
+
+POLICY = '''
+from oomkit import OOMPolicy, Verdict
+
+class Odd(OOMPolicy):
+    name = "odd"
+    def handle_out_of_memory(self, oc, k):
+        for t in oc.tasks.in_cgroup(oc.memcg):
+            if k.kill_task(t, "caf\\udce9") > 0:
+                return Verdict.HANDLED
+        return Verdict.PASS
+'''
+
+
+def test_simulate_json_writes_valid_utf8_when_a_string_is_not(tmp_path):
+    (tmp_path / "odd.py").write_text(POLICY)
+    scenario = HOSTILE.replace('policy = "largest-task"', 'policy = "odd.py:Odd"')
+    (tmp_path / "s.toml").write_text(scenario)
+    result = CliRunner().invoke(main, ["simulate", "--json", str(tmp_path / "s.toml")])
+    assert result.exit_code == 0, result.output
+    actions = json.loads(result.output)["ooms"][0]["handlers"][0]["actions"]
+    assert actions[0]["reason"] == "caf\\xe9"
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "s.toml")])
+    assert result.exit_code == 0, result.output
