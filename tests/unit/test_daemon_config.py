@@ -41,7 +41,10 @@ def test_defaults_and_units():
     config = resolve({"attach": [{"cgroup": "/", "policy": "kernel-default"}]})
     assert config.hierarchy == "auto" and config.settings.handler_deadline == 0.05
     assert config.settings.backoff_wait == 0.5 and config.watchdog_timeout == 1.0
-    assert str(config.pressure) == "some 150000 2000000"
+    # cgroup v2: a standing decision 1/8 of memory.max from it (auto), taken again every
+    # 500 ms; acting early on pressure is an opt-in, off by default (issue 9).
+    assert config.pressure is None and config.headroom is None and config.rearm == 0.5
+    assert str(resolve({"daemon": {"pressure": "some 150ms 2s"}}).pressure) == "some 150000 2000000"
     assert config.proc_cache == 10_000 and config.task_reader == "auto"
 
 

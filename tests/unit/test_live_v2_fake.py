@@ -100,18 +100,6 @@ def test_context_reads_cgroup2_files(tree):
     assert b.totalpages(oom) == 64 * MiB // 4096
 
 
-def test_condition_is_usage_within_headroom_of_memory_max(tree):
-    mount, _ = tree
-    oom = OOMEvent("memcg", "/box/a")
-    assert backend(tree).condition_gone(oom) is True             # 57M + 2M margin <= 64M
-    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is False   # 57M + 8M > 64M
-    (mount / "box" / "a" / "memory.current").write_text(f"{50 * MiB}\n")
-    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is True
-    (mount / "box" / "a" / "memory.max").write_text("max\n")
-    assert backend(tree, headroom=8 * MiB).condition_gone(oom) is True   # no limit, no OOM
-    assert backend(tree).condition_gone(OOMEvent("memcg", "/box/gone")) is True
-
-
 def test_whole_cgroup_kill_writes_cgroup_kill(tree):
     mount, _ = tree
     b = backend(tree)
@@ -136,7 +124,7 @@ def test_cgroup_kill_not_used_when_a_task_must_survive(tree):
 
 def test_dry_run_writes_nothing(tree):
     mount, _ = tree
-    b = backend(tree, dry_run=True, headroom=8 * MiB, tripwire=True)
+    b = backend(tree, dry_run=True)
     oom = OOMEvent("memcg", "/box/job")
     assert len(b.kill(list(b.tasks(oom, "/box/job")), oom, cgroup="/box/job")) == 1
     b.set_limit("/box/a", 96 * MiB)
@@ -153,18 +141,6 @@ def test_protected_pid_is_never_in_a_cgroup_kill(tree):
     assert read(mount, "/box/job", "cgroup.kill") == ""
 
 
-def test_raise_limit_moves_our_tripwire_only(tree):
-    mount, _ = tree
-    (mount / "box" / "a" / "memory.high").write_text(f"{56 * MiB}\n")
-    backend(tree, headroom=8 * MiB, tripwire=True).set_limit("/box/a", 96 * MiB)
-    assert read(mount, "/box/a", "memory.max") == f"{96 * MiB}\n"
-    assert read(mount, "/box/a", "memory.high") == f"{88 * MiB}"
-    # tripwire off: a memory.high set by someone else is theirs, left alone
-    (mount / "box" / "a" / "memory.high").write_text(f"{40 * MiB}\n")
-    backend(tree, headroom=8 * MiB).set_limit("/box/a", 128 * MiB)
-    assert read(mount, "/box/a", "memory.high") == f"{40 * MiB}\n"
-
-
 def test_headroom_is_bounded_by_parents_and_memavailable(tree):
     b = backend(tree)
     assert b.headroom("/box/a") == 256 * MiB - 80 * MiB
@@ -172,142 +148,6 @@ def test_headroom_is_bounded_by_parents_and_memavailable(tree):
 
 
 # -- the daemon's v2 condition logic --------------------------------------------------
-
-
-@pytest.fixture
-def daemon(tree, tmp_path, monkeypatch):
-    """A Daemon on the fake tree, not started (no epoll registration of fake
-    files); ``handled`` lists (level, memcg, pressure) of every handle() call."""
-    from oomkit.config.daemon import resolve
-    from oomkit.backends.cgroup_v2 import _Held
-    from oomkit.daemon.main import Daemon
-
-    mount, proc = tree
-    config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
-                                 "headroom": "8M", "event_log": str(tmp_path / "ev.jsonl")},
-                      "attach": [{"cgroup": "/box", "policy": "largest-task"}]})
-    d = Daemon(config)
-    d.handled = []
-    monkeypatch.setattr(d, "handle", lambda oom, pressure=False:
-                        d.handled.append((oom.level, oom.memcg, pressure)))
-    source = d.source
-    for path in ("/box", "/box/a", "/box/job"):
-        source.held[path] = _Held(path)
-        source._last_events[path] = d.fs.events(path)
-        source._last_local[path] = 0
-    source._kmsg_fd = -1
-    yield d
-    d.ep.close()
-    d.inotify.close()
-    source.inotify.close()
-
-
-def set_events(mount: Path, rel: str, *, local=None, **ev) -> None:
-    base = {"high": 0, "max": 0, "oom": 0, "kill": 0}
-    (mount / rel.strip("/") / "memory.events").write_text(EVENTS.format(**{**base, **ev}))
-    (mount / rel.strip("/") / "memory.events.local").write_text(
-        EVENTS.format(**{**base, **(local or {})}))
-
-
-def test_v2_daemon_blocks_with_no_timer(daemon):
-    assert daemon.watchdog is None          # the only timer is v1's heartbeat
-    assert daemon.backend.headroom_bytes == 8 * MiB and daemon.backend.tripwire is False
-
-
-def test_high_event_within_headroom_handles_the_limited_cgroup(daemon, tree):
-    mount, _ = tree
-    set_events(mount, "/box/a", high=3)
-    daemon.source._on_events("/box/a")
-    assert daemon.handled == [("memcg", "/box/a", False)]
-
-
-def test_once_the_kernel_oom_killer_has_run_we_kill_nothing(tree):
-    """memory.events 'oom' moved after we took the OOM: the kernel's OOM killer
-    is picking (or has picked) its victim; ours would be a second one."""
-    mount, _ = tree
-    b = backend(tree, headroom=8 * MiB)
-    oom = OOMEvent("memcg", "/box/a")
-    set_events(mount, "/box/a", oom=2)
-    b.take("/box/a")
-    tasks = [t for t in b.tasks(oom, "/box/a") if t.pid == PID_B]
-    assert b.kernel_acted(oom) is False and b.condition_gone(oom) is False   # 57M + 8M > 64M
-    set_events(mount, "/box/a", oom=3)
-    assert b.kernel_acted(oom) is True and b.condition_gone(oom) is True
-    assert b.kill(tasks, oom) == []
-
-
-def test_a_kernel_kill_of_our_own_victim_is_not_a_second_record(daemon, monkeypatch):
-    """Our SIGKILL and the kernel's OOM kill can race for one task at memory.max:
-    one death, already ours; a kernel kill of another task is still reported."""
-    from oomkit.backends.base import Release
-
-    reports = []
-    monkeypatch.setattr(daemon, "kernel_killed", lambda memcg, victims, note: reports.append(victims))
-    victims = [Release(PID_A, "hog", "/box/a", 50 * MiB, 50 * MiB)]
-    monkeypatch.setattr(daemon.source, "_kernel_victims", lambda path: (list(victims), "/box/a"))
-    daemon.backend._killed[PID_A] = daemon.backend.clock.now()     # as _kill_one records a kill
-    daemon.source._report_kernel_kill("/box/a", 1)
-    assert reports == []
-    victims.append(Release(PID_B, "sleep", "/box/a", MiB, MiB))
-    daemon.source._report_kernel_kill("/box/a", 2)
-    assert [[v.pid for v in r] for r in reports] == [[PID_B]]
-
-
-def test_events_far_from_the_limit_are_not_pressure(daemon, tree):
-    """'max' counted at the box (hierarchical) with its usage far below its
-    limit: nothing to do; only the PSI trigger means pressure."""
-    mount, _ = tree
-    set_events(mount, "/box", max=5)
-    daemon.source._on_events("/box")
-    assert daemon.handled == []
-    daemon.source._on_pressure("/box", 0)
-    assert daemon.handled == [("memcg", "/box", True)]
-
-
-def test_pressure_is_hushed_for_a_window_after_an_oom(daemon, tree):
-    mount, _ = tree
-    set_events(mount, "/box/a", high=1)
-    daemon.source._on_events("/box/a")                       # handled at /box/a
-    (mount / "box" / "a" / "memory.current").write_text(f"{20 * MiB}\n")   # the victim's gone
-    daemon.source._on_pressure("/box/a", 0)                  # the same stalls, still in the window
-    daemon.source._on_pressure("/box", 0)                    # the parent sees its child's stalls
-    assert daemon.handled == [("memcg", "/box/a", False)]
-    daemon.backend.clock.now = lambda: 1e12           # long after the window
-    daemon.source._on_pressure("/box", 0)
-    assert daemon.handled[-1] == ("memcg", "/box", True)
-
-
-def test_kernel_kill_reported_once_with_its_victim(daemon, tree, monkeypatch, caplog):
-    mount, _ = tree
-    from oomkit.linux import notify
-
-    kmsg = (FIX / "kmsg_memcg_oom.txt").read_text().replace("/oomkit-test-4139af87", "/box")
-    lines = iter([kmsg.splitlines(), []])
-    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: next(lines, []))
-    # the kill counts in the victim's cgroup (events.local) and, hierarchically, above it
-    set_events(mount, "/box", max=9, oom=1, kill=2)
-    set_events(mount, "/box/a", max=9, oom=1, kill=2, local={"kill": 2})   # 6.1: twice
-    with caplog.at_level(logging.WARNING, "oomkit"):
-        daemon.source._on_events("/box")          # the parent first: not reported there
-        daemon.source._on_events("/box/a")
-    records = [__import__("json").loads(x) for x in
-               Path(daemon.config.event_log).read_text().splitlines()]
-    assert len(records) == 1
-    rec = records[0]
-    assert rec["resolved_by"] == "kernel" and rec["memcg"] == "/box/a"
-    assert [(k["pid"], k["name"], k["cgroup"], k["by"]) for k in rec["killed"]] == [
-        (4491, "python", "/box/a", "kernel")]
-    assert "killed pid 4491 (python) in /box/a" in caplog.text
-    assert daemon.handled == []            # no policy runs on the kernel's resolved OOM
-    daemon.source._on_pressure("/box/a", 0)       # its stalls are not a new OOM either
-    assert daemon.handled == []
-
-
-def test_global_pressure_without_threshold_runs_the_root_attachment(daemon):
-    daemon._on_global_pressure(0)
-    assert daemon.handled == [("global", "/", True)]
-    daemon._on_global_pressure(0)                     # hushed for a window
-    assert daemon.handled == [("global", "/", True)]
 
 
 def test_one_task_is_found_by_its_cgroup_file_and_its_cmdline_is_read_only_when_used(tree):
@@ -331,58 +171,50 @@ def test_a_task_in_do_exit_is_exiting(tree):
     assert tasks.by_pid(PID_B).exiting is True and tasks.by_pid(PID_A).exiting is False
 
 
-def test_sighup_applies_new_v2_thresholds_and_refuses_what_needs_a_restart(tree, tmp_path,
-                                                                            monkeypatch):
-    from oomkit.config.daemon import load_daemon_config
-    from oomkit.daemon.main import Daemon
+class FakeRestorer:
+    """What the daemon's restorer is told (the real one is tested on its own)."""
 
-    mount, proc = tree
-    path = tmp_path / "oomkit.toml"
-    text = (f'[daemon]\ncgroup = "v2"\nmount = "{mount}"\nproc = "{proc}"\n'
-            f'event_log = "{tmp_path / "ev.jsonl"}"\n{{extra}}\n'
-            '[[attach]]\ncgroup = "/box"\npolicy = "largest-task"\n')
-    path.write_text(text.format(extra='headroom = "8M"'))
-    d = Daemon(load_daemon_config(path), str(path))
-    registered = []
-    # Fake cgroup files are regular files, which epoll refuses: record instead.
-    monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: registered.append(fd))
-    monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
-    first = d.source
-    try:
-        path.write_text(text.format(extra='headroom = "16M"\npressure = "some 200ms 2s"'))
-        assert d.reload() is True
-        assert d.backend.headroom_bytes == 16 * MiB and d.source is not first
-        assert d.managed == {"/box", "/box/a", "/box/job"}
-        assert d.hush.window == 2.0
-        path.write_text(text.format(extra='headroom = "16M"\nwatchdog_timeout = "5s"'))
-        assert d.reload() is False                      # kept the running configuration
-        assert d.config.headroom == 16 * MiB and d.config.watchdog_timeout == 1.0
-    finally:
-        d.source.close()
-        d.ep.close()
-        d.inotify.close()
+    watchdog_pid = None
+
+    def __init__(self):
+        self.held: dict[str, tuple[str, int | None]] = {}
+
+    def start(self):
+        pass
+
+    def hold(self, path, restore, *, pid=None, starttime=None):
+        self.held[path] = (restore, pid)
+
+    def drop(self, path):
+        self.held.pop(path, None)
+
+    def heartbeat(self):
+        pass
+
+    def close(self):
+        pass
 
 
-@pytest.fixture
-def box_daemon(tree, tmp_path, monkeypatch):
-    """A Daemon on the fake tree, policies on /box and /box/job, not started."""
+def make_daemon(tree, tmp_path, attach, **daemon):
     from oomkit.config.daemon import resolve
     from oomkit.daemon.main import Daemon
 
     mount, proc = tree
-    d = Daemon(resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
-                                   "event_log": str(tmp_path / "ev.jsonl")},
-                        "attach": [{"cgroup": "/box", "policy": "largest-task"},
-                                   {"cgroup": "/box/job", "policy": "newest-task"}]}))
-    monkeypatch.setattr(d, "register", lambda fd, cb, *a, events=0: None)
-    monkeypatch.setattr(d, "unregister", lambda fd, close=True: None)
+    config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
+                                 "event_log": str(tmp_path / "ev.jsonl"), **daemon},
+                      "attach": attach})
+    return Daemon(config, restorer=FakeRestorer())
+
+
+@pytest.fixture
+def box_daemon(tree, tmp_path):
+    """A Daemon on the fake tree, policies on /box and /box/job, not started."""
+    d = make_daemon(tree, tmp_path, [{"cgroup": "/box", "policy": "largest-task"},
+                                     {"cgroup": "/box/job", "policy": "newest-task"}])
     try:
         yield d
     finally:
-        d.source.close()
-        d.ep.close()
-        d.inotify.close()
-        d.backend.close()
+        d.stop()
 
 
 def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, box_daemon, monkeypatch):

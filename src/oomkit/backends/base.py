@@ -8,7 +8,7 @@ simulated one (``oomkit.backends.sim``) is public and supported for tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -91,26 +91,6 @@ class Backend(Protocol):
 
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
         """Let the kernel's own OOM killer act (simulated, handed back, or automatic)."""
-
-
-class EventSource(Protocol):
-    """What woke us, for a live backend: the kernel's notifications for the
-    cgroups the daemon manages.  It reports to the daemon (a ``Hub``, see
-    ``oomkit.backends.live``): ``hub.handle(oom)`` for an OOM to run the chain
-    on, ``hub.kernel_killed(...)`` for one the kernel resolved itself.  In the
-    simulator the timeline plays this part (``Simulator.run``)."""
-
-    def paths(self) -> set[str]:
-        """The cgroups watched now."""
-
-    def sync(self, wanted: Iterable[str]) -> None:
-        """Watch exactly ``wanted``: restore and drop the others, take the new ones."""
-
-    def flush(self) -> None:
-        """End of a batch of wake-ups (v1 handles each OOM of the batch once, here)."""
-
-    def close(self) -> None:
-        """Restore every setting changed, close every fd."""
 
 
 def relief_for(oom: OOMEvent, cgroup: str, rss: int, node_rss: Mapping[int, int] | None = None) -> int:

@@ -19,14 +19,30 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release
-from oomkit.backends.live import POLL, Hub, LiveBackend, victims_from_kmsg
+from oomkit.backends.live import POLL, Dispatcher, Holder, LiveBackend, LiveSettings, victims_from_kmsg
 from oomkit.context import ancestors, parent_of
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import notify, parse
 
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.engine.chain import Engine
+    from oomkit.engine.record import OOMRecord
+    from oomkit.linux.bpftasks import BpfTasks
+    from oomkit.linux.cgroupfs import CgroupFS
+    from oomkit.linux.procfs import ProcFS
+
 log = logging.getLogger("oomkit")
+
+
+def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
+               restorer: Holder, bpf: BpfTasks | None) -> V1Events:
+    """cgroup v1's live stack: the backend and the OOM eventfds that wake the daemon."""
+    backend = CgroupV1Backend(fs, proc, dry_run=settings.dry_run, tick=daemon.heartbeat,
+                              proc_cache=settings.proc_cache, bpf=bpf)
+    return V1Events(backend, daemon, restorer)
 
 
 class CgroupV1Backend(LiveBackend):
@@ -154,10 +170,31 @@ class _Held:
 class V1Events:
     """What wakes us on v1: the OOM eventfd of every held memcg."""
 
-    def __init__(self, backend: CgroupV1Backend, hub: Hub, watchdog):
-        self.fs, self.hub, self.watchdog = backend.fs, hub, watchdog
+    def __init__(self, backend: CgroupV1Backend, hub: Dispatcher, restorer: Holder):
+        self.backend = backend
+        self.fs, self.hub, self.restorer = backend.fs, hub, restorer
         self.held: dict[str, _Held] = {}
         self._notified: set[str] = set()
+
+    def bind(self, engine: Engine) -> None:
+        """v1 needs no engine of its own: the OOM waits for the daemon's chain."""
+
+    def reconfigure(self, settings: LiveSettings) -> None:
+        self.backend.dry_run = settings.dry_run
+        self.backend.task_cache.resize(settings.proc_cache)
+
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
+        """A dry run released nothing, and the OOM is still paused: the kernel decides."""
+        if self.backend.dry_run and record.resolved_by != "kernel":
+            record.note = "dry run: nothing released; handed to the kernel"
+            engine.fall_back(oom, record)
+        return True
+
+    def next_timer(self) -> float | None:
+        return None
+
+    def on_timer(self) -> None:
+        """No timer on v1: the kernel's eventfd is the only wake-up."""
 
     def paths(self) -> set[str]:
         return set(self.held)
@@ -181,8 +218,8 @@ class V1Events:
             if parent is not None and parent.path in before:
                 original = not parent.flipped
             if not original:
-                # Tell the watchdog first: from the write on, a paused OOM must not outlive us.
-                self.watchdog.send("+" + self._control(path))
+                # Held first: from the write on, a paused OOM must not outlive us.
+                self.restorer.hold(self._control(path), "0")
                 held.flipped = True
                 self.fs.set_oom_kill_disable(path, True)
             held.eventfd = notify.register_oom_eventfd(self.fs, path)
@@ -208,9 +245,9 @@ class V1Events:
         except KernelError:
             pass        # the cgroup is gone with its settings
         try:
-            self.watchdog.send("-" + self._control(held.path))
-        except KernelError:
-            pass        # the watchdog is gone: the setting is restored, go on with the rest
+            self.restorer.drop(self._control(held.path))
+        except KernelError as exc:
+            log.debug("oomkit: the watchdog is gone (%s); %s is restored anyway", exc, held.path)
 
     def _control(self, path: str) -> str:
         return str(self.fs.path(path, "memory.oom_control"))

@@ -1,59 +1,146 @@
-"""The cgroup v2 backend: acting before the kernel's limit.
+"""The cgroup v2 backend: the policy decides, the kernel's OOM killer executes.
 
-The kernel's OOM cannot be deferred on v2, so the chain runs before it and
-``memory.max`` stays the kernel's last word (the fallback is automatic).
-:class:`CgroupV2Backend` is the context and the release actions;
-:class:`V2Events` the event source: a PSI trigger on each held cgroup's
-``memory.pressure`` (POLLPRI), inotify on its ``memory.events``, an optional
-``memory.high`` tripwire (Documentation/admin-guide/cgroup-v2.rst), and the
-kernel's own OOM kills, reported with their victims from ``/dev/kmsg``.
+cgroup v2 cannot pause an OOM (v1's ``oom_kill_disable`` has no v2
+counterpart), and at ``memory.max`` the kernel kills within milliseconds of
+the failing charge: no daemon wakes in time to act *at* the OOM, and acting
+*before* it kills what the kernel would never have killed.  So oomkit keeps a
+**standing decision** for every managed memcg that is near its limit, and
+lets the kernel carry it out:
+
+* each managed memcg with a ``memory.max`` gets a wake-up point,
+  ``memory.high = memory.max - headroom`` (only while its usage is below it:
+  writing a lower ``memory.high`` reclaims at once, mm/memcontrol.c
+  ``memory_high_write()``).  Crossing it raises a ``high`` event in
+  ``memory.events`` (inotify wakes us) and throttles the allocator
+  (``mem_cgroup_handle_over_high()``) until we lift it again, which gives a
+  fast grower's policy the time to decide;
+* the attached chain runs then, as a *rehearsal* (:class:`Rehearsal`): the
+  same engine, context and actions, but a ``k.kill_task`` marks its victim
+  instead of killing it: ``oom_score_adj`` 1000 (``OOM_SCORE_ADJ_MAX``), so
+  ``oom_badness()`` (mm/oom_kill.c: ``points += adj * totalpages / 1000``)
+  ranks it above every task whose ``oom_score_adj`` is 0 or less (their
+  points never exceed totalpages);
+  ``k.kill_cgroup`` also sets ``memory.oom.group`` on the cgroup, which the
+  kernel then kills whole (``mem_cgroup_get_oom_group()``); ``k.raise_limit``
+  acts at once; ``BACKOFF``, ``PASS`` or a failed chain arm nobody;
+* ``memory.high`` is put back and nothing else happens until the kernel's
+  real OOM, if it comes: the kernel kills the armed task through its own
+  path (OOM reaper, ``memory.events`` oom_kill, its report, oom.group), once;
+* while usage stays in the zone the decision is taken again every
+  ``rearm`` seconds and at once when an armed task exits; when usage leaves
+  the zone every armed value is restored and the wake-up point set again.
+
+Every value written (``oom_score_adj``, ``memory.high``,
+``memory.oom.group``) is held by the daemon's restorer first, so a crash
+leaves nothing behind (the watchdog restores it, or the next start).  A
+policy sees the *original* ``oom_score_adj`` of an armed task, never our
+1000.  The PSI path (``pressure``, off by default) is the opt-in to acting
+early: it runs the chain for real, and a kill then is oomkit's own.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import select
-from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
-from oomkit.backends.live import Hub, LiveBackend, victims_from_kmsg
-from oomkit.context import TaskInfo, ancestors, is_within
-from oomkit.errors import CgroupGone, KernelError
-from oomkit.linux import notify, parse
+from oomkit.backends.live import (
+    Dispatcher,
+    Holder,
+    LiveBackend,
+    LiveSettings,
+    victims_from_kmsg,
+)
+from oomkit.context import LazyTasks, TaskInfo, ancestors, is_within
+from oomkit.engine.chain import Engine
+from oomkit.engine.record import OOMRecord
+from oomkit.errors import CgroupGone, KernelError, TaskGone
+from oomkit.linux import notify, parse, pidfd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.linux.bpftasks import BpfTasks
+    from oomkit.linux.cgroupfs import CgroupFS
+    from oomkit.linux.procfs import ProcFS
 
 log = logging.getLogger("oomkit")
 
+MiB = 1 << 20
+OOM_SCORE_ADJ_MAX = 1000      # include/uapi/linux/oom.h
+OOM_SCORE_ADJ_MIN = -1000
+
+
+def zone(limit: int, headroom: int | None) -> int:
+    """How far below ``memory.max`` a standing decision is kept: ``headroom``,
+    or (auto) an eighth of the limit, 4 MiB to 1 GiB; never more than half."""
+    size = headroom if headroom is not None else min(max(limit // 8, 4 * MiB), 1024 * MiB)
+    return max(0, min(size, limit // 2))
+
+
+class Wakeup(enum.Enum):
+    """What a look at one managed memcg means (see :func:`classify`)."""
+
+    NONE = "none"
+    KERNEL_KILLED = "kernel killed"       # oom_kill moved in this cgroup's own tasks
+    KERNEL_ACTING = "kernel acting"       # 'oom' moved: the kernel's killer runs here now
+    NEAR_LIMIT = "near the limit"         # usage entered the zone: take a decision
+    LEFT_ZONE = "left the zone"           # usage left it: restore what was armed
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at a memcg: plain numbers, as read from its files."""
+
+    usage: int
+    limit: int | None
+    events: Mapping[str, int]          # memory.events now
+    before: Mapping[str, int]          # memory.events at the previous look
+    local_kills: int = 0               # memory.events.local oom_kill since the previous look
+
+
+def classify(look: Look, zone_size: int, armed: bool) -> Wakeup:
+    """Is this wake-up an OOM, the kernel's, or a reason to (dis)arm?  Pure."""
+    if look.local_kills > 0:
+        return Wakeup.KERNEL_KILLED
+    if look.events.get("oom", 0) > look.before.get("oom", 0):
+        return Wakeup.KERNEL_ACTING
+    near = look.limit is not None and look.usage + zone_size > look.limit
+    if near and not armed:
+        return Wakeup.NEAR_LIMIT
+    if armed and not near:
+        return Wakeup.LEFT_ZONE
+    return Wakeup.NONE
+
+
+# -- the backend ----------------------------------------------------------------------
+
 
 class CgroupV2Backend(LiveBackend):
-    """cgroup v2: we act before ``memory.max``; the kernel's OOM killer is
-    automatic at the limit, so the fallback is to let it be."""
+    """cgroup v2's context and actions.  A real kill here (the opt-in pressure
+    path, system-wide OOMs) writes ``cgroup.kill`` for a whole cgroup."""
 
     version = "v2"
 
-    def __init__(self, *args, headroom: int = 0, tripwire: bool = False, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.headroom_bytes = headroom
-        self.tripwire = tripwire      # memory.high = memory.max - headroom is ours to move
-        self._kernel_ooms: dict[str, int] = {}   # memcg -> its 'oom' count when we took its OOM
+        self._kernel_ooms: dict[str, int] = {}   # memcg -> its 'oom' count when a chain started
 
-    # -- the kernel's OOM killer, which may act while our chain runs ------------
-
-    def take(self, memcg: str) -> None:
-        """We are about to run the chain for ``memcg``: note how many times the
-        kernel's OOM killer has run there (memory.events 'oom', counted by
-        mm/memcontrol.c mem_cgroup_out_of_memory before it picks a victim)."""
+    def note_kernel_count(self, memcg: str) -> None:
+        """A chain is about to run for ``memcg``: note how often the kernel's OOM
+        killer has run there ('oom', counted by mem_cgroup_out_of_memory())."""
         try:
             self._kernel_ooms[memcg] = self.fs.events(memcg).get("oom", 0)
         except CgroupGone:
             self._kernel_ooms.pop(memcg, None)
 
     def kernel_acted(self, oom: OOMEvent) -> bool:
-        """Has the kernel's OOM killer run in the OOMing memcg since we took the
-        OOM?  Then its kill is the last word: a kill of ours now would be a
-        second one (seen in the VM: the kernel killed the hog at memory.max
-        while our policy, finding the hog already exiting, took the bystander)."""
+        """Has the kernel's OOM killer run in the OOMing memcg since the chain
+        started?  Then its kill is the last word and one of ours would be a second."""
         seen = self._kernel_ooms.get(oom.memcg)
         if oom.level != "memcg" or seen is None:
             return False
@@ -61,9 +148,6 @@ class CgroupV2Backend(LiveBackend):
             return self.fs.events(oom.memcg).get("oom", 0) > seen
         except CgroupGone:
             return True
-
-    def condition_gone(self, oom: OOMEvent) -> bool:
-        return self.kernel_acted(oom) or super().condition_gone(oom)
 
     def cgroup_gone(self, path: str) -> None:
         super().cgroup_gone(path)
@@ -74,17 +158,12 @@ class CgroupV2Backend(LiveBackend):
         try:
             return parse.int_value(self.fs.read(path, "memory.swap.current"))
         except KernelError:
-            return 0
-
-    def margin(self, oom: OOMEvent) -> int:
-        return max(super().margin(oom), self.headroom_bytes)
+            return 0        # no swap controller (swapaccount=0, CONFIG_SWAP off)
 
     def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
         """A whole-cgroup kill writes ``cgroup.kill`` (Linux 5.14+) when every task
         in it may die; otherwise task by task, skipping -1000 as the kernel does.
-        Nothing, if the kernel's OOM killer has acted since we took the OOM: the
-        kernel's own last check before a kill (mem_cgroup_out_of_memory checks
-        the margin again under oom_lock), ours against its kill."""
+        Nothing, if the kernel's OOM killer acted since the chain started."""
         if self.kernel_acted(oom):
             log.info("oomkit: the kernel's OOM killer acted in %s first; not killing", oom.memcg)
             return []
@@ -92,7 +171,8 @@ class CgroupV2Backend(LiveBackend):
             return super().kill(tasks, oom, cgroup=cgroup)
         try:
             self.fs.write(cgroup, "cgroup.kill", "1")
-        except KernelError:
+        except KernelError as exc:
+            log.debug("oomkit: cgroup.kill of %s failed (%s): killing task by task", cgroup, exc)
             return super().kill(tasks, oom, cgroup=cgroup)
         return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
                 for t in tasks]
@@ -101,207 +181,571 @@ class CgroupV2Backend(LiveBackend):
         every = {pid for _path, pids in self.fs.subtree_procs(cgroup) for pid in pids}
         return every == {t.pid for t in tasks} and not any(self.protected(p) for p in every)
 
-    def set_limit(self, path: str, limit: int) -> None:
-        super().set_limit(path, limit)
-        # The tripwire (memory.high) moves with the limit, when it is set.
-        if not self.dry_run and self.tripwire and self.headroom_bytes and self._has_tripwire(path):
-            self.fs.write(path, "memory.high", str(max(0, limit - self.headroom_bytes)))
-
-    def _has_tripwire(self, path: str) -> bool:
-        try:
-            return parse.limit_v2(self.fs.read(path, "memory.high")) is not None
-        except KernelError:
-            return False
-
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
         return Fallback(note="cgroup v2: the kernel's OOM killer acts at memory.max if the "
                              "limit is reached")
 
 
+class Rehearsal:
+    """The engine's backend for a standing decision: everything as live, except
+    that a kill *chooses* (the kernel carries it out at the real OOM), and the
+    "OOM condition" is usage in the zone under ``memory.max``."""
+
+    def __init__(self, live: CgroupV2Backend):
+        self.live = live
+        self.clock = live.clock
+        self.zone_size = 0
+        self.chosen: list[tuple[list[TaskInfo], str | None]] = []
+
+    def begin(self, zone_size: int) -> None:
+        self.zone_size, self.chosen = zone_size, []
+
+    def cgroups(self, oom, scope):
+        return self.live.cgroups(oom, scope)
+
+    def tasks(self, oom, scope) -> LazyTasks:
+        return self.live.tasks(oom, scope)
+
+    def task(self, pid):
+        return self.live.task(pid)
+
+    def totalpages(self, oom) -> int:
+        return self.live.totalpages(oom)
+
+    def headroom(self, path) -> int:
+        return self.live.headroom(path)
+
+    def protected(self, pid) -> str | None:
+        return self.live.protected(pid)
+
+    def in_flight(self) -> tuple[int, ...]:
+        return self.live.in_flight()
+
+    def set_limit(self, path, limit) -> None:
+        self.live.set_limit(path, limit)         # a raise at the headroom is real
+
+    def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
+        """Choose, do not kill: what the kernel will release when it kills them."""
+        chosen = [t for t in tasks if not self.live.protected(t.pid)]
+        if chosen:
+            self.chosen.append((chosen, cgroup))
+        return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
+                for t in chosen]
+
+    def condition_gone(self, oom: OOMEvent) -> bool:
+        """Out of the zone (a raise_limit moved memory.max up, or usage fell)."""
+        try:
+            limit = self.live.fs.limit(oom.memcg)
+            return limit is None or self.live.fs.usage(oom.memcg) + self.zone_size <= limit
+        except CgroupGone:
+            return True
+
+    def wait_for_relief(self, oom: OOMEvent, timeout: float) -> bool:
+        """A BACKOFF arms nobody: at the real OOM the kernel waits for an exiting
+        victim itself (mm/oom_kill.c oom_evaluate_task(): tsk_is_oom_victim)."""
+        return True
+
+    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
+        return Fallback(note="no standing decision: the kernel's OOM killer decides at memory.max")
+
+
+# -- standing decisions -------------------------------------------------------------------
+
+
 @dataclass
-class _Held:
-    """One cgroup we watch: its PSI trigger, and what to put back."""
+class Armed:
+    """One task marked for the kernel: what to put back."""
 
-    path: str
-    fds: list[int] = field(default_factory=list)
-    restore: dict[str, str] = field(default_factory=dict)     # file -> original text
+    pid: int
+    name: str
+    cgroup: str
+    original: int            # its oom_score_adj before us
+    starttime: int           # clock ticks, /proc/PID/stat field 22 (pid reuse guard)
+    by: str                  # "policy:<attached cgroup>"
+    owners: set[str] = field(default_factory=set)   # the memcgs whose decision it is
+    fd: int | None = None    # pidfd: readable when it exits
 
 
-class V2Events:
-    """What wakes us on v2: PSI triggers, ``memory.events`` changes, and the
-    kernel's own OOM kills."""
+@dataclass
+class Episode:
+    """One managed memcg with a limit: its wake-up point and standing decision
+    (the facts of one v2 OOM, in one place, as mm/oom_kill.c's oom_control)."""
 
-    def __init__(self, backend: CgroupV2Backend, hub: Hub, config):
-        self.fs, self.backend, self.hub, self.config = backend.fs, backend, hub, config
-        self.held: dict[str, _Held] = {}
+    memcg: str
+    events: dict[str, int] = field(default_factory=dict)   # memory.events at the last look
+    local_kills: int = 0                                   # memory.events.local oom_kill
+    high: str | None = None          # the memory.high we replaced with a wake-up point
+    armed: set[int] = field(default_factory=set)          # pids of the decision
+    groups: dict[str, str] = field(default_factory=dict)  # cgroup -> original memory.oom.group
+    record: OOMRecord | None = None  # the rehearsal that made the decision
+    decided_at: str | None = None
+    next_take: float | None = None   # when to take the decision again (armed only)
+
+    @property
+    def is_armed(self) -> bool:
+        return self.record is not None
+
+
+def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
+               restorer: Holder, bpf: BpfTasks | None) -> V2Stack:
+    """cgroup v2's live stack: the backend, standing decisions and their wake-ups."""
+    backend = CgroupV2Backend(fs, proc, dry_run=settings.dry_run, tick=daemon.heartbeat,
+                              proc_cache=settings.proc_cache, bpf=bpf)
+    return V2Stack(backend, daemon, restorer, settings)
+
+
+class V2Stack:
+    """What wakes us on v2 (``memory.events`` changes, armed tasks' exits, the
+    opt-in PSI triggers) and the standing decisions they keep."""
+
+    def __init__(self, backend: CgroupV2Backend, daemon: Dispatcher, restorer: Holder,
+                 settings: LiveSettings):
+        self.backend, self.fs, self.daemon, self.restorer = backend, backend.fs, daemon, restorer
+        self.settings = settings
+        self.rehearsal = Rehearsal(backend)
+        self.decider: Engine | None = None
+        self.episodes: dict[str, Episode] = {}
+        self.watched: set[str] = set()
+        self.armed: dict[int, Armed] = {}
         self.inotify = notify.Inotify()
         self.watches: dict[int, str] = {}           # memory.events watch -> cgroup
-        self._last_events: dict[str, dict[str, int]] = {}
-        self._last_local: dict[str, int] = {}       # memory.events.local oom_kill per cgroup
-        self._kmsg_backlog: list[str] = []          # OOM lines read but not yet reported
+        self._psi: dict[str, int] = {}              # cgroup -> PSI trigger fd (opt-in)
+        self._kmsg_backlog: list[str] = []
         self._kmsg_fd: int | None = None
+        self._reported: dict[int, float] = {}       # victim pid -> when reported (6.1 counts twice)
         self._registered = False
 
+    # -- the LiveStack interface ---------------------------------------------------------
+
     def paths(self) -> set[str]:
-        return set(self.held)
+        return set(self.watched)
+
+    def bind(self, engine: Engine) -> None:
+        """Rehearsals run the daemon's attachments (failures, backoff budgets and
+        ejection shared) on the rehearsal backend, without the release log line."""
+        decider = Engine(self.rehearsal, engine.settings, tick=self.daemon.heartbeat)
+        decider.attachments = engine.attachments
+        decider.ejected = engine.ejected
+        self.decider = decider
+
+    def reconfigure(self, settings: LiveSettings) -> None:
+        """Take every cgroup again with the new settings (zone, PSI, dry run)."""
+        wanted = set(self.watched)
+        for path in list(self.watched):
+            self.release(path)
+        self.settings = settings
+        self.backend.dry_run = settings.dry_run
+        self.backend.task_cache.resize(settings.proc_cache)
+        self.sync(wanted)
+
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
+        """A chain run for real (pressure, system-wide): when the kernel's killer
+        took the OOM meanwhile, its kill is reported on its own: no record."""
+        if record.resolved_by == "kernel" and not record.memory_freed and self.backend.kernel_acted(oom):
+            log.info("oomkit: the kernel's OOM killer acted in %s while the chain ran", oom.memcg)
+            return False
+        return True
+
+    def next_timer(self) -> float | None:
+        times = [e.next_take for e in self.episodes.values() if e.next_take is not None]
+        return max(0.0, min(times) - self.backend.clock.now()) if times else None
+
+    def on_timer(self) -> None:
+        now = self.backend.clock.now()
+        for ep in list(self.episodes.values()):
+            if ep.next_take is not None and ep.next_take <= now:
+                self._look(ep.memcg)
+
+    def flush(self) -> None:
+        """Nothing is batched on v2: each wake-up was handled as it came."""
 
     def sync(self, wanted: Iterable[str]) -> None:
-        """Watch exactly ``wanted``: release the others, take the new ones."""
         if not self._registered:
-            self.hub.register(self.inotify.fileno(), self._on_inotify)
+            self.daemon.register(self.inotify.fileno(), self._on_inotify)
             self._registered = True
         wanted = set(wanted)
-        for path in [p for p in self.held if p not in wanted]:
+        for path in [p for p in self.watched if p not in wanted]:
             self.release(path)
-        for path in sorted(wanted - set(self.held)):
-            held = _Held(path)
+        for path in sorted(wanted - self.watched):
             try:
-                self._take(held)
+                self._take(path)
             except CgroupGone:
-                self._undo(held)
-                continue
-            self.held[path] = held
-
-    def _take(self, m: _Held) -> None:
-        # /dev/kmsg is read from where it stood when we started watching: a kernel
-        # kill's "Killed process" line is written before we wake for it.
-        self._kmsg()
-        self._last_events[m.path] = self.fs.events(m.path)
-        self._last_local[m.path] = self.fs.events(m.path, local=True).get("oom_kill", 0)
-        try:
-            fd = notify.psi_trigger(self.fs.path(m.path, "memory.pressure"), str(self.config.pressure))
-        except KernelError as exc:
-            if not self.fs.exists(m.path):
-                raise CgroupGone(str(exc)) from exc
-            # PSI off (psi=0, CONFIG_PSI_DEFAULT_DISABLED) or a window the kernel refuses:
-            # memory.events and the tripwire still wake us.
-            log.warning("oomkit: no PSI trigger on %s (%s): memory.events only", m.path, exc)
-        else:
-            m.fds.append(fd)
-            self.hub.register(fd, self._on_pressure, m.path, events=select.EPOLLPRI)
-        wd = self.inotify.add_watch(self.fs.path(m.path, "memory.events"), notify.IN_MODIFY)
-        self.watches[wd] = m.path
-        limit = self.fs.limit(m.path)
-        if self.config.tripwire and self.config.headroom and limit is not None:
-            m.restore["memory.high"] = self.fs.read(m.path, "memory.high").strip()
-            self.fs.write(m.path, "memory.high", str(max(0, limit - self.config.headroom)))
-
-    def release(self, path: str) -> None:
-        held = self.held.pop(path, None)
-        if held is not None:
-            self._undo(held)
-
-    def _undo(self, m: _Held) -> None:
-        for fd in m.fds:
-            self.hub.unregister(fd)
-        for name, text in m.restore.items():
-            try:
-                self.fs.write(m.path, name, text)
-            except KernelError:
-                pass        # the cgroup is gone with its settings
+                self.release(path)
 
     def close(self) -> None:
-        for path in list(self.held):
+        for path in sorted(self.watched, key=lambda p: -p.count("/")):
             self.release(path)
         if self._registered:
-            self.hub.unregister(self.inotify.fileno(), close=False)
+            self.daemon.unregister(self.inotify.fileno(), close=False)
             self._registered = False
         self.inotify.close()
         if self._kmsg_fd is not None:
             os.close(self._kmsg_fd)
             self._kmsg_fd = None
 
-    def flush(self) -> None:
-        """Nothing is batched on v2: each wake-up was handled as it came."""
+    # -- taking and releasing a cgroup --------------------------------------------------
+
+    def _take(self, path: str) -> None:
+        # /dev/kmsg is read from where it stood when we started watching: a kernel
+        # kill's "Killed process" line is written before we wake for it.
+        self._kmsg()
+        self.watched.add(path)
+        ep = Episode(path, self.fs.events(path), self.fs.events(path, local=True).get("oom_kill", 0))
+        self.episodes[path] = ep
+        wd = self.inotify.add_watch(self.fs.path(path, "memory.events"), notify.IN_MODIFY)
+        self.watches[wd] = path
+        self._take_pressure(path)
+        self._look(path)
+
+    def _take_pressure(self, path: str) -> None:
+        """The opt-in: a PSI trigger that runs the chain for real, before the limit."""
+        if self.settings.pressure is None:
+            return
+        try:
+            fd = notify.psi_trigger(self.fs.path(path, "memory.pressure"), str(self.settings.pressure))
+        except KernelError as exc:
+            if not self.fs.exists(path):
+                raise CgroupGone(str(exc)) from exc
+            log.warning("oomkit: no PSI trigger on %s (%s): no early action there", path, exc)
+            return
+        self._psi[path] = fd
+        self.daemon.register(fd, self._on_pressure, path, events=select.EPOLLPRI)
+
+    def release(self, path: str) -> None:
+        """Stop watching ``path``: put back all we changed there."""
+        self.watched.discard(path)
+        ep = self.episodes.pop(path, None)
+        if ep is not None:
+            self._disarm(ep)
+            self._lift(ep)
+        fd = self._psi.pop(path, None)
+        if fd is not None:
+            self.daemon.unregister(fd)
+        for wd in [w for w, p in self.watches.items() if p == path]:
+            del self.watches[wd]
+            try:
+                self.inotify.rm_watch(wd)
+            except KernelError as exc:
+                log.debug("oomkit: inotify watch on %s already gone: %s", path, exc)
+
+    # -- one look at a memcg ------------------------------------------------------------
 
     def _on_inotify(self, mask: int) -> None:
         for wd, ev_mask, _cookie, _name in self.inotify.read():
+            if ev_mask & notify.IN_Q_OVERFLOW:
+                log.warning("oomkit: inotify queue overflowed: looking at every managed cgroup")
+                for path in list(self.episodes):
+                    self._look(path)
+                continue
             path = self.watches.get(wd)
             if ev_mask & notify.IN_IGNORED:
                 self.watches.pop(wd, None)
-            elif path is not None:
-                self._on_events(path)
+            elif path is not None and path in self.episodes:
+                self._look(path)
 
-    def _on_pressure(self, path: str, mask: int) -> None:
-        log.debug("oomkit: PSI trigger fired on %s/memory.pressure", path)
-        self._check(path, pressure=True)
-
-    def _check(self, path: str, pressure: bool = False) -> None:
-        """The OOM condition on v2: usage within the headroom of a memory.max at or
-        above ``path``, or (only when the PSI trigger woke us) pressure over its
-        threshold at ``path``.  A memory.events change is not pressure."""
-        for p in ancestors(path):
-            if p not in self.held:
-                break
-            try:
-                limit = self.fs.limit(p)
-                if limit is not None and self.fs.usage(p) + self.backend.margin(OOMEvent("memcg", p)) > limit:
-                    if self.backend.in_flight() or self.hub.hush.active(p, kernel=True):
-                        log.debug("oomkit: %s near its limit while victims exit; waiting", p)
-                        return
-                    self.hub.hush.start(p)
-                    self.backend.take(p)
-                    self.hub.handle(OOMEvent("memcg", p))
-                    return
-            except CgroupGone:
-                return
-        if not pressure or path not in self.held:
+    def _look(self, path: str) -> None:
+        """Read ``path``'s numbers, classify, act."""
+        ep = self.episodes.get(path)
+        if ep is None:
             return
-        # The PSI window still holds the stalls of an OOM just handled (ours or the
-        # kernel's), and a cgroup's pressure includes its descendants': neither is a
-        # new OOM.  Nor is pressure while our victims are still exiting.
-        if self.hub.hush.active(path) or self.backend.in_flight():
-            log.debug("oomkit: pressure at %s ignored: an OOM there was just handled", path)
-            return
-        self.hub.hush.start(path)
-        self.backend.take(path)
-        self.hub.handle(OOMEvent("memcg", path), pressure=True)
-
-    def _on_events(self, path: str) -> None:
-        """memory.events changed (v2): report kernel OOM kills; re-check the condition."""
         try:
-            now = self.fs.events(path)
-            local = self.fs.events(path, local=True).get("oom_kill", 0)
+            look = self._read(ep)
         except CgroupGone:
+            log.debug("oomkit: %s is gone; its removal is handled by the tree's inotify", path)
             return
-        before = self._last_events.get(path, {})
-        self._last_events[path] = now
-        killed_here = local - self._last_local.get(path, 0)
-        self._last_local[path] = local
-        log.debug("oomkit: memory.events changed at %s: %s", path, now)
-        # memory.events is hierarchical; memory.events.local counts a kill only in
-        # the victim's own cgroup, so each kernel kill is reported once, there.
-        if killed_here > 0:
-            self._report_kernel_kill(path, killed_here)
-            return      # its memory is on its way back: no condition to re-check now
-        if now.get("oom", 0) > before.get("oom", 0):
-            # The kernel's OOM killer is at work here right now ('oom' counts its
-            # runs, mm/memcontrol.c mem_cgroup_out_of_memory; 'oom_kill' follows
-            # when it has killed): its kill is the last word, and a chain run now
-            # would take a second task (seen in the VM: ours killed the bystander
-            # while the kernel killed the hog).  Its kill is reported when counted.
-            self.hub.hush.start(path, kernel=True)
-            log.debug("oomkit: the kernel's OOM killer is acting in %s; not running the chain", path)
+        ep.events, ep.local_kills = dict(look.events), ep.local_kills + look.local_kills
+        size = zone(look.limit, self.settings.headroom) if look.limit is not None else 0
+        wake = classify(look, size, ep.is_armed)
+        log.debug("oomkit: %s: usage %d, limit %s: %s", path, look.usage, look.limit, wake.value)
+        if wake is Wakeup.KERNEL_KILLED:
+            self._report_kernel_kill(path, look.local_kills)
+        elif wake is Wakeup.KERNEL_ACTING:
+            return          # its kill follows (oom_kill), reported then
+        elif wake is Wakeup.LEFT_ZONE:
+            self._disarm(ep)
+        elif wake is Wakeup.NEAR_LIMIT or (ep.is_armed and ep.next_take is not None
+                                           and ep.next_take <= self.backend.clock.now()):
+            self._decide(ep, size)
+        self._set_wake_point(ep, look.limit, size)
+
+    def _read(self, ep: Episode) -> Look:
+        fs = self.fs
+        local = fs.events(ep.memcg, local=True).get("oom_kill", 0)
+        return Look(usage=fs.usage(ep.memcg), limit=fs.limit(ep.memcg),
+                    events=fs.events(ep.memcg), before=ep.events,
+                    local_kills=max(0, local - ep.local_kills))
+
+    # -- the wake-up point ----------------------------------------------------------------
+
+    def _set_wake_point(self, ep: Episode, limit: int | None, size: int) -> None:
+        """memory.high = memory.max - zone while unarmed and below it; lifted while armed."""
+        if ep.is_armed or limit is None or size <= 0:
+            self._lift(ep)
             return
-        if now.get("max", 0) > before.get("max", 0) or now.get("high", 0) > before.get("high", 0):
-            self._check(path)
+        point = limit - size
+        try:
+            if ep.high is None:
+                original = self.fs.read(ep.memcg, "memory.high").strip()
+                user = parse.limit_v2(original)
+                if user is not None and user <= point:
+                    return          # the admin's own memory.high wakes us sooner already
+                if self.fs.usage(ep.memcg) >= point:
+                    return          # writing it now would reclaim at once: next look arms
+                self.restorer.hold(str(self.fs.path(ep.memcg, "memory.high")), original)
+                ep.high = original
+            self.fs.write(ep.memcg, "memory.high", str(point))
+        except CgroupGone:
+            log.debug("oomkit: %s gone while setting its wake-up point", ep.memcg)
+
+    def _lift(self, ep: Episode) -> None:
+        if ep.high is None:
+            return
+        path = str(self.fs.path(ep.memcg, "memory.high"))
+        try:
+            self.fs.write(ep.memcg, "memory.high", ep.high)
+        except KernelError as exc:
+            log.debug("oomkit: memory.high of %s not restored (%s): gone with its cgroup", ep.memcg, exc)
+        self.restorer.drop(path)
+        ep.high = None
+
+    # -- deciding and arming ----------------------------------------------------------------
+
+    def _decide(self, ep: Episode, size: int) -> None:
+        """Rehearse the chain for ``ep.memcg`` and arm what it chose."""
+        oom = OOMEvent("memcg", ep.memcg)
+        ep.next_take = self.backend.clock.now() + self.settings.rearm
+        if self.decider is None or not self.decider.chain(oom):
+            self._disarm(ep)
+            return
+        self.rehearsal.begin(size)
+        record = self.decider.handle(oom)
+        if record.limits and not self.rehearsal.chosen:
+            self._raised(ep, oom, record)
+            return
+        if not self.rehearsal.chosen or record.resolved_by != "policy":
+            log.debug("oomkit: %s: no standing decision (%s)", ep.memcg, record.resolved_by)
+            self._disarm(ep)
+            return
+        self._arm(ep, record)
+
+    def _raised(self, ep: Episode, oom: OOMEvent, record: OOMRecord) -> None:
+        """A raise_limit at the headroom is a real release: recorded now."""
+        for lim in record.limits:
+            log.warning("oomkit: raised memory.max of %s from %s to %s", lim["cgroup"],
+                        lim["old"], lim["new"])
+        self.daemon.write(record, oom)
+        self._disarm(ep)
+
+    def _arm(self, ep: Episode, record: OOMRecord) -> None:
+        by = {pid: h_by for h_by, pid in self._choosers(record)}
+        want: dict[int, TaskInfo] = {}
+        groups: set[str] = set()
+        for tasks, cgroup in self.rehearsal.chosen:
+            if cgroup is not None:
+                groups.add(cgroup)
+                tasks = [max(tasks, key=lambda t: t.rss + t.swap)]   # the kernel's pick, then its group
+            for t in tasks:
+                if t.oom_score_adj > OOM_SCORE_ADJ_MIN:
+                    want[t.pid] = t
+        for pid in ep.armed - set(want):
+            self._unmark(pid, ep.memcg)
+        for pid, t in want.items():
+            self._mark(t, ep.memcg, by.get(pid) or f"policy:{record.handlers[-1].cgroup}")
+        ep.armed = {pid for pid in want if pid in self.armed}
+        self._set_groups(ep, groups)
+        if ep.record is None or ep.armed != set(self._armed_pids(ep.record)):
+            names = ", ".join(f"pid {p} ({self.armed[p].name})" for p in sorted(ep.armed))
+            log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
+                     ep.memcg, names or "nobody", record.handlers[-1].policy)
+        ep.record, ep.decided_at = record, _now_iso()
+        ep.record.extra["armed"] = sorted(ep.armed)
+
+    @staticmethod
+    def _armed_pids(record: OOMRecord) -> list[int]:
+        return list(record.extra.get("armed", []))
+
+    @staticmethod
+    def _choosers(record: OOMRecord) -> list[tuple[str, int]]:
+        return [(k["by"], k["pid"]) for k in record.killed]
+
+    def _mark(self, t: TaskInfo, memcg: str, by: str) -> None:
+        """oom_score_adj 1000 for ``t`` (held first, with its start time against pid reuse)."""
+        armed = self.armed.get(t.pid)
+        if armed is not None:
+            armed.owners.add(memcg)
+            return
+        if self.backend.dry_run:
+            log.info("oomkit: would arm pid %d (%s) in %s (dry run)", t.pid, t.name, t.cgroup)
+            return
+        proc = self.backend.proc
+        try:
+            starttime = proc.stat(t.pid)["starttime"]
+            original = proc.oom_score_adj(t.pid)
+            if original <= OOM_SCORE_ADJ_MIN:
+                return      # never touched: the kernel never picks it
+            self.restorer.hold(str(proc.root / str(t.pid) / "oom_score_adj"), str(original),
+                               pid=t.pid, starttime=starttime)
+            proc.set_oom_score_adj(t.pid, OOM_SCORE_ADJ_MAX)
+        except TaskGone:
+            return
+        fd = self._exit_fd(t.pid)
+        self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, {memcg}, fd)
+        self.backend.adj_overlay[t.pid] = original
+
+    def _exit_fd(self, pid: int) -> int | None:
+        try:
+            fd = pidfd.open_pidfd(pid)
+        except KernelError:
+            return None
+        self.daemon.register(fd, self._on_exit, pid)
+        return fd
+
+    def _on_exit(self, pid: int, mask: int) -> None:
+        """An armed task exited (killed or not): its decisions are taken again now."""
+        armed = self.armed.get(pid)
+        if armed is None:
+            return
+        owners = set(armed.owners)
+        self._forget(armed)
+        for memcg in owners:
+            ep = self.episodes.get(memcg)
+            if ep is not None:
+                ep.armed.discard(pid)
+                ep.next_take = self.backend.clock.now()
+
+    def _unmark(self, pid: int, memcg: str) -> None:
+        armed = self.armed.get(pid)
+        if armed is None:
+            return
+        armed.owners.discard(memcg)
+        if armed.owners:
+            return
+        proc = self.backend.proc
+        try:
+            if proc.stat(pid)["starttime"] == armed.starttime:
+                proc.set_oom_score_adj(pid, armed.original)
+        except TaskGone:
+            log.debug("oomkit: armed pid %d exited before it was restored", pid)
+        self._forget(armed)
+
+    def _forget(self, armed: Armed) -> None:
+        self.armed.pop(armed.pid, None)
+        self.backend.adj_overlay.pop(armed.pid, None)
+        self.restorer.drop(str(self.backend.proc.root / str(armed.pid) / "oom_score_adj"))
+        if armed.fd is not None:
+            self.daemon.unregister(armed.fd)
+
+    def _set_groups(self, ep: Episode, groups: set[str]) -> None:
+        """memory.oom.group on the cgroups a kill_cgroup chose; the others put back."""
+        for cg in [g for g in ep.groups if g not in groups]:
+            self._write_held(cg, "memory.oom.group", ep.groups.pop(cg))
+        for cg in groups - set(ep.groups):
+            if self.backend.dry_run:
+                continue
+            try:
+                original = self.fs.read(cg, "memory.oom.group").strip()
+                if original == "1":
+                    continue        # already the kernel's way: nothing of ours to restore
+                self.restorer.hold(str(self.fs.path(cg, "memory.oom.group")), original)
+                self.fs.write(cg, "memory.oom.group", "1")
+                ep.groups[cg] = original
+            except KernelError as exc:
+                log.debug("oomkit: memory.oom.group of %s not set: %s", cg, exc)
+
+    def _write_held(self, cg: str, name: str, text: str) -> None:
+        try:
+            self.fs.write(cg, name, text)
+        except KernelError as exc:
+            log.debug("oomkit: %s of %s not restored (%s): gone with its cgroup", name, cg, exc)
+        self.restorer.drop(str(self.fs.path(cg, name)))
+
+    def _disarm(self, ep: Episode) -> None:
+        for pid in list(ep.armed):
+            self._unmark(pid, ep.memcg)
+        ep.armed.clear()
+        self._set_groups(ep, set())
+        if ep.record is not None:
+            log.debug("oomkit: %s: standing decision dropped", ep.memcg)
+        ep.record, ep.decided_at, ep.next_take = None, None, None
+
+    # -- the kernel's kills -------------------------------------------------------------
 
     def _report_kernel_kill(self, path: str, count: int) -> None:
-        """The kernel OOM-killed in ``path`` (kernel 6.1 may count one kill twice):
-        one report, with the victims from /dev/kmsg."""
-        self.hub.hush.start(path, kernel=True)
-        killed, oom_memcg = self._kernel_victims(path)
-        ours = [v for v in killed if self.backend.killed_lately(v.pid)]
-        if ours and len(ours) == len(killed):
-            # Our SIGKILL and the kernel's OOM kill raced for the same task: one
-            # death, already recorded as ours.
+        """The kernel OOM-killed in ``path``: one record, the decision's if its
+        victim was armed (the policy decided, the kernel executed)."""
+        victims, oom_memcg = self._kernel_victims(path)
+        now = self.backend.clock.now()
+        self._reported = {p: t for p, t in self._reported.items() if now - t < 10.0}
+        ours = [v for v in victims if self.backend.killed_lately(v.pid)]
+        if ours and len(ours) == len(victims):
+            # Our SIGKILL (the opt-in pressure path) and the kernel's OOM kill raced
+            # for the same task: one death, already recorded as ours.
             log.info("oomkit: the kernel also OOM-killed %s in %s, already killed by oomkit",
                      ", ".join(f"pid {v.pid}" for v in ours), path)
             return
-        killed = [v for v in killed if v not in ours]
-        self.hub.kernel_killed(oom_memcg or path, killed,
-                               f"the kernel's OOM killer acted in {path} ({count} oom_kill in "
-                               "memory.events.local)")
+        fresh = [v for v in victims if v.pid not in self._reported and v not in ours]
+        if victims and not fresh:
+            log.debug("oomkit: kill of %s in %s already reported (6.1 counts some twice)",
+                      [v.pid for v in victims], path)
+            return
+        for v in fresh:
+            self._reported[v.pid] = now
+        memcg = oom_memcg or path
+        ep = self._deciding(memcg, path)
+        record, oom = self._kill_record(memcg, fresh, ep, count, path)
+        self.daemon.write(record, oom)
+        if ep is not None:
+            ep.next_take = now          # the decision's victim is gone: take it again
+
+    def _deciding(self, memcg: str, path: str) -> Episode | None:
+        """The episode whose standing decision covers this kill: the OOMing memcg's,
+        else the nearest armed one above the victim's cgroup."""
+        ep = self.episodes.get(memcg)
+        if ep is not None and ep.is_armed:
+            return ep
+        for p in ancestors(path):
+            ep = self.episodes.get(p)
+            if ep is not None and ep.is_armed:
+                return ep
+        return None
+
+    def _kill_record(self, memcg: str, victims: list[Release], ep: Episode | None, count: int,
+                     path: str) -> tuple[OOMRecord, OOMEvent]:
+        decided = {pid: self.armed[pid].by if pid in self.armed else None for pid in
+                   (ep.armed if ep else ())}
+        in_groups = set(ep.groups) if ep else set()
+        killed, ours = [], 0
+        for v in victims:
+            by = decided.get(v.pid) or next((f"policy:{self._group_by(ep)}" for g in in_groups
+                                             if is_within(v.cgroup, g)), None)
+            ours += by is not None
+            killed.append({"name": v.name, "pid": v.pid, "cgroup": v.cgroup, "by": by or "kernel"})
+        for v in victims:
+            log.warning("oomkit: the kernel's OOM killer killed pid %d (%s) in %s, rss %d KiB%s",
+                        v.pid, v.name, v.cgroup, v.rss // 1024,
+                        " (armed by the policy)" if decided.get(v.pid) else "")
+        if ep is not None and ep.record is not None and ours and ours == len(victims):
+            rec = ep.record
+            rec.killed, rec.resolved_by = killed, "policy"
+            rec.note = (f"the policy's standing decision, carried out by the kernel's OOM killer "
+                        f"at memory.max of {memcg}")
+            rec.extra.update(executed_by="kernel", decided_at=ep.decided_at)
+            ep.record = None        # written once; the next look decides again
+            return rec, OOMEvent("memcg", ep.memcg)
+        note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
+        if ep is not None and ep.armed:
+            note += f"; the standing decision was pid(s) {sorted(ep.armed)}"
+        if not victims:
+            log.warning("oomkit: the kernel OOM-killed in %s (victim not found in /dev/kmsg)", path)
+        rec = OOMRecord(t=self.backend.clock.now(), level="memcg", memcg=memcg, trigger=None,
+                        resolved_by="kernel", killed=killed, note=note)
+        return rec, OOMEvent("memcg", memcg)
+
+    @staticmethod
+    def _group_by(ep: Episode | None) -> str:
+        if ep is None or ep.record is None or not ep.record.handlers:
+            return "?"
+        return ep.record.handlers[-1].cgroup
 
     def _kernel_victims(self, path: str, wait: float = 0.5) -> tuple[list[Release], str | None]:
         """The kernel's victims in ``path`` from /dev/kmsg and the memcg whose limit
@@ -316,7 +760,7 @@ class V2Events:
             victims = [v for v in victims_from_kmsg(records) if is_within(v.cgroup, path)]
             if victims or clock.now() >= deadline:
                 break
-            self.hub.heartbeat()
+            self.daemon.heartbeat()
             clock.sleep(0.01)
         parsed = [(r, parse.kmsg_oom_kill(r)) for r in records]
         memcgs = {f["pid"]: f.get("memcg") for _r, f in parsed if f["kind"] == "summary"}
@@ -329,6 +773,25 @@ class V2Events:
         if self._kmsg_fd is None:
             try:
                 self._kmsg_fd = notify.open_kmsg()
-            except KernelError:
+            except KernelError as exc:
+                log.debug("oomkit: /dev/kmsg unavailable (%s): kernel victims unnamed", exc)
                 return None
         return self._kmsg_fd
+
+    # -- the opt-in pressure path -------------------------------------------------------
+
+    def _on_pressure(self, path: str, mask: int) -> None:
+        """Pressure over the trigger at ``path`` runs the chain for real (a kill now
+        is oomkit's own), unless an OOM there was just handled."""
+        log.debug("oomkit: PSI trigger fired on %s/memory.pressure", path)
+        quiet = self.daemon.quiet
+        if quiet.active(path) or self.backend.in_flight():
+            log.debug("oomkit: pressure at %s ignored: an OOM there was just handled", path)
+            return
+        quiet.start(path)
+        self.backend.note_kernel_count(path)
+        self.daemon.handle(OOMEvent("memcg", path), pressure=True)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

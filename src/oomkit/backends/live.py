@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from oomkit import oom_kill
 from oomkit.backends.base import OOMEvent, Release, relief_for
@@ -32,6 +33,11 @@ from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
 from oomkit.linux.taskcache import TaskCache, TaskSample
 
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.config.daemon import PSITrigger
+    from oomkit.engine.chain import Engine
+    from oomkit.engine.record import OOMRecord
+
 log = logging.getLogger("oomkit")
 
 PAGE = oom_kill.PAGE_SIZE
@@ -41,10 +47,21 @@ POLL = 0.002
 RECENT = 10.0       # seconds a kill of ours is remembered (killed_lately)
 
 
-class Hub(Protocol):
-    """What an event source needs from the daemon that runs it."""
+@dataclass(frozen=True)
+class LiveSettings:
+    """What a live stack is opened and reconfigured from (the daemon's config, typed)."""
 
-    hush: Hush
+    dry_run: bool = False
+    proc_cache: int = 10_000
+    headroom: int | None = None          # v2: the standing decision's zone; None: auto
+    pressure: PSITrigger | None = None   # v2: a PSI trigger that runs the chain early; None: off
+    rearm: float = 0.5                   # v2: seconds between two takes of a standing decision
+
+
+class Dispatcher(Protocol):
+    """What a live stack needs from the daemon that runs it."""
+
+    quiet: QuietPeriod
 
     def register(self, fd: int, callback: Callable, *args, events: int = ...) -> None:
         """Call ``callback(*args, mask)`` when ``fd`` is ready."""
@@ -54,8 +71,8 @@ class Hub(Protocol):
     def handle(self, oom: OOMEvent, pressure: bool = False) -> None:
         """Run the chain for this OOM and record it."""
 
-    def kernel_killed(self, memcg: str, victims: list[Release], note: str) -> None:
-        """Record an OOM the kernel resolved on its own."""
+    def write(self, record: OOMRecord, oom: OOMEvent, **extra) -> None:
+        """Append one OOM record to the event log (with a snapshot of its contexts)."""
 
     def heartbeat(self) -> None:
         """We are alive (the watchdog's heartbeat), during a long wait."""
@@ -64,28 +81,71 @@ class Hub(Protocol):
         """The cgroup tree changed: match what we manage to it again."""
 
 
-class Hush:
+class Holder(Protocol):
+    """Where every kernel setting the daemon changes is held, so that it is put
+    back even if the daemon dies (``oomkit.daemon.restore.Restorer``)."""
+
+    def hold(self, path: str, restore: str, *, pid: int | None = None,
+             starttime: int | None = None) -> None: ...
+
+    def drop(self, path: str) -> None: ...
+
+    def heartbeat(self) -> None: ...
+
+
+class LiveStack(Protocol):
+    """A hierarchy's live side, opened once by the daemon (``open_stack`` in
+    ``cgroup_v1`` and ``cgroup_v2``): the backend the engine drives and the event
+    source that wakes the daemon."""
+
+    backend: LiveBackend
+
+    def paths(self) -> set[str]:
+        """The cgroups watched now."""
+
+    def sync(self, wanted: Iterable[str]) -> None:
+        """Watch exactly ``wanted``: restore and drop the others, take the new ones."""
+
+    def bind(self, engine: Engine) -> None:
+        """The engine whose attachments decide (rebuilt on reload)."""
+
+    def reconfigure(self, settings: LiveSettings) -> None:
+        """New settings on reload: take every watched cgroup again with them."""
+
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
+        """After the chain, before the record is written: False to write none."""
+
+    def next_timer(self) -> float | None:
+        """Seconds until :meth:`on_timer` wants to run, or None."""
+
+    def on_timer(self) -> None: ...
+
+    def flush(self) -> None:
+        """End of a batch of wake-ups."""
+
+    def close(self) -> None:
+        """Restore every setting changed, close every fd."""
+
+
+class QuietPeriod:
     """For one PSI window after an OOM at or around a cgroup, pressure alone
     starts no new OOM there: the window still holds the stalls of the OOM just
-    handled, and a cgroup's pressure includes its descendants'.  After the
-    kernel's own kill (its victim is no task of ours to wait for, and looks
-    alive in /proc while it exits) a limit-driven OOM waits the window too."""
+    handled, and a cgroup's pressure includes its descendants'."""
 
     def __init__(self, window: float, clock: Clock):
         self.window, self.clock = window, clock
-        self._until: dict[str, tuple[float, bool]] = {}   # cgroup -> (end, the kernel's kill?)
+        self._until: dict[str, float] = {}
 
-    def start(self, path: str, kernel: bool = False) -> None:
-        self._until[path] = (self.clock.now() + self.window, kernel)
+    def start(self, path: str) -> None:
+        self._until[path] = self.clock.now() + self.window
 
-    def active(self, path: str, kernel: bool = False) -> bool:
-        """Is ``path`` (or a cgroup above or below it) hushed?  With ``kernel``,
-        only by a kill of the kernel's."""
+    def active(self, path: str) -> bool:
+        """Is ``path`` (or a cgroup above or below it) quiet?"""
         now = self.clock.now()
-        for p, (until, by_kernel) in list(self._until.items()):
+        for p, until in list(self._until.items()):
             if until <= now:
                 del self._until[p]
-            elif (by_kernel or not kernel) and (is_within(p, path) or is_within(path, p)):
+            elif is_within(p, path) or is_within(path, p):
                 return True
         return False
 
@@ -149,6 +209,9 @@ class LiveBackend:
         self.tick = tick                  # called while we wait (the watchdog's heartbeat)
         self._in_flight: dict[int, int] = {}   # pid -> pidfd of tasks we killed
         self._killed: dict[int, float] = {}    # pid -> when we killed it, for RECENT seconds
+        # v2's armed tasks: pid -> the oom_score_adj they had before we marked them,
+        # which is what a policy sees (never our 1000).
+        self.adj_overlay: dict[int, int] = {}
         self._hz = ProcFS.clock_ticks()
 
     # -- context -------------------------------------------------------------
@@ -185,12 +248,19 @@ class LiveBackend:
         return out
 
     def _with_victims(self, tasks: list[TaskInfo]) -> list[TaskInfo]:
-        """Our victims on their way out are exiting (not in what the readers
-        keep between OOMs: it changes)."""
-        dying = self._in_flight
-        if not dying:
+        """Our victims on their way out are exiting, and an armed task shows its
+        own oom_score_adj (neither is in what the readers keep between OOMs)."""
+        dying, adj = self._in_flight, self.adj_overlay
+        if not dying and not adj:
             return tasks
-        return [t._replace(exiting=True) if t.pid in dying and not t.exiting else t for t in tasks]
+        out = []
+        for t in tasks:
+            if t.pid in dying and not t.exiting:
+                t = t._replace(exiting=True)
+            if t.pid in adj:
+                t = t._replace(oom_score_adj=adj[t.pid])
+            out.append(t)
+        return out
 
     def _read_tasks_bpf(self, scope: str) -> list[TaskInfo]:
         path = self.fs.path(scope)
@@ -296,11 +366,6 @@ class LiveBackend:
         self._killed = {pid: t for pid, t in self._killed.items() if now - t < RECENT}
         self._killed[task.pid] = now
         return True
-
-    def kernel_acted(self, oom: OOMEvent) -> bool:
-        """Has the kernel's own OOM killer acted on this OOM while we held it?
-        (Only v2 can tell: on v1 the OOM waits for us.)"""
-        return False
 
     def killed_lately(self, pid: int) -> bool:
         """Did we kill ``pid`` in the last few seconds?  The kernel may OOM-kill our

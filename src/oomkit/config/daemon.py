@@ -33,10 +33,12 @@ class DaemonSpec(_Strict):
     watchdog_timeout: Duration = "1s"
     task_reader: str = "auto"       # how an OOM's tasks are read: "bpf", "proc", or "auto" (bpf if it loads)
     proc_cache: int = 10_000        # tasks whose /proc fds are kept between OOMs (0: none)
-    # cgroup v2 and system-wide: when to run the chain before the kernel would
-    headroom: Size = "0"
-    pressure: str = "some 150ms 2s"
-    tripwire: bool = False
+    state_dir: str = "/run/oomkit"  # what the daemon changed, kept to be restored after a crash
+    # cgroup v2: a standing decision for each managed memcg within `headroom` of memory.max
+    headroom: Size = "auto"         # "auto": 1/8 of memory.max, 4 MiB to 1 GiB
+    rearm: Duration = "500ms"       # how often a standing decision is taken again
+    pressure: str = "off"           # a PSI trigger that runs the chain (and kills) early: opt-in
+    tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
     mem_available_min: Size | None = None
     global_pressure: str = "full 150ms 2s"
 
@@ -84,12 +86,14 @@ class DaemonConfig:
     watchdog_timeout: float
     task_reader: str
     proc_cache: int
-    headroom: int
-    pressure: PSITrigger
-    tripwire: bool
+    headroom: int | None           # None: auto (1/8 of each memory.max)
+    pressure: PSITrigger | None    # None: off
+    rearm: float
+    state_dir: str
     mem_available_min: int | None
     global_pressure: PSITrigger
     attach: list[Attach] = field(default_factory=list)
+    dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
@@ -119,8 +123,9 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
         watchdog_timeout=watchdog_timeout, task_reader=d.task_reader, proc_cache=d.proc_cache,
-        headroom=size_at(d.headroom, "daemon.headroom", file),
-        pressure=psi_at(d.pressure, "daemon.pressure", file), tripwire=d.tripwire,
+        headroom=None if d.headroom == "auto" else size_at(d.headroom, "daemon.headroom", file),
+        pressure=None if d.pressure == "off" else psi_at(d.pressure, "daemon.pressure", file),
+        rearm=duration_at(d.rearm, "daemon.rearm", file), state_dir=d.state_dir,
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),
         global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),

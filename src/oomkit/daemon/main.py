@@ -1,43 +1,43 @@
-"""``oomkit run``: the engine on real cgroups, event-driven.
+"""``oomkit run``: the composition root of the live daemon.
 
-One thread waits in ``epoll`` on the kernel's own wake-ups: those of the
-backend's event source (v1 OOM eventfds; v2 PSI triggers and
-``memory.events`` changes: ``oomkit.backends.cgroup_v1``/``cgroup_v2``), the
-system-wide PSI trigger, inotify for cgroups created or removed, and
-signals.  Nothing is scanned while nothing happens; the only timer is the
-watchdog's heartbeat (v1).
+The daemon picks the live stack of the machine's hierarchy once
+(``cgroup_v1.open_stack`` or ``cgroup_v2.open_stack``: backend, event source
+and their settings, as psutil picks its platform module) and never branches
+on the version again.  It owns what every stack shares: one ``epoll`` wait
+(:mod:`oomkit.daemon.reactor`), which cgroups are managed
+(:mod:`oomkit.daemon.attachments`, matched again on inotify), the engine and
+its attachments, the event log, signals, and reload.
 
-The daemon decides *what* is managed (the attachments' globs matched
-against the tree) and records every OOM; the event source decides how a
-cgroup is watched and what woke us.  :meth:`Daemon.stop` has the source
-restore every setting it changed.  SIGHUP reloads the config only if the
-new file validates whole.
+One thread waits in ``epoll`` on the kernel's own wake-ups; nothing is
+scanned while nothing happens.  :meth:`Daemon.stop` has the stack restore
+every setting it changed.  SIGHUP reloads the config only if the new file
+validates whole.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import logging
 import os
 import resource
 import select
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 from oomkit.backends.base import OOMEvent, Release
-from oomkit.backends.cgroup_v1 import CgroupV1Backend, V1Events
-from oomkit.backends.cgroup_v2 import CgroupV2Backend, V2Events
-from oomkit.backends.live import Hush, LiveBackend
-from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
+from oomkit.backends.live import LiveSettings, LiveStack, QuietPeriod
+from oomkit.config.daemon import DaemonConfig, load_daemon_config
 from oomkit.context import is_within
-from oomkit.daemon import watchdog as watchdog_module
+from oomkit.daemon import attachments
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
+from oomkit.daemon.reactor import Reactor
+from oomkit.daemon.restore import Restorer
 from oomkit.daemon.snapshot import snapshot
 from oomkit.engine.chain import Engine
-from oomkit.errors import CgroupGone, ConfigError, KernelError, OOMKitError
+from oomkit.engine.record import OOMRecord
+from oomkit.errors import ConfigError, KernelError, OOMKitError
 from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
@@ -46,63 +46,46 @@ from oomkit.policies import make_policy
 
 log = logging.getLogger("oomkit")
 
-_GLOB = set("*?[")
+
+def live_settings(config: DaemonConfig) -> LiveSettings:
+    """The typed settings a live stack is opened (and reconfigured) from."""
+    return LiveSettings(dry_run=config.dry_run, proc_cache=config.proc_cache,
+                        headroom=config.headroom, pressure=config.pressure,
+                        rearm=config.rearm)
 
 
-class Watchdog:
-    """The daemon's side of the dead man's switch (see ``watchdog.py``)."""
-
-    def __init__(self, timeout: float):
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", watchdog_module.__file__, str(timeout)],
-                                     stdin=subprocess.PIPE, start_new_session=True)
-        self.pid = self.proc.pid
-
-    def send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise KernelError("the watchdog is gone: refusing to hold OOMs without it") from None
-
-    def close(self) -> None:
-        try:
-            self.send("bye")
-            self.proc.stdin.close()
-        except (KernelError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Daemon,
+               restorer: Restorer, bpf: BpfTasks | None) -> LiveStack:
+    """The live stack of this hierarchy, chosen once."""
+    if fs.version == "v1":
+        from oomkit.backends import cgroup_v1 as module
+    else:
+        from oomkit.backends import cgroup_v2 as module  # type: ignore[no-redef]
+    return module.open_stack(fs, proc, settings, daemon, restorer, bpf)
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, config_path: str | None = None):
+    def __init__(self, config: DaemonConfig, config_path: str | None = None, *,
+                 restorer: Restorer | None = None):
         self.config, self.config_path = config, config_path
         version, mount = detect(config.hierarchy, config.mount, config.proc)
         self.fs = CgroupFS(mount, version)
         self.proc = ProcFS(config.proc)
-        self.watchdog = Watchdog(config.watchdog_timeout) if version == "v1" else None
-        protected = [self.watchdog.pid] if self.watchdog else []
-        cls = CgroupV1Backend if version == "v1" else CgroupV2Backend
-        extra = {"headroom": config.headroom, "tripwire": config.tripwire} if version == "v2" else {}
-        self.backend: LiveBackend = cls(self.fs, self.proc, protected_pids=protected,
-                                        dry_run=config.dry_run, tick=self.heartbeat,
-                                        proc_cache=config.proc_cache,
-                                        bpf=open_task_reader(config.task_reader, config.proc),
-                                        **extra)
+        self.reactor = Reactor()
+        self.restorer = restorer or Restorer(config.state_dir, config.watchdog_timeout)
+        self.stack = open_stack(self.fs, self.proc, live_settings(config), self, self.restorer,
+                                open_task_reader(config.task_reader, config.proc))
         self.engine = self._engine(config)
         self.events = EventLog(config.event_log)
-        self.ep = select.epoll()
-        self.callbacks: dict[int, tuple] = {}
-        self.hush = Hush(config.pressure.window_us / 1e6, self.backend.clock)
-        self.source = (V1Events(self.backend, self, self.watchdog) if version == "v1"
-                       else V2Events(self.backend, self, config))
+        self.quiet = QuietPeriod(config.pressure.window_us / 1e6 if config.pressure else 2.0,
+                                 self.stack.backend.clock)
         self.inotify = notify.Inotify()
         self.watches: dict[int, str] = {}
         self.global_fd: int | None = None
         self.running = False
+        self._stopped = False
         self._reload = False
+        self._warned: set[tuple[str, str]] = set()
         self._wake_r, self._wake_w = socket.socketpair()
 
     @property
@@ -110,57 +93,70 @@ class Daemon:
         return self.fs.version
 
     @property
+    def backend(self):
+        return self.stack.backend
+
+    @property
     def managed(self) -> set[str]:
-        """The cgroups the event source watches (and, on v1, holds)."""
-        return self.source.paths()
+        """The cgroups the live stack watches (and, on v1, holds)."""
+        return self.stack.paths()
 
     def _engine(self, config: DaemonConfig) -> Engine:
-        return Engine(self.backend, config.settings, on_release=self._on_release,
-                      tick=self.heartbeat)
+        engine = Engine(self.stack.backend, config.settings, on_release=self._on_release,
+                        tick=self.heartbeat)
+        self.stack.bind(engine)
+        return engine
 
     # -- start and stop ---------------------------------------------------------
 
     def start(self) -> None:
         lock_memory()
         raise_nofile()
+        self.restorer.start()
+        self.stack.backend.protected_pids.update(p for p in [self.restorer.watchdog_pid] if p)
         self._signals()
         self.register(self.inotify.fileno(), self._on_inotify)
         self.reconcile()
         self.running = True
+        wanted = attachments.expand(self.fs, self.config.attach, self._warned)
+        for path, spec in sorted(wanted.items()):
+            log.debug("oomkit: %s: policy %s %s", path, spec.policy, spec.params or "")
+        if self.config.attach and not wanted:
+            log.warning("oomkit: no cgroup matches any attachment yet (%s)",
+                        ", ".join(a.cgroup for a in self.config.attach))
         log.info("oomkit: running on cgroup %s at %s: %d attachments, %d cgroups managed%s",
                  self.version, self.fs.mount, len(self.engine.attachments), len(self.managed),
                  " (dry run)" if self.config.dry_run else "")
 
     def run(self) -> None:
-        self.start()
         try:
+            self.start()
             self.loop()
         finally:
             self.stop()
 
     def loop(self) -> None:
-        tick = self.config.watchdog_timeout / 4 if self.watchdog else -1
+        beat = self.config.watchdog_timeout / 4
         while self.running:
-            ready = self.ep.poll(tick)
+            timer = self.stack.next_timer()
+            self.reactor.poll(beat if timer is None else max(0.0, min(beat, timer)))
             self.heartbeat()
-            for fd, mask in ready:
-                callback = self.callbacks.get(fd)
-                if callback:
-                    callback[0](*callback[1:], mask)
-            self.source.flush()
+            self.stack.on_timer()
+            self.stack.flush()
             if self._reload:
                 self._reload = False
                 self.reload()
 
     def stop(self) -> None:
-        """Put back every setting we changed, then let the watchdog go."""
-        self.source.close()
+        """Put back every setting we changed, then let the watchdog go (once)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stack.close()
         if self.global_fd is not None:
             self.unregister(self.global_fd)
             self.global_fd = None
-        self.backend.close()
-        if self.watchdog:
-            self.watchdog.close()
+        self.restorer.close()
         self.events.close()
         log.info("oomkit: stopped; every setting restored")
 
@@ -168,12 +164,11 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno())
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         self.register(self._wake_r.fileno(), self._drain_wakeups)
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
         else:
@@ -184,18 +179,38 @@ class Daemon:
             while self._wake_r.recv(512):
                 pass
         except BlockingIOError:
-            pass
+            pass        # drained: the signal handlers have run
 
     def heartbeat(self) -> None:
-        if self.watchdog:
-            self.watchdog.send(".")
+        self.restorer.heartbeat()
+
+    # -- what the live stack reports to -------------------------------------------------
+
+    def register(self, fd: int, callback, *args, events: int = select.EPOLLIN) -> None:
+        self.reactor.register(fd, callback, *args, events=events)
+
+    def unregister(self, fd: int, close: bool = True) -> None:
+        self.reactor.unregister(fd, close)
+
+    def changed(self) -> None:
+        self.reconcile()
+
+    def write(self, record: OOMRecord, oom: OOMEvent, **extra: Any) -> None:
+        """One record in the event log: timing, and a snapshot of what its handlers saw."""
+        extra.setdefault("detected_at", now_iso())
+        extra.setdefault("resolved_at", extra["detected_at"])
+        if record.contexts:
+            extra["snapshot"] = snapshot(self.backend, oom, record.contexts)
+        record.extra.update(extra, dry_run=self.config.dry_run)
+        record.contexts.clear()
+        self.events.write(record.to_dict())
 
     # -- what we manage ------------------------------------------------------------
 
     def reconcile(self) -> None:
         """Match the attachments and managed cgroups to the tree as it is now."""
-        wanted = self._expand(self.config.attach)
-        managed = self._managed_set(wanted)
+        wanted = attachments.expand(self.fs, self.config.attach, self._warned)
+        managed = attachments.managed_set(self.fs, wanted)
         # Removed cgroups, deepest first: the policies at and above each are told
         # (handle_cgroup_offline), and those attached at or below it go.
         for path in sorted(self.managed - managed, key=lambda p: -p.count("/")):
@@ -209,7 +224,8 @@ class Daemon:
             spec = wanted[path]
             self.engine.attach(path, make_policy(spec.policy, spec.params, self.config.base_dir),
                                ceiling=spec.ceiling)
-        self.source.sync(managed)
+            log.info("oomkit: %s: attached %s", path, spec.policy)
+        self.stack.sync(managed)
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
         self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
@@ -225,62 +241,17 @@ class Daemon:
                 continue
             log.debug("oomkit: %s: %d tasks read ahead of any OOM", top, n)
 
-    def _expand(self, attach: list[Attach]) -> dict[str, Attach]:
-        """Concrete cgroups for each attachment (a glob matches present cgroups;
-        new ones are picked up by inotify); the first attachment wins a cgroup."""
-        out: dict[str, Attach] = {}
-        for spec in attach:
-            for path in self._matches(spec.cgroup):
-                if path in out:
-                    log.warning("oomkit: %s matches both %s and %s; using %s", path,
-                                out[path].cgroup, spec.cgroup, out[path].cgroup)
-                    continue
-                out[path] = spec
-        return out
-
-    def _matches(self, pattern: str) -> list[str]:
-        parts = [p for p in pattern.split("/") if p]
-        found = ["/"]
-        for part in parts:
-            nxt = []
-            for base in found:
-                if not _GLOB & set(part):
-                    child = ("" if base == "/" else base) + "/" + part
-                    nxt += [child] if self.fs.exists(child) else []
-                    continue
-                try:
-                    nxt += [c for c in self.fs.children(base)
-                            if fnmatch.fnmatchcase(c.rsplit("/", 1)[1], part)]
-                except CgroupGone:
-                    pass
-            found = nxt
-        return found
-
-    def _managed_set(self, wanted: dict[str, Attach]) -> set[str]:
-        """Every cgroup at or below an attachment: a limit hit there must reach us.
-        The v1 root memcg cannot disable its OOM killer (EINVAL), and has no limit."""
-        out = set()
-        for top in wanted:
-            for path in self.fs.walk(top):
-                out.add(path)
-        out.discard("/")
-        return out
-
-    def _watch_dirs(self, wanted: dict[str, Attach]) -> None:
+    def _watch_dirs(self, wanted) -> None:
         """inotify on every directory where a cgroup we care about may appear."""
-        dirs = set(self.managed) | set(wanted)
-        for spec in self.config.attach:
-            prefix = _literal_prefix(spec.cgroup)
-            dirs |= {p for p in self.fs.walk(prefix)
-                     if p.count("/") < spec.cgroup.count("/")} if self.fs.exists(prefix) else set()
-        have = {p for p in self.watches.values()}
+        dirs = attachments.watch_dirs(self.fs, self.managed, wanted, self.config.attach)
+        have = set(self.watches.values())
         for path in sorted(dirs - have):
             try:
                 wd = self.inotify.add_watch(self.fs.path(path), notify.IN_CREATE | notify.IN_DELETE
                                             | notify.IN_ONLYDIR)
                 self.watches[wd] = path
-            except KernelError:
-                pass
+            except KernelError as exc:
+                log.debug("oomkit: no inotify watch on %s (gone meanwhile?): %s", path, exc)
 
     def _global_source(self, wanted: bool) -> None:
         if wanted and self.global_fd is None:
@@ -296,44 +267,14 @@ class Daemon:
             self.unregister(self.global_fd)
             self.global_fd = None
 
-    # -- events ------------------------------------------------------------------------
-
-    # -- the hub the event source reports to --------------------------------------------
-
-    def register(self, fd: int, callback, *args, events: int = select.EPOLLIN) -> None:
-        self.ep.register(fd, events)
-        self.callbacks[fd] = (callback, *args)
-
-    def unregister(self, fd: int, close: bool = True) -> None:
-        self.callbacks.pop(fd, None)
-        try:
-            self.ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
-        if close:
-            os.close(fd)
-
-    def changed(self) -> None:
-        self.reconcile()
-
-    def kernel_killed(self, memcg: str, victims: list[Release], note: str) -> None:
-        """An OOM the kernel resolved on its own (v2): one record, and a line per victim."""
-        record = {"t": self.backend.clock.now(), "level": "memcg", "memcg": memcg, "trigger": None,
-                  "requested": None, "handlers": [], "resolved_by": "kernel",
-                  "killed": [{"name": v.name, "pid": v.pid, "cgroup": v.cgroup, "by": "kernel"}
-                             for v in victims], "limits": [], "detected_at": now_iso(),
-                  "note": note}
-        for v in victims:
-            log.warning(release_line(v, "kernel", "/", f"memory.max of {memcg} reached"))
-        if not victims:
-            log.warning("oomkit: the kernel OOM-killed in %s (victim not found in /dev/kmsg)", memcg)
-        self.events.write(record)
-
     def _on_inotify(self, mask: int) -> None:
         """A cgroup was created or removed where one we care about may be."""
         changed = False
         for wd, ev_mask, _cookie, _name in self.inotify.read():
-            if ev_mask & notify.IN_IGNORED:
+            if ev_mask & notify.IN_Q_OVERFLOW:
+                log.warning("oomkit: inotify queue overflowed: rescanning the cgroup tree")
+                changed = True
+            elif ev_mask & notify.IN_IGNORED:
                 self.watches.pop(wd, None)
             elif wd in self.watches and ev_mask & (notify.IN_CREATE | notify.IN_DELETE):
                 changed = True
@@ -348,35 +289,26 @@ class Daemon:
         log.debug("oomkit: system-wide PSI trigger fired; MemAvailable %d", available)
         if threshold is not None and available >= threshold:
             return
-        if self.hush.active("/") or self.backend.in_flight():
+        if self.quiet.active("/") or self.backend.in_flight():
             return
-        self.hush.start("/")
+        self.quiet.start("/")
         self.handle(OOMEvent("global", "/", requested=threshold), pressure=threshold is None)
 
     # -- one OOM ------------------------------------------------------------------------
 
     def handle(self, oom: OOMEvent, pressure: bool = False) -> None:
+        """Run the chain for this OOM, let the stack settle it, and record it."""
         clock = self.backend.clock
         detected, detected_at = clock.now(), now_iso()
         if not pressure and self.backend.condition_gone(oom):
             return      # a late wake-up for an OOM already resolved: never handle one twice
         record = self.engine.handle(oom)
-        if record.resolved_by == "kernel" and not record.memory_freed and self.backend.kernel_acted(oom):
-            # The kernel's OOM killer took this OOM while our chain ran: its kill
-            # is reported on its own (memory.events.local oom_kill), one record.
-            log.info("oomkit: the kernel's OOM killer acted in %s while the chain ran", oom.memcg)
+        if not self.stack.settle(oom, record, self.engine):
             record.contexts.clear()
             return
-        if self.config.dry_run and self.version == "v1" and record.resolved_by != "kernel":
-            record.note = "dry run: nothing released; handed to the kernel"
-            self.engine.fall_back(oom, record)
-        resolved, resolved_at = clock.now(), now_iso()
-        record.extra.update(detected_at=detected_at, resolved_at=resolved_at,
-                            latency_ms=round((resolved - detected) * 1000, 3),
-                            snapshot=snapshot(self.backend, oom, record.contexts),
-                            dry_run=self.config.dry_run)
-        record.contexts.clear()
-        self.events.write(record.to_dict())
+        resolved = clock.now()
+        self.write(record, oom, detected_at=detected_at, resolved_at=now_iso(),
+                   latency_ms=round((resolved - detected) * 1000, 3))
 
     def _on_release(self, r: Release, policy: str, attached: str, reason: str) -> None:
         log.warning(release_line(r, policy, attached, reason, self.config.dry_run))
@@ -388,6 +320,8 @@ class Daemon:
         path = self.config_path
         try:
             config = load_daemon_config(path)
+            if self.config.dry_run_forced:
+                config = dataclasses.replace(config, dry_run=True, dry_run_forced=True)
             for spec in config.attach:
                 make_policy(spec.policy, spec.params, config.base_dir)
             self._check_reloadable(config)
@@ -397,14 +331,15 @@ class Daemon:
         old, self.config = self.config, config
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
-        self.backend.dry_run = config.dry_run
-        if config.proc_cache != old.proc_cache:
-            self.backend.task_cache.resize(config.proc_cache)
+        self.stack.reconfigure(live_settings(config))
         self.engine = self._engine(config)
         if config.event_log != old.event_log:
             self.events.close()
             self.events = EventLog(config.event_log)
-        self._reload_sources(old, config)
+        if config.pressure != old.pressure and config.pressure:
+            self.quiet = QuietPeriod(config.pressure.window_us / 1e6, self.backend.clock)
+        if config.global_pressure != old.global_pressure:
+            self._global_source(False)
         self.reconcile()
         log.info("oomkit: reloaded %s: %d attachments", path, len(self.engine.attachments))
         return True
@@ -415,34 +350,12 @@ class Daemon:
                  "daemon.mount": bool(config.mount and Path(config.mount) != self.fs.mount),
                  "daemon.proc": config.proc != self.config.proc,
                  "daemon.watchdog_timeout": config.watchdog_timeout != self.config.watchdog_timeout,
-                 "daemon.task_reader": config.task_reader != self.config.task_reader}
+                 "daemon.task_reader": config.task_reader != self.config.task_reader,
+                 "daemon.state_dir": config.state_dir != self.config.state_dir}
         changed = [key for key, differs in fixed.items() if differs]
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change on reload", file=config.file,
                               hint="restart oomkit to change it")
-
-    def _reload_sources(self, old: DaemonConfig, new: DaemonConfig) -> None:
-        """New v2 thresholds mean new PSI triggers and tripwires: the v2 source
-        restores everything and takes it again with them (in this thread, so no
-        OOM is missed meanwhile); a new system-wide trigger likewise."""
-        if new.pressure != old.pressure:
-            self.hush = Hush(new.pressure.window_us / 1e6, self.backend.clock)
-        if self.version == "v2" and (new.pressure, new.headroom, new.tripwire) != (
-                old.pressure, old.headroom, old.tripwire):
-            self.backend.headroom_bytes, self.backend.tripwire = new.headroom, new.tripwire
-            self.source.close()
-            self.source = V2Events(self.backend, self, new)
-        if new.global_pressure != old.global_pressure:
-            self._global_source(False)
-
-
-def _literal_prefix(pattern: str) -> str:
-    parts = []
-    for part in [p for p in pattern.split("/") if p]:
-        if _GLOB & set(part):
-            break
-        parts.append(part)
-    return "/" + "/".join(parts)
 
 
 def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
@@ -496,10 +409,7 @@ def lock_memory() -> None:
 def run_daemon(config_path: str, dry_run: bool = False) -> None:
     config = load_daemon_config(config_path)
     if dry_run:
-        import dataclasses
-
-        config = dataclasses.replace(config, dry_run=True)
+        config = dataclasses.replace(config, dry_run=True, dry_run_forced=True)
     for spec in config.attach:
         make_policy(spec.policy, spec.params, config.base_dir)
     Daemon(config, config_path).run()
-

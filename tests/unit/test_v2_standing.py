@@ -1,0 +1,210 @@
+"""cgroup v2 standing decisions (backends/cgroup_v2.py): the wake-up
+classification as a pure function over literals, and arming / disarming on a
+fake cgroup2 tree and fake /proc (real file names and formats).
+
+Pids are above any real pid_max (4194304): nothing here can touch a real task.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from oomkit.backends.cgroup_v2 import Look, Wakeup, classify, zone
+
+from test_live_v2_fake import (  # noqa: F401  (fixtures)
+    MiB,
+    PID_A,
+    PID_B,
+    PID_C,
+    cgroup,
+    make_daemon,
+    read,
+    task,
+    tree,
+)
+
+EV = {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0}
+
+
+# -- the pure parts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("look,armed,want", [
+    (Look(57 * MiB, 64 * MiB, EV, EV), False, Wakeup.NEAR_LIMIT),          # 57 + 8 > 64
+    (Look(50 * MiB, 64 * MiB, EV, EV), False, Wakeup.NONE),
+    (Look(57 * MiB, 64 * MiB, EV, EV), True, Wakeup.NONE),                 # already armed
+    (Look(40 * MiB, 64 * MiB, EV, EV), True, Wakeup.LEFT_ZONE),
+    (Look(57 * MiB, None, EV, EV), False, Wakeup.NONE),                    # no limit, no OOM
+    (Look(64 * MiB, 64 * MiB, {**EV, "oom": 1}, EV), True, Wakeup.KERNEL_ACTING),
+    (Look(10 * MiB, 64 * MiB, {**EV, "oom": 1, "oom_kill": 1}, EV, 1), True,
+     Wakeup.KERNEL_KILLED),
+])
+def test_classify(look, armed, want):
+    assert classify(look, 8 * MiB, armed) is want
+
+
+def test_zone_auto_is_an_eighth_bounded():
+    assert zone(64 * MiB, None) == 8 * MiB
+    assert zone(16 * MiB, None) == 4 * MiB               # at least 4 MiB
+    assert zone(6 * MiB, None) == 3 * MiB                # never more than half the limit
+    assert zone(64 << 30, None) == 1024 * MiB            # at most 1 GiB
+    assert zone(64 * MiB, 32 * MiB) == 32 * MiB          # as configured
+
+
+# -- arming on a fake tree ------------------------------------------------------------------
+
+
+def val(mount, rel, name) -> str:
+    return read(mount, rel, name).strip()
+
+
+def adj(proc, pid) -> int:
+    return int((proc / str(pid) / "oom_score_adj").read_text())
+
+
+@pytest.fixture
+def started(tree, tmp_path):
+    made = []
+
+    def start(policy="largest-task", at="/box", **daemon):
+        d = make_daemon(tree, tmp_path, [{"cgroup": at, "policy": policy}], **daemon)
+        made.append(d)
+        d.reconcile()
+        return d
+
+    yield start
+    for d in made:
+        d.stop()
+
+
+def test_near_its_limit_the_policys_choice_is_armed_and_others_get_a_wake_point(tree, started):
+    """/box/a holds 57 of 64 MiB (within auto's 8 MiB): largest-task's choice,
+    the 50 MiB hog, is marked 1000 for the kernel; /box/job (10 of 64) gets
+    memory.high = 56 MiB as its wake-up; all held for a crash first."""
+    mount, proc = tree
+    d = started()
+    assert adj(proc, PID_A) == 1000 and adj(proc, PID_B) == 0
+    held = d.restorer.held
+    assert held[str(proc / str(PID_A) / "oom_score_adj")] == ("0", PID_A)
+    assert val(mount, "/box/a", "memory.high") == "max"          # armed: no throttle
+    assert val(mount, "/box/job", "memory.high") == f"{56 * MiB}"
+    assert held[str(mount / "box" / "job" / "memory.high")] == ("max", None)
+    # a policy sees the task's own value, never our 1000
+    tasks = d.backend.tasks(None, "/box/a")
+    assert tasks.by_pid(PID_A).oom_score_adj == 0
+    assert not (tmp := read(mount, "/box/a", "cgroup.kill")), tmp    # nothing killed
+
+
+def test_leaving_the_zone_restores_and_stop_restores_everything(tree, started):
+    mount, proc = tree
+    d = started()
+    (mount / "box" / "a" / "memory.current").write_text(f"{40 * MiB}\n")
+    d.stack._look("/box/a")
+    assert adj(proc, PID_A) == 0
+    assert str(proc / str(PID_A) / "oom_score_adj") not in d.restorer.held
+    assert val(mount, "/box/a", "memory.high") == f"{56 * MiB}"   # waiting again
+    d.stop()
+    assert val(mount, "/box/a", "memory.high") == "max"
+    assert val(mount, "/box/job", "memory.high") == "max"
+    assert d.restorer.held == {}
+
+
+def test_a_new_decision_moves_the_mark(tree, started):
+    """newest-task: a newer task appears in the zone; the next take moves the
+    mark to it and restores the first one's own value."""
+    mount, proc = tree
+    task(proc, PID_A + 10, "late", 1024, adj=300)
+    (proc / str(PID_A + 10) / "stat").write_text(
+        (proc / str(PID_A + 10) / "stat").read_text().replace(" 52831 ", " 99999999 ", 1))
+    d = started(policy="newest-task")
+    first = {p for p in (PID_A, PID_B) if adj(proc, p) == 1000}
+    assert len(first) == 1
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, PID_A + 10])
+    d.stack.episodes["/box/a"].next_take = 0
+    d.stack.on_timer()
+    assert adj(proc, PID_A + 10) == 1000
+    assert adj(proc, first.pop()) == 0
+    d.stop()
+    assert adj(proc, PID_A + 10) == 300                       # the user's own value back
+
+
+def test_a_minus_1000_task_is_never_touched(tree, started):
+    mount, proc = tree
+    (proc / str(PID_A) / "oom_score_adj").write_text("-1000\n")
+    d = started()
+    assert adj(proc, PID_A) == -1000
+    assert adj(proc, PID_B) == 1000          # largest-task skips -1000: the next largest
+    assert str(proc / str(PID_A) / "oom_score_adj") not in d.restorer.held
+
+
+def test_a_policy_that_passes_arms_nobody(tree, started, tmp_path):
+    mount, proc = tree
+    d = started(policy="wait-for-exiting")
+    assert adj(proc, PID_A) == 0 and adj(proc, PID_B) == 0
+    assert not d.stack.episodes["/box/a"].is_armed
+
+
+def test_raise_limit_acts_at_the_headroom_and_is_recorded(tree, started, tmp_path):
+    from oomkit.daemon.eventlog import EventLog  # noqa: F401
+    import json
+
+    mount, proc = tree
+    d = started(policy="raise-limit")
+    assert val(mount, "/box/a", "memory.max") != f"{64 * MiB}"      # raised
+    assert adj(proc, PID_A) == 0                                        # nobody armed
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert records[0]["resolved_by"] == "policy" and records[0]["limits"][0]["cgroup"] == "/box/a"
+
+
+def test_kill_cgroup_arms_its_group(tree, started):
+    """largest-cgroup on /box: /box/a is the largest leaf; the kernel will kill
+    it whole (memory.oom.group 1, held), its largest task marked."""
+    mount, proc = tree
+    d = started(policy="largest-cgroup")
+    assert val(mount, "/box/a", "memory.oom.group") == "1"
+    assert adj(proc, PID_A) == 1000 and adj(proc, PID_B) == 0
+    assert d.restorer.held[str(mount / "box" / "a" / "memory.oom.group")] == ("0", None)
+    d.stop()
+    assert val(mount, "/box/a", "memory.oom.group") == "0"
+
+
+def test_dry_run_arms_nothing(tree, started):
+    mount, proc = tree
+    d = started(dry_run=True)
+    assert adj(proc, PID_A) == 0 and adj(proc, PID_B) == 0
+    assert not any("oom_score_adj" in p for p in d.restorer.held)
+
+
+def test_the_kernels_kill_of_the_armed_task_is_the_policys_one_record(tree, started, tmp_path,
+                                                                     monkeypatch):
+    """memory.events.local oom_kill moves in /box/a and /dev/kmsg names the armed
+    hog: one record, resolved by the policy, carried out by the kernel."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=hog,pid={PID_A},uid=0",
+            f"3,2,2,-;Memory cgroup out of memory: Killed process {PID_A} (hog) "
+            "total-vm:60000kB, anon-rss:51200kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+            "pgtables:200kB oom_score_adj:1000"]
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    ev = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"
+    (mount / "box" / "a" / "memory.events").write_text(ev)
+    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    d.stack._look("/box/a")
+    kmsg.clear()
+    d.stack._look("/box/a")                                   # nothing new: no second record
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert len(records) == 1, records
+    rec = records[0]
+    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel"
+    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(PID_A, "policy:/box")]
+    assert rec["handlers"][0]["policy"] == "largest-task"
