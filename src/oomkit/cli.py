@@ -151,6 +151,26 @@ def run(config: Path, dry_run: bool, verbose: bool) -> None:
         _fail(str(exc))
 
 
+@main.command()
+@click.option("--state-dir", default="/run/oomkit", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The daemon's [daemon] state_dir.")
+def restore(state_dir: Path) -> None:
+    """Put back every setting a dead daemon left (the unit's ExecStopPost)."""
+    import os
+
+    if os.geteuid() != 0:
+        _fail("oomkit restore needs root: it writes cgroup and /proc files (try sudo)")
+    from oomkit.daemon.restore import restore_from_state
+
+    try:
+        lines = restore_from_state(state_dir)
+    except OOMKitError as exc:
+        _fail(str(exc))
+    for line in lines:
+        click.echo(f"oomkit: restored from {state_dir}: {line}")
+
+
 @main.command("policies")
 def list_policies() -> None:
     """List the built-in policies."""

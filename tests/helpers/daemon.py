@@ -76,6 +76,9 @@ class DaemonProc:
         self.tmp_path, self.sandbox = Path(tmp_path), sandbox
         self.config = self.tmp_path / f"{name}.toml"
         self.event_log = self.tmp_path / f"{name}-events.jsonl"
+        # Machine-global by default (/run/oomkit): each test daemon gets its own.
+        daemon.setdefault("state_dir", str(self.tmp_path / f"{name}-state"))
+        self.state_dir = Path(daemon["state_dir"])
         self.daemon_opts = daemon
         self.write_config(attach)
         self.popen: subprocess.Popen | None = None

@@ -8,8 +8,9 @@ us, and acts itself only when we hand the OOM back (``oom_kill_disable 0``).
 
 :class:`CgroupV1Backend` is the context and the release actions;
 :class:`V1Events` the event source (what woke us).  A paused OOM must never
-outlive the daemon: every memcg taken is told to the watchdog first
-(``oomkit.daemon.watchdog``).
+outlive the daemon: every memcg taken is held by the daemon's
+:class:`~oomkit.daemon.restore.Restorer` first (the state file and the
+watchdog), so ``oom_kill_disable 0`` is written back whatever kills us.
 """
 
 from __future__ import annotations
@@ -165,16 +166,28 @@ class _Held:
     path: str
     eventfd: notify.OOMEventFD | None = None
     flipped: bool = False        # we wrote oom_kill_disable 1: put back 0 on release
+    # Children that existed before this memcg was at 1 because of us: their own 1, if
+    # they have one, is not inherited from us (v1 copies the parent's value at mkdir).
+    preexisting: frozenset[str] = frozenset()
 
 
 class V1Events:
-    """What wakes us on v1: the OOM eventfd of every held memcg."""
+    """What wakes us on v1: the OOM eventfd of every held memcg.
+
+    A memcg is taken only if its ``oom_kill_disable`` is 0, or 1 inherited at
+    mkdir from a memcg we hold: any other 1 is the admin's or another daemon's
+    (the restorer already put back what a previous run of ours left), and
+    taking it would pause one OOM for two handlers, or hand it back on our
+    exit behind its owner's back."""
 
     def __init__(self, backend: CgroupV1Backend, hub: Dispatcher, restorer: Holder):
         self.backend = backend
         self.fs, self.hub, self.restorer = backend.fs, hub, restorer
+        if hasattr(restorer, "on_handback"):
+            restorer.on_handback.append(self.rearm)
         self.held: dict[str, _Held] = {}
         self._notified: set[str] = set()
+        self._foreign: set[str] = set()     # left alone, said once
 
     def bind(self, engine: Engine) -> None:
         """v1 needs no engine of its own: the OOM waits for the daemon's chain."""
@@ -204,23 +217,26 @@ class V1Events:
         wanted = set(wanted)
         for path in [p for p in self.held if p not in wanted]:
             self.release(path)
-        before = set(self.held)
-        for path in sorted(wanted - before):
-            self._take(path, before)
+        self._foreign &= wanted
+        for path in sorted(wanted - set(self.held)):
+            self._take(path)
 
-    def _take(self, path: str, before: set[str]) -> None:
+    def _take(self, path: str) -> None:
         held = _Held(path)
         try:
-            original = self.fs.oom_control(path)["oom_kill_disable"]
-            # v1 copies oom_kill_disable from the parent at mkdir: in a memcg created
-            # under one we already held, that 1 is ours, and the original is the parent's.
+            disabled = self.fs.oom_control(path)["oom_kill_disable"]
             parent = self.held.get(parent_of(path) or "")
-            if parent is not None and parent.path in before:
-                original = not parent.flipped
-            if not original:
-                # Held first: from the write on, a paused OOM must not outlive us.
-                self.restorer.hold(self._control(path), "0")
-                held.flipped = True
+            inherited = parent is not None and path not in parent.preexisting
+            if disabled and not inherited:
+                self._leave_alone(path)
+                return
+            self._foreign.discard(path)
+            # Held first: from the write on, a paused OOM must not outlive us.
+            self.restorer.hold(self._control(path), "0")
+            held.flipped = True
+            if not disabled:
+                # Listed before the write: a child made after it inherits our 1.
+                held.preexisting = frozenset(self.fs.children(path))
                 self.fs.set_oom_kill_disable(path, True)
             held.eventfd = notify.register_oom_eventfd(self.fs, path)
             self.hub.register(held.eventfd.fileno(), self._on_eventfd, path)
@@ -228,6 +244,23 @@ class V1Events:
             self._undo(held)
             return
         self.held[path] = held
+
+    def _leave_alone(self, path: str) -> None:
+        if path not in self._foreign:
+            self._foreign.add(path)
+            log.warning("oomkit: %s already has oom_kill_disable 1, set by the admin or another "
+                        "daemon: left alone, its OOMs are not handled here (to hand it to "
+                        "oomkit: write 0 to its memory.oom_control, then reload)", path)
+
+    def rearm(self) -> None:
+        """The watchdog put every setting back (it heard nothing from us for its
+        timeout) and was replaced: pause OOMs again where we hold them."""
+        for held in self.held.values():
+            if held.flipped:
+                try:
+                    self.fs.set_oom_kill_disable(held.path, True)
+                except KernelError as exc:
+                    log.debug("oomkit: %s not re-armed: %s", held.path, exc)
 
     def release(self, path: str) -> None:
         held = self.held.pop(path, None)
@@ -242,8 +275,8 @@ class V1Events:
             return
         try:
             self.fs.set_oom_kill_disable(held.path, False)
-        except KernelError:
-            pass        # the cgroup is gone with its settings
+        except KernelError as exc:
+            log.debug("oomkit: %s not put back (gone with its settings?): %s", held.path, exc)
         try:
             self.restorer.drop(self._control(held.path))
         except KernelError as exc:

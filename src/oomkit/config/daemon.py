@@ -33,7 +33,7 @@ class DaemonSpec(_Strict):
     watchdog_timeout: Duration = "1s"
     task_reader: str = "auto"       # how an OOM's tasks are read: "bpf", "proc", or "auto" (bpf if it loads)
     proc_cache: int = 10_000        # tasks whose /proc fds are kept between OOMs (0: none)
-    state_dir: str = "/run/oomkit"  # what the daemon changed, kept to be restored after a crash
+    state_dir: str = "/run/oomkit"  # what the daemon changed, for a restart or `oomkit restore`; its lock
     # cgroup v2: a standing decision for each managed memcg within `headroom` of memory.max
     headroom: Size = "auto"         # "auto": 1/8 of memory.max, 4 MiB to 1 GiB
     rearm: Duration = "500ms"       # how often a standing decision is taken again
@@ -125,11 +125,18 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         watchdog_timeout=watchdog_timeout, task_reader=d.task_reader, proc_cache=d.proc_cache,
         headroom=None if d.headroom == "auto" else size_at(d.headroom, "daemon.headroom", file),
         pressure=None if d.pressure == "off" else psi_at(d.pressure, "daemon.pressure", file),
-        rearm=duration_at(d.rearm, "daemon.rearm", file), state_dir=d.state_dir,
+        rearm=duration_at(d.rearm, "daemon.rearm", file),
+        state_dir=_state_dir(d.state_dir, file),
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),
         global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),
         attach=attachments(spec.attach, file))
+
+
+def _state_dir(text: str, file: str) -> str:
+    if not text.startswith("/") or "\0" in text:
+        raise ConfigError(f"{text!r} is not an absolute path", file=file, where="daemon.state_dir")
+    return text
 
 
 def attachments(specs: list[AttachSpec], file: str) -> list[Attach]:

@@ -86,6 +86,7 @@ class Daemon:
         self._stopped = False
         self._reload = False
         self._warned: set[tuple[str, str]] = set()
+        self._watchdog_pid: int | None = None
         self._wake_r, self._wake_w = socket.socketpair()
 
     @property
@@ -113,7 +114,7 @@ class Daemon:
         lock_memory()
         raise_nofile()
         self.restorer.start()
-        self.stack.backend.protected_pids.update(p for p in [self.restorer.watchdog_pid] if p)
+        self._protect_watchdog()
         self._signals()
         self.register(self.inotify.fileno(), self._on_inotify)
         self.reconcile()
@@ -183,6 +184,16 @@ class Daemon:
 
     def heartbeat(self) -> None:
         self.restorer.heartbeat()
+        self._protect_watchdog()
+
+    def _protect_watchdog(self) -> None:
+        """The watchdog is never a victim; a replaced one's pid is free for others."""
+        pid, protected = self.restorer.watchdog_pid, self.stack.backend.protected_pids
+        if pid != self._watchdog_pid:
+            protected.discard(self._watchdog_pid)
+            if pid:
+                protected.add(pid)
+            self._watchdog_pid = pid
 
     # -- what the live stack reports to -------------------------------------------------
 
