@@ -20,7 +20,7 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def _emit(result: dict, as_json: bool, report) -> None:
+def _emit(result: object, as_json: bool, report) -> None:
     """A result as one JSON document, or as the readable ``report()``."""
     if as_json:
         import msgspec
@@ -28,7 +28,7 @@ def _emit(result: dict, as_json: bool, report) -> None:
         try:
             data = msgspec.json.encode(result)
         except UnicodeEncodeError:      # a name that was not UTF-8: \xNN, as the event log
-            data = msgspec.json.encode(record_safe(result))
+            data = msgspec.json.encode(record_safe(msgspec.to_builtins(result)))
         click.echo(data.decode())
     else:
         report()
@@ -72,7 +72,7 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
         # Load every policy first, so a bad one is reported with the file and key
         # that name it (as `oomkit check` does), not as a bare loader message.
         _check_policies(loaded, overrides)
-        result = run(loaded, overrides).to_dict()
+        result = run(loaded, overrides)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_report

@@ -13,15 +13,24 @@ backend read every ``/proc`` entry on the machine during an OOM.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from oomkit.errors import ContextReadOnly
+
+class Level(enum.StrEnum):
+    """Where the OOM is (``oc.level``): the kernel's three OOM constraints."""
+
+    MEMCG = "memcg"      # a memory cgroup hit its limit (CONSTRAINT_MEMCG)
+    GLOBAL = "global"    # the machine is out of memory (CONSTRAINT_NONE)
+    NUMA = "numa"        # the allowed NUMA nodes are (CONSTRAINT_MEMORY_POLICY / _CPUSET)
+
 
 class _ReadOnly:
     """Mixin: no attribute of this object may be set after construction."""
@@ -139,7 +148,10 @@ def metered():
             meter.spent += time.perf_counter() - meter.since
 
 
-class LazyMapping(Mapping[str, Any]):
+V = TypeVar("V")
+
+
+class LazyMapping(Mapping[str, V]):
     """A read-only mapping whose values are loaded on first access.
 
     With ``has``, a lookup checks that one key instead of listing them all
@@ -147,9 +159,14 @@ class LazyMapping(Mapping[str, Any]):
 
     __slots__ = ("_keys", "_load", "_cache", "_has")
 
-    def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], Any],
+    def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], V],
                  has: Callable[[str], bool] | None = None):
         _init(self, _keys=keys, _load=load, _cache={}, _has=has)
+
+    def preload(self, values: Mapping[str, V]) -> None:
+        """Values already read (the engine's: the OOMing subtree, frozen before the
+        first handler runs, so the handler and the snapshot see the same)."""
+        self._cache.update(values)
 
     def _key_list(self) -> dict[str, None]:
         keys = self._keys
@@ -167,7 +184,7 @@ class LazyMapping(Mapping[str, Any]):
                 return isinstance(key, str) and self._has(key)
         return key in self._key_list()
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> V:
         try:
             return self._cache[key]
         except KeyError:
@@ -184,7 +201,7 @@ class LazyMapping(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._key_list())
 
-    def loaded(self, key: str) -> Any | None:
+    def loaded(self, key: str) -> V | None:
         """The value of ``key`` if it was read already, else None."""
         return self._cache.get(key)
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.actions import Actions
 
 
-class Verdict(enum.Enum):
-    """What a handler says it did."""
+class Verdict(enum.StrEnum):
+    """What a handler says it did (a ``str``: its JSON is its name)."""
 
     #: Memory was released by a release action in this call.  Checked: with
     #: nothing released it counts as PASS and is recorded as a false claim.

@@ -1,51 +1,94 @@
-"""``oomkit replay``: run a recorded OOM again, offline, against other policies."""
+"""``oomkit replay``: read the daemon's event log and run a recorded OOM again,
+offline, against other policies (over :class:`~oomkit.backends.snapshot.SnapshotBackend`).
+
+Every line of the log is decoded as an :class:`~oomkit.schema.OOMRecord`,
+which validates it: a malformed line is one error naming the file and line,
+never a traceback, and nothing unchecked (a relative cgroup path, a string
+for a size) reaches the engine.
+"""
 
 from __future__ import annotations
 
+import collections
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from oomkit.backends.replay import ReplayBackend, oom_event
+from oomkit.backends.base import OOMEvent
+from oomkit.backends.snapshot import SnapshotBackend
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError
 from oomkit.policies import make_policy
+from oomkit.schema import OOMRecord, Snapshot
+
+_decoder = msgspec.json.Decoder(OOMRecord)
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The OOM records of an event log that carry a snapshot."""
+def read_records(path: str | Path, index: int) -> tuple[OOMRecord, int]:
+    """The ``index``-th OOM record of an event log that carries a snapshot (0 the
+    first, -1 the last), and how many such records the log holds."""
+    keep: collections.deque[OOMRecord] = collections.deque(maxlen=-index if index < 0 else 1)
+    count = 0
+    for record in _records(path):
+        if index < 0 or count == index:
+            keep.append(record)
+        count += 1
+    if not count:
+        raise ConfigError("has no OOM record with a snapshot", file=str(path))
+    if index >= count or -index > count:
+        raise ConfigError(f"has {count} OOM records; --index {index} is out of range",
+                          file=str(path))
+    return keep[0], count
+
+
+def _records(path: str | Path) -> Iterator[OOMRecord]:
+    """The log's records with a snapshot (the kernel's own kills, recorded without one, are skipped)."""
+    with _open_log(path) as lines:
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = _decoder.decode(line)
+            except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError included
+                raise ConfigError(f"not an OOM record: {_why(exc)}", file=f"{path}:{n}") from None
+            if isinstance(record.snapshot, Snapshot):
+                yield record
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).replace("`", "")
+
+
+def _open_log(path: str | Path):
+    """The log, opened for reading if it is a regular file (not a FIFO that would
+    block forever, nor /dev/zero that never ends)."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"not a JSON line: {exc}", file=str(path), where=f"line {n}") from None
-        if isinstance(record, dict) and "snapshot" in record:
-            records.append(record)
-    return records
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError("cannot be read: not a regular file", file=str(path))
+    return open(fd, "rb")
 
 
-def replay_record(path: str | Path, index: int, attach: dict[str, str]) -> dict[str, Any]:
-    records = read_records(path)
-    if not records:
-        raise ConfigError("has no OOM record with a snapshot", file=str(path))
-    try:
-        record = records[index]
-    except IndexError:
-        raise ConfigError(f"has {len(records)} OOM records; --index {index} is out of range",
-                          file=str(path)) from None
-    backend = ReplayBackend(record["snapshot"])
-    engine = Engine(backend)
-    scope = record["snapshot"]["scope"]
+def oom_event(record: OOMRecord) -> OOMEvent:
+    """The OOM a record describes."""
+    return OOMEvent(record.level, record.memcg, record.nodes, record.requested, record.trigger)
+
+
+def replay_record(path: str | Path, index: int, attach: dict[str, str]) -> OOMRecord:
+    record, _ = read_records(path, index)
+    snap = record.snapshot
+    assert isinstance(snap, Snapshot)       # read_records yields only records with one
+    engine = Engine(SnapshotBackend(snap))
     for cgroup, policy in attach.items():
-        if cgroup not in record["snapshot"]["cgroups"]:
-            raise ConfigError(f"--attach {cgroup}: the snapshot holds only {scope} and below")
+        if cgroup not in snap.cgroups:
+            raise ConfigError(f"--attach {cgroup}: the snapshot holds only {snap.scope} and below")
         engine.attach(cgroup, make_policy(policy))
-    return engine.handle(oom_event(record)).to_dict()
+    return engine.handle(oom_event(record))

@@ -1,84 +1,89 @@
-"""The readable report of ``oomkit simulate`` (rich is imported here only,
-never by the daemon)."""
+"""The readable report of ``oomkit simulate`` and ``oomkit replay`` (rich is
+imported here only, never by the daemon).
+
+Names in a record come from tasks and cgroups, which are hostile input: every
+value interpolated into markup goes through :func:`_text` (``[/]`` is not
+markup, an escape sequence does not reach the terminal).
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from oomkit.context import Level
+from oomkit.schema import OOMRecord, SimResult
 from oomkit.text import for_markup
 from oomkit.units import format_size
 
 
-def _size(n: Any) -> str:
-    return format_size(n) if n is None or isinstance(n, int) else _e(n)
-
-
-def _e(value: Any) -> str:
-    """Any value shown in a markup string, escaped: task and cgroup names are
-    hostile (ANSI escapes, ``[/]``, bytes that were not UTF-8)."""
+def _text(value: object) -> str:
     return for_markup(str(value))
 
 
-def _list(values: Any) -> str:
-    return ", ".join(_e(v) for v in values)
+def _names(values: list[str]) -> str:
+    return ", ".join(_text(v) for v in values) or "-"
 
 
-def print_report(result: dict[str, Any], title: str, console: Console | None = None) -> None:
+def print_report(result: SimResult, title: str, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
-    console.print(f"[bold]{_e(title)}[/bold]: {len(result['ooms'])} OOM(s)")
-    for i, oom in enumerate(result["ooms"]):
+    console.print(f"[bold]{_text(title)}[/bold]: {len(result.ooms)} OOM(s)")
+    for i, oom in enumerate(result.ooms):
         _print_oom(console, i, oom)
     console.print()
-    console.print(f"[green]survivors[/green]: {_list(result['survivors']) or '-'}")
-    console.print(f"[red]killed[/red]:    {_list(result['killed']) or '-'}")
-    if result.get("exited"):
-        console.print(f"exited:    {_list(result['exited'])}")
-    for f in result.get("failed_allocations", []):
-        console.print(f"[yellow]failed allocation[/yellow]: t={f['t']:g}s {_e(f['task'])} "
-                      f"{_size(f['alloc'])}")
-    if result.get("ejected"):
-        console.print(f"[yellow]ejected policies[/yellow]: {_list(result['ejected'])}")
+    console.print(f"[green]survivors[/green]: {_names(result.survivors)}")
+    console.print(f"[red]killed[/red]:    {_names(result.killed)}")
+    if result.exited:
+        console.print(f"exited:    {_names(result.exited)}")
+    for f in result.failed_allocations:
+        console.print(f"[yellow]failed allocation[/yellow]: t={f.t:g}s {_text(f.task)} "
+                      f"{format_size(f.alloc)}")
+    if result.ejected:
+        console.print(f"[yellow]ejected policies[/yellow]: {_names(result.ejected)}")
     table = Table("cgroup", "usage", "limit", title="final state", title_justify="left")
-    for path, state in result["final"].items():
-        table.add_row(_e(path), _size(state["usage"]), _size(state["limit"]))
+    for path, state in result.final.items():
+        table.add_row(_text(path), format_size(state.usage), format_size(state.limit))
     console.print(table)
 
 
-def _asked(oom: dict[str, Any]) -> str:
-    who = _e(oom.get("trigger") or "a task")
-    if oom.get("requested") is None:
+def _asked(oom: OOMRecord) -> str:
+    who = _text(oom.trigger) if oom.trigger else "a task"
+    if oom.requested is None:
         return f"{who} hit the limit"
-    return f"{who} asked for {_size(oom['requested'])}"
+    return f"{who} asked for {format_size(oom.requested)}"
 
 
-def print_oom(oom: dict[str, Any], title: str, console: Console | None = None) -> None:
+def print_oom(oom: OOMRecord, title: str, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
-    console.print(f"[bold]{_e(title)}[/bold]")
+    console.print(f"[bold]{_text(title)}[/bold]")
     _print_oom(console, 0, oom)
 
 
-def _print_oom(console: Console, i: int, oom: dict[str, Any]) -> None:
-    where = {"memcg": f"memcg OOM in {_e(oom['memcg'])}",
-             "numa": f"numa OOM on nodes {_e(oom.get('nodes'))}"}.get(oom["level"], "global OOM")
-    console.print(f"\n[bold]OOM #{i + 1}[/bold] t={oom['t']:g}s {where}: "
-                  f"{_asked(oom)} -> "
-                  f"resolved by [bold]{_e(oom['resolved_by'])}[/bold]")
-    for h in oom["handlers"]:
-        claimed = f" (claimed {_e(h['claimed'])})" if h.get("claimed") else ""
-        error = f" [yellow]{_e(h['error'])}[/yellow]" if h["error"] else ""
-        console.print(f"  {_e(h['cgroup'])} {_e(h['policy'])}: {_e(h['verdict'])}{claimed}, "
-                      f"freed {_size(h['freed'])}{error}")
-        for a in h["actions"]:
-            result = _e(a["error"]) if a["result"] < 0 else _size(a["result"])
-            console.print(f"    {_e(a['action'])} {_e(a['target'])}: {result}")
-    for k in oom["killed"]:
-        console.print(f"  [red]killed[/red] pid {k['pid']} ({_e(k['name'])}) in {_e(k['cgroup'])} by {_e(k['by'])}")
-    for lim in oom["limits"]:
-        console.print(f"  limit of {_e(lim['cgroup'])}: {_size(lim['old'])} -> {_size(lim['new'])}")
-    if oom.get("note"):
-        console.print(f"  note: {_e(oom['note'])}")
-    if oom.get("ejected"):
-        console.print(f"  [yellow]ejected[/yellow]: {_list(oom['ejected'])}")
+def _where(oom: OOMRecord) -> str:
+    if oom.level == Level.MEMCG:
+        return f"memcg OOM in {_text(oom.memcg)}"
+    if oom.level == Level.NUMA:
+        return f"numa OOM on nodes {list(oom.nodes)}"
+    return "global OOM"
+
+
+def _print_oom(console: Console, i: int, oom: OOMRecord) -> None:
+    console.print(f"\n[bold]OOM #{i + 1}[/bold] t={oom.t:g}s {_where(oom)}: {_asked(oom)} -> "
+                  f"resolved by [bold]{oom.resolved_by}[/bold]")
+    for h in oom.handlers:
+        claimed = f" (claimed {h.claimed})" if h.claimed else ""
+        error = f" [yellow]{_text(h.error)}[/yellow]" if h.error else ""
+        console.print(f"  {_text(h.cgroup)} {_text(h.policy)}: {h.verdict}{claimed}, "
+                      f"freed {format_size(h.freed)}{error}")
+        for a in h.actions:
+            result = a.error if a.result < 0 else format_size(a.result)
+            console.print(f"    {_text(a.action)} {_text(a.target)}: {_text(result)}")
+    for k in oom.killed:
+        console.print(f"  [red]killed[/red] pid {k.pid} ({_text(k.name)}) in {_text(k.cgroup)} "
+                      f"by {_text(k.by)}")
+    for lim in oom.limits:
+        console.print(f"  limit of {_text(lim.cgroup)}: {format_size(lim.old)} -> {format_size(lim.new)}")
+    if oom.note:
+        console.print(f"  note: {_text(oom.note)}")
+    if oom.ejected:
+        console.print(f"  [yellow]ejected[/yellow]: {_names(oom.ejected)}")

@@ -69,7 +69,7 @@ def test_the_root_attachment_acts_anywhere_but_a_kill_elsewhere_releases_nothing
     (released, freed), oom, result = run_with("/", fn)
     assert not isinstance(released, Refused) and released == 0 and freed == 0
     assert "q1" in result.killed
-    assert oom.killed[0] == {"name": "q1", "pid": pid_of("q1"), "cgroup": "/q", "by": "policy:/"}
+    assert oom.to_dict()["killed"][0] == {"name": "q1", "pid": pid_of("q1"), "cgroup": "/q", "by": "policy:/"}
 
 
 def test_a_kill_inside_the_ooming_cgroup_releases_its_memory():
@@ -105,7 +105,7 @@ def test_a_rebuilt_taskinfo_cannot_smuggle_a_minus_1000_task_past_the_check():
 def test_kill_cgroup_skips_minus_1000_members():
     value, oom, result = run_with("/p", lambda oc, k: k.kill_cgroup("/p/a", "group"))
     assert value == 90 * M                      # a1 + a2, not prot
-    assert sorted(k["name"] for k in oom.killed if k["by"] == "policy:/p") == ["a1", "a2"]
+    assert sorted(k.name for k in oom.killed if k.by == "policy:/p") == ["a1", "a2"]
     assert "prot" in result.survivors
     assert "skipped 1" in oom.handlers[0].actions[0].error
 
@@ -145,15 +145,15 @@ def test_raise_limit_within_the_parents_headroom_counts_the_added_headroom():
         return k.headroom("/p/a"), k.raise_limit("/p/a", 165 * M, "buy room")
     (room, value), oom, result = run_with("/p/a", fn)
     assert room == 65 * M and value == 65 * M
-    assert oom.limits == [{"cgroup": "/p/a", "old": 100 * M, "new": 165 * M}]
-    assert result.final["/p/a"]["limit"] == 165 * M
+    assert oom.to_dict()["limits"] == [{"cgroup": "/p/a", "old": 100 * M, "new": 165 * M}]
+    assert result.final["/p/a"].limit == 165 * M
     assert oom.resolved_by == "policy" and result.killed == []
 
 
 def test_raise_limit_beyond_the_parents_headroom_is_refused():
     value, oom, result = run_with("/p/a", lambda oc, k: k.raise_limit("/p/a", 166 * M, "too much"))
     assert value == -errno.EPERM and "headroom" in value.reason
-    assert oom.limits == [] and result.final["/p/a"]["limit"] == 100 * M
+    assert oom.limits == [] and result.final["/p/a"].limit == 100 * M
 
 
 def test_raise_limit_above_the_attachment_ceiling_is_refused():
@@ -169,7 +169,7 @@ def test_raise_limit_counts_only_for_the_limit_that_was_hit():
     # attached at /p; the OOM is at /p/a; raising /p/b is allowed but relieves nothing
     value, oom, result = run_with("/p", lambda oc, k: k.raise_limit("/p/b", 60 * M, "wrong one"))
     assert value == 0
-    assert oom.limits == [{"cgroup": "/p/b", "old": 50 * M, "new": 60 * M}]
+    assert oom.to_dict()["limits"] == [{"cgroup": "/p/b", "old": 50 * M, "new": 60 * M}]
     assert oom.handlers[0].freed == 0
 
 
@@ -206,6 +206,6 @@ def test_a_second_raise_in_one_handler_starts_from_the_first():
     assert (first, second) == (10 * M, 20 * M)           # each counts what it added
     assert lower == -errno.EINVAL
     assert room_after == 200 * M - 135 * M               # /p's free room: usage did not change
-    assert [(lim["old"], lim["new"]) for lim in oom.limits] == [(100 * M, 110 * M),
+    assert [(lim.old, lim.new) for lim in oom.limits] == [(100 * M, 110 * M),
                                                                 (110 * M, 130 * M)]
-    assert result.final["/p/a"]["limit"] == 130 * M
+    assert result.final["/p/a"].limit == 130 * M

@@ -56,7 +56,7 @@ def test_whole_chain_passing_hands_the_oom_to_the_kernel_killer():
     oom = result.ooms[0]
     assert oom.resolved_by == "kernel"
     # kernel: badness by rss inside /a/b -> hog (60M) over small (30M)
-    assert [(k["name"], k["by"]) for k in oom.killed] == [("hog", "kernel")]
+    assert [(k.name, k.by) for k in oom.killed] == [("hog", "kernel")]
 
 
 def test_chain_stops_at_first_handled_with_memory_released():
@@ -105,7 +105,7 @@ def test_chain_stops_as_soon_as_the_condition_is_gone_so_no_second_kill():
     assert policies["/a"].calls == []
     assert result.killed == ["small"]
     assert oom.resolved_by == "policy"       # memory was released, just not claimed
-    assert len(result.ooms) == 1 and not result.failed
+    assert len(result.ooms) == 1 and not result.failed_allocations
 
 
 def test_global_oom_runs_only_the_root_attachment():

@@ -46,7 +46,7 @@ def test_whole_chain_failing_falls_back_to_the_kernel():
     sim = make_sim(**TREE, policies={"/a": FuncPolicy(boom)})
     oom = sim.run().ooms[0]
     assert oom.resolved_by == "kernel"
-    assert [k["name"] for k in oom.killed] == ["hog"]
+    assert [k.name for k in oom.killed] == ["hog"]
 
 
 # -- ejection ------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def test_fallback_kills_what_the_kernel_would():
                           {"name": "bait", "cgroup": "/m", "rss": "10M", "oom_score_adj": 1000}],
                    events=[{"at": 1, "task": "big", "alloc": "15M"}])   # 105M > 100M
     result = sim.run()
-    assert [k["name"] for k in result.ooms[0].killed] == ["bait"]
+    assert [k.name for k in result.ooms[0].killed] == ["bait"]
     assert result.ooms[0].resolved_by == "kernel"
 
 
@@ -221,7 +221,7 @@ def test_nothing_killable_is_recorded_unresolved_and_the_run_ends():
     assert len(result.ooms) == 1
     assert result.ooms[0].resolved_by == "unresolved"
     assert "no killable" in result.ooms[0].note
-    assert result.failed == [{"t": 1.0, "task": "p", "alloc": 20 * M, "oom": 0}]
+    assert result.to_dict()["failed_allocations"] == [{"t": 1.0, "task": "p", "alloc": 20 * M, "oom": 0}]
     assert result.survivors == ["p"]
 
 

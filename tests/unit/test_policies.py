@@ -45,7 +45,7 @@ def test_builtins_are_all_registered():
 def test_kernel_default_kills_what_the_kernel_would():
     oom, result = first_kill("kernel-default", **contest())
     assert oom.handlers[0].verdict == "HANDLED"
-    assert [(k["name"], k["by"]) for k in oom.killed] == [("bait", "policy:/")]
+    assert [(k.name, k.by) for k in oom.killed] == [("bait", "policy:/")]
 
 
 def test_kernel_default_backs_off_while_a_victim_is_exiting():
@@ -62,7 +62,7 @@ def test_kernel_default_kills_an_oom_group_whole():
                                     {"name": "x", "rss": "300M"}],
                              events=[{"at": 1, "task": "x", "alloc": "200M"}])   # 1100M > 1G
     assert oom.level == "global"
-    assert sorted(k["name"] for k in oom.killed) == ["g1", "g2"]
+    assert sorted(k.name for k in oom.killed) == ["g1", "g2"]
     assert oom.handlers[0].actions[0].action == "kill_cgroup"
 
 
@@ -76,7 +76,7 @@ def test_kernel_default_passes_when_nothing_is_killable():
 
 def test_largest_task_kills_the_largest_ignoring_adj_but_never_minus_1000():
     oom, _ = first_kill("largest-task", **contest())
-    assert [k["name"] for k in oom.killed] == ["big"]        # not bait (+1000), not prot (25M, -1000)
+    assert [k.name for k in oom.killed] == ["big"]        # not bait (+1000), not prot (25M, -1000)
 
 
 def test_largest_task_counts_swap():
@@ -84,14 +84,14 @@ def test_largest_task_counts_swap():
         {"name": "big", "cgroup": "/m", "rss": "60M"},
         {"name": "swapper", "cgroup": "/m", "rss": "30M", "swap": "40M"}],   # 70M > 60M
         events=[{"at": 1, "task": "big", "alloc": "20M"}]))
-    assert [k["name"] for k in oom.killed] == ["swapper"]
+    assert [k.name for k in oom.killed] == ["swapper"]
 
 
 def test_largest_task_only_picks_tasks_in_the_ooming_cgroup():
     oom, _ = first_kill("largest-task", **contest(
         cgroups=[{"path": "/m", "limit": "100M"}, {"path": "/o"}],
         tasks=CONTEST["tasks"] + [{"name": "huge", "cgroup": "/o", "rss": "500M"}]))
-    assert [k["name"] for k in oom.killed] == ["big"]
+    assert [k.name for k in oom.killed] == ["big"]
 
 
 # -- largest-cgroup: the upstream selftest ----------------------------------------------------
@@ -114,9 +114,9 @@ def test_largest_cgroup_on_the_upstream_selftest_tree_kills_the_30M_cgroup():
     result = sim.run()
     oom = result.ooms[0]
     assert oom.memcg == "/oom_test" and oom.resolved_by == "policy"
-    assert [(k["name"], k["cgroup"]) for k in oom.killed] == [("t30", "/oom_test/cg3/cg4")]
+    assert [(k.name, k.cgroup) for k in oom.killed] == [("t30", "/oom_test/cg3/cg4")]
     assert sim.machine.cgroups["/oom_test"].events["oom_kill"] == 1
-    assert len(result.ooms) == 1 and result.failed == []       # 50M + 20M fits
+    assert len(result.ooms) == 1 and result.failed_allocations == []       # 50M + 20M fits
 
 
 def test_a_passing_copy_at_oom_test_hands_the_oom_to_the_system_wide_copy():
@@ -126,12 +126,12 @@ def test_a_passing_copy_at_oom_test_hands_the_oom_to_the_system_wide_copy():
     sim = make_sim(**SELFTEST, policies={"/oom_test": PassingCopy(), "/": LargestCgroup()})
     oom = sim.run().ooms[0]
     assert [(h.cgroup, h.verdict) for h in oom.handlers] == [("/oom_test", "PASS"), ("/", "HANDLED")]
-    assert [(k["name"], k["by"]) for k in oom.killed] == [("t30", "policy:/")]
+    assert [(k.name, k.by) for k in oom.killed] == [("t30", "policy:/")]
 
 
 def test_the_kernel_would_kill_the_plus_1000_task_on_the_selftest_tree():
     oom = make_sim(**SELFTEST).run().ooms[0]
-    assert [k["name"] for k in oom.killed] == ["t10"]
+    assert [k.name for k in oom.killed] == ["t10"]
 
 
 def test_largest_cgroup_treats_an_oom_group_cgroup_as_one_unit():
@@ -151,12 +151,12 @@ def test_newest_task_kills_the_most_recently_started():
     oom, result = first_kill("newest-task", **contest(events=[
         {"at": 0.5, "spawn": {"name": "young", "cgroup": "/m", "rss": "1M"}},
         {"at": 1, "task": "big", "alloc": "10M"}]))
-    assert [k["name"] for k in oom.killed] == ["young"]
+    assert [k.name for k in oom.killed] == ["young"]
 
 
 def test_newest_task_breaks_start_time_ties_by_highest_pid():
     oom, _ = first_kill("newest-task", **contest())            # all start at 0: prot is -1000
-    assert [k["name"] for k in oom.killed] == ["bait"]
+    assert [k.name for k in oom.killed] == ["bait"]
 
 
 # -- prefer-avoid ----------------------------------------------------------------------------
@@ -170,23 +170,23 @@ PA = dict(cgroups=[{"path": "/m", "limit": "100M"}, {"path": "/m/batch"}, {"path
 
 def test_prefer_avoid_kills_a_preferred_task_first_even_if_smaller():
     oom, _ = first_kill("prefer-avoid", {"prefer": ["/m/batch*"]}, **PA)
-    assert [k["name"] for k in oom.killed] == ["job"]
+    assert [k.name for k in oom.killed] == ["job"]
 
 
 def test_prefer_avoid_kills_avoided_tasks_last():
     oom, _ = first_kill("prefer-avoid", {"avoid": ["^postgres$"]}, **PA)
-    assert [k["name"] for k in oom.killed] == ["web"]
+    assert [k.name for k in oom.killed] == ["web"]
 
 
 def test_prefer_avoid_never_kills_an_omitted_task():
     oom, result = first_kill("prefer-avoid", {"omit": ["/m/db", "web", "job"]}, **PA)
     assert oom.handlers[0].verdict == "PASS"
-    assert [(k["name"], k["by"]) for k in oom.killed] == [("postgres", "kernel")]
+    assert [(k.name, k.by) for k in oom.killed] == [("postgres", "kernel")]
 
 
 def test_prefer_avoid_without_lists_is_largest_first():
     oom, _ = first_kill("prefer-avoid", {}, **PA)
-    assert [k["name"] for k in oom.killed] == ["postgres"]
+    assert [k.name for k in oom.killed] == ["postgres"]
 
 
 @pytest.mark.parametrize("params", [{"prefer": "job"}, {"avoid": ["("]}, {"omit": [1]}])
@@ -209,25 +209,25 @@ KILLERS = ["largest-task", "kernel-default", "largest-cgroup", "newest-task"]
 
 @pytest.mark.parametrize("policy", KILLERS)
 def test_every_killer_takes_prefer_avoid_omit(policy):
-    assert [k["name"] for k in first_kill(policy, {}, **LISTS)[0].killed] != ["web"]
+    assert [k.name for k in first_kill(policy, {}, **LISTS)[0].killed] != ["web"]
     oom, _ = first_kill(policy, {"avoid": ["/m/db"], "omit": ["^job$"]}, **LISTS)
-    assert [k["name"] for k in oom.killed] == ["web"]
+    assert [k.name for k in oom.killed] == ["web"]
     oom, _ = first_kill(policy, {"prefer": ["web"]}, **LISTS)
-    assert [k["name"] for k in oom.killed] == ["web"]
+    assert [k.name for k in oom.killed] == ["web"]
 
 
 @pytest.mark.parametrize("policy", KILLERS)
 def test_an_avoided_task_dies_when_nothing_else_can(policy):
     oom, _ = first_kill(policy, {"avoid": ["postgres"], "omit": ["web", "job"]}, **LISTS)
     assert oom.handlers[0].verdict == "HANDLED"
-    assert [(k["name"], k["by"]) for k in oom.killed] == [("postgres", "policy:/")]
+    assert [(k.name, k.by) for k in oom.killed] == [("postgres", "policy:/")]
 
 
 @pytest.mark.parametrize("policy", KILLERS)
 def test_an_omitted_task_never_dies_by_the_policy(policy):
     oom, _ = first_kill(policy, {"omit": ["postgres", "web", "job"]}, **LISTS)
     assert oom.handlers[0].verdict == "PASS"
-    assert [k["by"] for k in oom.killed] == ["kernel"]
+    assert [k.by for k in oom.killed] == ["kernel"]
 
 
 def test_kernel_default_with_lists_keeps_the_badness_order_within_a_class():
@@ -235,8 +235,8 @@ def test_kernel_default_with_lists_keeps_the_badness_order_within_a_class():
     # avoid web makes db (the next by badness, not job) the victim.
     tasks = [dict(t, oom_score_adj=1000) if t["name"] == "web" else t for t in LISTS["tasks"]]
     scenario = {**LISTS, "tasks": tasks}
-    assert [k["name"] for k in first_kill("kernel-default", {"avoid": ["/m/db"]}, **scenario)[0].killed] == ["web"]
-    assert [k["name"] for k in first_kill("kernel-default", {"avoid": ["web"]}, **scenario)[0].killed] == ["postgres"]
+    assert [k.name for k in first_kill("kernel-default", {"avoid": ["/m/db"]}, **scenario)[0].killed] == ["web"]
+    assert [k.name for k in first_kill("kernel-default", {"avoid": ["web"]}, **scenario)[0].killed] == ["postgres"]
 
 
 def test_kernel_default_omits_an_oom_group_holding_an_omitted_task():
@@ -246,7 +246,7 @@ def test_kernel_default_omits_an_oom_group_holding_an_omitted_task():
                                {"name": "g2", "cgroup": "/g", "rss": "100M"},
                                {"name": "x", "rss": "300M"}],
                         events=[{"at": 1, "task": "x", "alloc": "200M"}])
-    assert [k["name"] for k in oom.killed] == ["x"]
+    assert [k.name for k in oom.killed] == ["x"]
 
 
 @pytest.mark.parametrize("policy", KILLERS)
@@ -284,13 +284,13 @@ def test_settle_holds_while_the_workload_sits_under_the_limit_and_kills_once_it_
     sim.machine.charge(task["new"], 2 * M)                  # climbing
     third = tripwire(sim, 3.0)
     assert third.handlers[0].verdict == "HANDLED"
-    assert [k["name"] for k in third.killed] == ["new"]     # then: prefer-avoid, the largest
+    assert [k.name for k in third.killed] == ["new"]     # then: prefer-avoid, the largest
 
 
 def test_settle_hands_over_when_room_is_under_the_margin():
     sim, task = settle_sim(Settle(margin="16M"))
     sim.machine.charge(task["new"], 10 * M)                 # 90M: room 10M < 16M
-    assert [k["name"] for k in tripwire(sim, 1.0).killed] == ["new"]
+    assert [k.name for k in tripwire(sim, 1.0).killed] == ["new"]
 
 
 def test_settle_backs_off_while_a_task_gives_memory_back_and_then_params_reach_then():
@@ -305,7 +305,7 @@ def test_settle_backs_off_while_a_task_gives_memory_back_and_then_params_reach_t
     assert shedding.handlers[0].verdict == "BACKOFF" and shedding.killed == []
     sim.machine.charge(task["new"], 2 * M)                   # nobody sheds now, and it climbs
     climbing = tripwire(sim, 2.0)
-    assert [k["name"] for k in climbing.killed] == ["old"]   # new is avoided by then's params
+    assert [k.name for k in climbing.killed] == ["old"]   # new is avoided by then's params
 
 
 def test_settle_stops_waiting_for_shedding_after_its_grace():
@@ -321,7 +321,7 @@ def test_settle_stops_waiting_for_shedding_after_its_grace():
 
 def test_settle_on_a_real_oom_in_the_simulator_hands_over():
     oom, _ = first_kill("settle", {}, **contest())           # the charge does not fit: no room
-    assert [k["name"] for k in oom.killed] == ["big"]
+    assert [k.name for k in oom.killed] == ["big"]
 
 
 @pytest.mark.parametrize("params, match", [
@@ -344,25 +344,25 @@ def raise_tree(parent_limit: str):
 def test_raise_limit_raises_by_step_and_nobody_dies():
     oom, result = first_kill("raise-limit", {"step": "64M"}, **raise_tree("1G"))
     assert oom.resolved_by == "policy" and result.killed == []
-    assert oom.limits == [{"cgroup": "/p/a", "old": 100 * M, "new": 164 * M}]
+    assert oom.to_dict()["limits"] == [{"cgroup": "/p/a", "old": 100 * M, "new": 164 * M}]
     assert oom.handlers[0].freed == 64 * M
 
 
 def test_raise_limit_raises_at_least_what_the_charge_needs():
     oom, _ = first_kill("raise-limit", {"step": "1M"}, **raise_tree("1G"))
-    assert oom.limits[0]["new"] == 110 * M
+    assert oom.limits[0].new == 110 * M
 
 
 def test_raise_limit_stops_at_its_ceiling():
     oom, _ = first_kill("raise-limit", {"step": "64M", "ceiling": "120M"}, **raise_tree("1G"))
-    assert oom.limits[0]["new"] == 120 * M
+    assert oom.limits[0].new == 120 * M
     oom, result = first_kill("raise-limit", {"step": "64M", "ceiling": "105M"}, **raise_tree("1G"))
     assert oom.limits == [] and oom.handlers[0].verdict == "PASS"   # 5M < the 10M needed
 
 
 def test_raise_limit_takes_only_the_parents_headroom():
     oom, _ = first_kill("raise-limit", {"step": "64M"}, **raise_tree("130M"))
-    assert oom.limits[0]["new"] == 140 * M                        # /p: 130M - 90M used = 40M
+    assert oom.limits[0].new == 140 * M                        # /p: 130M - 90M used = 40M
 
 
 def test_raise_limit_passes_without_headroom():
@@ -375,7 +375,7 @@ def test_raise_limit_respects_the_attachments_ceiling():
     data = scenario_dict(**raise_tree("1G"), attach=[
         {"cgroup": "/", "policy": "raise-limit", "params": {"step": "64M"}, "ceiling": "115M"}])
     oom = Simulator(resolve(data)).run().ooms[0]
-    assert oom.limits[0]["new"] == 115 * M
+    assert oom.limits[0].new == 115 * M
 
 
 def test_raise_limit_passes_on_a_global_oom():
@@ -439,7 +439,7 @@ def test_load_from_module_colon_class(tmp_path, monkeypatch):
     assert isinstance(policy, OOMPolicy) and policy.victim == "big"
     oom, _ = first_kill("thirdparty_pol:Picky", {"victim": "big"}, **contest())
     assert oom.handlers[0].policy == "picky"
-    assert [k["name"] for k in oom.killed] == ["big"]
+    assert [k.name for k in oom.killed] == ["big"]
 
 
 def test_load_from_a_file_relative_to_the_scenario(tmp_path):
@@ -469,7 +469,7 @@ def test_load_from_a_file_relative_to_the_scenario(tmp_path):
         alloc = "10M"
     """))
     result = Simulator(load_scenario(tmp_path / "s.toml")).run()
-    assert [(k["name"], k["by"]) for k in result.ooms[0].killed] == [("big", "policy:/m")]
+    assert [(k.name, k.by) for k in result.ooms[0].killed] == [("big", "policy:/m")]
 
 
 def test_load_from_the_entry_point_group(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def test_numa_oom_for_a_task_bound_to_nodes_that_are_full():
     assert (oom.level, oom.memcg, oom.nodes) == ("numa", "/", (0,))
     assert oom.to_dict()["nodes"] == [0]
     # the kernel kills a task that holds memory on node 0: filler, not the empty "free"
-    assert [k["name"] for k in oom.killed] == ["filler"]
+    assert [k.name for k in oom.killed] == ["filler"]
 
 
 def test_an_unbound_task_spills_to_other_nodes_without_an_oom():
@@ -78,8 +78,8 @@ def test_the_allocation_is_retried_after_handling():
                    events=[{"at": 1, "task": "hog", "alloc": "30M"}])
     result = sim.run()
     assert result.killed == ["victim"] and result.survivors == ["hog"]
-    assert result.final["/a"] == {"usage": 80 * M, "limit": 100 * M}   # the 30M went in
-    assert result.failed == []
+    assert result.to_dict()["final"]["/a"] == {"usage": 80 * M, "limit": 100 * M}   # the 30M went in
+    assert result.failed_allocations == []
 
 
 def test_exit_delay_holds_the_victims_memory_until_it_is_reaped():
@@ -91,13 +91,13 @@ def test_exit_delay_holds_the_victims_memory_until_it_is_reaped():
                            {"at": 1.1, "task": "probe", "alloc": "11M"}])   # 90M + 11M > 100M
     result = sim.run()
     first, second = result.ooms
-    assert [k["name"] for k in first.killed] == ["victim"]
+    assert [k.name for k in first.killed] == ["victim"]
     # at t=1.1 victim is still exiting (reaped at 1.3) and charged: probe OOMs,
     # and the kernel waits for the exiting victim rather than killing again
     assert second.t == 1.1 and second.killed == []
     assert second.resolved_by == "kernel" and "waits for exiting victim" in second.note
-    assert result.killed == ["victim"] and result.failed == []
-    assert result.final["/a"]["usage"] == (50 + 30 + 11) * M   # both retried after the reap
+    assert result.killed == ["victim"] and result.failed_allocations == []
+    assert result.final["/a"].usage == (50 + 30 + 11) * M   # both retried after the reap
 
 
 def test_exit_delay_per_task_and_self_exit():
@@ -116,7 +116,7 @@ def test_free_and_spawn_events():
                            {"at": 2, "spawn": {"name": "n", "cgroup": "/a", "rss": "50M"}}])
     result = sim.run()
     assert result.ooms == [] and sorted(result.survivors) == ["n", "t"]
-    assert result.final["/a"]["usage"] == 90 * M
+    assert result.final["/a"].usage == 90 * M
 
 
 def test_retries_are_bounded():
@@ -129,7 +129,7 @@ def test_retries_are_bounded():
     result = sim.run()
     assert len(result.ooms) == MAX_RETRIES + 1
     assert len(result.killed) == MAX_RETRIES + 1
-    assert [f["task"] for f in result.failed] == ["hog"]
+    assert [f.task for f in result.failed_allocations] == ["hog"]
 
 
 def test_nothing_loops_forever_when_a_policy_keeps_buying_a_page():
@@ -143,7 +143,7 @@ def test_nothing_loops_forever_when_a_policy_keeps_buying_a_page():
     result = sim.run()
     assert len(result.ooms) == MAX_RETRIES + 1
     assert all(o.resolved_by == "policy" for o in result.ooms)
-    assert result.failed and result.failed[0]["task"] == "hog"
+    assert result.failed_allocations and result.failed_allocations[0].task == "hog"
 
 
 def test_nothing_loops_forever_when_a_policy_always_backs_off():
@@ -153,7 +153,7 @@ def test_nothing_loops_forever_when_a_policy_always_backs_off():
                    policies={"/": FuncPolicy(Verdict.BACKOFF)})
     result = sim.run()
     assert [o.resolved_by for o in result.ooms] == ["unresolved"]
-    assert len(result.failed) == 1
+    assert len(result.failed_allocations) == 1
 
 
 # -- determinism ----------------------------------------------------------------------

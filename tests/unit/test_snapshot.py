@@ -1,35 +1,85 @@
-"""The event log's snapshot is taken after the chain, from what the handlers
-read before they acted (issue 3 s.6: enough to replay the OOM)."""
+"""The snapshot in the daemon's records is the context as the first handler saw
+it (issue 3 s.6: enough to replay the OOM; issue 10 s.12: not re-read after
+the kill), and replaying it gives the right counterfactual."""
 
 from __future__ import annotations
 
-from oomkit.daemon.snapshot import snapshot
-from oomtest_helpers import FuncPolicy, kill_named, make_sim
+import msgspec
+from oomtest_helpers import FuncPolicy, M, kill_named, make_sim
+
 from oomkit import Verdict
+from oomkit.engine.chain import Engine, EngineSettings
+from oomkit.replay import replay_record
+from oomkit.schema import OOMRecord, ResolvedBy
 
-TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}],
+TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}, {"path": "/a/b"}],
             tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M"},
-                   {"name": "small", "cgroup": "/a", "rss": "30M"}])
+                   {"name": "small", "cgroup": "/a/b", "rss": "30M"}])
 
 
-def handle_one(policy):
-    sim = make_sim(**TREE, policies={"/a": policy})
-    task = sim._by_name["hog"]
-    oom = sim.machine.check(task, 20 << 20)
-    record = sim.engine.handle(oom)
-    return sim, oom, record
+def handle_one(policy, *, snapshot: bool = True) -> tuple:
+    sim = make_sim(**TREE)
+    engine = Engine(sim.backend, EngineSettings(snapshot=snapshot))
+    engine.attach("/a", policy)
+    oom = sim.machine.check(sim._by_name["hog"], 20 * M)
+    return sim, oom, engine.handle(oom)
 
 
 def test_the_snapshot_shows_the_victim_as_the_policy_saw_it():
     sim, oom, record = handle_one(FuncPolicy(kill_named("hog")))
-    snap = snapshot(sim.backend, oom, record.contexts)
-    assert snap["read"] == "before" and snap["scope"] == "/a"
-    assert {t["name"] for t in snap["tasks"]} == {"hog", "small"}     # hog is dead by now
+    snap = record.snapshot
+    assert snap.read == "before" and snap.scope == "/a"
+    assert {t.name for t in snap.tasks} == {"hog", "small"}     # hog is dead by now
     assert "hog" not in {t.name for t in sim.backend.tasks(oom, "/a") if not t.exiting}
 
 
 def test_what_no_policy_read_is_read_after_and_says_so():
-    sim, oom, record = handle_one(FuncPolicy(Verdict.PASS))           # looked at nothing
-    snap = snapshot(sim.backend, oom, record.contexts)
-    assert snap["read"] == "after"
-    assert snap["cgroups"]["/a"]["limit"] == 100 << 20
+    sim, oom, record = handle_one(FuncPolicy(Verdict.PASS))      # looked at nothing
+    snap = record.snapshot
+    assert snap.read == "after"
+    assert snap.cgroups["/a"].limit == 100 * M
+
+
+def test_the_cgroups_are_read_before_the_kill_even_if_no_policy_read_them():
+    # The policy looks at nothing and passes; the kernel's killer takes hog.
+    # Read after the kill, /a would show 30M used and hog gone (issue 10 s.12).
+    sim, oom, record = handle_one(FuncPolicy(Verdict.PASS))
+    assert [k.name for k in record.killed] == ["hog"]
+    a = record.snapshot.cgroups["/a"]
+    assert a.usage == 90 * M and a.pids == [sim._by_name["hog"].pid]
+    assert a.events.get("oom_kill", 0) == 0
+    assert record.snapshot.cgroups["/a/b"].usage == 30 * M
+
+
+def test_the_first_handler_sees_the_values_the_snapshot_keeps():
+    seen = {}
+
+    def look(oc, k):
+        seen.update({p: oc.cgroups[p].usage for p in ("/a", "/a/b")})
+        return kill_named("hog")(oc, k)
+
+    _, _, record = handle_one(FuncPolicy(look))
+    assert seen == {p: c.usage for p, c in record.snapshot.cgroups.items()} == {"/a": 90 * M,
+                                                                               "/a/b": 30 * M}
+
+
+def test_the_simulator_records_no_snapshot():
+    _, _, record = handle_one(FuncPolicy(kill_named("hog")), snapshot=False)
+    assert record.snapshot is None and "snapshot" not in record.to_dict()
+
+
+def test_replaying_the_kernel_alone_kills_as_the_kernel_would(tmp_path):
+    # The recorded OOM was resolved by the kernel after a policy passed; replayed
+    # with no policy, the kernel alone must act again (not "cleared by itself").
+    _, _, record = handle_one(FuncPolicy(Verdict.PASS))
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(msgspec.json.encode(record) + b"\n")
+    replayed = replay_record(log, -1, {})
+    assert replayed.resolved_by == ResolvedBy.KERNEL and replayed.killed, replayed
+    assert replayed.note is None
+
+
+def test_a_record_reads_back_as_it_was_written():
+    _, _, record = handle_one(FuncPolicy(kill_named("hog")))
+    again = msgspec.json.decode(msgspec.json.encode(record), type=OOMRecord)
+    assert again == record and again.to_dict() == record.to_dict()

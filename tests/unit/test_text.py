@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from oomkit.cli import main
-from oomkit.daemon.snapshot import snapshot
+from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.report import print_oom
 from oomkit.text import TerminalFormatter, for_markup, for_record, for_terminal, record_safe
 from oomtest_helpers import FuncPolicy, kill_named, make_sim
@@ -117,14 +117,12 @@ def test_simulate_json_keeps_the_names_as_given(tmp_path):
 def _recorded(tmp_path, name: str, cgroup: str):
     sim = make_sim(cgroups=[{"path": cgroup, "limit": "100M"}],
                    tasks=[{"name": name, "cgroup": cgroup, "rss": "60M"},
-                          {"name": "small", "cgroup": cgroup, "rss": "30M"}],
-                   policies={cgroup: FuncPolicy(kill_named(name))})
-    oom = sim.machine.check(sim._by_name[name], 20 << 20)
-    record = sim.engine.handle(oom)
-    out = record.to_dict()
-    out["snapshot"] = snapshot(sim.backend, oom, record.contexts)
+                          {"name": "small", "cgroup": cgroup, "rss": "30M"}])
+    engine = Engine(sim.backend, EngineSettings(snapshot=True))    # as the daemon's
+    engine.attach(cgroup, FuncPolicy(kill_named(name)))
+    record = engine.handle(sim.machine.check(sim._by_name[name], 20 << 20))
     log = tmp_path / "events.jsonl"
-    log.write_bytes(msgspec.json.encode(out) + b"\n")
+    log.write_bytes(msgspec.json.encode(record) + b"\n")
     return log
 
 

@@ -48,7 +48,7 @@ def test_handled_after_a_kill_that_relieves_nothing_is_a_false_claim():
     assert oom.handlers[0].verdict == "PASS"          # ... but did not count
     assert oom.handlers[0].claimed == "HANDLED"
     assert oom.resolved_by == "kernel"                # and the kernel still had to act
-    assert [k["by"] for k in oom.killed] == ["policy:/", "kernel"]
+    assert [k.by for k in oom.killed] == ["policy:/", "kernel"]
 
 
 def test_handled_with_a_release_counts():
@@ -95,7 +95,7 @@ def test_backoff_is_accepted_when_the_promise_is_kept():
     assert oom.resolved_by == "backoff"
     assert oom.handlers[0].verdict == "BACKOFF"
     assert oom.killed == [] and result.killed == []
-    assert result.exited == ["d0"] and not result.failed
+    assert result.exited == ["d0"] and not result.failed_allocations
 
 
 def test_backoff_budget_is_three_promises_per_ten_seconds_per_attachment():

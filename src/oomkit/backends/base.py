@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from oomkit.context import CgroupInfo, LazyTasks, TaskInfo, is_within
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, is_within
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.clock import Clock
@@ -22,11 +22,14 @@ if TYPE_CHECKING:  # pragma: no cover
 class OOMEvent:
     """What woke us: an OOM at one level, in one memory cgroup."""
 
-    level: str                       # "memcg", "global" or "numa"
+    level: Level                     # memcg, global or numa (a plain "memcg" is taken too)
     memcg: str                       # the OOMing cgroup ("/" for global and numa)
     nodes: tuple[int, ...] = ()      # the constrained nodes of a numa OOM
     requested: int | None = None     # bytes of the failing charge, when known
     trigger: str | None = None       # name of the task whose allocation failed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level", Level(self.level))
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ class Fallback:
 class Backend(Protocol):
     clock: Clock
 
-    def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
-        """The cgroups of ``scope``'s subtree (lazy where reading costs)."""
+    def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping:
+        """The cgroups of ``scope``'s subtree, each read on first use."""
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
         """The tasks of ``scope``'s subtree, in pid order (lazy where reading costs)."""
@@ -97,9 +100,9 @@ def relief_for(oom: OOMEvent, cgroup: str, rss: int, node_rss: Mapping[int, int]
     """How much of a dying task's memory relieves ``oom``: only memory charged
     inside the OOMing memcg (any, for a global OOM; on the constrained nodes,
     for a numa OOM)."""
-    if oom.level == "memcg":
+    if oom.level == Level.MEMCG:
         return rss if is_within(cgroup, oom.memcg) else 0
-    if oom.level == "numa":
+    if oom.level == Level.NUMA:
         if node_rss is None:
             return rss
         return sum(node_rss.get(n, 0) for n in oom.nodes)

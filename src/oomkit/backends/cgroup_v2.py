@@ -57,9 +57,9 @@ from oomkit.backends.live import (
     LiveSettings,
     victims_from_kmsg,
 )
-from oomkit.context import LazyTasks, TaskInfo, ancestors, is_within
+from oomkit.context import LazyTasks, Level, TaskInfo, ancestors, is_within
 from oomkit.engine.chain import Engine
-from oomkit.engine.record import OOMRecord
+from oomkit.schema import Killed, OOMRecord, ResolvedBy
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
 
@@ -531,8 +531,8 @@ class V2Stack:
     def _raised(self, ep: Episode, oom: OOMEvent, record: OOMRecord) -> None:
         """A raise_limit at the headroom is a real release: recorded now."""
         for lim in record.limits:
-            log.warning("oomkit: raised memory.max of %s from %s to %s", lim["cgroup"],
-                        lim["old"], lim["new"])
+            log.warning("oomkit: raised memory.max of %s from %s to %s", lim.cgroup,
+                        lim.old, lim.new)
         self.daemon.write(record, oom)
         self._disarm(ep)
 
@@ -558,15 +558,15 @@ class V2Stack:
             log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
                      ep.memcg, names or "nobody", record.handlers[-1].policy)
         ep.record, ep.decided_at = record, _now_iso()
-        ep.record.extra["armed"] = sorted(ep.armed)
+        ep.record.armed = sorted(ep.armed)
 
     @staticmethod
     def _armed_pids(record: OOMRecord) -> list[int]:
-        return list(record.extra.get("armed", []))
+        return list(record.armed or [])
 
     @staticmethod
     def _choosers(record: OOMRecord) -> list[tuple[str, int]]:
-        return [(k["by"], k["pid"]) for k in record.killed]
+        return [(k.by, k.pid) for k in record.killed]
 
     def _mark(self, t: TaskInfo, memcg: str, by: str) -> None:
         """oom_score_adj 1000 for ``t`` (held first, with its start time against pid reuse)."""
@@ -719,17 +719,17 @@ class V2Stack:
             by = decided.get(v.pid) or next((f"policy:{self._group_by(ep)}" for g in in_groups
                                              if is_within(v.cgroup, g)), None)
             ours += by is not None
-            killed.append({"name": v.name, "pid": v.pid, "cgroup": v.cgroup, "by": by or "kernel"})
+            killed.append(Killed(name=v.name, pid=v.pid, cgroup=v.cgroup, by=by or "kernel"))
         for v in victims:
             log.warning("oomkit: the kernel's OOM killer killed pid %d (%s) in %s, rss %d KiB%s",
                         v.pid, v.name, v.cgroup, v.rss // 1024,
                         " (armed by the policy)" if decided.get(v.pid) else "")
         if ep is not None and ep.record is not None and ours and ours == len(victims):
             rec = ep.record
-            rec.killed, rec.resolved_by = killed, "policy"
+            rec.killed, rec.resolved_by = killed, ResolvedBy.POLICY
             rec.note = (f"the policy's standing decision, carried out by the kernel's OOM killer "
                         f"at memory.max of {memcg}")
-            rec.extra.update(executed_by="kernel", decided_at=ep.decided_at)
+            rec.executed_by, rec.decided_at = "kernel", ep.decided_at
             ep.record = None        # written once; the next look decides again
             return rec, OOMEvent("memcg", ep.memcg)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
@@ -737,8 +737,8 @@ class V2Stack:
             note += f"; the standing decision was pid(s) {sorted(ep.armed)}"
         if not victims:
             log.warning("oomkit: the kernel OOM-killed in %s (victim not found in /dev/kmsg)", path)
-        rec = OOMRecord(t=self.backend.clock.now(), level="memcg", memcg=memcg, trigger=None,
-                        resolved_by="kernel", killed=killed, note=note)
+        rec = OOMRecord.new(self.backend.clock.now(), Level.MEMCG, memcg)
+        rec.resolved_by, rec.killed, rec.note = ResolvedBy.KERNEL, killed, note
         return rec, OOMEvent("memcg", memcg)
 
     @staticmethod

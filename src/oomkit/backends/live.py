@@ -36,7 +36,7 @@ from oomkit.linux.taskcache import TaskCache, TaskSample
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.config.daemon import PSITrigger
     from oomkit.engine.chain import Engine
-    from oomkit.engine.record import OOMRecord
+    from oomkit.schema import OOMRecord
 
 log = logging.getLogger("oomkit")
 
@@ -71,8 +71,9 @@ class Dispatcher(Protocol):
     def handle(self, oom: OOMEvent, pressure: bool = False) -> None:
         """Run the chain for this OOM and record it."""
 
-    def write(self, record: OOMRecord, oom: OOMEvent, **extra) -> None:
-        """Append one OOM record to the event log (with a snapshot of its contexts)."""
+    def write(self, record: OOMRecord, oom: OOMEvent, *, detected_at: str | None = None,
+              resolved_at: str | None = None, latency_ms: float | None = None) -> None:
+        """Append one OOM record to the event log, with the daemon's timing."""
 
     def heartbeat(self) -> None:
         """We are alive (the watchdog's heartbeat), during a long wait."""

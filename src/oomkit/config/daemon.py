@@ -117,7 +117,7 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         backoff_budget=d.backoff_budget,
         backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file),
         backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file),
-        record_timing=True)
+        record_timing=True, snapshot=True)
     watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file)
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,

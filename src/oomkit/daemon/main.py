@@ -34,9 +34,8 @@ from oomkit.daemon import attachments
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
-from oomkit.daemon.snapshot import snapshot
 from oomkit.engine.chain import Engine
-from oomkit.engine.record import OOMRecord
+from oomkit.schema import OOMRecord
 from oomkit.errors import ConfigError, KernelError, OOMKitError
 from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
@@ -206,14 +205,13 @@ class Daemon:
     def changed(self) -> None:
         self.reconcile()
 
-    def write(self, record: OOMRecord, oom: OOMEvent, **extra: Any) -> None:
-        """One record in the event log: timing, and a snapshot of what its handlers saw."""
-        extra.setdefault("detected_at", now_iso())
-        extra.setdefault("resolved_at", extra["detected_at"])
-        if record.contexts:
-            extra["snapshot"] = snapshot(self.backend, oom, record.contexts)
-        record.extra.update(extra, dry_run=self.config.dry_run)
-        record.contexts.clear()
+    def write(self, record: OOMRecord, oom: OOMEvent, *, detected_at: str | None = None,
+              resolved_at: str | None = None, latency_ms: float | None = None) -> None:
+        """One record in the event log, with the daemon's timing (the engine put
+        in the snapshot of what its first handler saw)."""
+        record.detected_at = detected_at or now_iso()
+        record.resolved_at = resolved_at or record.detected_at
+        record.latency_ms, record.dry_run = latency_ms, self.config.dry_run
         self.events.write(record.to_dict())
 
     # -- what we manage ------------------------------------------------------------
@@ -315,7 +313,6 @@ class Daemon:
             return      # a late wake-up for an OOM already resolved: never handle one twice
         record = self.engine.handle(oom)
         if not self.stack.settle(oom, record, self.engine):
-            record.contexts.clear()
             return
         resolved = clock.now()
         self.write(record, oom, detected_at=detected_at, resolved_at=now_iso(),

@@ -2,7 +2,7 @@
 
 from oomkit.engine.chain import Attachment, Engine, EngineSettings
 from oomkit.engine.clock import Clock, ManualClock, MonotonicClock
-from oomkit.engine.record import OOMRecord
+from oomkit.schema import OOMRecord
 
 __all__ = ["Attachment", "Clock", "Engine", "EngineSettings", "ManualClock", "MonotonicClock",
            "OOMRecord"]

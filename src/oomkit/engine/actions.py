@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from oomkit.context import OOMContext, TaskInfo, is_within, metered
-from oomkit.engine.record import ActionRecord, HandlerRecord, OOMRecord
 from oomkit.oom_kill import OOM_SCORE_ADJ_MIN
 from oomkit.policy import Refused
+from oomkit.schema import ActionRecord, HandlerRecord, Killed, LimitChange, OOMRecord
 from oomkit.units import format_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,10 +106,11 @@ class Actions:
         old = self._limit(path)
         self._backend.set_limit(path, int(new_limit))
         self._raised[path] = int(new_limit)
-        self._record.limits.append({"cgroup": path, "old": old, "new": int(new_limit)})
-        gained = int(new_limit) - old if path == self._oom.memcg else 0
-        self._handler.freed += gained
-        return self._log("raise_limit", label, reason, gained)
+        self._record.limits.append(LimitChange(cgroup=path, old=old, new=int(new_limit)))
+        # Headroom added to the limit that was hit is memory freed for this OOM.
+        freed = int(new_limit) - old if path == self._oom.memcg else 0
+        self._handler.freed += freed
+        return self._log("raise_limit", label, reason, freed)
 
     @_metered
     def headroom(self, path: str) -> int:
@@ -142,8 +143,7 @@ class Actions:
     def _kill(self, tasks: Sequence[TaskInfo], cgroup: str | None, reason: str) -> int:
         released = self._backend.kill(tasks, self._oom, cgroup=cgroup)
         for r in released:
-            self._record.killed.append({"name": r.name, "pid": r.pid, "cgroup": r.cgroup,
-                                        "by": self._by})
+            self._record.killed.append(Killed(name=r.name, pid=r.pid, cgroup=r.cgroup, by=self._by))
             if self._on_release:
                 self._on_release(r, self._handler.policy, self._att.cgroup, reason)
         freed = sum(r.relief for r in released)
@@ -191,5 +191,6 @@ class Actions:
         error = result.reason if isinstance(result, Refused) else note
         if isinstance(result, Refused):
             error = f"{result.errno_name}: {result.reason}"
-        self._handler.actions.append(ActionRecord(action, target, reason, int(result), error))
+        self._handler.actions.append(ActionRecord(action=action, target=target, reason=reason,
+                                                  result=int(result), error=error))
         return result

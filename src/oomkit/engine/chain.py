@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from oomkit.backends.base import Backend, OOMEvent, Release
-from oomkit.context import OOMContext, ancestors, is_within
+from oomkit.context import CgroupInfo, OOMContext, ancestors, is_within
+from oomkit.engine import snapshot
 from oomkit.engine.actions import Actions
 from oomkit.engine.backoff import BackoffBudget
-from oomkit.engine.guard import Guard
-from oomkit.engine.record import HandlerRecord, OOMRecord
+from oomkit.engine.guard import Guard, Outcome
 from oomkit.errors import AttachError
 from oomkit.policy import OOMPolicy, Verdict, policy_label
+from oomkit.schema import HandlerRecord, Killed, OOMRecord, ResolvedBy
 
 log = logging.getLogger("oomkit")
 
@@ -40,6 +41,7 @@ class EngineSettings:
     max_failures: int = 3                # consecutive failures before ejection
     io_cap: float = 1.0                  # most of oomkit's own I/O added to a handler's deadline
     record_timing: bool = False          # put wall times in records (live only)
+    snapshot: bool = False               # put the context's snapshot in records (live: for replay)
 
 
 @dataclass
@@ -100,45 +102,59 @@ class Engine:
     # -- one OOM ----------------------------------------------------------------
 
     def handle(self, oom: OOMEvent) -> OOMRecord:
-        record = OOMRecord(t=self.backend.clock.now(), level=oom.level, memcg=oom.memcg,
-                           trigger=oom.trigger, requested=oom.requested, nodes=oom.nodes)
+        record = OOMRecord.new(round(self.backend.clock.now(), 6), oom.level, oom.memcg,
+                               trigger=oom.trigger, requested=oom.requested, nodes=oom.nodes)
+        frozen = snapshot.freeze(self.backend, oom) if self.settings.snapshot else None
+        first = self._run_chain(oom, record, frozen)
+        if self.settings.snapshot:
+            record.snapshot = snapshot.take(self.backend, oom, first, frozen)
+        return record
+
+    def _run_chain(self, oom: OOMEvent, record: OOMRecord,
+                   frozen: dict[str, CgroupInfo] | None) -> OOMContext | None:
+        """Run the handlers until one ends the OOM, else the kernel's killer;
+        returns the first handler's context (what it read, for the snapshot)."""
         chain = self.chain(oom)
         # One OOM, one totalpages: a live backend reads it from /proc and cgroupfs.
         pages = self.backend.totalpages(oom) if chain else 0
+        first = None
         for i, att in enumerate(chain):
             if i and self.backend.condition_gone(oom):
-                return self._gone(record)
-            handler = self._run(att, oom, record, pages)
-            if self._accept(att, oom, handler, record):
-                return record
+                self._gone(record)
+                return first
+            oc = self._context(att, oom, record, pages, frozen if i == 0 else None)
+            first = first or oc
+            if self._accept(att, oom, self._run(att, oom, record, oc), record):
+                return first
         if self.backend.condition_gone(oom):
-            return self._gone(record)
-        self.fall_back(oom, record)
-        return record
+            self._gone(record)
+        else:
+            self.fall_back(oom, record)
+        return first
 
     @staticmethod
-    def _gone(record: OOMRecord) -> OOMRecord:
+    def _gone(record: OOMRecord) -> None:
         """The OOM ended between handlers: by a release that was not claimed, or by itself."""
         if record.memory_freed:
-            record.resolved_by = "policy"
+            record.resolved_by = ResolvedBy.POLICY
         else:
-            record.resolved_by, record.note = "kernel", "the OOM condition cleared without a release"
-        return record
+            record.resolved_by = ResolvedBy.KERNEL
+            record.note = "the OOM condition cleared without a release"
 
     def _accept(self, att: Attachment, oom: OOMEvent, h: HandlerRecord, record: OOMRecord) -> bool:
         """Does this handler's verdict end the chain? Records why not, if not."""
-        if h.verdict == Verdict.HANDLED.value:
+        if h.verdict == Verdict.HANDLED:
             if h.freed > 0:
-                record.resolved_by = "policy"
+                record.resolved_by = ResolvedBy.POLICY
                 return True
             self._demote(h, "false claim: HANDLED but no release action released memory")
-        elif h.verdict == Verdict.BACKOFF.value:
+        elif h.verdict == Verdict.BACKOFF:
             if h.freed > 0:
                 # BACKOFF promises that nothing destructive was done; this handler
                 # did release memory, so it ends the chain as HANDLED would.
-                h.claimed, h.verdict = h.verdict, Verdict.HANDLED.value
+                h.claimed, h.verdict = h.verdict, Verdict.HANDLED
                 h.error = "BACKOFF after releasing memory: counted as HANDLED"
-                record.resolved_by = "policy"
+                record.resolved_by = ResolvedBy.POLICY
                 return True
             return self._backoff(att, oom, h, record)
         return False
@@ -150,36 +166,34 @@ class Engine:
                             f"{att.backoff.window:g}s)")
             return False
         if self.backend.wait_for_relief(oom, self.settings.backoff_wait):
-            record.resolved_by = "backoff"
+            record.resolved_by = ResolvedBy.BACKOFF
             return True
         self._demote(h, f"backoff promise not kept within {self.settings.backoff_wait * 1000:g} ms")
         return False
 
     @staticmethod
     def _demote(h: HandlerRecord, why: str) -> None:
-        h.claimed, h.verdict, h.error = h.verdict, Verdict.PASS.value, why
+        h.claimed, h.verdict, h.error = h.verdict, Verdict.PASS, why
 
-    def _run(self, att: Attachment, oom: OOMEvent, record: OOMRecord, pages: int) -> HandlerRecord:
-        h = HandlerRecord(cgroup=att.cgroup, policy=att.label)
+    def _run(self, att: Attachment, oom: OOMEvent, record: OOMRecord, oc: OOMContext) -> HandlerRecord:
+        h = HandlerRecord.new(att.cgroup, att.label)
         record.handlers.append(h)
-        oc = self._context(att, oom, record, pages)
-        record.contexts.append(oc)
         k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
                     record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
         outcome = self._guard.call(lambda: att.policy.handle_out_of_memory(oc, k),
                                    on_timeout=lambda: k.revoke("the handler's deadline passed"))
         if self.settings.record_timing:
-            h.ms = outcome.elapsed * 1000
+            h.ms = round(outcome.elapsed * 1000, 3)
         failure = self._failure(outcome)
         if failure:
-            h.verdict, h.error = Verdict.PASS.value, failure
+            h.verdict, h.error = Verdict.PASS, failure
             self._count_failure(att, record)
             return h
         att.failures = 0
-        h.verdict = outcome.value.value
+        h.verdict = outcome.value
         return h
 
-    def _failure(self, outcome) -> str | None:
+    def _failure(self, outcome: Outcome) -> str | None:
         if outcome.timed_out:
             return (f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms "
                     f"of its own time ({outcome.io * 1000:.1f} ms more reading and acting for it)")
@@ -198,11 +212,14 @@ class Engine:
             log.warning("oomkit: ejected policy %s at %s after %d consecutive failures",
                         att.label, att.cgroup, att.failures)
 
-    def _context(self, att: Attachment, oom: OOMEvent, record: OOMRecord, pages: int) -> OOMContext:
+    def _context(self, att: Attachment, oom: OOMEvent, record: OOMRecord, pages: int,
+                 frozen: dict[str, CgroupInfo] | None) -> OOMContext:
         backend = self.backend
+        cgroups = backend.cgroups(oom, att.cgroup)
+        if frozen:
+            cgroups.preload(frozen)
         return OOMContext(level=oom.level, memcg=oom.memcg, attached_to=att.cgroup,
-                          nodes=oom.nodes, requested=oom.requested,
-                          cgroups=backend.cgroups(oom, att.cgroup),
+                          nodes=oom.nodes, requested=oom.requested, cgroups=cgroups,
                           tasks=backend.tasks(oom, att.cgroup),
                           totalpages=pages,
                           freed=lambda: record.memory_freed, in_flight=backend.in_flight)
@@ -211,14 +228,14 @@ class Engine:
         """Let the backend's kernel OOM killer act, and record what it did."""
         outcome = self.backend.kernel_fallback(oom)
         for r in outcome.killed:
-            record.killed.append({"name": r.name, "pid": r.pid, "cgroup": r.cgroup, "by": "kernel"})
+            record.killed.append(Killed(name=r.name, pid=r.pid, cgroup=r.cgroup, by="kernel"))
             if self.on_release:
                 self.on_release(r, "kernel", "/", "the kernel OOM killer")
         if outcome.waiting_for is not None:
             record.note = f"kernel waits for exiting victim pid {outcome.waiting_for}"
         elif outcome.note:
             record.note = outcome.note
-        record.resolved_by = "kernel" if outcome.resolved else "unresolved"
+        record.resolved_by = ResolvedBy.KERNEL if outcome.resolved else ResolvedBy.UNRESOLVED
 
     def _notify_offline(self, att: Attachment, path: str) -> None:
         outcome = self._guard.call(lambda: att.policy.handle_cgroup_offline(path))

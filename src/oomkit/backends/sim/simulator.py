@@ -12,36 +12,18 @@ scenario gives byte-identical output.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
 from typing import Any
 
 from oomkit.backends.sim.backend import SimBackend
 from oomkit.backends.sim.machine import Machine, SimTask
 from oomkit.config.scenario import FIRST_PID, Scenario, Task
 from oomkit.engine.chain import Engine
-from oomkit.engine.record import OOMRecord
+from oomkit.context import Level
 from oomkit.errors import ConfigError
 from oomkit.policies import make_policy
+from oomkit.schema import CgroupUsage, FailedAllocation, ResolvedBy, SimResult
 
 MAX_RETRIES = 8
-
-
-@dataclass
-class SimResult:
-    ooms: list[OOMRecord] = field(default_factory=list)
-    survivors: list[str] = field(default_factory=list)
-    killed: list[str] = field(default_factory=list)
-    exited: list[str] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    final: dict[str, dict[str, int | None]] = field(default_factory=dict)
-    memory_events: dict[str, dict[str, int]] = field(default_factory=dict)
-    ejected: list[str] = field(default_factory=list)
-    events: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ooms": [o.to_dict() for o in self.ooms], "survivors": self.survivors,
-                "killed": self.killed, "exited": self.exited, "failed_allocations": self.failed,
-                "ejected": self.ejected, "final": self.final, "memory_events": self.memory_events}
 
 
 class Simulator:
@@ -51,6 +33,7 @@ class Simulator:
         self.backend = SimBackend(self.machine)
         self.engine = Engine(self.backend, scenario.settings)
         self.result = SimResult()
+        self.steps = 0          # events and retries run (the benchmark's rate)
         self._by_name: dict[str, SimTask] = {}
         # The scenario's events, in time order (file order among equal times), and
         # a heap of the retries they cause; both ordered by (time, seq).
@@ -116,7 +99,7 @@ class Simulator:
                 continue
             if event is never and retry is never:
                 break
-            self.result.events += 1
+            self.steps += 1
             if event < retry:
                 t, _, payload = timeline[pos]
                 pos += 1
@@ -150,17 +133,17 @@ class Simulator:
         if oom is None:
             self.machine.charge(task, amount)
             return
-        if oom.level == "memcg":
+        if oom.level == Level.MEMCG:
             self.machine.count_event(oom.memcg, "max")
             self.machine.count_event(oom.memcg, "oom")
         record = self.engine.handle(oom)
-        record.contexts.clear()     # a long run keeps its records, not every context
         self.result.ooms.append(record)
         if task.state != "running":
             return
-        if record.resolved_by == "unresolved" or attempt >= MAX_RETRIES:
-            self.result.failed.append({"t": round(self.backend.clock.now(), 6), "task": task.name,
-                                       "alloc": amount, "oom": len(self.result.ooms) - 1})
+        if record.resolved_by == ResolvedBy.UNRESOLVED or attempt >= MAX_RETRIES:
+            self.result.failed_allocations.append(FailedAllocation(
+                t=round(self.backend.clock.now(), 6), task=task.name, alloc=amount,
+                oom=len(self.result.ooms) - 1))
             return
         when = self.backend.clock.now()
         if not self.machine.fits(oom) and self.backend.next_exit() is not None:
@@ -169,11 +152,11 @@ class Simulator:
 
     def _finish(self) -> SimResult:
         r, m = self.result, self.machine
-        killed_pids = {k["pid"] for o in r.ooms for k in o.killed}
+        killed_pids = {k.pid for o in r.ooms for k in o.killed}
         r.survivors = [t.name for t in m.tasks.values() if t.state == "running"]
         for task in self.backend.reaped:
             (r.killed if task.pid in killed_pids else r.exited).append(task.name)
-        r.final = {path: {"usage": cg.usage, "limit": cg.limit} for path, cg in m.cgroups.items()}
+        r.final = {path: CgroupUsage(usage=cg.usage, limit=cg.limit) for path, cg in m.cgroups.items()}
         # memory.events, as a v2 kernel would show it: only the counters that moved.
         r.memory_events = {path: {k: v for k, v in cg.events.items() if v}
                            for path, cg in m.cgroups.items() if any(cg.events.values())}

@@ -1,30 +1,29 @@
-"""Replaying a recorded OOM: the engine's interface over the snapshot the
-daemon wrote in its event log, so ``oomkit replay`` can ask what another
-policy would have done with the very same context.  Kills and raises only
-change the snapshot; nothing touches the machine."""
+"""The backend over a snapshot (the one the daemon's event log carries):
+the engine's interface to a recorded OOM's context, so ``oomkit replay`` can
+ask what another policy would have done with the very same context.  Kills
+and raises only change this copy; nothing touches the machine."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from oomkit import oom_kill
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, is_within
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, is_within
 from oomkit.engine.clock import ManualClock
-from oomkit.errors import ConfigError
+from oomkit.schema import Snapshot
 
 
-class ReplayBackend:
-    def __init__(self, snapshot: dict[str, Any]):
+class SnapshotBackend:
+    def __init__(self, snap: Snapshot):
         self.clock = ManualClock()
-        self._totalpages = int(snapshot["totalpages"])
-        self._cgroups = {p: _cgroup(p, c) for p, c in snapshot["cgroups"].items()}
-        self._tasks = {t["pid"]: _task(t) for t in snapshot.get("tasks", [])}
-        self._freed: dict[str, int] = {}
+        self._totalpages = snap.totalpages
+        self._cgroups = {p: c.info(p) for p, c in snap.cgroups.items()}
+        self._tasks = {t.pid: t.info() for t in snap.tasks or ()}
+        self._freed: dict[str, int] = {}     # per cgroup: the rss of the tasks killed in it
 
-    def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
+    def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping[CgroupInfo]:
         return LazyMapping(lambda: [p for p in self._cgroups if is_within(p, scope)], self._cgroups.get)
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
@@ -63,7 +62,7 @@ class ReplayBackend:
 
     def condition_gone(self, oom: OOMEvent) -> bool:
         c = self._cgroups.get(oom.memcg)
-        if oom.level != "memcg" or c is None or c.limit is None:
+        if oom.level != Level.MEMCG or c is None or c.limit is None:
             return False
         return c.usage - self._freed.get(oom.memcg, 0) + (oom.requested or 0) < c.limit
 
@@ -83,24 +82,3 @@ class ReplayBackend:
         if not decision.kills:
             return Fallback(note="out of memory and no killable processes")
         return Fallback(killed=self.kill(decision.victims, oom, cgroup=decision.group))
-
-
-def _cgroup(path: str, c: dict[str, Any]) -> CgroupInfo:
-    return CgroupInfo(path, c["usage"], c["limit"], c.get("swap", 0), c.get("oom_group", False),
-                      c.get("children", ()), c.get("pids", ()), c.get("events", {}))
-
-
-def _task(t: dict[str, Any]) -> TaskInfo:
-    nodes = t.get("nodes")
-    return TaskInfo(t["pid"], t["name"], tuple(t.get("cmdline", ())), t["cgroup"], t["rss"], t.get("swap", 0),
-                    t.get("pgtables", 0), t.get("oom_score_adj", 0), t.get("uid", 0),
-                    t.get("start_time", 0.0), t.get("exiting", False),
-                    tuple(nodes) if nodes is not None else None)
-
-
-def oom_event(record: dict[str, Any]) -> OOMEvent:
-    """The OOM a record describes."""
-    if "snapshot" not in record:
-        raise ConfigError("this record has no snapshot to replay (only the daemon's OOM records do)")
-    return OOMEvent(record["level"], record["memcg"], tuple(record.get("nodes", ())),
-                    record.get("requested"), record.get("trigger"))
