@@ -17,8 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
+
 from oomkit.errors import TaskGone
 from oomkit.linux import pidfd as _pidfd
+from oomkit.schema import OOMRecord
 
 from .procs import children_of, end_by_pidfd, signal_pidfd, wait_for_line
 
@@ -172,6 +175,7 @@ def check_record(ev: dict, memcg: str, resolved_by: str | None = None) -> None:
         assert ev["resolved_by"] == resolved_by, ev
     assert isinstance(ev["latency_ms"], (int, float)) and ev["latency_ms"] >= 0
     assert ev["detected_at"] and ev["resolved_at"] and ev["detected_at"] <= ev["resolved_at"]
+    msgspec.convert(ev, OOMRecord)          # what `oomkit replay` reads: valid by the schema
     snap = ev["snapshot"]
     assert snap["scope"] == memcg
     assert memcg in snap["cgroups"] and snap["cgroups"][memcg]["limit"]

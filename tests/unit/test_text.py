@@ -17,6 +17,7 @@ from rich.console import Console
 from oomkit.cli import main
 from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.report import print_oom
+from oomkit.schema import OOMRecord
 from oomkit.text import TerminalFormatter, for_markup, for_record, for_terminal, record_safe
 from oomtest_helpers import FuncPolicy, kill_named, make_sim
 
@@ -139,7 +140,7 @@ def test_the_report_prints_undecodable_names_on_a_strict_utf8_terminal():
     record = {"t": 0.0, "level": "memcg", "memcg": "/" + LATIN1_NAME, "trigger": LATIN1_NAME,
               "requested": 1, "resolved_by": "policy", "handlers": [], "limits": [],
               "killed": [{"pid": 1, "name": LATIN1_NAME, "cgroup": "/" + LATIN1_NAME, "by": "kernel"}]}
-    print_oom(record, "t", Console(file=out, highlight=False, width=200))
+    print_oom(msgspec.convert(record, OOMRecord), "t", Console(file=out, highlight=False, width=200))
     out.flush()
     text = out.buffer.getvalue().decode("utf-8")
     assert "killed pid 1 (caf\\xe9 \\xff) in /caf\\xe9 \\xff" in text
