@@ -54,7 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oomkit.errors import KernelError, NotPermitted
+from oomkit.errors import CgroupGone, KernelError, NotPermitted
 from oomkit.linux._oserror import translate
 from oomkit.linux.taskcache import TaskSample
 
@@ -116,7 +116,9 @@ def cgroup_key(path: str | os.PathLike, mount: str | os.PathLike) -> tuple[int, 
     try:
         ino = os.stat(path).st_ino
     except OSError as exc:
-        raise translate(exc, str(path), what="stat cgroup") from exc
+        # ENOENT: removed under us (a container runtime removes a memcg right after
+        # its last task dies, maybe mid-OOM): the cgroup is gone, not a kernel fault.
+        raise translate(exc, str(path), CgroupGone, what="stat cgroup") from exc
     return ino, len(rel.parts)
 
 
@@ -467,7 +469,7 @@ class BpfTasks:
             except FileNotFoundError:
                 return -1
             except OSError as exc:
-                raise translate(exc, str(path), what="open cgroup") from exc
+                raise translate(exc, str(path), CgroupGone, what="open cgroup") from exc
             if os.fstat(fd).st_ino == cgroup_id:
                 return fd
             os.close(fd)

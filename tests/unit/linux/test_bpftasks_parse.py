@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from oomkit.errors import KernelError
+from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import bpftasks
 from oomkit.linux.bpftasks import RECORD, BpfTasks, cgroup_key, parse
 from oomkit.linux.taskcache import TaskSample
@@ -61,7 +61,9 @@ def test_cgroup_key_is_inode_and_depth(tmp_path):
     ino = (tmp_path / "a" / "b").stat().st_ino
     assert cgroup_key(tmp_path / "a" / "b", tmp_path) == (ino, 2)
     assert cgroup_key(tmp_path, tmp_path)[1] == 0
-    with pytest.raises(KernelError):
+    # a memcg removed mid-OOM: CgroupGone, which the daemon expects, not a KernelError
+    # that ends it (issue 10 item 6)
+    with pytest.raises(CgroupGone):
         cgroup_key(tmp_path / "gone", tmp_path)
 
 
