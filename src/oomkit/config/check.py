@@ -28,9 +28,23 @@ def check_file(path: str | Path) -> str:
 
         config = resolve_daemon(data, str(path), Path(path).resolve().parent)
         check_policies(config.attach, str(path), config.base_dir)
+        _check_event_log(config.event_log, str(path))
         return f"daemon config: {len(config.attach)} attachments"
     raise ConfigError("neither a scenario (it has no [machine] table) nor a daemon config "
                       "(no [daemon] table)", file=str(path))
+
+
+def _check_event_log(event_log: str, file: str) -> None:
+    """As root (the daemon's user), say when the event log cannot be created."""
+    import os
+
+    from oomkit.daemon.eventlog import log_problem
+
+    problem = log_problem(event_log) if os.geteuid() == 0 else None
+    if problem:
+        raise ConfigError(f"the event log {event_log} cannot be created: {problem}", file=file,
+                          where="daemon.event_log", hint="the daemon would keep its records in "
+                          "memory only")
 
 
 def check_policies(attachments, file: str, base_dir: Path) -> None:

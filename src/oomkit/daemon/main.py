@@ -141,6 +141,7 @@ class Daemon:
             timer = self.stack.next_timer()
             self.reactor.poll(beat if timer is None else max(0.0, min(beat, timer)))
             self.heartbeat()
+            self.events.retry()
             self.stack.on_timer()
             self.stack.flush()
             if self._reload:
@@ -335,15 +336,14 @@ class Daemon:
             self._check_reloadable(config)
         except OOMKitError as exc:
             log.error("oomkit: reload failed, keeping the running configuration: %s", exc)
+            self.events.reopen()        # SIGHUP is also logrotate's: let go of the old file
             return False
         old, self.config = self.config, config
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
         self.stack.reconfigure(live_settings(config))
         self.engine = self._engine(config)
-        if config.event_log != old.event_log:
-            self.events.close()
-            self.events = EventLog(config.event_log)
+        self.events.reopen(config.event_log)     # logrotate's SIGHUP, or a new path
         if config.pressure != old.pressure and config.pressure:
             self.quiet = QuietPeriod(config.pressure.window_us / 1e6, self.backend.clock)
         if config.global_pressure != old.global_pressure:

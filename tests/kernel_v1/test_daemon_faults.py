@@ -1,0 +1,126 @@
+"""The fault suite (issue 10): ``oomkit run`` on real v1 memcgs meets the
+faults an operator meets.  Each test asserts that no OOM stays paused longer
+than the watchdog timeout plus a margin, that nothing is left at
+``oom_kill_disable 1``, and that no record that could be written is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers.daemon import DaemonProc, check_record, killed_pids
+from helpers.procs import children_of, signal_pidfd, until
+from oomkit.linux import pidfd as _pidfd
+
+MiB = 1 << 20
+MARGIN = 5.0        # seconds on top of the watchdog timeout, for a loaded machine
+
+
+def nothing_disabled(sandbox, keep=()) -> dict[str, bool]:
+    """Every memcg of the sandbox still at oom_kill_disable 1, except ``keep``."""
+    return {cg: True for cg in sandbox.fs.walk(sandbox.root)
+            if cg not in keep and sandbox.fs.oom_control(cg)["oom_kill_disable"]}
+
+
+def oom_resolved_within(sandbox, cg: str, mib: int, timeout: float):
+    t0 = time.monotonic()
+    hog = sandbox.hog(cg, mib)
+    assert hog.wait_exit(timeout), f"the OOM in {cg} stayed paused over {timeout} s"
+    return hog, time.monotonic() - t0
+
+
+def test_an_event_log_that_fails_never_stops_the_daemon(sandbox, oomkit_daemon, tmp_path):
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], run=False)
+    d.event_log.mkdir()                       # a directory where the log should be
+    d.start()
+    hog, took = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert d.wait_line("cannot write the event log", 5), d.stderr()
+    hog2, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert d.alive(), d.stderr()
+    assert d.stderr().count("cannot write the event log") == 1      # once per episode
+    os.rmdir(d.event_log)                     # fixed; SIGHUP (logrotate's) writes what waited
+    d.signal(signal.SIGHUP)
+    events = d.wait_events(2)
+    assert [killed_pids(e) for e in events] == [{hog.pid}, {hog2.pid}], d.stderr()
+    check_record(events[0], a, "policy")
+    assert d.wait_line("is written again", 5)
+    assert d.stop() == 0, d.stderr()
+    assert nothing_disabled(sandbox) == {}
+    assert "Traceback" not in d.stderr()
+
+
+def test_dev_full_as_the_event_log(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], run=False)
+    d.event_log = Path("/dev/full")
+    d.write_config([{"cgroup": a, "policy": "largest-task"}])
+    d.start()
+    oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert d.wait_line("cannot write the event log /dev/full", 5), d.stderr()
+    oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert d.alive(), d.stderr()
+    assert d.stop() == 0
+    assert nothing_disabled(sandbox) == {}
+
+
+def kill_both(d: DaemonProc) -> None:
+    """``systemctl kill -s KILL``: the daemon and its watchdog at once (the watchdog
+    stopped first, so it cannot hand anything back in between)."""
+    assert d.watchdog_pidfd >= 0
+    signal_pidfd(d.watchdog_pidfd, signal.SIGSTOP)
+    signal_pidfd(d.pidfd, signal.SIGKILL)
+    signal_pidfd(d.watchdog_pidfd, signal.SIGKILL)
+    assert _pidfd.wait_exit(d.pidfd, 10) and _pidfd.wait_exit(d.watchdog_pidfd, 10)
+
+
+def test_daemon_and_watchdog_killed_together_then_restarted(sandbox, oomkit_daemon, tmp_path):
+    a = sandbox.cg("a", limit=24 * MiB)
+    b = sandbox.cg("a/b")
+    admin = sandbox.cg("admin", limit=24 * MiB)
+    sandbox.fs.set_oom_kill_disable(admin, True)          # the admin's own
+    attach = [{"cgroup": a, "policy": "largest-task"}, {"cgroup": admin, "policy": "largest-task"}]
+    d = oomkit_daemon(attach)
+    assert d.wait_line("left alone", 5) and admin in d.stderr()
+    kill_both(d)
+    assert nothing_disabled(sandbox, keep=[admin]) == {a: True, b: True}   # left paused-to-be
+    again = oomkit_daemon(attach, name="oomkit", state_dir=str(d.state_dir))
+    assert again.stderr().count("left by a previous run: restored: ") == 2, again.stderr()
+    hog, took = oom_resolved_within(sandbox, b, 40, 1 + MARGIN)
+    ev = again.wait_events(1)
+    assert ev and killed_pids(ev[-1]) == {hog.pid} and ev[-1]["resolved_by"] == "policy"
+    assert again.stop() == 0
+    assert nothing_disabled(sandbox, keep=[admin]) == {}
+    assert sandbox.fs.oom_control(admin)["oom_kill_disable"] is True     # never clobbered
+
+
+def test_oomkit_restore_after_both_were_killed(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}])
+    kill_both(d)
+    assert nothing_disabled(sandbox) == {a: True}
+    p = subprocess.run([sys.executable, "-m", "oomkit.cli", "restore", "--state-dir", str(d.state_dir)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "restored: " in p.stdout, p.stderr
+    assert nothing_disabled(sandbox) == {}
+
+
+def test_a_second_daemon_is_refused_and_leaves_the_first_armed(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=24 * MiB)
+    first = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}])
+    second = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], name="second", run=False,
+                           state_dir=str(first.state_dir))
+    p = subprocess.run([sys.executable, "-m", "oomkit.cli", "run", "--config", str(second.config)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert f"another oomkit (pid {first.pid}) is running" in p.stderr
+    assert p.stderr.splitlines()[-1].startswith("oomkit: another oomkit") and "Traceback" not in p.stderr
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True         # not disarmed
+    hog, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert killed_pids(first.wait_events(1)[0]) == {hog.pid}
+    assert len(children_of(first.pid)) == 1
