@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers.daemon import check_record, killed_pids
-from helpers.procs import until
+from helpers.procs import children_of, until
 from oomkit.linux.pidfd import send_signal
 
 MiB = 1 << 20
@@ -129,27 +129,59 @@ def test_daemon_stopped_watchdog_hands_back(sandbox, oomkit_daemon):
     finally:
         d.signal(signal.SIGCONT)
     print(f"daemon stopped: OOM -> kernel kill {took * 1000:.1f} ms")
-    # The watchdog is gone: the daemon, woken, refuses to hold OOMs without it
-    # and exits with every setting restored.
+    # That watchdog is gone: the daemon, woken, starts another, tells it every
+    # memcg it holds and takes them again; the next OOM is its own again.
     assert until(lambda: not d.watchdog_alive(), 2)
-    assert until(lambda: not d.alive(), 5), d.stderr()
-    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is False
-    assert d.wait_line("the watchdog is gone: refusing to hold OOMs without it", 1), d.stderr()
+    assert d.wait_line("replaced by pid", 5), d.stderr()
+    assert until(lambda: sandbox.fs.oom_control(a)["oom_kill_disable"], 5), d.stderr()
+    assert d.alive(), d.stderr()
+    hog2 = sandbox.hog(a, 40)
+    assert hog2.wait_exit(10)
+    events = d.wait_events(1)
+    assert events and killed_pids(events[0]) == {hog2.pid}, d.stderr()
     assert "Traceback" not in d.stderr(), d.stderr()
 
 
-def test_watchdog_killed_daemon_restores_and_exits(sandbox, oomkit_daemon):
+def test_a_stopped_watchdog_is_noticed_and_replaced(sandbox, oomkit_daemon, tmp_path):
+    """Issue 10 item 9: a SIGSTOPped watchdog would leave the daemon's OOMs
+    unguarded (and, its pipe full after hours, hang the daemon): the daemon
+    sees it no longer answers, replaces it, and the new one guards every memcg."""
+    write(tmp_path, "slow.py", SLOW)
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "slow.py:Slow"}], watchdog_timeout="500ms",
+                      handler_deadline="20s")
+    old = d.watchdog_pidfd
+    send_signal(old, signal.SIGSTOP)
+    try:
+        assert d.wait_line("has not answered", 5), d.stderr()
+        assert d.wait_line("replaced by pid", 5), d.stderr()
+    finally:
+        if d.watchdog_alive():
+            send_signal(old, signal.SIGKILL)
+    # The new watchdog holds a: the daemon's death mid-OOM hands it back.
+    assert until(lambda: len(children_of(d.pid)) == 1, 5)
+    hog = sandbox.hog(a, 40)
+    wait_under_oom(sandbox, a)
+    d.signal(signal.SIGKILL)
+    assert hog.wait_exit(5), "the new watchdog did not hand the OOM back"
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is False
+
+
+def test_watchdog_killed_daemon_replaces_it(sandbox, oomkit_daemon):
     fs = sandbox.fs
     a = sandbox.cg("a", limit=64 * MiB)
     tree = [a] + [sandbox.cg(f"a/{n}") for n in ("b", "c", "d")]
     d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}])
     assert all(fs.oom_control(cg)["oom_kill_disable"] for cg in tree)
-    # Someone kills the watchdog (it hands nothing back then): the daemon must
-    # not hold OOMs without it, and must not leave any memcg paused either.
+    # Someone kills the watchdog (it hands nothing back then): the daemon starts
+    # another and tells it everything it holds; its own death is still covered.
     send_signal(d.watchdog_pidfd, signal.SIGKILL)
-    assert until(lambda: not d.alive(), 5), "the daemon kept holding OOMs without its watchdog"
-    assert {cg: fs.oom_control(cg)["oom_kill_disable"] for cg in tree} == {cg: False for cg in tree}
-    assert d.wait_line("the watchdog is gone", 1) is not None
+    assert d.wait_line("replaced by pid", 5), d.stderr()
+    assert all(fs.oom_control(cg)["oom_kill_disable"] for cg in tree)
+    assert until(lambda: len(children_of(d.pid)) == 1, 5)
+    d.signal(signal.SIGKILL)
+    assert until(lambda: not any(fs.oom_control(cg)["oom_kill_disable"] for cg in tree), 5), \
+        "the new watchdog did not hand the memcgs back"
     assert "Traceback" not in d.stderr(), d.stderr()
 
 
