@@ -178,17 +178,17 @@ def daemon(tmp_path):
     started: list[Daemon] = []
 
     def start(box: Box, policy: str, *, at: str | None = None, params: str = "{}",
-              headroom: str = "0", tripwire: bool = False,
-              pressure: str = "some 150ms 2s") -> Daemon:
+              extra: str = "") -> Daemon:
+        """The daemon with only the hierarchy, the event log and the attachment set
+        (every other key at its shipped default), as a new user would."""
         config = f"""
 [daemon]
 cgroup = "v2"
 event_log = "{tmp_path / 'events.jsonl'}"
-headroom = "{headroom}"
-tripwire = {str(tripwire).lower()}
-pressure = "{pressure}"
+state_dir = "{tmp_path / 'state'}"
 handler_deadline = "1s"       # Python in the VM is 10-25x slower
-watchdog_timeout = "3s"       # (v1 only; the config wants deadline < timeout / 2)
+watchdog_timeout = "3s"
+{extra}
 
 [[attach]]
 cgroup = "{at or box.root}"
