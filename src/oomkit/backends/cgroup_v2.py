@@ -103,16 +103,17 @@ class Look:
     local_kills: int = 0               # memory.events.local oom_kill since the previous look
 
 
-def classify(look: Look, zone_size: int, armed: bool) -> Wakeup:
-    """Is this wake-up an OOM, the kernel's, or a reason to (dis)arm?  Pure."""
+def classify(look: Look, zone_size: int, in_zone: bool) -> Wakeup:
+    """Is this wake-up an OOM, the kernel's, or a reason to decide or to
+    restore?  ``in_zone``: usage was in the zone at the previous look.  Pure."""
     if look.local_kills > 0:
         return Wakeup.KERNEL_KILLED
     if look.events.get("oom", 0) > look.before.get("oom", 0):
         return Wakeup.KERNEL_ACTING
     near = look.limit is not None and look.usage + zone_size > look.limit
-    if near and not armed:
+    if near and not in_zone:
         return Wakeup.NEAR_LIMIT
-    if armed and not near:
+    if in_zone and not near:
         return Wakeup.LEFT_ZONE
     return Wakeup.NONE
 
@@ -285,6 +286,11 @@ class Episode:
     def is_armed(self) -> bool:
         return self.record is not None
 
+    @property
+    def in_zone(self) -> bool:
+        """Usage was near the limit at the last look: a timer looks again."""
+        return self.next_take is not None
+
 
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
                restorer: Holder, bpf: BpfTasks | None) -> V2Stack:
@@ -455,7 +461,7 @@ class V2Stack:
             return
         ep.events, ep.local_kills = dict(look.events), ep.local_kills + look.local_kills
         size = zone(look.limit, self.settings.headroom) if look.limit is not None else 0
-        wake = classify(look, size, ep.is_armed)
+        wake = classify(look, size, ep.in_zone)
         log.debug("oomkit: %s: usage %d, limit %s: %s", path, look.usage, look.limit, wake.value)
         if wake is Wakeup.KERNEL_KILLED:
             self._report_kernel_kill(path, look.local_kills)
@@ -463,7 +469,7 @@ class V2Stack:
             return          # its kill follows (oom_kill), reported then
         elif wake is Wakeup.LEFT_ZONE:
             self._disarm(ep)
-        elif wake is Wakeup.NEAR_LIMIT or (ep.is_armed and ep.next_take is not None
+        elif wake is Wakeup.NEAR_LIMIT or (ep.in_zone and ep.next_take is not None
                                            and ep.next_take <= self.backend.clock.now()):
             self._decide(ep, size)
         self._set_wake_point(ep, look.limit, size)
@@ -478,8 +484,10 @@ class V2Stack:
     # -- the wake-up point ----------------------------------------------------------------
 
     def _set_wake_point(self, ep: Episode, limit: int | None, size: int) -> None:
-        """memory.high = memory.max - zone while unarmed and below it; lifted while armed."""
-        if ep.is_armed or limit is None or size <= 0:
+        """memory.high = memory.max - zone while usage is below it; lifted in the
+        zone, where a lasting memory.high would throttle a task the kernel would
+        never kill (the timer looks again instead)."""
+        if ep.in_zone or limit is None or size <= 0:
             self._lift(ep)
             return
         point = limit - size
@@ -515,7 +523,7 @@ class V2Stack:
         oom = OOMEvent("memcg", ep.memcg)
         ep.next_take = self.backend.clock.now() + self.settings.rearm
         if self.decider is None or not self.decider.chain(oom):
-            self._disarm(ep)
+            self._unarm(ep)
             return
         self.rehearsal.begin(size)
         record = self.decider.handle(oom)
@@ -524,7 +532,7 @@ class V2Stack:
             return
         if not self.rehearsal.chosen or record.resolved_by != "policy":
             log.debug("oomkit: %s: no standing decision (%s)", ep.memcg, record.resolved_by)
-            self._disarm(ep)
+            self._unarm(ep)
             return
         self._arm(ep, record)
 
@@ -534,7 +542,7 @@ class V2Stack:
             log.warning("oomkit: raised memory.max of %s from %s to %s", lim.cgroup,
                         lim.old, lim.new)
         self.daemon.write(record, oom)
-        self._disarm(ep)
+        self._unarm(ep)
 
     def _arm(self, ep: Episode, record: OOMRecord) -> None:
         by = {pid: h_by for h_by, pid in self._choosers(record)}
@@ -659,14 +667,20 @@ class V2Stack:
             log.debug("oomkit: %s of %s not restored (%s): gone with its cgroup", name, cg, exc)
         self.restorer.drop(str(self.fs.path(cg, name)))
 
-    def _disarm(self, ep: Episode) -> None:
+    def _unarm(self, ep: Episode) -> None:
+        """No standing decision (the chain passed): the kernel decides at the limit."""
         for pid in list(ep.armed):
             self._unmark(pid, ep.memcg)
         ep.armed.clear()
         self._set_groups(ep, set())
         if ep.record is not None:
             log.debug("oomkit: %s: standing decision dropped", ep.memcg)
-        ep.record, ep.decided_at, ep.next_take = None, None, None
+        ep.record, ep.decided_at = None, None
+
+    def _disarm(self, ep: Episode) -> None:
+        """Out of the zone: nothing armed, no timer; the wake-up point waits."""
+        self._unarm(ep)
+        ep.next_take = None
 
     # -- the kernel's kills -------------------------------------------------------------
 
