@@ -1,7 +1,7 @@
 """An example third-party oomkit policy: share memory fairly between users.
 
 Copy this file to start your own policy.  It uses only the public, stable
-API (``from oomkit import OOMPolicy, Verdict``), as code outside oomkit must.
+API (``oomkit`` and ``oomkit.helpers``), as code outside oomkit must.
 
 The idea: on a shared login or build host, the kernel kills the single
 *largest process*.  When one user runs many medium-sized processes, the
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from oomkit import OOMPolicy, Verdict
+from oomkit import OOMContext, OOMPolicy, ReleaseActions, Verdict
+from oomkit.helpers import candidates
 
 
 class UserFairShare(OOMPolicy):
@@ -48,7 +49,8 @@ class UserFairShare(OOMPolicy):
     #   oc: the read-only OOM context (oc.level, oc.memcg, oc.nodes,
     #       oc.requested, oc.cgroups, oc.tasks, oc.memory_freed, ...).
     #       Assigning anything in it raises ContextReadOnly.
-    #   k:  the release actions, the only way to free memory:
+    #   k:  the release actions (typed by the ReleaseActions protocol), the
+    #       only way to free memory:
     #       k.kill_task(task, reason), k.kill_cgroup(path, reason),
     #       k.raise_limit(path, new_limit, reason).  Each returns the bytes
     #       it released for *this* OOM (> 0), 0, or a negative Refused that
@@ -58,19 +60,18 @@ class UserFairShare(OOMPolicy):
     # a false claim counts as PASS), BACKOFF when memory is about to come
     # back and you did nothing destructive, PASS to let the next policy up
     # the chain (and finally the kernel's OOM killer) decide.
-    def handle_out_of_memory(self, oc, k):
-        # 1. Who could we kill so that it helps *this* OOM?
-        candidates = [t for t in oc.tasks if self._relieves(oc, t)
-                      and t.oom_score_adj > -1000          # the kernel's "never"
-                      and not t.exiting                    # already on its way out
-                      and t.uid not in self.spare_uids]
-        if not candidates:
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
+        # 1. Who could we kill so that it helps *this* OOM?  candidates() gives
+        #    the tasks whose memory this OOM gets back (inside the OOMing cgroup,
+        #    or on its NUMA nodes), minus oom_score_adj -1000 and exiting ones.
+        mine = [t for t in candidates(oc) if t.uid not in self.spare_uids]
+        if not mine:
             return Verdict.PASS
 
         # 2. Memory per user; the heaviest user first (ties: lower uid first,
         #    so the choice is deterministic).
         per_user: dict[int, int] = defaultdict(int)
-        for t in candidates:
+        for t in mine:
             per_user[t.uid] += t.rss + t.swap
         users = sorted(per_user, key=lambda uid: (-per_user[uid], uid))
 
@@ -78,9 +79,9 @@ class UserFairShare(OOMPolicy):
         #    least work lost).  One kill at a time, like the kernel: if memory
         #    is still short, the allocation fails again and we are asked again.
         for uid in users:
-            mine = sorted((t for t in candidates if t.uid == uid),
-                          key=lambda t: (-(t.rss + t.swap), -t.start_time, -t.pid))
-            for task in mine:
+            theirs = sorted((t for t in mine if t.uid == uid),
+                            key=lambda t: (-(t.rss + t.swap), -t.start_time, -t.pid))
+            for task in theirs:
                 reason = f"uid {uid} uses {per_user[uid] >> 20}M, the most of any user"
                 if k.kill_task(task, reason) > 0:
                     return Verdict.HANDLED
@@ -91,13 +92,3 @@ class UserFairShare(OOMPolicy):
     # removed.  Drop any state kept for it.  This policy keeps none.
     def handle_cgroup_offline(self, cgroup: str) -> None:
         pass
-
-    @staticmethod
-    def _relieves(oc, task) -> bool:
-        """Would killing ``task`` give memory back to this OOM?"""
-        if oc.level == "memcg":                 # only memory charged inside the OOMing cgroup
-            return (oc.memcg == "/" or task.cgroup == oc.memcg
-                    or task.cgroup.startswith(oc.memcg + "/"))
-        if oc.level == "numa":                  # only tasks that may use the constrained nodes
-            return task.nodes is None or bool(set(task.nodes) & set(oc.nodes))
-        return True                             # global: anyone

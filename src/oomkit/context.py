@@ -276,8 +276,19 @@ class OOMContext(_ReadOnly):
     __slots__ = ("level", "memcg", "attached_to", "nodes", "requested", "cgroups", "tasks",
                  "totalpages", "_freed", "_in_flight")
 
-    def __init__(self, *, level: str, memcg: str, attached_to: str, nodes: tuple[int, ...],
-                 requested: int | None, cgroups: Mapping[str, CgroupInfo], tasks: LazyTasks,
+    level: Level                          # memcg, global or numa
+    memcg: str                            # the OOMing cgroup ("/" for global and numa)
+    attached_to: str                      # the cgroup whose policy is running
+    nodes: tuple[int, ...]                # the constrained NUMA nodes (numa)
+    requested: int | None                 # bytes of the failing charge, when known
+    cgroups: LazyMapping[CgroupInfo]      # path -> CgroupInfo, the attachment's subtree
+    tasks: LazyTasks                      # the attachment's subtree's tasks
+    totalpages: int                       # the kernel's totalpages for this OOM
+    _freed: Callable[[], int]
+    _in_flight: Callable[[], tuple[int, ...]]
+
+    def __init__(self, *, level: Level, memcg: str, attached_to: str, nodes: tuple[int, ...],
+                 requested: int | None, cgroups: LazyMapping[CgroupInfo], tasks: LazyTasks,
                  totalpages: int, freed: Callable[[], int], in_flight: Callable[[], tuple[int, ...]]):
         _init(self, level=level, memcg=memcg, attached_to=attached_to, nodes=tuple(nodes),
               requested=requested, cgroups=cgroups, tasks=tasks, totalpages=totalpages,

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oomkit.context import OOMContext
-    from oomkit.engine.actions import Actions
+    from oomkit.context import OOMContext, TaskInfo
 
 
 class Verdict(enum.StrEnum):
@@ -36,12 +35,37 @@ class Verdict(enum.StrEnum):
     PASS = "PASS"
 
 
+class ReleaseActions(Protocol):
+    """``k``: the release actions a handler gets, the only way it frees memory
+    (the kernel's release kfuncs).  Each returns the bytes it freed for *this*
+    OOM, 0, or a negative :class:`Refused` that says why; every call is recorded."""
+
+    def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
+        """SIGKILL one task (a ``TaskInfo`` or a pid)."""
+
+    def kill_cgroup(self, path: str, reason: str = "") -> int:
+        """SIGKILL every task of ``path``'s subtree but the ``oom_score_adj`` -1000 ones."""
+
+    def raise_limit(self, path: str, new_limit: int, reason: str = "") -> int:
+        """Raise ``path``'s limit to ``new_limit`` bytes, within the parent's headroom
+        and the attachment's ceiling; counts only for the limit that was hit."""
+
+    def headroom(self, path: str) -> int:
+        """How far ``path``'s limit may be raised now."""
+
+    def is_oom_victim(self, task: TaskInfo | int) -> bool:
+        """Is this task already dying (``bpf_task_is_oom_victim()``)?"""
+
+    def now(self) -> float:
+        """The backend's clock in seconds (simulated time in the simulator)."""
+
+
 class OOMPolicy:
     """Base class of every policy.  Instantiated as ``Policy(**params)``."""
 
     name: ClassVar[str] = ""
 
-    def handle_out_of_memory(self, oc: OOMContext, k: Actions) -> Verdict:
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         raise NotImplementedError
 
     def handle_cgroup_offline(self, cgroup: str) -> None:

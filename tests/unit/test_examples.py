@@ -256,7 +256,8 @@ def test_shared_host_kernel_kills_matlab():
 def test_example_policy_uses_only_the_public_api():
     source = (EXAMPLES / "policies" / "fair_share.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert all(line.startswith(("from __future__", "from collections", "from oomkit import"))
+    assert all(line.startswith(("from __future__", "from collections", "from oomkit import",
+                                "from oomkit.helpers import"))
                for line in imports), imports
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, is_within
+from oomkit.context import LazyMapping, LazyTasks, Level, TaskInfo, is_within
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.clock import Clock

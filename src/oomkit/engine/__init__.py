@@ -1,6 +1,7 @@
 """The engine: the handler chain, the release actions and the OOM record."""
 
-from oomkit.engine.chain import Attachment, Engine, EngineSettings
+from oomkit.engine.attachment import Attachment
+from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.engine.clock import Clock, ManualClock, MonotonicClock
 from oomkit.schema import OOMRecord
 

@@ -34,7 +34,7 @@ from oomkit.units import format_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.backends.base import Backend, OOMEvent
-    from oomkit.engine.chain import Attachment
+    from oomkit.engine.attachment import Attachment
 
 
 def _metered(action):

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from oomkit.backends.base import Backend, OOMEvent, Release
 from oomkit.context import CgroupInfo, OOMContext, ancestors, is_within
 from oomkit.engine import snapshot
 from oomkit.engine.actions import Actions
+from oomkit.engine.attachment import Attachment
 from oomkit.engine.backoff import BackoffBudget
 from oomkit.engine.guard import Guard, Outcome
 from oomkit.errors import AttachError
-from oomkit.policy import OOMPolicy, Verdict, policy_label
+from oomkit.policy import OOMPolicy, Verdict
 from oomkit.schema import HandlerRecord, Killed, OOMRecord, ResolvedBy
 
 log = logging.getLogger("oomkit")
@@ -42,19 +43,6 @@ class EngineSettings:
     io_cap: float = 1.0                  # most of oomkit's own I/O added to a handler's deadline
     record_timing: bool = False          # put wall times in records (live only)
     snapshot: bool = False               # put the context's snapshot in records (live: for replay)
-
-
-@dataclass
-class Attachment:
-    cgroup: str
-    policy: OOMPolicy
-    ceiling: int | None = None           # raise_limit never goes above this
-    backoff: BackoffBudget = field(default_factory=BackoffBudget)
-    failures: int = 0
-
-    @property
-    def label(self) -> str:
-        return policy_label(self.policy)
 
 
 ReleaseHook = Callable[[Release, str, str, str], None]

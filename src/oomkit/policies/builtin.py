@@ -8,23 +8,20 @@ import re
 from collections.abc import Iterable, Sequence
 
 from oomkit import oom_kill
-from oomkit.context import OOMContext, TaskInfo, is_within
-from oomkit.policy import OOMPolicy, Verdict
+from oomkit.context import Level, OOMContext, TaskInfo
+from oomkit.errors import PolicyLoadError
+from oomkit.helpers import (OOM_SCORE_ADJ_MIN, badness, candidates, is_within, kernel_choice,
+                            relieves, tasks_that_relieve)
+from oomkit.policies.loader import make_policy
+from oomkit.policy import OOMPolicy, ReleaseActions, Verdict
 from oomkit.units import parse_duration, parse_size
-
-
-def candidates(oc: OOMContext) -> list[TaskInfo]:
-    """Tasks whose death would relieve this OOM and that may be killed."""
-    return [t for t in oom_kill.oom_tasks(oc)
-            if oom_kill.eligible(t, oc.level, oc.memcg, oc.nodes)
-            and t.oom_score_adj > oom_kill.OOM_SCORE_ADJ_MIN and not t.exiting]
 
 
 def size_of(task: TaskInfo) -> int:
     return task.rss + task.swap
 
 
-def kill_first(k, tasks: Iterable[TaskInfo], reason: str) -> Verdict:
+def kill_first(k: ReleaseActions, tasks: Iterable[TaskInfo], reason: str) -> Verdict:
     """Kill the first task that the actions accept; HANDLED once memory came back."""
     for task in tasks:
         if k.kill_task(task, reason) > 0:
@@ -88,8 +85,8 @@ class KernelDefault(Preferences):
 
     name = "kernel-default"
 
-    def handle_out_of_memory(self, oc, k):
-        decision = oom_kill.decide(oc)
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
+        decision = kernel_choice(oc)
         if decision.waiting_for is not None:
             return Verdict.BACKOFF
         if not self.lists:
@@ -99,13 +96,15 @@ class KernelDefault(Preferences):
                 return Verdict.HANDLED
         return Verdict.PASS
 
-    def _choices(self, oc) -> list[oom_kill.Decision]:
+    def _choices(self, oc: OOMContext) -> list[oom_kill.Decision]:
         """Each candidate's kill (its memory.oom.group with it) by class, then badness."""
-        domain = oc.memcg if oc.level == "memcg" else "/"
-        scope = oom_kill.oom_tasks(oc)
+        domain = oc.memcg if oc.level == Level.MEMCG else "/"
+        scope = tasks_that_relieve(oc)
         scored = []
         for task in candidates(oc):
-            points = oom_kill.badness(task, oc.totalpages)
+            points = badness(task, oc.totalpages)
+            if points is None:      # -1000: never a candidate
+                continue
             choice = oom_kill.kill_decision(task, points, oc.cgroups, domain, scope)
             tier = self.tier(choice.victims)
             if tier is not None:
@@ -113,10 +112,11 @@ class KernelDefault(Preferences):
         return [choice for _key, choice in sorted(scored, key=lambda s: s[0])]
 
     @staticmethod
-    def _carry_out(decision: oom_kill.Decision, k) -> Verdict:
+    def _carry_out(decision: oom_kill.Decision, k: ReleaseActions) -> Verdict:
         if not decision.kills:
             return Verdict.PASS
         victim = decision.victim
+        assert victim is not None       # a decision that kills has a victim
         reason = f"badness {decision.points} pages"
         if decision.group is not None:
             freed = k.kill_cgroup(decision.group, f"{reason}, pid {victim.pid}; memory.oom.group")
@@ -131,7 +131,7 @@ class LargestTask(Preferences):
 
     name = "largest-task"
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         ranked = self.ranked(candidates(oc), key=lambda t: (-size_of(t), t.pid))
         return kill_first(k, ranked, self.name)
 
@@ -142,7 +142,7 @@ class NewestTask(Preferences):
 
     name = "newest-task"
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         ranked = self.ranked(candidates(oc), key=lambda t: (-t.start_time, -t.pid))
         return kill_first(k, ranked, "newest task")
 
@@ -155,7 +155,7 @@ class LargestCgroup(Preferences):
 
     name = "largest-cgroup"
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         top = oc.memcg if is_within(oc.memcg, oc.attached_to) else oc.attached_to
         tiers = {cg: self.tier(oc.tasks.in_cgroup(cg)) for cg in self._units(oc, top)}
         units = sorted((cg for cg, tier in tiers.items() if tier is not None),
@@ -183,7 +183,7 @@ class LargestCgroup(Preferences):
 
     @staticmethod
     def _protected(oc, path: str) -> bool:
-        return any(t.oom_score_adj <= oom_kill.OOM_SCORE_ADJ_MIN for t in oc.tasks.in_cgroup(path))
+        return any(t.oom_score_adj <= OOM_SCORE_ADJ_MIN for t in oc.tasks.in_cgroup(path))
 
 
 class PreferAvoid(LargestTask):
@@ -206,9 +206,9 @@ class RaiseLimit(OOMPolicy):
         self.step = parse_size(step)
         self.ceiling = None if ceiling is None else parse_size(ceiling)
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         info = oc.cgroups.get(oc.memcg)
-        if oc.level != "memcg" or info is None or info.limit is None:
+        if oc.level != Level.MEMCG or info is None or info.limit is None:
             return Verdict.PASS
         need = info.usage + (oc.requested or 0) - info.limit
         room = k.headroom(oc.memcg)
@@ -230,12 +230,11 @@ class WaitForExiting(OOMPolicy):
     def __init__(self, min_exiting: str | int = 0):
         self.min_exiting = parse_size(min_exiting)
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         in_flight = set(oc.victims_in_flight)
-        for task in oom_kill.oom_tasks(oc):
+        for task in tasks_that_relieve(oc):
             dying = task.exiting or task.pid in in_flight
-            if dying and oom_kill.eligible(task, oc.level, oc.memcg, oc.nodes) \
-                    and task.rss >= self.min_exiting:
+            if dying and relieves(oc, task) and task.rss >= self.min_exiting:
                 return Verdict.BACKOFF
         return Verdict.PASS
 
@@ -250,9 +249,6 @@ class Settle(OOMPolicy):
 
     def __init__(self, then: str = "prefer-avoid", then_params: dict | None = None,
                  margin: str | int = "4M", slack: str | int = "8M", grace: str | float = "10s"):
-        from oomkit.errors import PolicyLoadError
-        from oomkit.policies import make_policy   # the registry imports this module
-
         if then == self.name:
             raise ValueError("then: settle cannot run itself")
         try:
@@ -264,11 +260,11 @@ class Settle(OOMPolicy):
         self._last: tuple[float, dict[int, int]] | None = None   # the previous look: rss by pid
         self._episode = (0.0, 0)     # when this stretch of OOMs began, and the usage then
 
-    def handle_out_of_memory(self, oc, k):
+    def handle_out_of_memory(self, oc: OOMContext, k: ReleaseActions) -> Verdict:
         info = oc.cgroups.get(oc.memcg)
-        if oc.level != "memcg" or info is None or info.limit is None:
+        if oc.level != Level.MEMCG or info is None or info.limit is None:
             return self.then.handle_out_of_memory(oc, k)
-        now, tasks = k.now(), oom_kill.oom_tasks(oc)
+        now, tasks = k.now(), tasks_that_relieve(oc)
         last, self._last = self._last, (now, {t.pid: t.rss for t in tasks})
         if last is None or now - last[0] > self.grace:
             self._episode = (now, info.usage)

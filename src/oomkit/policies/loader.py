@@ -15,20 +15,33 @@ from oomkit.policy import OOMPolicy
 
 ENTRY_POINT_GROUP = "oomkit.policies"
 
+#: The built-in policies by name, each as ``module:Class``: resolved when named,
+#: as an entry point is (``policies.builtin`` uses this loader: ``settle`` makes
+#: its ``then`` policy with it, so the loader must not import it at load time).
+BUILTIN_REFS = {
+    "kernel-default": "oomkit.policies.builtin:KernelDefault",
+    "largest-task": "oomkit.policies.builtin:LargestTask",
+    "largest-cgroup": "oomkit.policies.builtin:LargestCgroup",
+    "newest-task": "oomkit.policies.builtin:NewestTask",
+    "prefer-avoid": "oomkit.policies.builtin:PreferAvoid",
+    "raise-limit": "oomkit.policies.builtin:RaiseLimit",
+    "wait-for-exiting": "oomkit.policies.builtin:WaitForExiting",
+    "settle": "oomkit.policies.builtin:Settle",
+}
+
 
 def load_policy_class(ref: str, base_dir: str | Path | None = None) -> type[OOMPolicy]:
     """Resolve a built-in name, an entry point, ``module:Class`` or ``file.py:Class``."""
-    from oomkit.policies import BUILTINS
-
     if not isinstance(ref, str) or not ref:
         raise PolicyLoadError("policy must be a non-empty string")
-    if ref in BUILTINS:
-        return BUILTINS[ref]
+    if ref in BUILTIN_REFS:
+        module, _, name = BUILTIN_REFS[ref].partition(":")
+        return _check_class(getattr(importlib.import_module(module), name), ref)
     if ":" not in ref:
         found = _entry_point(ref)
         if found is None:
             raise PolicyLoadError(f"unknown policy {ref!r}",
-                                  hint=f"built-ins: {', '.join(BUILTINS)}; or 'module:Class', 'file.py:Class'")
+                                  hint=f"built-ins: {', '.join(BUILTIN_REFS)}; or 'module:Class', 'file.py:Class'")
         return _check_class(found, ref)
     where, _, name = ref.rpartition(":")
     module = _import_file(where, base_dir) if where.endswith(".py") or "/" in where else _import_module(where)
