@@ -124,3 +124,35 @@ def test_a_second_daemon_is_refused_and_leaves_the_first_armed(sandbox, oomkit_d
     hog, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
     assert killed_pids(first.wait_events(1)[0]) == {hog.pid}
     assert len(children_of(first.pid)) == 1
+
+
+def test_the_daemon_refuses_to_manage_the_cgroup_it_runs_in(sandbox, oomkit_daemon, tmp_path):
+    """Issue 10 item 8: attached to its own memcg (or one above it), the daemon's
+    OOM there would pause the daemon itself: it refuses to start, in one line."""
+    a = sandbox.cg("a", limit=64 * MiB)
+    home = sandbox.cg("a/home")
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], run=False)
+    procs = sandbox.fs.path(home, "cgroup.procs")
+    # Join our own memcg (one of the sandbox's), then become `oomkit run`.
+    code = (f"import os, sys; open({str(procs)!r}, 'w').write(str(os.getpid())); "
+            f"sys.argv = ['oomkit', 'run', '--config', {str(d.config)!r}]; "
+            "from oomkit.cli import main; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    last = p.stderr.splitlines()[-1]
+    assert last.startswith(f"oomkit: oomkit runs in {home}: refusing to manage {a}, {home}"), p.stderr
+    assert "Traceback" not in p.stderr
+    assert nothing_disabled(sandbox) == {}
+
+
+def test_the_shipped_config_never_attaches_the_daemons_own_slice():
+    from oomkit.config.daemon import load_daemon_config
+    from oomkit.daemon.attachments import own_cgroups
+
+    config = load_daemon_config(Path(__file__).resolve().parents[2] / "contrib" / "oomkit.toml")
+    service = Path(__file__).resolve().parents[2] / "contrib" / "oomkit.service"
+    slice_ = [ln.split("=", 1)[1].strip() for ln in service.read_text().splitlines()
+              if ln.startswith("Slice=")][0]
+    mine = own_cgroups(f"/{slice_}/oomkit.service")
+    assert all(not (a.cgroup in mine or f"/{slice_}/oomkit.service".startswith(a.cgroup.rstrip("/*") + "/")
+                    or a.cgroup == "/") for a in config.attach), config.attach

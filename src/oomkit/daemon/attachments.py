@@ -64,6 +64,16 @@ def managed_set(fs: CgroupFS, wanted: dict[str, Attach]) -> set[str]:
     return out
 
 
+def own_cgroups(own: str | None) -> set[str]:
+    """The cgroup the daemon runs in and its ancestors but the root: an OOM there
+    pauses (v1) or kills within the daemon itself, so it never manages them."""
+    out = set()
+    while own and own != "/":
+        out.add(own)
+        own = own.rsplit("/", 1)[0] or "/"
+    return out
+
+
 def literal_prefix(pattern: str) -> str:
     """The part of a glob before its first wildcard component."""
     parts = []

@@ -86,6 +86,7 @@ class Daemon:
         self._reload = False
         self._warned: set[tuple[str, str]] = set()
         self._watchdog_pid: int | None = None
+        self._refused: set[str] = set()
         self._wake_r, self._wake_w = socket.socketpair()
 
     @property
@@ -220,7 +221,7 @@ class Daemon:
     def reconcile(self) -> None:
         """Match the attachments and managed cgroups to the tree as it is now."""
         wanted = attachments.expand(self.fs, self.config.attach, self._warned)
-        managed = attachments.managed_set(self.fs, wanted)
+        managed = self._not_mine(wanted, attachments.managed_set(self.fs, wanted))
         # Removed cgroups, deepest first: the policies at and above each are told
         # (handle_cgroup_offline), and those attached at or below it go.
         for path in sorted(self.managed - managed, key=lambda p: -p.count("/")):
@@ -239,6 +240,32 @@ class Daemon:
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
         self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
+
+    def _not_mine(self, wanted: dict, managed: set[str]) -> set[str]:
+        """Never the cgroup we run in nor its ancestors: their OOM would pause or kill
+        within oomkit itself (issue 10 item 8).  At start an error; later (a glob
+        matching, a reload) said once and left out."""
+        mine = managed & attachments.own_cgroups(self._own_cgroup())
+        if not mine:
+            return managed
+        for path in [p for p in wanted if p in mine]:
+            del wanted[path]
+        text = (f"oomkit runs in {self._own_cgroup()}: refusing to manage "
+                f"{', '.join(sorted(mine))} (an OOM there would pause oomkit itself)")
+        if not self.running:
+            raise ConfigError(text, hint="run oomkit in a cgroup no attachment covers, "
+                                         "e.g. its own service in system.slice, and attach elsewhere")
+        if mine - self._refused:
+            log.error("oomkit: %s", text)
+            self._refused |= mine
+        return managed - mine
+
+    def _own_cgroup(self) -> str | None:
+        try:
+            return self.proc.cgroup(os.getpid(), self.version)
+        except OOMKitError as exc:
+            log.debug("oomkit: our own cgroup is unknown: %s", exc)
+            return None
 
     def _warm(self, tops: list[str]) -> None:
         """Read the tasks of newly taken subtrees now, so that their first OOM
