@@ -69,15 +69,24 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
         loaded = load_scenario(scenario)
         if no_attach:
             loaded = dataclasses.replace(loaded, attach=[])
-        # Load every policy first, so a bad one is reported with the file and key
-        # that name it (as `oomkit check` does), not as a bare loader message.
-        _check_policies(loaded, overrides)
-        result = run(loaded, overrides)
+        with _policy_output(as_json):
+            # Load every policy first, so a bad one is reported with the file and key
+            # that name it (as `oomkit check` does), not as a bare loader message.
+            _check_policies(loaded, overrides)
+            result = run(loaded, overrides)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_report
 
     _emit(result, as_json, lambda: print_report(result, f"oomkit simulate {scenario}"))
+
+
+def _policy_output(as_json: bool):
+    """While policies load and run: with ``--json``, what they print goes to
+    stderr, so stdout is the one JSON document."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
 
 
 def _check_policies(loaded, overrides: dict[str, str]) -> None:
@@ -120,7 +129,8 @@ def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) 
 
     overrides = _parse_attach(attach)
     try:
-        record = replay_record(event_log, index, overrides)
+        with _policy_output(as_json):
+            record = replay_record(event_log, index, overrides)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_oom

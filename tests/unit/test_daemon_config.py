@@ -55,7 +55,7 @@ def test_defaults_and_units():
     ('cgroup = "/batch.slice/*"', 'cgroup = "batch.slice"', ["attach[0].cgroup", "not a cgroup path"]),
     ('policy = "largest-task"', 'policy = "nope"', ["attach[0].policy", "unknown policy"]),
     ('event_log = "-"', 'event_log = "-"\npressure = "some 10ms 99s"', ["daemon.pressure"]),
-    ('dry_run = false', 'dry_run = false\nproc_cache = -1', ["daemon.proc_cache", "0 or more"]),
+    ('dry_run = false', 'dry_run = false\nproc_cache = -1', ["daemon.proc_cache", "0 to 1000000"]),
     ('dry_run = false', 'dry_run = false\ntask_reader = "ebpf"', ["daemon.task_reader", '"bpf"']),
 ])
 def test_bad_configs_get_one_clear_line(tmp_path, old, new, words):

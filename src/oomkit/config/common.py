@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from oomkit.config.files import read_config_bytes
 from oomkit.errors import ConfigError
-from oomkit.units import parse_duration, parse_size
+from oomkit.units import DURATION_MAX, SIZE_MAX, OutOfRange, parse_duration, parse_size
 
 T = TypeVar("T")
 
@@ -24,21 +25,24 @@ _MISSING = re.compile(r"Object missing required field `(?P<key>[^`]+)`")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """A TOML file as a dict: a regular file of bounded size (see
+    :mod:`oomkit.config.files`, also for what root refuses), parsed with
+    every failure as one ConfigError."""
+    data = read_config_bytes(path)
+    file = str(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a TOML file", file=str(path)) from None
-    except PermissionError:
-        raise ConfigError("cannot be read (permission denied)", file=str(path)) from None
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError("is not UTF-8 text", file=str(path)) from None
+        raise ConfigError("is not UTF-8 text", file=file) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(path),
+        raise ConfigError(f"not valid TOML: {exc}", file=file,
                           hint="see https://toml.io for the syntax") from None
+    except RecursionError:
+        raise ConfigError("not valid TOML for oomkit: arrays or tables nested too deeply",
+                          file=file) from None
+    except ValueError as exc:       # an integer of more than 4300 digits (int_max_str_digits)
+        raise ConfigError(f"a number is too long for oomkit ({str(exc).split(';')[0]})",
+                          file=file) from None
 
 
 def convert(data: dict[str, Any], spec: type[T], file: str) -> T:
@@ -47,6 +51,8 @@ def convert(data: dict[str, Any], spec: type[T], file: str) -> T:
         return msgspec.convert(data, spec, strict=True)
     except msgspec.ValidationError as exc:
         raise _config_error(str(exc), spec, file) from None
+    except RecursionError:
+        raise ConfigError("values nested too deeply", file=file) from None
 
 
 def _config_error(text: str, spec: type, file: str) -> ConfigError:
@@ -92,22 +98,56 @@ def _struct_in(tp: Any) -> Any:
     return None
 
 
-def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = False) -> int | None:
+def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = False,
+            low: int = 0, high: int = SIZE_MAX) -> int | None:
     if value is None and allow_none:
         return None
-    return _parsed(parse_size, value, where, file, "size",
+    return _parsed(lambda v: parse_size(v, low, high), value, where, file, "size",
                    'write e.g. "512M", "2G" or a number of bytes')
 
 
-def duration_at(value: Duration | None, where: str, file: str) -> float | None:
+def duration_at(value: Duration | None, where: str, file: str,
+                between: tuple[float, float] = (0.0, DURATION_MAX)) -> float | None:
     if value is None:
         return None
-    return _parsed(parse_duration, value, where, file, "duration",
+    return _parsed(lambda v: parse_duration(v, *between), value, where, file, "duration",
                    'write e.g. "500ms", "2s" or a number of seconds')
+
+
+def int_at(value: int, where: str, file: str, low: int, high: int, unit: str = "") -> int:
+    """An integer key within ``low``..``high`` (msgspec has checked it is an int)."""
+    if not low <= value <= high:
+        shown = value if abs(value) < 10 ** 30 else "a number that large"
+        raise ConfigError(f"{shown} is out of range: {low} to {high}{unit}", file=file, where=where)
+    return value
 
 
 def _parsed(parse, value, where: str, file: str, what: str, hint: str):
     try:
         return parse(value)
+    except OutOfRange as exc:
+        raise ConfigError(str(exc), file=file, where=where) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad {what}: {exc}", file=file, where=where, hint=hint) from None
+
+
+def text_at(value: str, where: str, file: str) -> str:
+    """A path or name that goes to the OS: no NUL byte (every syscall refuses it)."""
+    if "\0" in value:
+        raise ConfigError(f"{value!r} holds a NUL character", file=file, where=where)
+    return value
+
+
+# The bounds of every number a scenario or daemon config holds (the README's
+# "Bounds" table).  Durations in seconds.  A value outside is refused with the
+# range in the message: a deadline of an hour holds an OOM paused for an hour.
+HANDLER_DEADLINE = (0.001, 60.0)     # wall time of a handler call
+BACKOFF_WINDOW = (0.1, 3600.0)
+BACKOFF_WAIT = (0.0, 10.0)           # an OOM waits this long for a BACKOFF's promise
+BACKOFF_BUDGET = (0, 1000)
+HANDLER_BUDGET = (1, 10 ** 9)        # Python lines per handler call (simulator)
+WATCHDOG_TIMEOUT = (0.2, 300.0)      # the daemon beats 4 times per timeout
+PROC_CACHE = (0, 1_000_000)
+EXIT_DELAY = (0.0, 3600.0)
+EVENT_AT = (0.0, 365 * 24 * 3600.0)  # simulated seconds
+UID = (0, 2 ** 32 - 2)               # (uid_t)-1 is "no uid"

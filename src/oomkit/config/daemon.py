@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from oomkit.config.common import Duration, Size, convert, duration_at, read_toml, size_at
+from oomkit.config.common import (BACKOFF_BUDGET, BACKOFF_WAIT, BACKOFF_WINDOW, HANDLER_DEADLINE, PROC_CACHE,
+                                  WATCHDOG_TIMEOUT, Duration, Size, convert, duration_at, int_at,
+                                  read_toml, size_at, text_at)
 from oomkit.engine.chain import EngineSettings
 from oomkit.errors import ConfigError
 
@@ -109,16 +112,18 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     if d.task_reader not in ("auto", "bpf", "proc"):
         raise ConfigError(f"{d.task_reader!r} is not a task reader", file=file, where="daemon.task_reader",
                           hint='use "auto", "bpf" or "proc"')
-    for key in ("backoff_budget", "proc_cache"):
-        if getattr(d, key) < 0:
-            raise ConfigError("must be 0 or more", file=file, where=f"daemon.{key}")
+    int_at(d.backoff_budget, "daemon.backoff_budget", file, *BACKOFF_BUDGET)
+    int_at(d.proc_cache, "daemon.proc_cache", file, *PROC_CACHE, " tasks")
+    for key in ("mount", "proc", "event_log"):
+        if getattr(d, key) is not None:
+            text_at(getattr(d, key), f"daemon.{key}", file)
     settings = EngineSettings(
-        handler_deadline=duration_at(d.handler_deadline, "daemon.handler_deadline", file),
+        handler_deadline=duration_at(d.handler_deadline, "daemon.handler_deadline", file, HANDLER_DEADLINE),
         backoff_budget=d.backoff_budget,
-        backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file),
-        backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file),
+        backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file, BACKOFF_WINDOW),
+        backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file, BACKOFF_WAIT),
         record_timing=True, snapshot=True)
-    watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file)
+    watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file, WATCHDOG_TIMEOUT)
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,
         settings=settings, event_log=d.event_log, dry_run=d.dry_run,
@@ -143,7 +148,7 @@ def attachments(specs: list[AttachSpec], file: str) -> list[Attach]:
     out, seen = [], set()
     for i, a in enumerate(specs):
         where = f"attach[{i}].cgroup"
-        if not a.cgroup.startswith("/") or "//" in a.cgroup or ".." in a.cgroup.split("/"):
+        if not a.cgroup.startswith("/") or "//" in a.cgroup or ".." in a.cgroup.split("/") or "\0" in a.cgroup:
             raise ConfigError(f"{a.cgroup!r} is not a cgroup path", file=file, where=where,
                               hint='paths are relative to the mount, like "/batch.slice/*"')
         if a.cgroup in seen:
@@ -163,7 +168,8 @@ def psi_at(text: str, where: str, file: str) -> PSITrigger:
                           hint='write "some|full STALL WINDOW", e.g. "some 150ms 1s"')
     kind, stall, su, window, wu = m.groups()
     to_us = {"ms": 1000, "s": 1_000_000}
-    stall_us, window_us = int(float(stall) * to_us[su]), int(float(window) * to_us[wu])
+    # Decimal, not float: a 400-digit stall is out of range, not an OverflowError.
+    stall_us, window_us = int(Decimal(stall) * to_us[su]), int(Decimal(window) * to_us[wu])
     # The kernel accepts windows of 500 ms to 10 s, and a stall no longer than the window.
     if not 500_000 <= window_us <= 10_000_000 or not 0 < stall_us <= window_us:
         raise ConfigError(f"{text!r}: the window must be 500ms to 10s and the stall within it",

@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 
-from oomkit.config.common import Duration, Size, convert, duration_at, read_toml, size_at
+from oomkit.config.common import (BACKOFF_BUDGET, BACKOFF_WAIT, BACKOFF_WINDOW, EVENT_AT, EXIT_DELAY,
+                                  HANDLER_BUDGET, HANDLER_DEADLINE, UID, Duration, Size, convert,
+                                  duration_at, int_at, read_toml, size_at)
 from oomkit.context import parent_of
 from oomkit.engine.chain import EngineSettings
 from oomkit.errors import ConfigError
@@ -168,22 +170,21 @@ class _Resolver:
         return Scenario(
             file=self.file, base_dir=base_dir, memory=memory,
             swap=size_at(m.swap, "machine.swap", self.file), numa_nodes=m.numa_nodes,
-            exit_delay=duration_at(m.exit_delay, "machine.exit_delay", self.file),
+            exit_delay=duration_at(m.exit_delay, "machine.exit_delay", self.file, EXIT_DELAY),
             settings=self.settings(), cgroups=cgroups, tasks=tasks,
             attach=self.attachments(paths), events=self.events(tasks, paths, m.numa_nodes),
             description=self.spec.description)
 
     def settings(self) -> EngineSettings:
         e, f = self.spec.engine, self.file
-        if e.backoff_budget < 0:
-            raise self.error("engine.backoff_budget", "must be 0 or more")
-        if e.handler_budget is not None and e.handler_budget < 1:
-            raise self.error("engine.handler_budget", "must be at least 1 line")
+        int_at(e.backoff_budget, "engine.backoff_budget", f, *BACKOFF_BUDGET)
+        if e.handler_budget is not None:
+            int_at(e.handler_budget, "engine.handler_budget", f, *HANDLER_BUDGET, " lines")
         return EngineSettings(
-            handler_deadline=duration_at(e.handler_deadline, "engine.handler_deadline", f),
+            handler_deadline=duration_at(e.handler_deadline, "engine.handler_deadline", f, HANDLER_DEADLINE),
             handler_budget=e.handler_budget, backoff_budget=e.backoff_budget,
-            backoff_window=duration_at(e.backoff_window, "engine.backoff_window", f),
-            backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f))
+            backoff_window=duration_at(e.backoff_window, "engine.backoff_window", f, BACKOFF_WINDOW),
+            backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f, BACKOFF_WAIT))
 
     def cgroups(self) -> list[Cgroup]:
         out, seen = [], {"/"}
@@ -216,11 +217,12 @@ class _Resolver:
                 raise self.error(f"{where}.nodes", f"no NUMA node {bad[0]}",
                                  f"nodes are 0 to {numa_nodes - 1}")
         f = self.file
+        int_at(t.uid, f"{where}.uid", f, *UID)
         return Task(t.name, t.cgroup, size_at(t.rss, f"{where}.rss", f),
                     size_at(t.swap, f"{where}.swap", f), size_at(t.pgtables, f"{where}.pgtables", f),
                     t.oom_score_adj, t.uid, tuple(t.cmdline or ()),
                     tuple(sorted(set(t.nodes))) if t.nodes is not None else None,
-                    duration_at(t.exit_delay, f"{where}.exit_delay", f))
+                    duration_at(t.exit_delay, f"{where}.exit_delay", f, EXIT_DELAY))
 
     def unique_names(self, tasks: list[Task]) -> None:
         seen = set()
@@ -248,8 +250,7 @@ class _Resolver:
         out = []
         for i, e in enumerate(self.spec.event):
             where = f"event[{i}]"
-            if e.at < 0:
-                raise self.error(f"{where}.at", "must be 0 or more seconds")
+            at = duration_at(e.at, f"{where}.at", self.file, EVENT_AT)
             kinds = [k for k in ("alloc", "free", "spawn") if getattr(e, k) is not None]
             kinds += ["exit"] if e.exit else []
             if len(kinds) != 1:
@@ -261,18 +262,18 @@ class _Resolver:
                     raise self.error(f"{where}.spawn.name", f"{task.name!r} is used twice",
                                      "task names are unique")
                 names.add(task.name)
-                out.append(Event(float(e.at), task.name, "spawn", task.rss, task))
+                out.append(Event(at, task.name, "spawn", task.rss, task))
                 continue
             if e.task not in names:
                 raise self.error(f"{where}.task", f"no task named {e.task!r}",
                                  "name a [[task]] or a task spawned by an earlier event")
             amount = size_at(getattr(e, kind), f"{where}.{kind}", self.file) if kind != "exit" else 0
-            out.append(Event(float(e.at), e.task, kind, amount))
+            out.append(Event(at, e.task, kind, amount))
         return out
 
 
 def check_path(path: str, where: str, file: str) -> str:
-    if not isinstance(path, str) or not path.startswith("/") or "//" in path \
+    if not isinstance(path, str) or not path.startswith("/") or "//" in path or "\0" in path \
             or (path != "/" and path.endswith("/")) or any(p in (".", "..") for p in path.split("/")):
         raise ConfigError(f"{path!r} is not a cgroup path", file=file, where=where,
                           hint='write an absolute path like "/batch/job1"')

@@ -66,7 +66,7 @@ def make_policy(ref: str, params: dict[str, Any] | None = None,
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise PolicyLoadError(f"policy {ref!r}: bad params: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - third-party constructors may raise anything
         raise PolicyLoadError(f"policy {ref!r} failed to start: {type(exc).__name__}: {exc}") from None
 
 
@@ -83,7 +83,7 @@ def _entry_point(name: str):
         if ep.name == name:
             try:
                 return ep.load()
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 raise PolicyLoadError(f"entry point {name!r} does not load: {type(exc).__name__}: {exc}") from None
     return None
 
@@ -91,7 +91,7 @@ def _entry_point(name: str):
 def _import_module(name: str):
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure is the user's to fix
         raise PolicyLoadError(f"module {name!r} does not import: {type(exc).__name__}: {exc}") from None
 
 
@@ -99,12 +99,18 @@ def _import_file(where: str, base_dir: str | Path | None):
     path = Path(where)
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
-    if not path.is_file():
+    if path.suffix != ".py":
+        raise PolicyLoadError(f"policy file {str(path)!r} is not a .py file",
+                              hint="write 'path/to/file.py:Class' or 'package.module:Class'")
+    if not path.exists():
         raise PolicyLoadError(f"policy file {str(path)!r} does not exist",
                               hint="paths are relative to the file that names them")
+    if not path.is_file():      # a FIFO would block the import, a device would never end
+        raise PolicyLoadError(f"policy file {str(path)!r} is not a regular file")
+    _check_trusted(path)
     import hashlib
 
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:10]
     modname = f"oomkit_policy_{path.stem}_{digest}"
     if modname in sys.modules:
         return sys.modules[modname]
@@ -113,12 +119,23 @@ def _import_file(where: str, base_dir: str | Path | None):
     sys.modules[modname] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit() at import is a load error too
         del sys.modules[modname]
         line = _error_line(exc, path)
         raise PolicyLoadError(f"policy file {str(path)!r} does not import{line}: "
                               f"{type(exc).__name__}: {exc}") from None
     return module
+
+
+def _check_trusted(path: Path) -> None:
+    """Root imports a policy file only if no one else could have written it."""
+    from oomkit.config.files import check_trusted
+    from oomkit.errors import ConfigError
+
+    try:
+        check_trusted(path, "policy file")
+    except ConfigError as exc:
+        raise PolicyLoadError(str(exc)) from None
 
 
 def _error_line(exc: BaseException, path: Path) -> str:
