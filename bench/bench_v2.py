@@ -1,0 +1,656 @@
+#!/usr/bin/env python3
+"""Who decided at a cgroup v2 OOM: oomkit's policy or the kernel (issue 9), in the VM.
+
+    python bench/bench_v2.py -n 5                       # oomkit + kernel, both kernels
+    python bench/bench_v2.py -n 1 --kernels 6.1 --workloads fast   # one trial: how long?
+    python bench/bench_v2.py --report-only              # rewrite RESULTS-v2.md from the JSON
+
+A benchmark, not a test: it measures and prints, asserts nothing.  For each
+kernel and each row it boots the VM once (``../shared/vm/run-in-vm.sh -K K``,
+always under ``flock /tmp/oomkit-vm.lock``: other agents share the VM and the
+two cores) and runs this file inside as ``--guest ROW``, which runs ``-n``
+trials of every workload, each in a fresh ``/oomkit-test-<random>`` cgroup
+(cap 256M) with a child ``w`` limited by ``memory.max``; the host side then
+writes ``bench/RESULTS-v2.md``.
+
+Rows:
+* ``oomkit``: ``oomkit run`` freshly started for each trial with the shipped
+  defaults: the config names only the hierarchy, the event log, a state_dir in
+  a temp dir and one attachment at the box, ``newest-task`` (whose choice
+  differs from the kernel's: every workload has an older, larger task);
+* ``kernel``: memory.max alone, no daemon.
+
+Workloads (the hogs are bench_peers.py's small C program: touch INIT MiB, then
+STEP MiB every DELAY ms up to TARGET, then hold):
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import errno
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import bench_peers  # noqa: E402  (the hog's C source)
+
+VM = Path(os.environ.get("OOMKIT_VM", "/work/shared/vm")) / "run-in-vm.sh"
+LOCK = os.environ.get("OOMKIT_VM_LOCK", "/tmp/oomkit-vm.lock")
+# Read by the guest through the VM's read-only 9p root (cache=loose): the thrash
+# file's pages are then ordinary, reclaimable page cache charged to the reader.
+CACHE = Path(os.environ.get("OOMKIT_BENCH_V2_CACHE", "/var/tmp/oomkit-bench-v2"))
+BIN = CACHE / "bin"
+OUT = CACHE / "out"          # shared read-write with the guest (-w)
+RESULTS = HERE / "RESULTS-v2.md"
+THRASH_FILE = CACHE / "thrash.bin"
+THRASH_MIB = 96
+CGROOT = Path("/sys/fs/cgroup")
+MiB = 1 << 20
+CAP = 256 * MiB
+
+# A file-backed working set: map FILE, read one byte of every page, over and over,
+# for SECONDS; the passes done go to /dev/shm/thrash.PID.
+THRASH_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (argc < 3) return 2;
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) return 3;
+    struct stat st; fstat(fd, &st);
+    volatile unsigned char *p = mmap(0, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return 4;
+    char path[64]; snprintf(path, sizeof path, "/dev/shm/thrash.%d", (int)getpid());
+    int out = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    struct timespec t0, t; clock_gettime(CLOCK_MONOTONIC, &t0);
+    long passes = 0; unsigned sum = 0;
+    for (;;) {
+        for (off_t o = 0; o < st.st_size; o += 4096) sum += p[o];
+        passes++;
+        char b[32]; int n = snprintf(b, sizeof b, "%ld\n", passes); pwrite(out, b, n, 0);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec >= atol(argv[2])) break;
+    }
+    for (;;) pause();
+    return (int)(sum & 1);
+}
+"""
+
+# Workloads.  limit: memory.max of w.  pre: (role, args) started and grown before
+# t=0 (a "sleep" role is the bystander).  events: (t, role, args, count, gap_s).
+# hold: s to watch after every process settled (the holding-still case).  bound: the
+# trial's end in s of emulated time.
+WORKLOADS: dict[str, dict] = {
+    "fast": {
+        "what": "96M; a bystander sleeps, an old task holds 56M; a new task grows 1M per step "
+                "with no delay towards 200M",
+        "limit": 96, "pre": [("sleep", ()), ("oldjob", (56, 0, 0, 56))],
+        "events": [(0.0, "newjob", (1, 1, 0, 200), 1, 0.0)], "hold": 3.0, "bound": 60.0,
+    },
+    "slow": {
+        "what": "96M; a bystander, an old task of 56M; a new task grows 1M every 50 ms towards 200M",
+        "limit": 96, "pre": [("sleep", ()), ("oldjob", (56, 0, 0, 56))],
+        "events": [(0.0, "leaker", (1, 1, 50, 200), 1, 0.0)], "hold": 3.0, "bound": 90.0,
+    },
+    "fork-burst": {
+        "what": "96M; a bystander, an old task of 48M; 16 workers of 4M started back to back",
+        "limit": 96, "pre": [("sleep", ()), ("oldjob", (48, 0, 0, 48))],
+        "events": [(0.0, "worker", (4, 0, 0, 4), 16, 0.0)], "hold": 3.0, "bound": 60.0,
+    },
+    "many-small": {
+        "what": "96M; a bystander, an old task of 48M; 30 tasks of 2M, one every 150 ms",
+        "limit": 96, "pre": [("sleep", ()), ("oldjob", (48, 0, 0, 48))],
+        "events": [(0.0, "spike", (2, 0, 0, 2), 30, 0.15)], "hold": 3.0, "bound": 90.0,
+    },
+    "hold": {
+        "what": "128M (auto zone: the top 16M); a bystander, an old task of 64M; a task climbs "
+                "1M every 10 ms to 53M (usage ~10M under memory.max) and holds still 15 s",
+        "limit": 128, "pre": [("sleep", ()), ("oldjob", (64, 0, 0, 64))],
+        "events": [(0.0, "steady", (1, 1, 10, 53), 1, 0.0)], "hold": 15.0, "bound": 90.0,
+    },
+    "thrash": {
+        "what": f"48M; a bystander, an old task of 16M; a task maps a {THRASH_MIB}M file and reads "
+                "every page over and over for 12 s (reclaimable page cache: the kernel stalls "
+                "rather than OOMs); passes done = progress",
+        "limit": 48, "pre": [("sleep", ()), ("oldjob", (16, 0, 0, 16))],
+        "events": [(0.0, "thrash", (str(THRASH_FILE), 12), 1, 0.0)], "hold": 0.0, "bound": 16.0,
+    },
+}
+ROWS = {
+    "oomkit": "oomkit run, shipped defaults, newest-task attached at the box",
+    "kernel": "memory.max alone, no daemon",
+}
+__doc__ += "\n".join(f"* ``{k}``: {v['what']}" for k, v in WORKLOADS.items()) + """
+
+Measured per trial (the guest started every process and waits for it, so exit
+statuses are exact; kills are also read from /dev/kmsg):
+* the policy's choice: newest-task's, i.e. the newest of the workload's tasks
+  alive at each kernel kill (spawn order; a task counts once it was started
+  before the kill's kmsg time); for the kernel row the same task, so the column
+  says how often the kernel happened to pick it;
+* OOMs: the kernel's ``oom-kill:`` reports for the box; victims: processes of
+  the trial that died by a signal (any killer);
+* needless: victims in the holding-still workload (the kernel never OOMs there);
+* time to relief: from the first sample with w's memory.current within 2 MiB
+  of memory.max to the first victim seen (emulated time, never compare it with
+  hardware figures).
+"""
+
+
+def build() -> None:
+    BIN.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, src in (("hog", bench_peers.HOG_C), ("thrash", THRASH_C)):
+        c, exe = BIN / f"{name}.c", BIN / name
+        if not exe.exists() or not c.exists() or c.read_text() != src:
+            c.write_text(src)
+            subprocess.run(["cc", "-O2", "-o", str(exe), str(c)], check=True)
+    for role in ("oldjob", "newjob", "leaker", "worker", "spike", "steady"):
+        link = BIN / role
+        if link.exists():
+            link.unlink()
+        os.link(BIN / "hog", link)
+    if not THRASH_FILE.exists() or THRASH_FILE.stat().st_size != THRASH_MIB * MiB:
+        with open(THRASH_FILE, "wb") as f:
+            for _ in range(THRASH_MIB):
+                f.write(os.urandom(MiB))
+
+
+# ======================================================================================
+# Guest side
+
+def now() -> float:
+    return time.monotonic()
+
+
+class Kmsg:
+    """/dev/kmsg from now on, with its clock mapped to time.monotonic()."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/dev/kmsg", os.O_RDWR | os.O_NONBLOCK)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.token = f"oomkit-bench-v2 mark {secrets.token_hex(4)}"
+        t0 = now()
+        os.write(self.fd, self.token.encode())
+        self.t_mark = (t0 + now()) / 2
+        self.offset: float | None = None
+
+    def read(self) -> list[tuple[float, str]]:
+        out = []
+        while True:
+            try:
+                rec = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:     # overwritten records: go on
+                    continue
+                raise
+            head, _, msg = rec.partition(";")
+            ts = int(head.split(",")[2]) / 1e6
+            msg = msg.split("\n", 1)[0]
+            if self.token in msg:
+                self.offset = self.t_mark - ts
+                continue
+            out.append((ts, msg))
+        os.close(self.fd)
+        return [(ts + (self.offset or 0.0), m) for ts, m in out]
+
+
+class Proc:
+    def __init__(self, seq: int, role: str, args: tuple, cgroup: Path):
+        self.seq, self.role = seq, role
+        procs_file = str(cgroup / "cgroup.procs")
+
+        def place() -> None:          # in the child, before exec: charged to w, adj 0
+            fd = os.open(procs_file, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+
+        argv = ["sleep", "100000"] if role == "sleep" else [str(BIN / role), *map(str, args)]
+        self.target = args[3] * MiB if role not in ("sleep", "thrash") else 0
+        self.t_before = now()
+        self.popen = subprocess.Popen(argv, preexec_fn=place, stdin=subprocess.DEVNULL,
+                                      close_fds=True)
+        self.t_after = now()
+        self.pid = self.popen.pid
+        self.rss = 0
+        self.rc: int | None = None
+        self.died_at: float | None = None
+        self.ours = False
+
+    def poll(self, t: float) -> bool:
+        if self.rc is not None:
+            return False
+        rc = self.popen.poll()
+        if rc is None:
+            try:
+                self.rss = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * 4096
+            except (OSError, IndexError, ValueError):
+                pass
+            return False
+        self.rc, self.died_at = rc, t
+        return True
+
+    @property
+    def killed(self) -> bool:
+        return self.rc is not None and self.rc < 0 and not self.ours
+
+    @property
+    def settled(self) -> bool:
+        if self.rc is not None or self.role == "sleep":
+            return True
+        if self.role == "thrash":
+            return False            # runs until the trial's bound
+        return self.rss >= self.target - 2 * MiB
+
+
+def cg_write(path: Path, name: str, text: str) -> None:
+    (path / name).write_text(text)
+
+
+def memory_events(path: Path) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in (l.split() for l in (path / "memory.events").read_text().splitlines())}
+    except OSError:
+        return {}
+
+
+def daemon_start(box: str, tmp: Path) -> tuple[subprocess.Popen, Path]:
+    config = tmp / "oomkit.toml"
+    config.write_text(f"""[daemon]
+cgroup = "v2"
+event_log = "{tmp / 'events.jsonl'}"
+state_dir = "{tmp / 'state'}"
+
+[[attach]]
+cgroup = "{box}"
+policy = "newest-task"
+""")
+    log_path = tmp / "daemon.log"
+    code = "import sys; sys.argv[0] = 'oomkit'; from oomkit.cli import main; main()"
+    with open(log_path, "wb") as log:
+        d = subprocess.Popen([sys.executable, "-c", code, "run", "--config", str(config), "-v"],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = now() + 120
+    while "oomkit: running on cgroup v2" not in log_path.read_text(errors="replace"):
+        if d.poll() is not None or now() > deadline:
+            raise RuntimeError(f"daemon not running (rc {d.poll()}): "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return d, log_path
+
+
+def daemon_stop(d: subprocess.Popen) -> int:
+    if d.poll() is None:
+        d.send_signal(signal.SIGTERM)
+    try:
+        return d.wait(60)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        return d.wait()
+
+
+def records(path: Path) -> list[dict]:
+    try:
+        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def run_trial(row: str, wl: str) -> dict:
+    spec = WORKLOADS[wl]
+    if "memory" not in (CGROOT / "cgroup.subtree_control").read_text().split():
+        cg_write(CGROOT, "cgroup.subtree_control", "+memory")
+    box = CGROOT / f"oomkit-test-{secrets.token_hex(4)}"
+    box.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-v2-"))
+    procs: list[Proc] = []
+    daemon = None
+    res: dict = {"row": row, "workload": wl}
+    try:
+        cg_write(box, "memory.max", str(CAP))
+        cg_write(box, "cgroup.subtree_control", "+memory")
+        w = box / "w"
+        w.mkdir()
+        limit = spec["limit"] * MiB
+        cg_write(w, "memory.max", str(limit))
+        t = now()
+        if row == "oomkit":
+            daemon, log_path = daemon_start("/" + box.name, tmp)
+        res["daemon_start_s"] = round(now() - t, 1)
+        kmsg = Kmsg()
+        for role, args in spec["pre"]:
+            procs.append(Proc(len(procs), role, args, w))
+        deadline = now() + 60
+        while not all(p.settled for p in procs):
+            for p in procs:
+                p.poll(now())
+            if now() > deadline:
+                raise RuntimeError("the pre-workload tasks did not reach their size")
+            time.sleep(0.05)
+        res.update(monitor(spec, procs, w, limit))
+        ev_kmsg = kmsg.read()
+        res["memory_events"] = memory_events(w)
+        res["kmsg_offset"] = kmsg.offset
+        res.update(judge(procs, ev_kmsg, box.name, res))
+    finally:
+        for p in procs:
+            if p.rc is None:
+                p.ours = True
+                p.popen.kill()
+                p.popen.wait()
+            Path(f"/dev/shm/hog.{p.pid}").unlink(missing_ok=True)
+            Path(f"/dev/shm/thrash.{p.pid}").unlink(missing_ok=True)
+        if daemon is not None:
+            res["daemon_rc"] = daemon_stop(daemon)
+            log = log_path.read_text(errors="replace")
+            recs = records(tmp / "events.jsonl")
+            res["records"] = [{k: r.get(k) for k in ("resolved_by", "executed_by", "memcg")}
+                              | {"killed": [(k.get("pid"), k.get("by")) for k in r.get("killed", [])]}
+                              for r in recs]
+            res["daemon_log_tail"] = log[-3000:]
+            res["daemon_warnings"] = [l for l in log.splitlines()
+                                      if "WARNING" in l or "ERROR" in l or "Traceback" in l][:20]
+        for path in (box / "w", box):
+            try:
+                cg_write(path, "cgroup.kill", "1")
+            except OSError:
+                pass
+            for _ in range(200):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def monitor(spec: dict, procs: list[Proc], w: Path, limit: int) -> dict:
+    pending = sorted(((t + i * gap, role, args) for t, role, args, count, gap in spec["events"]
+                      for i in range(count)), key=lambda e: e[0])
+    t0 = now()
+    onset = relief = settled_at = None
+    peak = 0
+    thrash_pass = None
+    while True:
+        t = now() - t0
+        while pending and pending[0][0] <= t:
+            _t, role, args = pending.pop(0)
+            procs.append(Proc(len(procs), role, args, w))
+            t = now() - t0
+        try:
+            usage = int((w / "memory.current").read_text())
+        except OSError:
+            usage = 0
+        peak = max(peak, usage)
+        died = [p for p in procs if p.poll(t) and p.killed]
+        if onset is None and usage >= limit - 2 * MiB:
+            onset = t
+        if died and relief is None:
+            relief = t
+            if onset is None:
+                onset = t
+        done = not pending and all(p.settled for p in procs)
+        if done and settled_at is None:
+            settled_at = t
+        elif not done:
+            settled_at = None
+        if settled_at is not None and t - settled_at >= spec["hold"]:
+            break
+        if t >= spec["bound"]:
+            break
+        time.sleep(0.02)
+    for p in procs:
+        if p.role == "thrash":
+            try:
+                thrash_pass = int(Path(f"/dev/shm/thrash.{p.pid}").read_text())
+            except (OSError, ValueError):
+                pass
+    return {
+        "onset_s": None if onset is None else round(onset, 2),
+        "to_relief_s": None if onset is None or relief is None else round(relief - onset, 2),
+        "peak_mib": round(peak / MiB, 1), "limit_mib": limit // MiB,
+        "final_usage_mib": round(usage / MiB, 1),
+        "elapsed_s": round(now() - t0, 1), "timed_out": settled_at is None,
+        "thrash_passes": thrash_pass, "t0": t0,
+    }
+
+
+def judge(procs: list[Proc], kmsg: list[tuple[float, str]], box: str, res: dict) -> dict:
+    """Who died, and was each kernel kill the policy's choice (newest-task's)?"""
+    by_pid = {p.pid: p for p in procs}
+    ooms = [(ts, m) for ts, m in kmsg if m.startswith("oom-kill:") and f"/{box}" in m]
+    kernel_kills = []
+    for ts, m in kmsg:
+        if "Killed process" in m:
+            pid = int(m.split("Killed process", 1)[1].split()[0])
+            if pid in by_pid:
+                kernel_kills.append((ts, pid))
+    dead: set[int] = set()
+    verdicts = []
+    for ts, pid in kernel_kills:
+        alive = [p for p in procs if p.pid not in dead and p.t_after < ts]
+        ambiguous = any(p.t_before < ts <= p.t_after for p in procs)
+        choice = max(alive, key=lambda p: p.seq) if alive else None
+        verdicts.append({"pid": pid, "role": by_pid[pid].role, "choice_pid": choice and choice.pid,
+                         "choice_role": choice and choice.role,
+                         "hit": choice is not None and choice.pid == pid, "ambiguous": ambiguous})
+        dead.add(pid)
+    victims = [p for p in procs if p.killed]
+    t0 = res.pop("t0")
+    return {
+        "ooms": len(ooms),
+        "kernel_kills": len(kernel_kills),
+        "verdicts": verdicts,
+        "victims": [f"{p.role}({p.pid}, {p.rss / MiB:.0f}M, sig {-p.rc}, t={p.died_at:.2f})"
+                    for p in victims],
+        "n_victims": len(victims),
+        "not_by_kernel": [p.pid for p in victims if p.pid not in {k for _t, k in kernel_kills}],
+        "kmsg_lines": [m for _ts, m in kmsg if "oom" in m.lower() or "Killed" in m][:12],
+        "spawned": [(p.seq, p.role, p.pid, round(p.t_after - t0, 2)) for p in procs],
+    }
+
+
+def guest(row: str, workloads: list[str], n: int, out: Path) -> None:
+    Path("/proc/self/oom_score_adj").write_text("-1000")     # the driver is no candidate
+    data = {"row": row, "kernel": platform.release(), "nproc": os.cpu_count(), "n": n,
+            "trials": []}
+    for i in range(n):
+        for wl in workloads:        # interleaved: a slow patch of the VM hits every workload
+            t = now()
+            try:
+                r = run_trial(row, wl)
+            except Exception as exc:
+                r = {"row": row, "workload": wl, "error": f"{type(exc).__name__}: {exc}"}
+            r["trial"], r["wall_s"] = i, round(now() - t, 1)
+            data["trials"].append(r)
+            print(f"[{row} {platform.release()}] {wl} #{i}: " + json.dumps(
+                {k: r.get(k) for k in ("ooms", "n_victims", "to_relief_s", "wall_s", "error")}
+                | {"hits": [v["hit"] for v in r.get("verdicts", [])]}), flush=True)
+            out.write_text(json.dumps(data, indent=1))
+    out.write_text(json.dumps(data, indent=1))
+
+
+# ======================================================================================
+# Host side
+
+def run_row(kernel: str, row: str, workloads: list[str], n: int) -> dict:
+    out = OUT / f"v2-{kernel}-{row}.json"
+    out.unlink(missing_ok=True)
+    argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", "3000", "-w", str(REPO), "-w", str(OUT),
+            "--", "env", f"PYTHONPATH={REPO / 'src'}", sys.executable, str(Path(__file__).resolve()),
+            "--guest", row, "--out", str(out), "--workloads", ",".join(workloads), "-n", str(n)]
+    t = time.monotonic()
+    proc = subprocess.run(argv, cwd=REPO, text=True, capture_output=True)
+    sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-3000:])
+    data = json.loads(out.read_text()) if out.exists() else {"row": row, "trials": []}
+    if proc.returncode != 0:
+        data["error"] = f"VM rc {proc.returncode}"
+    data["host_wall_s"] = round(time.monotonic() - t, 1)
+    data["kernel_arg"] = kernel
+    out.write_text(json.dumps(data, indent=1))
+    return data
+
+
+def pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.0f} % ({a}/{b})" if b else "no OOM"
+
+
+def cell(trials: list[dict], wl: str) -> dict:
+    ts = [t for t in trials if t.get("workload") == wl and "error" not in t]
+    errors = sum(1 for t in trials if t.get("workload") == wl and "error" in t)
+    verdicts = [v for t in ts for v in t.get("verdicts", [])]
+    ooms = sum(t.get("ooms", 0) for t in ts)
+    victims = sum(t.get("n_victims", 0) for t in ts)
+    relief = [t["to_relief_s"] for t in ts if t.get("to_relief_s") is not None]
+    return {"n": len(ts), "errors": errors, "hits": sum(v["hit"] for v in verdicts),
+            "kills": len(verdicts), "ambiguous": sum(v["ambiguous"] for v in verdicts),
+            "ooms": ooms, "victims": victims, "relief": relief,
+            "not_by_kernel": sum(len(t.get("not_by_kernel", [])) for t in ts),
+            "trials_with_victims": sum(1 for t in ts if t.get("n_victims")),
+            "passes": [t["thrash_passes"] for t in ts if t.get("thrash_passes") is not None]}
+
+
+def table(all_data: list[dict], workloads: list[str]) -> str:
+    oom_wls = [w for w in workloads if w not in ("hold", "thrash")]
+    lines = ["| kernel | row | policy's choice died (fast / slow / fork burst / many small) | "
+             "needless kills, holding still | victims per OOM | time to relief, median (emulated) "
+             "| thrash: OOMs / victims |", "|---|---|---|---|---|---|---|"]
+    for d in all_data:
+        trials = d.get("trials", [])
+        cells = {w: cell(trials, w) for w in workloads}
+        share = " / ".join(pct(cells[w]["hits"], cells[w]["kills"]) for w in oom_wls)
+        tot_h = sum(cells[w]["hits"] for w in oom_wls)
+        tot_k = sum(cells[w]["kills"] for w in oom_wls)
+        hold = cells.get("hold")
+        needless = f"{hold['victims']} in {hold['n']} trials" if hold else "not run"
+        ooms = sum(cells[w]["ooms"] for w in oom_wls)
+        vic = sum(cells[w]["victims"] for w in oom_wls)
+        vpo = f"{vic / ooms:.2f} ({vic}/{ooms})" if ooms else f"- ({vic} victims, no OOM)"
+        relief = [r for w in oom_wls for r in cells[w]["relief"]]
+        rel = f"{statistics.median(relief):.2f} s" if relief else "-"
+        th = cells.get("thrash")
+        thr = f"{th['ooms']} / {th['victims']} in {th['n']}" if th else "not run"
+        lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {share}; all: "
+                     f"**{pct(tot_h, tot_k)}** | {needless} | {vpo} | {rel} | {thr} |")
+    return "\n".join(lines)
+
+
+def detail(all_data: list[dict], workloads: list[str]) -> str:
+    lines = ["| kernel | row | workload | trials (errors) | kernel kills | policy's choice died "
+             "| OOMs | victims | victims not killed by the kernel | relief median / max | thrash passes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in all_data:
+        for w in workloads:
+            c = cell(d.get("trials", []), w)
+            rel = (f"{statistics.median(c['relief']):.2f} / {max(c['relief']):.2f} s"
+                   if c["relief"] else "-")
+            amb = f" ({c['ambiguous']} ambiguous)" if c["ambiguous"] else ""
+            lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {w} | {c['n']} "
+                         f"({c['errors']}) | {c['kills']} | {pct(c['hits'], c['kills'])}{amb} | "
+                         f"{c['ooms']} | {c['victims']} | {c['not_by_kernel']} | {rel} | "
+                         f"{' '.join(map(str, c['passes'])) or '-'} |")
+    return "\n".join(lines)
+
+
+def host(args) -> None:
+    kernels = args.kernels.split(",")
+    rows = args.rows.split(",")
+    workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+    for name in rows:
+        if name not in ROWS:
+            sys.exit(f"oomkit: unknown row {name}; one of {', '.join(ROWS)}")
+    for name in workloads:
+        if name not in WORKLOADS:
+            sys.exit(f"oomkit: unknown workload {name}; one of {', '.join(WORKLOADS)}")
+    if args.report_only:
+        run = json.loads((OUT / "v2-run.json").read_text())
+        all_data = [json.loads((OUT / f"v2-{k}-{r}.json").read_text()) for k in kernels for r in rows]
+    else:
+        build()
+        started = time.monotonic()
+        all_data = []
+        for k in kernels:
+            for r in rows:
+                print(f"== {k} {r}", file=sys.stderr, flush=True)
+                all_data.append(run_row(k, r, workloads, args.n))
+        run = {"wall_s": round(time.monotonic() - started),
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}", "n": args.n}
+        (OUT / "v2-run.json").write_text(json.dumps(run))
+    text = "\n".join([
+        "# cgroup v2: who decided at the OOM (in the VM)", "",
+        "Written by `python bench/bench_v2.py` (issue 9). A benchmark, not a test.", "",
+        f"* date: {run['date']}; host: {run['host']}; the whole run took "
+        f"{run['wall_s'] / 60:.1f} min of wall time (VM boots included)",
+        f"* guest: QEMU TCG (emulated CPU), 2 vCPUs, 1G RAM, no swap; Debian kernels "
+        f"{', '.join(sorted({str(d.get('kernel')) for d in all_data}))}",
+        f"* n = {run['n']} trials per cell (workload x row x kernel), interleaved",
+        "* rows: " + "; ".join(f"`{r}`: {ROWS[r]}" for r in rows),
+        "* times are emulated time (Python runs 10-25x slower than on hardware)", "",
+        "## Workloads", "",
+        *[f"* `{w}`: {WORKLOADS[w]['what']}" for w in workloads], "",
+        "## Who decided", "", table(all_data, workloads), "",
+        "## Per workload", "", detail(all_data, workloads), "",
+    ])
+    if not args.no_write:
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        if "\n## Notes" in old:
+            text = text.rstrip() + "\n\n" + old[old.index("\n## Notes") + 1:]
+        RESULTS.write_text(text)
+        print(f"wrote {RESULTS}", file=sys.stderr)
+    print(table(all_data, workloads))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=5, help="trials per cell (default 5)")
+    ap.add_argument("--kernels", default="6.1,6.12", help="comma-separated: 6.1, 6.12")
+    ap.add_argument("--rows", default="oomkit,kernel", help=f"comma-separated, of: {', '.join(ROWS)}")
+    ap.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-v2.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no VM: rewrite RESULTS-v2.md from the last run's JSON")
+    ap.add_argument("--guest", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.n < 1:
+        sys.exit("oomkit: -n must be at least 1")
+    if args.guest:
+        workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+        guest(args.guest, workloads, args.n, Path(args.out))
+    else:
+        host(args)
+
+
+if __name__ == "__main__":
+    main()
