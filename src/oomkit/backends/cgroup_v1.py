@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release
 from oomkit.backends.live import POLL, Dispatcher, Holder, LiveBackend, LiveSettings, victims_from_kmsg
-from oomkit.context import ancestors, parent_of
+from oomkit.context import Level, ancestors, parent_of
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import notify, parse
 
@@ -315,7 +315,7 @@ class V1Events:
             # Every OOM of a storm holds the loop for its handling: the watchdog must
             # keep hearing from us, or it hands the rest back to the kernel.
             self.hub.heartbeat()
-            self.hub.handle(OOMEvent("memcg", top))
+            self.hub.handle(OOMEvent(Level.MEMCG, top))
 
     def _topmost_under_oom(self, path: str) -> str | None:
         top = None

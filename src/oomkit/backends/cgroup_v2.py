@@ -443,11 +443,11 @@ class V2Stack:
                 for path in list(self.episodes):
                     self._look(path)
                 continue
-            path = self.watches.get(wd)
+            watched = self.watches.get(wd)
             if ev_mask & notify.IN_IGNORED:
                 self.watches.pop(wd, None)
-            elif path is not None and path in self.episodes:
-                self._look(path)
+            elif watched is not None and watched in self.episodes:
+                self._look(watched)
 
     def _look(self, path: str) -> None:
         """Read ``path``'s numbers, classify, act."""
@@ -520,7 +520,7 @@ class V2Stack:
 
     def _decide(self, ep: Episode, size: int) -> None:
         """Rehearse the chain for ``ep.memcg`` and arm what it chose."""
-        oom = OOMEvent("memcg", ep.memcg)
+        oom = OOMEvent(Level.MEMCG, ep.memcg)
         ep.next_take = self.backend.clock.now() + self.settings.rearm
         if self.decider is None or not self.decider.chain(oom):
             self._unarm(ep)
@@ -745,7 +745,7 @@ class V2Stack:
                         f"at memory.max of {memcg}")
             rec.executed_by, rec.decided_at = "kernel", ep.decided_at
             ep.record = None        # written once; the next look decides again
-            return rec, OOMEvent("memcg", ep.memcg)
+            return rec, OOMEvent(Level.MEMCG, ep.memcg)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
         if ep is not None and ep.armed:
             note += f"; the standing decision was pid(s) {sorted(ep.armed)}"
@@ -753,7 +753,7 @@ class V2Stack:
             log.warning("oomkit: the kernel OOM-killed in %s (victim not found in /dev/kmsg)", path)
         rec = OOMRecord.new(self.backend.clock.now(), Level.MEMCG, memcg)
         rec.resolved_by, rec.killed, rec.note = ResolvedBy.KERNEL, killed, note
-        return rec, OOMEvent("memcg", memcg)
+        return rec, OOMEvent(Level.MEMCG, memcg)
 
     @staticmethod
     def _group_by(ep: Episode | None) -> str:
@@ -776,7 +776,7 @@ class V2Stack:
                 break
             self.daemon.heartbeat()
             clock.sleep(0.01)
-        parsed = [(r, parse.kmsg_oom_kill(r)) for r in records]
+        parsed = [(r, f) for r in records if (f := parse.kmsg_oom_kill(r)) is not None]
         memcgs = {f["pid"]: f.get("memcg") for _r, f in parsed if f["kind"] == "summary"}
         # Lines of kills elsewhere (a sibling's, reported next) stay for their report.
         taken = {v.pid for v in victims}
@@ -804,7 +804,7 @@ class V2Stack:
             return
         quiet.start(path)
         self.backend.note_kernel_count(path)
-        self.daemon.handle(OOMEvent("memcg", path), pressure=True)
+        self.daemon.handle(OOMEvent(Level.MEMCG, path), pressure=True)
 
 
 def _now_iso() -> str:

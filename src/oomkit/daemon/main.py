@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from oomkit.backends.base import OOMEvent, Release
-from oomkit.backends.live import LiveSettings, LiveStack, QuietPeriod
+from oomkit.backends.live import LiveBackend, LiveSettings, LiveStack, QuietPeriod
 from oomkit.config.daemon import DaemonConfig, load_daemon_config
-from oomkit.context import is_within
+from oomkit.context import Level, is_within
 from oomkit.daemon import attachments
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
@@ -94,7 +94,7 @@ class Daemon:
         return self.fs.version
 
     @property
-    def backend(self):
+    def backend(self) -> LiveBackend:
         return self.stack.backend
 
     @property
@@ -329,7 +329,7 @@ class Daemon:
         if self.quiet.active("/") or self.backend.in_flight():
             return
         self.quiet.start("/")
-        self.handle(OOMEvent("global", "/", requested=threshold), pressure=threshold is None)
+        self.handle(OOMEvent(Level.GLOBAL, "/", requested=threshold), pressure=threshold is None)
 
     # -- one OOM ------------------------------------------------------------------------
 
@@ -354,6 +354,9 @@ class Daemon:
     def reload(self) -> bool:
         """SIGHUP: apply the config file only if it validates whole."""
         path = self.config_path
+        if path is None:
+            log.error("oomkit: reload: no config file to read (started without one)")
+            return False
         try:
             config = load_daemon_config(path)
             if self.config.dry_run_forced:
