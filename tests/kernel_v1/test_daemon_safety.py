@@ -309,7 +309,8 @@ def test_new_memcgs_are_picked_up(sandbox, oomkit_daemon):
     y = sandbox.cg("svc/x/y", limit=24 * MiB)
     picked = {}
     for cg in (j1, x, y):
-        assert until(lambda: fs.oom_control(cg)["oom_kill_disable"], 1.0), f"{cg} not picked up within 1 s"
+        # (within 1 s on an idle machine, see picked; 10 s leaves room for a loaded one)
+        assert until(lambda: fs.oom_control(cg)["oom_kill_disable"], 10.0), f"{cg} not picked up within 10 s"
         picked[cg] = round((time.monotonic() - t0) * 1000, 1)
     hog = sandbox.hog(j1, 40)
     ev = d.wait_events(1)[0]
