@@ -5,8 +5,17 @@ everything else is oomkit's own and may change.
 """
 
 from oomkit.context import CgroupInfo, Level, OOMContext, TaskInfo
-from oomkit.errors import (AttachError, CgroupGone, ConfigError, ContextReadOnly, KernelError,
-                           NotPermitted, OOMKitError, PolicyLoadError, TaskGone)
+from oomkit.errors import (
+    AttachError,
+    CgroupGone,
+    ConfigError,
+    ContextReadOnly,
+    KernelError,
+    NotPermitted,
+    OOMKitError,
+    PolicyLoadError,
+    TaskGone,
+)
 from oomkit.policy import OOMPolicy, Refused, ReleaseActions, Verdict
 
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from oomkit.errors import ContextReadOnly
 
+
 class Level(enum.StrEnum):
     """Where the OOM is (``oc.level``): the kernel's three OOM constraints."""
 
@@ -159,6 +160,11 @@ class LazyMapping(Mapping[str, V]):
 
     __slots__ = ("_keys", "_load", "_cache", "_has")
 
+    _keys: Callable[[], Iterable[str]] | dict[str, None]    # a dict once listed
+    _load: Callable[[str], V]
+    _cache: dict[str, V]
+    _has: Callable[[str], bool] | None
+
     def __init__(self, keys: Callable[[], Iterable[str]], load: Callable[[str], V],
                  has: Callable[[str], bool] | None = None):
         _init(self, _keys=keys, _load=load, _cache={}, _has=has)
@@ -185,10 +191,8 @@ class LazyMapping(Mapping[str, V]):
         return key in self._key_list()
 
     def __getitem__(self, key: str) -> V:
-        try:
+        if key in self._cache:      # read already (or preloaded)
             return self._cache[key]
-        except KeyError:
-            pass
         if key not in self:
             raise KeyError(key)
         with metered():
@@ -219,18 +223,26 @@ class LazyTasks(Sequence[TaskInfo]):
 
     __slots__ = ("_load", "_subtree", "_tasks", "_by_pid", "_parts")
 
+    _load: Callable[[], Iterable[TaskInfo]] | Sequence[TaskInfo]
+    _subtree: Callable[[str], Iterable[TaskInfo]] | None
+    _tasks: tuple[TaskInfo, ...] | None
+    _by_pid: dict[int, TaskInfo] | None
+    _parts: dict[str, tuple[TaskInfo, ...]]
+
     def __init__(self, load: Callable[[], Iterable[TaskInfo]] | Sequence[TaskInfo],
                  subtree: Callable[[str], Iterable[TaskInfo]] | None = None):
         _init(self, _load=load, _subtree=subtree, _tasks=None, _by_pid=None, _parts={})
 
     def _all(self) -> tuple[TaskInfo, ...]:
-        if self._tasks is None:
+        tasks = self._tasks
+        if tasks is None:
             load = self._load
             with metered():
-                object.__setattr__(self, "_tasks", tuple(load() if callable(load) else load))
-        return self._tasks
+                tasks = tuple(load() if callable(load) else load)
+            object.__setattr__(self, "_tasks", tasks)
+        return tasks
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):   # an int or a slice, as a tuple's
         return self._all()[index]
 
     def __len__(self) -> int:
@@ -245,9 +257,11 @@ class LazyTasks(Sequence[TaskInfo]):
                 for task in part:
                     if task.pid == pid:
                         return task
-        if self._by_pid is None:
-            object.__setattr__(self, "_by_pid", {t.pid: t for t in self._all()})
-        return self._by_pid.get(pid)
+        by_pid = self._by_pid
+        if by_pid is None:
+            by_pid = {t.pid: t for t in self._all()}
+            object.__setattr__(self, "_by_pid", by_pid)
+        return by_pid.get(pid)
 
     def in_cgroup(self, path: str, *, recursive: bool = True) -> tuple[TaskInfo, ...]:
         """Tasks of ``path`` (and, by default, of every cgroup below it)."""

@@ -89,21 +89,24 @@ def _preorder_rank(paths: set[str], cgroups: Mapping[str, CgroupInfo], top: str)
         node = path
         while node != top:
             parent = parent_of(node)
+            if parent is None:                 # not below top: never the case for the OOM's tasks
+                break
             kids = branches.setdefault(parent, set())
             if node in kids:
                 break                          # the rest of the way up is known
             kids.add(node)
             node = parent
-    rank, stack = {}, [top]
+    rank: dict[str, int] = {}
+    stack = [top]
     while stack:
         node = stack.pop()
         rank[node] = len(rank)
-        kids = branches.get(node, ())
-        if len(kids) > 1:
+        order = list(branches.get(node, ()))
+        if len(order) > 1:
             info = cgroups.get(node)
             pos = {c: i for i, c in enumerate(info.children if info is not None else ())}
-            kids = sorted(kids, key=lambda c: (pos.get(c, len(pos)), c))
-        stack.extend(reversed(list(kids)))
+            order.sort(key=lambda c: (pos.get(c, len(pos)), c))
+        stack.extend(reversed(order))
     return rank
 
 
@@ -119,7 +122,9 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
     tree is files to read.
     """
     tasks = tasks if isinstance(tasks, Sequence) else list(tasks)
-    best, tied, exiting_tasks = None, [], []
+    best: int | None = None
+    tied: list[TaskInfo] = []
+    exiting_tasks: list[TaskInfo] = []
     adj_unit = totalpages // 1000            # badness()'s oom_score_adj scale, computed once
     node_set = frozenset(nodes) if level == "numa" else None
     # The loop is eligible() and badness() inlined (it runs once per task, and
@@ -141,7 +146,7 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
             tied.append(task)
     if exiting_tasks:       # oom_evaluate_task()'s abort: at the first exiting task met
         return Decision(waiting_for=_met(min, exiting_tasks, cgroups, level, memcg))
-    if not tied:
+    if not tied or best is None:
         return Decision()
     # oom_evaluate_task() keeps a later task of equal points: the last one met wins.
     chosen = _met(max, tied, cgroups, level, memcg)

@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-from helpers.procs import Proc, until
 
+from helpers.procs import Proc, until
 from oomkit.errors import KernelError
 from oomkit.linux import bpftasks
 from oomkit.linux.bpftasks import BpfTasks, cgroup_key

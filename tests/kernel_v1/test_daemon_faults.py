@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from helpers.daemon import DaemonProc, check_record, killed_pids
-from helpers.procs import children_of, signal_pidfd, until
+from helpers.procs import children_of, signal_pidfd
 from oomkit.linux import pidfd as _pidfd
 
 MiB = 1 << 20

@@ -114,7 +114,8 @@ def test_largest_cgroup_selftest_tree(sandbox, oomkit_daemon, with_protected):
     assert h["actions"][0]["action"] == "kill_cgroup" and h["actions"][0]["target"] == cg["c3"]
     assert hogs["c3"].wait_exit(5)
     assert hogs["c4"].wait_line("allocated", 10)
-    assert all(hogs[n].alive() for n in hogs if n != "c3"), ({n: hogs[n].alive() for n in hogs}, d.events()[1:], d.stderr())
+    assert all(hogs[n].alive() for n in hogs if n != "c3"), (
+        {n: hogs[n].alive() for n in hogs}, d.events()[1:], d.stderr())
     assert sandbox.fs.oom_control(cg["c3"])["oom_kill"] == 0
     print(f"largest-cgroup: latency_ms {ev['latency_ms']}")
 

@@ -9,7 +9,7 @@ import pytest
 
 from oomkit import AttachError, ConfigError, Refused, Verdict
 from oomkit.config.scenario import resolve
-from oomtest_helpers import M, FuncPolicy, make_sim, scenario_dict, task_named
+from oomtest_helpers import FuncPolicy, M, make_sim, scenario_dict, task_named
 
 # /p (200M) holds /p/a (100M) and /p/b (50M); /q is unlimited.
 # /p/a: a1 60M, a2 30M, prot 5M (-1000) = 95M; /p/b: b1 40M; /p = 135M.  /q: q1 20M.

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from test_cli import GOOD, edit
 
 from oomkit.cli import main
-from test_cli import GOOD, edit
 
 DAEMON = '[daemon]\ncgroup = "v1"\n\n[[attach]]\ncgroup = "/batch"\npolicy = "largest-task"\n'
 
@@ -40,7 +40,8 @@ def one_line(result, *words: str) -> str:
 DIGITS_400 = "9" * 400
 
 SCENARIO_CASES = [
-    ("size-400-digits-text", edit('rss = "60M"', f'rss = "{DIGITS_400}"'), ["task[0].rss", "out of range", "0B to 1048576T"]),
+    ("size-400-digits-text", edit('rss = "60M"', f'rss = "{DIGITS_400}"'),
+     ["task[0].rss", "out of range", "0B to 1048576T"]),
     ("size-400-digits-int", edit('rss = "60M"', f"rss = {DIGITS_400}"), ["task[0].rss", "out of range"]),
     ("size-5000-digits-int", edit('rss = "60M"', f"rss = {'9' * 5000}"), ["too long"]),
     ("size-above-1EiB", edit('memory = "1G"', 'memory = "1048577T"'), ["machine.memory", "0B to 1048576T"]),

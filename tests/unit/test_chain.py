@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from oomkit import Verdict
 from oomkit.backends.base import OOMEvent
-from oomkit.engine import Engine
 from oomkit.backends.sim import Machine, SimBackend
-from oomtest_helpers import M, FuncPolicy, kill_named, make_sim
+from oomkit.engine import Engine
+from oomtest_helpers import FuncPolicy, M, kill_named, make_sim
 
 # /a (150M) > /a/b (100M).  /a/b holds hog 60M + small 30M, /a holds side 50M: 140M of /a's 150M.
 TREE = dict(

@@ -8,7 +8,7 @@ import pytest
 from oomkit import CgroupInfo, ContextReadOnly, OOMContext, TaskInfo, Verdict
 from oomkit.backends.sim.machine import SimCgroup, SimTask
 from oomkit.context import LazyMapping, LazyTasks
-from oomtest_helpers import M, FuncPolicy, make_sim, task_named
+from oomtest_helpers import FuncPolicy, M, make_sim, task_named
 
 TREE = dict(cgroups=[{"path": "/a", "limit": "100M", "oom_group": True}, {"path": "/a/x"}],
             tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M", "cmdline": ["hog", "-v"]},

@@ -12,7 +12,7 @@ import pytest
 
 from oomkit import Refused, Verdict
 from oomkit.backends.base import OOMEvent
-from oomtest_helpers import M, FuncPolicy, kill_named, make_sim, task_named
+from oomtest_helpers import FuncPolicy, M, kill_named, make_sim, task_named
 
 TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}],
             tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M"},

@@ -7,7 +7,6 @@ The pids are above any real pid_max (4194304), so a kill that reached
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest

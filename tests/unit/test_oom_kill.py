@@ -11,7 +11,7 @@ from oomkit.backends.base import OOMEvent
 from oomkit.backends.sim import Machine, SimBackend
 from oomkit.context import parent_of
 from oomkit.oom_kill import badness, oom_group, select_bad_process
-from oomtest_helpers import G, M, PAGE, make_sim
+from oomtest_helpers import PAGE, G, M, make_sim
 
 
 def T(pid, cgroup="/m", rss=0, adj=0, *, swap=0, pgtables=0, exiting=False, nodes=None):

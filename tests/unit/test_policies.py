@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from oomkit import OOMPolicy, PolicyLoadError, Verdict
+from oomkit.backends.base import OOMEvent
 from oomkit.backends.sim import Simulator
 from oomkit.config.scenario import load_scenario, resolve
 from oomkit.policies import BUILTINS, load_policy_class, make_policy
-from oomkit.backends.base import OOMEvent
 from oomkit.policies.builtin import LargestCgroup, Settle
 from oomtest_helpers import M, make_sim, scenario_dict
 

@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oomtest_helpers import M, make_sim
 
 from oomkit.cli import main
 from oomkit.engine.chain import Engine, EngineSettings
@@ -26,6 +25,7 @@ from oomkit.errors import ConfigError
 from oomkit.policies import make_policy
 from oomkit.replay import replay_record
 from oomkit.schema import OOMRecord
+from oomtest_helpers import M, make_sim
 
 
 def recorded() -> dict:

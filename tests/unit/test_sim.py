@@ -9,7 +9,7 @@ import sys
 
 from oomkit import Verdict
 from oomkit.backends.sim.simulator import MAX_RETRIES
-from oomtest_helpers import M, FuncPolicy, make_sim
+from oomtest_helpers import FuncPolicy, M, make_sim
 
 
 def test_memcg_oom_is_raised_at_the_lowest_limit_hit():

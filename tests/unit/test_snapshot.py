@@ -5,12 +5,12 @@ the kill), and replaying it gives the right counterfactual."""
 from __future__ import annotations
 
 import msgspec
-from oomtest_helpers import FuncPolicy, M, kill_named, make_sim
 
 from oomkit import Verdict
 from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.replay import replay_record
 from oomkit.schema import OOMRecord, ResolvedBy
+from oomtest_helpers import FuncPolicy, M, kill_named, make_sim
 
 TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}, {"path": "/a/b"}],
             tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M"},

@@ -6,8 +6,8 @@ reports of ``simulate`` and ``replay`` use it."""
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import textwrap
 
 import msgspec

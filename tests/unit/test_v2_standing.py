@@ -10,20 +10,19 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from oomkit.backends.cgroup_v2 import Look, Wakeup, classify, zone
-
 from test_live_v2_fake import (  # noqa: F401  (fixtures)
-    MiB,
     PID_A,
     PID_B,
     PID_C,
+    MiB,
     cgroup,
     make_daemon,
     read,
     task,
     tree,
 )
+
+from oomkit.backends.cgroup_v2 import Look, Wakeup, classify, zone
 
 EV = {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0}
 
@@ -149,8 +148,9 @@ def test_a_policy_that_passes_arms_nobody(tree, started, tmp_path):
 
 
 def test_raise_limit_acts_at_the_headroom_and_is_recorded(tree, started, tmp_path):
-    from oomkit.daemon.eventlog import EventLog  # noqa: F401
     import json
+
+    from oomkit.daemon.eventlog import EventLog  # noqa: F401
 
     mount, proc = tree
     d = started(policy="raise-limit")

@@ -7,7 +7,7 @@ from oomkit import Verdict
 from oomkit.engine.backoff import BackoffBudget
 from oomkit.policies.builtin import KernelDefault
 from oomkit.policy import OOMPolicy
-from oomtest_helpers import M, FuncPolicy, kill_named, make_sim
+from oomtest_helpers import FuncPolicy, M, kill_named, make_sim
 
 TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}, {"path": "/b"}],
             tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M"},

@@ -57,7 +57,9 @@ class Fallback:
 
 
 class Backend(Protocol):
-    clock: Clock
+    @property
+    def clock(self) -> Clock:
+        """The backend's clock (a ``ManualClock`` in the simulator and a replay)."""
 
     def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping:
         """The cgroups of ``scope``'s subtree, each read on first use."""

@@ -24,7 +24,8 @@ class SnapshotBackend:
         self._freed: dict[str, int] = {}     # per cgroup: the rss of the tasks killed in it
 
     def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping[CgroupInfo]:
-        return LazyMapping(lambda: [p for p in self._cgroups if is_within(p, scope)], self._cgroups.get)
+        return LazyMapping(lambda: [p for p in self._cgroups if is_within(p, scope)],
+                           self._cgroups.__getitem__)
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
         return LazyTasks(lambda: [t for t in self._tasks.values() if is_within(t.cgroup, scope)])

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from oomkit.config.common import (BACKOFF_BUDGET, BACKOFF_WAIT, BACKOFF_WINDOW, HANDLER_DEADLINE, PROC_CACHE,
-                                  WATCHDOG_TIMEOUT, Duration, Size, convert, duration_at, int_at,
-                                  read_toml, size_at, text_at)
+from oomkit.config.common import (
+    BACKOFF_BUDGET,
+    BACKOFF_WAIT,
+    BACKOFF_WINDOW,
+    HANDLER_DEADLINE,
+    PROC_CACHE,
+    WATCHDOG_TIMEOUT,
+    Duration,
+    Size,
+    convert,
+    duration_at,
+    int_at,
+    read_toml,
+    size_at,
+    text_at,
+)
 from oomkit.engine.chain import EngineSettings
 from oomkit.errors import ConfigError
 

@@ -9,9 +9,23 @@ from typing import Any
 
 import msgspec
 
-from oomkit.config.common import (BACKOFF_BUDGET, BACKOFF_WAIT, BACKOFF_WINDOW, EVENT_AT, EXIT_DELAY,
-                                  HANDLER_BUDGET, HANDLER_DEADLINE, UID, Duration, Size, convert,
-                                  duration_at, int_at, read_toml, size_at)
+from oomkit.config.common import (
+    BACKOFF_BUDGET,
+    BACKOFF_WAIT,
+    BACKOFF_WINDOW,
+    EVENT_AT,
+    EXIT_DELAY,
+    HANDLER_BUDGET,
+    HANDLER_DEADLINE,
+    UID,
+    Duration,
+    Size,
+    convert,
+    duration_at,
+    int_at,
+    read_toml,
+    size_at,
+)
 from oomkit.context import parent_of
 from oomkit.engine.chain import EngineSettings
 from oomkit.errors import ConfigError

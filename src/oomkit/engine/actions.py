@@ -72,8 +72,8 @@ class Actions:
             target = self._backend.task(pid)
         label = f"pid {pid}"
         refused = self._check_revoked() or self._check_task(target, pid)
-        if refused:
-            return self._log("kill_task", label, reason, refused)
+        if refused or target is None:       # _check_task refuses a missing task
+            return self._log("kill_task", label, reason, refused or Refused.esrch(f"no task {pid}"))
         if target.exiting or target.pid in self._backend.in_flight():
             return self._log("kill_task", label, reason, 0, "already exiting")
         return self._log("kill_task", label, reason, self._kill([target], None, reason))
@@ -104,6 +104,7 @@ class Actions:
         if refused:
             return self._log("raise_limit", label, reason, refused)
         old = self._limit(path)
+        assert old is not None          # _check_raise refused a cgroup without a limit
         self._backend.set_limit(path, int(new_limit))
         self._raised[path] = int(new_limit)
         self._record.limits.append(LimitChange(cgroup=path, old=old, new=int(new_limit)))

@@ -129,7 +129,9 @@ class Guard:
     def _abandon(self, worker: _Worker) -> None:
         self._worker = None
         worker.abandoned = True
-        import ctypes   # only for an abandoned handler: it costs the daemon's RSS otherwise
+        import ctypes  # only for an abandoned handler: it costs the daemon's RSS otherwise
 
+        if worker.ident is None:        # never started: nothing runs to be stopped
+            return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
                                                    ctypes.py_object(HandlerDeadline))

@@ -10,8 +10,15 @@ from collections.abc import Iterable, Sequence
 from oomkit import oom_kill
 from oomkit.context import Level, OOMContext, TaskInfo
 from oomkit.errors import PolicyLoadError
-from oomkit.helpers import (OOM_SCORE_ADJ_MIN, badness, candidates, is_within, kernel_choice,
-                            relieves, tasks_that_relieve)
+from oomkit.helpers import (
+    OOM_SCORE_ADJ_MIN,
+    badness,
+    candidates,
+    is_within,
+    kernel_choice,
+    relieves,
+    tasks_that_relieve,
+)
 from oomkit.policies.loader import make_policy
 from oomkit.policy import OOMPolicy, ReleaseActions, Verdict
 from oomkit.units import parse_duration, parse_size

@@ -7,7 +7,7 @@ simulate`` drive the real engine through it, without root.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from oomkit import oom_kill
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
@@ -28,7 +28,7 @@ class SimBackend:
 
     # -- context ------------------------------------------------------------------
 
-    def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
+    def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping[CgroupInfo]:
         m = self.machine
         return LazyMapping(lambda: m.subtree(scope), lambda path: m.cgroups[path].info())
 
@@ -46,7 +46,9 @@ class SimBackend:
         swap_pages = m.swap // PAGE
         if oom.level == "memcg":
             # mem_cgroup_get_max(): the limit plus the swap it may use (no swap.max here).
-            return m.cgroups[oom.memcg].limit // PAGE + swap_pages
+            limit = m.cgroups[oom.memcg].limit
+            assert limit is not None        # only a limit raises a memcg OOM
+            return limit // PAGE + swap_pages
         if oom.level == "numa":
             return sum(m.node_size[n] for n in oom.nodes) // PAGE + swap_pages
         return m.memory // PAGE + swap_pages
@@ -118,7 +120,7 @@ class SimBackend:
         pid, points, waiting = m.global_index.select()
         if waiting is not None:
             return oom_kill.Decision(waiting_for=m.tasks[waiting].info())
-        if pid is None:
+        if pid is None or points is None:
             return oom_kill.Decision()
         return oom_kill.kill_decision(m.tasks[pid].info(), points, self.cgroups(oom, "/"), "/",
                                       self.tasks(oom, "/"))

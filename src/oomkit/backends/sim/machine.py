@@ -23,10 +23,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import cast
 
 from oomkit.backends.base import OOMEvent
+from oomkit.context import CgroupInfo, Level, TaskInfo, ancestors, parent_of
 from oomkit.oom_kill import PAGE_SIZE, GlobalIndex
-from oomkit.context import CgroupInfo, TaskInfo, ancestors, parent_of
 
 EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
 
@@ -105,6 +106,7 @@ class Machine:
     def add_cgroup(self, path: str, limit: int | None, oom_group: bool) -> SimCgroup:
         cg = SimCgroup(path, limit, oom_group)
         parent = parent_of(path)
+        assert parent is not None, "the root cgroup is the machine's own"
         self.cgroups[path] = cg
         self.cgroups[parent].children.append(path)
         self._chains[path] = (cg, *self._chains[parent])
@@ -130,17 +132,17 @@ class Machine:
         if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
             # one node, and the task may use it: the general case below, short
             if amount > self.node_size[0] - self.node_used[0]:
-                return OOMEvent("global", "/", (), amount, task.name)
+                return OOMEvent(Level.GLOBAL, "/", (), amount, task.name)
         else:
             nodes = self.allowed_nodes(task)
             if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
                 constrained = len(nodes) < self.numa_nodes
-                return OOMEvent("numa" if constrained else "global", "/",
+                return OOMEvent(Level.NUMA if constrained else Level.GLOBAL, "/",
                                 tuple(nodes) if constrained else (), amount, task.name)
         for cg in self._chains[task.cgroup]:
             limit = cg.limit
             if limit is not None and cg.usage + amount > limit:
-                return OOMEvent("memcg", cg.path, (), amount, task.name)
+                return OOMEvent(Level.MEMCG, cg.path, (), amount, task.name)
         return None
 
     def allowed_nodes(self, task: SimTask) -> list[int]:
@@ -218,7 +220,7 @@ class Machine:
     def snapshot(self) -> list[TaskInfo]:
         """TaskInfo of every task (live and exiting), in ``self.tasks`` order."""
         self.refresh()
-        return list(self._infos.values())
+        return list(cast("dict[int, TaskInfo]", self._infos).values())    # refreshed: no None
 
     def snapshot_of(self, scope: str) -> list[TaskInfo]:
         """TaskInfo of the tasks of ``scope``'s subtree, in ``self.tasks`` order."""
@@ -228,7 +230,7 @@ class Machine:
         members = {pid for path in self.subtree(scope) for pid in self.cgroups[path].pids}
         if len(members) * 8 > len(infos):
             return [i for i in infos if i.pid in members]
-        by_pid = self._infos
+        by_pid = cast("dict[int, TaskInfo]", self._infos)
         return [by_pid[pid] for pid in sorted(members, key=self._joined.__getitem__)]
 
     def forget_snapshots(self) -> None:

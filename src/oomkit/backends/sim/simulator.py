@@ -17,8 +17,8 @@ from typing import Any
 from oomkit.backends.sim.backend import SimBackend
 from oomkit.backends.sim.machine import Machine, SimTask
 from oomkit.config.scenario import FIRST_PID, Scenario, Task
-from oomkit.engine.chain import Engine
 from oomkit.context import Level
+from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError
 from oomkit.policies import make_policy
 from oomkit.schema import CgroupUsage, FailedAllocation, ResolvedBy, SimResult
@@ -116,15 +116,15 @@ class Simulator:
             task = self._spawn(event.spawn)
             self._alloc(task, event.amount, 0)
             return
-        task = self._by_name.get(event.task)
-        if task is None or task.state != "running":
+        named = self._by_name.get(event.task)
+        if named is None or named.state != "running":
             return
         if event.kind == "alloc":
-            self._alloc(task, event.amount, 0)
+            self._alloc(named, event.amount, 0)
         elif event.kind == "free":
-            self.machine.uncharge(task, event.amount)
+            self.machine.uncharge(named, event.amount)
         else:
-            self.backend.exit_task(task)
+            self.backend.exit_task(named)
 
     def _alloc(self, task: SimTask, amount: int, attempt: int) -> None:
         if task.state != "running":
@@ -146,8 +146,9 @@ class Simulator:
                 oom=len(self.result.ooms) - 1))
             return
         when = self.backend.clock.now()
-        if not self.machine.fits(oom) and self.backend.next_exit() is not None:
-            when = max(when, self.backend.next_exit())
+        next_exit = self.backend.next_exit()
+        if not self.machine.fits(oom) and next_exit is not None:
+            when = max(when, next_exit)
         self._retry(when, (task, amount, attempt + 1))
 
     def _finish(self) -> SimResult:
