@@ -537,7 +537,11 @@ def cell(trials: list[dict], wl: str) -> dict:
             "ooms": ooms, "victims": victims, "relief": relief,
             "not_by_kernel": sum(len(t.get("not_by_kernel", [])) for t in ts),
             "trials_with_victims": sum(1 for t in ts if t.get("n_victims")),
-            "passes": [t["thrash_passes"] for t in ts if t.get("thrash_passes") is not None]}
+            "passes": [t["thrash_passes"] for t in ts if t.get("thrash_passes") is not None],
+            # oomkit's own account: victims its records say the policy had armed
+            "armed": sum(1 for t in ts for r in t.get("records") or [] for _pid, by in r["killed"]
+                         if str(by).startswith("policy")),
+            "recorded": sum(len(r["killed"]) for t in ts for r in t.get("records") or [])}
 
 
 def table(all_data: list[dict], workloads: list[str]) -> str:
@@ -567,8 +571,9 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
 
 def detail(all_data: list[dict], workloads: list[str]) -> str:
     lines = ["| kernel | row | workload | trials (errors) | kernel kills | policy's choice died "
-             "| OOMs | victims | victims not killed by the kernel | relief median / max | thrash passes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| oomkit's records: victims armed by the policy | OOMs | victims | victims not killed by "
+             "the kernel | relief median / max | thrash passes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in all_data:
         for w in workloads:
             c = cell(d.get("trials", []), w)
@@ -577,6 +582,7 @@ def detail(all_data: list[dict], workloads: list[str]) -> str:
             amb = f" ({c['ambiguous']} ambiguous)" if c["ambiguous"] else ""
             lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {w} | {c['n']} "
                          f"({c['errors']}) | {c['kills']} | {pct(c['hits'], c['kills'])}{amb} | "
+                         f"{pct(c['armed'], c['recorded']) if d['row'] == 'oomkit' else '-'} | "
                          f"{c['ooms']} | {c['victims']} | {c['not_by_kernel']} | {rel} | "
                          f"{' '.join(map(str, c['passes'])) or '-'} |")
     return "\n".join(lines)
