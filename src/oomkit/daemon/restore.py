@@ -265,7 +265,7 @@ class _Watchdog:
         return True
 
     def poll(self, now: float) -> str:
-        """"ok", "exited" (EOF on its answers), or "silent" (no answer within the timeout)."""
+        """"ok", "exited" (EOF on its answers), or "silent" (no answer within twice the timeout)."""
         try:
             while True:
                 data = os.read(self.r, 4096)
@@ -277,7 +277,8 @@ class _Watchdog:
             pass
         if self.eof:
             return "exited"
-        if self.unanswered is not None and now - self.unanswered > self.timeout:
+        # Twice the timeout: a watchdog merely slow on a loaded machine is not replaced.
+        if self.unanswered is not None and now - self.unanswered > 2 * self.timeout:
             return "silent"
         return "ok"
 
