@@ -68,3 +68,23 @@ def test_the_heartbeat_goes_on_while_a_handler_runs():
     assert outcome.value == "done" and not outcome.timed_out
     assert len(beats) >= 4                     # ~0.15 s / 0.02 s, on a loaded machine fewer
     assert max(b - a for a, b in zip(beats, beats[1:])) < 0.1
+
+
+def test_a_closed_guard_leaves_no_thread():
+    """A reload replaces the engine: its guard's idle worker must end, not wait for
+    ever on its queue (issue 10 item 5: one thread leaked per reload after an OOM)."""
+    import threading
+
+    before = threading.active_count()
+    guards = [Guard(1.0) for _ in range(5)]
+    for g in guards:
+        assert g.call(lambda: 42).value == 42
+    assert threading.active_count() == before + 5
+    for g in guards:
+        g.close()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
+    assert guards[0].call(lambda: 7).value == 7      # closed, it still serves with a new worker
+    guards[0].close()

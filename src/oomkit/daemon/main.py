@@ -154,6 +154,7 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        self.engine.close()
         self.stack.close()
         if self.global_fd is not None:
             self.unregister(self.global_fd)
@@ -372,6 +373,7 @@ class Daemon:
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
         self.stack.reconfigure(live_settings(config))
+        self.engine.close()             # its handler thread would otherwise wait for ever
         self.engine = self._engine(config)
         self.events.reopen(config.event_log)     # logrotate's SIGHUP, or a new path
         if config.pressure != old.pressure and config.pressure:

@@ -60,6 +60,10 @@ class Engine:
         self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
                             io_cap=self.settings.io_cap, tick=tick)
 
+    def close(self) -> None:
+        """End the handlers' worker thread (a reload replaces the engine)."""
+        self._guard.close()
+
     # -- attachments ---------------------------------------------------------
 
     def attach(self, cgroup: str, policy: OOMPolicy, *, ceiling: int | None = None) -> Attachment:

@@ -54,7 +54,10 @@ class _Worker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.abandoned:
-                fn, budget, done, meter = self.jobs.get()
+                job = self.jobs.get()
+                if job is None:         # Guard.close(): the engine that owned us is gone
+                    return
+                fn, budget, done, meter = job
                 outcome = Outcome()
                 set_meter(meter)
                 try:
@@ -111,6 +114,13 @@ class Guard:
         outcome.elapsed = time.perf_counter() - start
         outcome.io = meter.now()
         return outcome
+
+    def close(self) -> None:
+        """Let the idle worker end (an engine replaced on reload must not leave its
+        worker blocked on its queue for ever: one thread per reload)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.jobs.put(None)
 
     def _wait(self, done: queue.SimpleQueue, meter: IOMeter, start: float) -> Outcome | None:
         """The handler's outcome, or None once its own time passed the deadline."""
