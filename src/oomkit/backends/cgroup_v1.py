@@ -30,10 +30,10 @@ from oomkit.linux import notify, parse
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.chain import Engine
-    from oomkit.schema import OOMRecord
     from oomkit.linux.bpftasks import BpfTasks
     from oomkit.linux.cgroupfs import CgroupFS
     from oomkit.linux.procfs import ProcFS
+    from oomkit.schema import OOMRecord
 
 log = logging.getLogger("oomkit")
 

@@ -44,9 +44,9 @@ import enum
 import logging
 import os
 import select
-from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
@@ -59,9 +59,9 @@ from oomkit.backends.live import (
 )
 from oomkit.context import LazyTasks, Level, TaskInfo, ancestors, is_within
 from oomkit.engine.chain import Engine
-from oomkit.schema import Killed, OOMRecord, ResolvedBy
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
+from oomkit.schema import Killed, OOMRecord, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.linux.bpftasks import BpfTasks
@@ -808,4 +808,4 @@ class V2Stack:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from oomkit import oom_kill
-from oomkit.backends.base import OOMEvent, Release, relief_for
+from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, is_within, parent_of
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, TaskGone
@@ -99,7 +99,9 @@ class LiveStack(Protocol):
     ``cgroup_v1`` and ``cgroup_v2``): the backend the engine drives and the event
     source that wakes the daemon."""
 
-    backend: LiveBackend
+    @property
+    def backend(self) -> LiveBackend:
+        """The backend the engine drives."""
 
     def paths(self) -> set[str]:
         """The cgroups watched now."""
@@ -158,7 +160,8 @@ class Cmdline(Sequence[str]):
     __slots__ = ("_proc", "_pid", "_argv")
 
     def __init__(self, proc: ProcFS, pid: int):
-        self._proc, self._pid, self._argv = proc, pid, None
+        self._proc, self._pid = proc, pid
+        self._argv: tuple[str, ...] | None = None
 
     def _get(self) -> tuple[str, ...]:
         if self._argv is None:
@@ -168,7 +171,7 @@ class Cmdline(Sequence[str]):
                 self._argv = ()
         return self._argv
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         return self._get()[index]
 
     def __len__(self) -> int:
@@ -217,7 +220,7 @@ class LiveBackend:
 
     # -- context -------------------------------------------------------------
 
-    def cgroups(self, oom: OOMEvent, scope: str) -> Mapping[str, CgroupInfo]:
+    def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping:
         return LazyMapping(lambda: self.fs.walk(scope), self.cgroup_info,
                            has=lambda path: self._has_cgroup(scope, path))
 
@@ -266,10 +269,13 @@ class LiveBackend:
     def _read_tasks_bpf(self, scope: str) -> list[TaskInfo]:
         path = self.fs.path(scope)
         top, level = cgroup_key(path, self.fs.mount)
+        bpf = self.bpf
+        if bpf is None:     # _read_tasks() reads through BPF only when it is there
+            raise RuntimeError("no BPF task reader")
         with self._bpf_lock:
             self._bpf_scope = scope
             self._scope_ids[scope] = top
-            return self.bpf.read(top, level, self._bpf_make, path=path)
+            return bpf.read(top, level, self._bpf_make, path=path)
 
     def cgroup_gone(self, path: str) -> None:
         """``path`` was removed: forget what was kept for it and below (the BPF
@@ -306,7 +312,9 @@ class LiveBackend:
     def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
         # Exiting: a zombie or dead, or in do_exit() (PF_EXITING: killed by
         # anyone, or leaving by itself); _read_tasks() adds our own victims.
-        return TaskInfo(pid, s.comm, Cmdline(self.proc, pid), cgroup, s.rss, s.swap, s.pgtables,
+        # The argv is a lazy Sequence (read only if a policy looks), typed as the tuple it acts as.
+        argv = cast("tuple[str, ...]", Cmdline(self.proc, pid))
+        return TaskInfo(pid, s.comm, argv, cgroup, s.rss, s.swap, s.pgtables,
                         s.oom_score_adj, s.uid, s.starttime / self._hz, s.exiting)
 
     def warm(self, scope: str) -> int:
@@ -332,6 +340,10 @@ class LiveBackend:
 
     def _swap(self, path: str) -> int:
         return 0
+
+    def kernel_fallback(self, oom: OOMEvent) -> Fallback:
+        """What the kernel's own OOM killer does when the chain fails: each hierarchy's own."""
+        raise NotImplementedError
 
     def totalpages(self, oom: OOMEvent) -> int:
         meminfo = self.proc.meminfo()

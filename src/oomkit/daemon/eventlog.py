@@ -12,7 +12,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -124,10 +124,13 @@ class EventLog:
         return fd
 
     def _write_all(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            raise OSError(errno.EBADF, "the event log is not open")
         view = memoryview(data)
         while view:
             try:
-                n = os.write(self._fd, view)
+                n = os.write(fd, view)
             except OSError:
                 if len(view) < len(data):
                     self._torn = True
@@ -187,4 +190,4 @@ def release_line(r: Release, policy: str, attached: str, reason: str, dry_run: b
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -35,13 +35,13 @@ from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
 from oomkit.engine.chain import Engine
-from oomkit.schema import OOMRecord
 from oomkit.errors import ConfigError, KernelError, OOMKitError
 from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
 from oomkit.linux.procfs import ProcFS
 from oomkit.policies import make_policy
+from oomkit.schema import OOMRecord
 
 log = logging.getLogger("oomkit")
 

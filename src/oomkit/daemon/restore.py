@@ -137,33 +137,36 @@ class Restorer:
         """We are alive; and is the watchdog?  One that exited (it put everything back
         after our silence) or that does not answer within the timeout (stopped, stuck)
         is replaced, and told everything we hold."""
-        if self._link is None:
+        link = self._link
+        if link is None:
             return
         now = self.clock()
-        state = self._link.poll(now)
+        state = link.poll(now)
         if state == "exited":
             log.error("oomkit: the watchdog (pid %s) exited%s; starting another",
-                      self.watchdog_pid, self._link.why())
+                      self.watchdog_pid, link.why())
             self._replace(handed_back=True)
         elif state == "silent":
             log.error("oomkit: the watchdog (pid %s) has not answered for %.1fs (stopped or "
-                      "stuck); replacing it", self.watchdog_pid, now - self._link.unanswered)
+                      "stuck); replacing it", self.watchdog_pid, now - (link.unanswered or now))
             self._replace(handed_back=False)
         else:
-            self._link.beat(now)
+            link.beat(now)
 
     # -- the watchdog ---------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        self._link = _Watchdog(self.timeout, self.clock)
-        self.watchdog_pid = self._link.pid
-        self._append(["watchdog", self._link.pid, self._link.starttime])
+        link = self._link = _Watchdog(self.timeout, self.clock)
+        self.watchdog_pid = link.pid
+        self._append(["watchdog", link.pid, link.starttime])
         for entry in self.held.values():
-            if not self._link.send("+" + json.dumps(entry.line()[1:])):
-                raise KernelError(f"the new watchdog (pid {self._link.pid}) does not read its pipe")
+            if not link.send("+" + json.dumps(entry.line()[1:])):
+                raise KernelError(f"the new watchdog (pid {link.pid}) does not read its pipe")
 
     def _replace(self, handed_back: bool) -> None:
         old = self._link
+        if old is None:
+            return
         old.kill()
         self._spawn()
         log.error("oomkit: watchdog pid %s replaced by pid %s, holding %d settings",
@@ -239,7 +242,10 @@ class _Watchdog:
             self.starttime: int | None = pidfd.start_ticks(self.pid)
         except KernelError:
             self.starttime = None
-        self.w, self.r = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        if stdin is None or stdout is None:      # Popen made both pipes: cannot happen
+            raise KernelError("the watchdog started without its pipes")
+        self.w, self.r = stdin.fileno(), stdout.fileno()
         os.set_blocking(self.w, False)
         os.set_blocking(self.r, False)
         self.sent_at = float("-inf")
@@ -314,6 +320,8 @@ class _Watchdog:
 
     def _close_pipes(self) -> None:
         for f in (self.proc.stdin, self.proc.stdout):
+            if f is None:
+                continue
             try:
                 f.close()
             except OSError:

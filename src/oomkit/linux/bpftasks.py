@@ -389,12 +389,12 @@ class BpfTasks:
             keys = [data[i:i + size] for i in range(0, len(data), size)]
             out = list(map(made.get, keys))
             if None in out:
-                for i, (k, m) in enumerate(zip(keys, out)):
+                for i, (k, m) in enumerate(zip(keys, out, strict=True)):
                     if m is None:
                         (m,) = parse(k)
                         out[i] = made[k] = m if make is None else make(*m)
             if len(made) > 2 * len(keys) + 1024:     # forget records no read returns any more
-                self._made = dict(zip(keys, out))
+                self._made = dict(zip(keys, out, strict=True))
         return out
 
     def read_raw(self, cgroup_id: int, level: int | None = None, *,
@@ -416,8 +416,11 @@ class BpfTasks:
                 self._iterate(link_fd, False)
                 count = g.count
                 del g           # a view of the globals' mapping, which _grow() unmaps
+                recs = self._s.recs
+                if recs is None:
+                    raise KernelError("the BPF reader's record map is not mapped")
                 if count <= self._s.capacity:
-                    return self._s.recs[:count * RECORD.size]
+                    return recs[:count * RECORD.size]
                 self._grow(count)       # then read again: the map was too small
 
     def _iterate(self, link_fd: int, keep: bool) -> bytes:
@@ -475,6 +478,8 @@ class BpfTasks:
             os.close(fd)
             return -1           # another cgroup by that name now: ours is gone
         if self._mount_fd < 0:
+            if self._mount is None:
+                raise KernelError("no memory cgroup mount to read subtrees from")
             try:
                 self._mount_fd = os.open(self._mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
