@@ -210,3 +210,26 @@ def test_the_kernels_kill_of_the_armed_task_is_the_policys_one_record(tree, star
     assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel"
     assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(PID_A, "policy:/box")]
     assert rec["handlers"][0]["policy"] == "largest-task"
+
+
+def test_a_child_forked_by_an_armed_task_gets_its_parents_own_value_back(tree, started):
+    """fork copies oom_score_adj: a child of the armed hog starts at 1000; the
+    next take puts it back to the hog's own value, and never touches a 1000
+    the user set on an unrelated task."""
+    mount, proc = tree
+    d = started()
+    assert adj(proc, PID_A) == 1000
+    child, other = PID_A + 20, PID_A + 21
+    task(proc, child, "child", 1024, adj=1000)
+    task(proc, other, "mine", 1024, adj=1000)
+    for pid, ppid in ((child, PID_A), (other, 1)):
+        stat = proc / str(pid) / "stat"
+        fields = stat.read_text().split(" ")
+        fields[3], fields[21] = str(ppid), "99999999"     # ppid; started after the hog
+        stat.write_text(" ".join(fields))
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, child, other])
+    d.stack.episodes["/box/a"].next_take = 0
+    d.stack.on_timer()
+    assert adj(proc, PID_A) == 1000
+    assert adj(proc, child) == 0            # the hog's own value
+    assert adj(proc, other) == 1000         # the user's, untouched

@@ -555,6 +555,7 @@ class V2Stack:
             for t in tasks:
                 if t.oom_score_adj > OOM_SCORE_ADJ_MIN:
                     want[t.pid] = t
+        self._fix_strays(ep)
         for pid in ep.armed - set(want):
             self._unmark(pid, ep.memcg)
         for pid, t in want.items():
@@ -599,6 +600,46 @@ class V2Stack:
         fd = self._exit_fd(t.pid)
         self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, {memcg}, fd)
         self.backend.adj_overlay[t.pid] = original
+
+    def _fix_strays(self, ep: Episode) -> None:
+        """A task forked by a marked one inherits its 1000 (kernel/fork.c copies
+        signal->oom_score_adj): put each such child back to its marked ancestor's
+        own value, so nothing of ours outlives the decision."""
+        if not ep.armed or self.backend.dry_run:
+            return
+        proc = self.backend.proc
+        try:
+            tasks = self.backend.tasks(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg)
+        except CgroupGone:
+            return
+        for t in tasks:
+            if t.oom_score_adj != OOM_SCORE_ADJ_MAX or t.pid in self.armed:
+                continue
+            parent = self._marked_ancestor(t.pid)
+            if parent is None:
+                continue        # the user's own 1000: not ours to change
+            try:
+                proc.set_oom_score_adj(t.pid, parent.original)
+                log.debug("oomkit: pid %d inherited 1000 from armed pid %d: put back to %d",
+                          t.pid, parent.pid, parent.original)
+            except TaskGone:
+                log.debug("oomkit: pid %d (a marked task's child) exited meanwhile", t.pid)
+
+    def _marked_ancestor(self, pid: int, depth: int = 64) -> Armed | None:
+        """The marked task ``pid`` descends from, by ppid (started after it), if any."""
+        proc = self.backend.proc
+        try:
+            child_start = proc.stat(pid)["starttime"]
+            for _ in range(depth):
+                pid = proc.stat(pid)["ppid"]
+                armed = self.armed.get(pid)
+                if armed is not None:
+                    return armed if child_start >= armed.starttime else None
+                if pid <= 1:
+                    return None
+        except TaskGone:
+            return None
+        return None
 
     def _exit_fd(self, pid: int) -> int | None:
         try:
@@ -669,6 +710,7 @@ class V2Stack:
 
     def _unarm(self, ep: Episode) -> None:
         """No standing decision (the chain passed): the kernel decides at the limit."""
+        self._fix_strays(ep)
         for pid in list(ep.armed):
             self._unmark(pid, ep.memcg)
         ep.armed.clear()
