@@ -91,6 +91,7 @@ class DaemonProc:
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
         self.started_at = 0.0
+        self.env: dict[str, str] | None = None     # extra environment (e.g. $NOTIFY_SOCKET)
 
     @property
     def pid(self) -> int:
@@ -104,7 +105,8 @@ class DaemonProc:
         self.started_at = time.monotonic()
         self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.tmp_path)
+                                      stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.tmp_path,
+                                      env=None if self.env is None else {**os.environ, **self.env})
         self.pidfd = _pidfd.open_pidfd(self.popen.pid)
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()

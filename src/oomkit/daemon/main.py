@@ -40,6 +40,7 @@ from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
 from oomkit.linux.procfs import ProcFS
+from oomkit.linux.sdnotify import Notifier
 from oomkit.policies import make_policy
 from oomkit.schema import OOMRecord
 
@@ -88,6 +89,7 @@ class Daemon:
         self._watchdog_pid: int | None = None
         self._refused: set[str] = set()
         self._wake_r, self._wake_w = socket.socketpair()
+        self.notifier = Notifier()      # systemd's Type=notify (no-op without $NOTIFY_SOCKET)
 
     @property
     def version(self) -> str:
@@ -132,6 +134,8 @@ class Daemon:
     def run(self) -> None:
         try:
             self.start()
+            # Only now: every configured cgroup is taken (and on v2 armed).
+            self.notifier.ready(self.status_line())
             self.loop()
         finally:
             self.stop()
@@ -139,21 +143,25 @@ class Daemon:
     def loop(self) -> None:
         beat = self.config.watchdog_timeout / 4
         while self.running:
-            timer = self.stack.next_timer()
-            self.reactor.poll(beat if timer is None else max(0.0, min(beat, timer)))
+            timers = [t for t in (self.stack.next_timer(), self.notifier.next_ping()) if t is not None]
+            self.reactor.poll(max(0.0, min([beat, *timers])))
+            self.notifier.watchdog()    # from the loop only: a stuck loop stops pinging systemd
             self.heartbeat()
             self.events.retry()
             self.stack.on_timer()
             self.stack.flush()
             if self._reload:
                 self._reload = False
-                self.reload()
+                self.notifier.reloading()
+                ok = self.reload()
+                self.notifier.ready(self.status_line() + ("" if ok else "; reload failed, kept the running config"))
 
     def stop(self) -> None:
         """Put back every setting we changed, then let the watchdog go (once)."""
         if self._stopped:
             return
         self._stopped = True
+        self.notifier.stopping()
         self.engine.close()
         self.stack.close()
         if self.global_fd is not None:
@@ -161,6 +169,7 @@ class Daemon:
             self.global_fd = None
         self.restorer.close()
         self.events.close()
+        self.notifier.close()
         log.info("oomkit: stopped; every setting restored")
 
     def _signals(self) -> None:
@@ -241,6 +250,13 @@ class Daemon:
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
         self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
+        if self.running:
+            self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows (sd_notify STATUS=)."""
+        return (f"cgroup {self.version}: {len(self.engine.attachments)} attachments, "
+                f"{len(self.managed)} cgroups managed" + (" (dry run)" if self.config.dry_run else ""))
 
     def _not_mine(self, wanted: dict, managed: set[str]) -> set[str]:
         """Never the cgroup we run in nor its ancestors: their OOM would pause or kill
