@@ -5,6 +5,8 @@
     procfs     ProcFS: /proc under a root
     taskcache  TaskCache: per-task /proc fds kept between OOMs
     bpftasks   BpfTasks: a memcg subtree's tasks in one read, from a BPF task iterator (bpf/)
+    bpfload    libbpf through ctypes: loads bpf/tasks.bpf.o, its maps and links, after
+               checking its structs against the object's BTF
     pidfd      race-free kills: pidfd_open, pidfd_send_signal, process_mrelease
     notify     wake-ups: v1 OOM eventfd, PSI triggers, inotify, /dev/kmsg
 

@@ -24,13 +24,12 @@ runs (:attr:`BpfTasks.mode`):
 Each read makes a fresh iterator fd (``bpf_iter_create()``: an iterator fd
 reads its sequence once).
 
-Loaded through ctypes over libbpf.so.1 (no new Python dependency); the program
-is CO-RE (compiled once, relocated by libbpf against the running kernel's BTF,
-``/sys/kernel/btf/vmlinux``), so one ``tasks.bpf.o`` (built by
-``bpf/Makefile``, shipped as package data) serves every kernel with BTF.
+The object is loaded by :mod:`.bpfload` (libbpf through ctypes), which checks
+the record's layout declared here (:data:`REC`) against the object's BTF.
 :meth:`BpfTasks.open` raises :class:`KernelError` saying why when BPF cannot be
-used (no BTF, no libbpf, no object file, no CAP_BPF/CAP_PERFMON or
-CAP_SYS_ADMIN); callers then fall back to :mod:`.taskcache`.
+used (no BTF, no libbpf, no object file, an object whose records are laid out
+otherwise, no CAP_BPF/CAP_PERFMON or CAP_SYS_ADMIN); callers then fall back to
+:mod:`.taskcache`.
 
 Differences from what /proc shows, all small and on purpose:
 - rss and swap are the kernel's approximate counters, as ``get_mm_counter()``
@@ -45,7 +44,6 @@ from __future__ import annotations
 
 import ctypes
 import errno as E
-import mmap
 import os
 import struct
 import threading
@@ -54,49 +52,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oomkit.errors import CgroupGone, KernelError, NotPermitted
+from oomkit.errors import CgroupGone, KernelError
+from oomkit.linux import bpfload
 from oomkit.linux._oserror import translate
+from oomkit.linux.bpfload import OBJECT, Layout, LayoutMismatch, Loaded
 from oomkit.linux.taskcache import TaskSample
 
-OBJECT = Path(__file__).with_name("bpf") / "tasks.bpf.o"
-VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-LIBBPF = "libbpf.so.1"
-
-# struct rec in tasks.bpf.c: pid, oom_score_adj, memcg_id, rss, swap, pgtables,
-# starttime, uid, exiting, comm[16] -- 72 bytes, little-endian (x86, arm64).
-RECORD = struct.Struct("<IiQQQQQII16s")
+# struct rec in tasks.bpf.c, member -> struct format, little-endian (x86, arm64):
+# 72 bytes, no padding.  Declared once: RECORD unpacks it, and the loader
+# refuses an object whose BTF says otherwise.
+REC_FORMATS = {"pid": "I", "oom_score_adj": "i", "memcg_id": "Q", "rss": "Q", "swap": "Q",
+               "pgtables": "Q", "starttime": "Q", "uid": "I", "exiting": "I", "comm": "16s"}
+REC = Layout.packed("rec", REC_FORMATS)
+RECORD = struct.Struct("<" + "".join(REC_FORMATS.values()))
 ANY_LEVEL = 0xFFFFFFFF
 R = TypeVar("R")
 _READ = 1 << 20     # bytes asked per read(); the seq_file hands out up to its buffer (8 pages) each time
 LINKS = 64          # "css" mode: cgroup iterator links kept, one per subtree top read lately
 CAPACITY = 16384    # "css" mode: records the array map holds at first (72 bytes each); grows
 FILEID_KERNFS = 0xFE    # include/linux/exportfs.h: a kernfs file handle is the node's u64 id
-BPF_CGROUP_ITER_DESCENDANTS_PRE = 2
 
-
-class _Config(ctypes.Structure):
-    """struct config in tasks.bpf.c: the programs' one global variable (their .bss)."""
-
-    _fields_ = [("target_id", ctypes.c_uint64), ("target_level", ctypes.c_uint32),
-                ("page_shift", ctypes.c_uint32), ("ns_per_tick", ctypes.c_uint64),
-                ("count", ctypes.c_uint64), ("tasks_seen", ctypes.c_uint64),
-                ("cgroups_seen", ctypes.c_uint64), ("top_level", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32)]
-
-
-class _CgroupLinkInfo(ctypes.Structure):
-    """union bpf_iter_link_info's cgroup member (include/uapi/linux/bpf.h, 6.1+); 16 bytes,
-    the size of the union."""
-
-    _fields_ = [("order", ctypes.c_uint32), ("cgroup_fd", ctypes.c_uint32),
-                ("cgroup_id", ctypes.c_uint64)]
-
-
-class _IterAttachOpts(ctypes.Structure):
-    """struct bpf_iter_attach_opts (libbpf.h)."""
-
-    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p),
-                ("link_info_len", ctypes.c_uint32)]
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 
 
 def parse(data: bytes | bytearray | memoryview) -> list[tuple[int, int, TaskSample]]:
@@ -120,75 +97,6 @@ def cgroup_key(path: str | os.PathLike, mount: str | os.PathLike) -> tuple[int, 
         # its last task dies, maybe mid-OOM): the cgroup is gone, not a kernel fault.
         raise translate(exc, str(path), CgroupGone, what="stat cgroup") from exc
     return ino, len(rel.parts)
-
-
-def _libbpf() -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL(LIBBPF, use_errno=True)
-    except OSError as exc:
-        raise KernelError(f"BPF unavailable: cannot load {LIBBPF} ({exc}); "
-                          "install libbpf1 (Debian) or libbpf (Fedora)") from exc
-    vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
-    for name, res, args in (
-            ("bpf_object__open_file", vp, [cp, vp]),
-            ("bpf_object__load", i, [vp]),
-            ("bpf_object__close", None, [vp]),
-            ("bpf_object__find_program_by_name", vp, [vp, cp]),
-            ("bpf_object__find_map_by_name", vp, [vp, cp]),
-            ("bpf_object__next_program", vp, [vp, vp]),
-            ("bpf_program__name", cp, [vp]),
-            ("bpf_program__set_autoload", i, [vp, ctypes.c_bool]),
-            ("bpf_map__fd", i, [vp]),
-            ("bpf_map__set_max_entries", i, [vp, ctypes.c_uint32]),
-            ("bpf_program__attach_iter", vp, [vp, vp]),
-            ("bpf_link__fd", i, [vp]),
-            ("bpf_link__destroy", i, [vp]),
-            ("bpf_iter_create", i, [i]),
-            ("libbpf_set_print", vp, [vp])):
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
-    return lib
-
-
-# libbpf's messages (why a load failed) are kept, not printed: the last few go
-# into the error.  Its print callback gets a va_list, which on x86-64 and arm64
-# Linux is passed as a pointer, so vsnprintf can format it.
-_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-_log: list[str] = []
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
-_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-
-
-@_PRINT
-def _keep(level: int, fmt: bytes, args: int) -> int:
-    if level >= 2:      # LIBBPF_DEBUG: CO-RE relocation notes; the verifier log is a warning
-        return 0
-    buf = ctypes.create_string_buffer(1 << 20)     # a verifier log comes in one message
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    _log.append(buf.value.decode(errors="replace").rstrip())
-    del _log[:-40]
-    return 0
-
-
-def _fail(what: str, err: int) -> KernelError:
-    """The error for a failed libbpf/bpf call (``err`` positive errno), with libbpf's last words."""
-    why = os.strerror(err) if err else "failed"
-    detail = next((line for line in reversed(_log) if line), "")
-    verifier = False
-    for msg in reversed(_log):      # the verifier's own reason: the last line of its log
-        if "-- END PROG LOAD LOG --" in msg:
-            verifier = True
-            lines = [ln for ln in msg.split("-- END PROG LOAD LOG --")[0].splitlines()
-                     if ln.strip() and not ln.startswith(("processed ", "verification time"))]
-            detail = (lines[-1].strip() if lines else detail) + "; " + detail
-            break
-    text = f"BPF unavailable: {what}: {why}" + (f" (libbpf: {detail})" if detail else "")
-    if err == E.EACCES and verifier:     # the verifier's refusal, not a lack of privileges
-        return KernelError(text, errno=err)
-    if err in (E.EPERM, E.EACCES):
-        return NotPermitted(text + " (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)", errno=err)
-    return KernelError(text, errno=err or None)
 
 
 def memcg_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
@@ -216,96 +124,6 @@ def memcg_mount(mountinfo: str = "/proc/self/mountinfo") -> str:
     return v2
 
 
-class _Loaded:
-    """One program of the object, loaded: the object, its globals, and for "css"
-    the records' array map (mapped), for "task" its one link."""
-
-    def __init__(self, lib: ctypes.CDLL, obj_file: str | os.PathLike, mode: str, capacity: int):
-        self.lib, self.obj_file, self.mode, self.capacity = lib, obj_file, mode, capacity
-        self.obj = self.bss = self.recs = self.link = None
-        self.link_fd = -1
-        _log.clear()
-        lib.libbpf_set_print(ctypes.cast(_keep, ctypes.c_void_p))
-        try:
-            self.obj = lib.bpf_object__open_file(os.fsencode(obj_file), None)
-            if not self.obj:    # libbpf 1.0+: NULL and errno
-                raise _fail(f"open {obj_file}", ctypes.get_errno())
-            want = b"dump_subtree" if mode == "css" else b"dump_tasks"
-            prog, p = None, None
-            while p := lib.bpf_object__next_program(self.obj, p):
-                mine = lib.bpf_program__name(p) == want
-                lib.bpf_program__set_autoload(p, mine)     # load only the one we want
-                prog = p if mine else prog
-            recs = lib.bpf_object__find_map_by_name(self.obj, b"recs")
-            if not prog or (mode == "css" and not recs):
-                raise KernelError(f"BPF unavailable: {obj_file} lacks {want.decode()} "
-                                  "(rebuild it)", path=str(obj_file))
-            if recs:
-                lib.bpf_map__set_max_entries(recs, capacity if mode == "css" else 1)
-            rc = lib.bpf_object__load(self.obj)
-            if rc < 0:
-                raise _fail("load the " + ("cgroup iterator (dump_subtree)" if mode == "css"
-                                           else "task iterator"), -rc)
-            self.prog = prog
-            bss_map = lib.bpf_object__find_map_by_name(self.obj, b".bss")
-            bss_fd = lib.bpf_map__fd(bss_map) if bss_map else -1
-            if bss_fd < 0:
-                raise KernelError(f"BPF unavailable: {obj_file} lacks its globals (rebuild it)",
-                                  path=str(obj_file))
-            # The .bss is a one-element array map created BPF_F_MMAPABLE (5.5+):
-            # stores into this shared mapping are what the program reads, and
-            # the program's stores (the counters) are what we read.
-            # (libbpf 1.1 remaps its own image of it only for skeletons.)
-            self.bss = self._map(bss_fd, mmap.PAGESIZE, "the program's globals")
-            if mode == "css":
-                size = -(-capacity * RECORD.size // mmap.PAGESIZE) * mmap.PAGESIZE
-                self.recs = self._map(lib.bpf_map__fd(recs), size, "the records' map")
-            else:
-                self.link = lib.bpf_program__attach_iter(prog, None)
-                if not self.link:
-                    raise _fail("attach the task iterator", ctypes.get_errno())
-                self.link_fd = lib.bpf_link__fd(self.link)
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            lib.libbpf_set_print(None)
-        g = self.cfg = _Config.from_buffer(self.bss)
-        g.page_shift = (os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
-        g.ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _map(fd: int, size: int, what: str) -> mmap.mmap:
-        try:
-            return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as exc:
-            raise _fail(f"map {what}", exc.errno or 0) from exc
-
-    def attach(self, dir_fd: int) -> tuple[int, int]:
-        """(link, link fd) of dump_subtree on the cgroup of directory ``dir_fd``."""
-        info = _CgroupLinkInfo(BPF_CGROUP_ITER_DESCENDANTS_PRE, dir_fd, 0)
-        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts),
-                               ctypes.cast(ctypes.pointer(info), ctypes.c_void_p),
-                               ctypes.sizeof(info))
-        link = self.lib.bpf_program__attach_iter(self.prog, ctypes.byref(opts))
-        if not link:
-            err = ctypes.get_errno()
-            raise translate(OSError(err, os.strerror(err)), None, what="attach the cgroup iterator")
-        return link, self.lib.bpf_link__fd(link)
-
-    def close(self) -> None:
-        if getattr(self, "cfg", None) is not None:
-            del self.cfg            # it exports the mapping's buffer
-        for m in (self.bss, self.recs):
-            if m is not None:
-                m.close()
-        if self.link:
-            self.lib.bpf_link__destroy(self.link)
-        if self.obj:
-            self.lib.bpf_object__close(self.obj)
-        self.obj = self.bss = self.recs = self.link = None
-
-
 class BpfTasks:
     """A BPF iterator of a subtree's processes, loaded; :meth:`read` a subtree,
     :meth:`close` when done.
@@ -316,9 +134,8 @@ class BpfTasks:
     (None when it is).
     """
 
-    def __init__(self, lib: ctypes.CDLL, loaded: _Loaded, fallback: str | None = None,
-                 mount: str | None = None):
-        self._lib, self._s = lib, loaded
+    def __init__(self, loaded: Loaded, fallback: str | None = None, mount: str | None = None):
+        self._s = loaded
         self.mode: str = loaded.mode
         self.fallback = fallback
         self._mount = mount
@@ -338,24 +155,20 @@ class BpfTasks:
         used here."""
         if mode not in (None, "css", "task"):
             raise ValueError(f"BpfTasks mode {mode!r}: None, 'css' or 'task'")
-        if not os.path.exists(VMLINUX_BTF):
-            raise KernelError(f"BPF unavailable: no kernel BTF ({VMLINUX_BTF}; "
-                              "needs CONFIG_DEBUG_INFO_BTF=y)", errno=E.ENOENT, path=VMLINUX_BTF)
-        if not os.path.exists(obj_file):
-            raise KernelError(f"BPF unavailable: no {obj_file} (build it: make -C {Path(obj_file).parent})",
-                              errno=E.ENOENT, path=str(obj_file))
-        lib = _libbpf()
+        lib = bpfload.preflight(obj_file)
         fallback = None
         if mode != "task":
             try:
                 mount = memcg_mount()
-                return cls(lib, _Loaded(lib, obj_file, "css", max(1, capacity)), mount=mount)
+                return cls(Loaded(lib, obj_file, "css", max(1, capacity), REC), mount=mount)
+            except LayoutMismatch:
+                raise           # the other program reads the same records
             except KernelError as exc:
                 if mode == "css":
                     raise
                 fallback = ("the cgroup iterator with the css task iterator (Linux 6.7+) "
                             f"is not usable here: {exc}")
-        return cls(lib, _Loaded(lib, obj_file, "task", 1), fallback)
+        return cls(Loaded(lib, obj_file, "task", 1, REC), fallback)
 
     @property
     def visits(self) -> tuple[int, int]:
@@ -424,10 +237,7 @@ class BpfTasks:
                 self._grow(count)       # then read again: the map was too small
 
     def _iterate(self, link_fd: int, keep: bool) -> bytes:
-        fd = self._lib.bpf_iter_create(link_fd)
-        if fd < 0:
-            err = ctypes.get_errno() or -fd
-            raise translate(OSError(err, os.strerror(err)), None, what="bpf_iter_create")
+        fd = self._s.iterator(link_fd)
         try:
             chunks = []
             while True:
@@ -462,7 +272,7 @@ class BpfTasks:
         self._links[cgroup_id] = link
         while len(self._links) > LINKS:
             _, (old, _) = self._links.popitem(last=False)
-            self._lib.bpf_link__destroy(old)
+            self._s.detach(old)
         return link[1]
 
     def _open_cgroup(self, cgroup_id: int, path: str | os.PathLike | None) -> int:
@@ -500,7 +310,7 @@ class BpfTasks:
     def _grow(self, count: int) -> None:
         """Reload dump_subtree with an array map for at least twice ``count`` records."""
         capacity = max(2 * count, 2 * self._s.capacity)
-        new = _Loaded(self._lib, self._s.obj_file, "css", capacity)
+        new = Loaded(self._s.lib, self._s.obj_file, "css", capacity, REC)
         self._drop_links()
         self._s.close()
         self._s = new
@@ -511,11 +321,11 @@ class BpfTasks:
         with self.lock:
             link = self._links.pop(cgroup_id, None)
             if link is not None:
-                self._lib.bpf_link__destroy(link[0])
+                self._s.detach(link[0])
 
     def _drop_links(self) -> None:
         for link, _ in self._links.values():
-            self._lib.bpf_link__destroy(link)
+            self._s.detach(link)
         self._links.clear()
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""bpftasks: the record format of tasks.bpf.c, and why BpfTasks.open() refuses.
+"""bpftasks/bpfload: the record format of tasks.bpf.c, and why BpfTasks.open() refuses.
 
 No BPF needed: records are packed here as the program writes them (struct rec
 in src/oomkit/linux/bpf/tasks.bpf.c), and open() is pointed at what is missing.
@@ -11,8 +11,8 @@ import struct
 import pytest
 
 from oomkit.errors import CgroupGone, KernelError
-from oomkit.linux import bpftasks
-from oomkit.linux.bpftasks import RECORD, BpfTasks, cgroup_key, parse
+from oomkit.linux import bpfload
+from oomkit.linux.bpftasks import RECORD, BpfTasks, cgroup_key, memcg_mount, parse
 from oomkit.linux.taskcache import TaskSample
 
 MiB = 1 << 20
@@ -68,33 +68,33 @@ def test_cgroup_key_is_inode_and_depth(tmp_path):
 
 
 def test_open_says_why_without_btf(monkeypatch, tmp_path):
-    monkeypatch.setattr(bpftasks, "VMLINUX_BTF", str(tmp_path / "vmlinux"))
+    monkeypatch.setattr(bpfload, "VMLINUX_BTF", str(tmp_path / "vmlinux"))
     with pytest.raises(KernelError, match="no kernel BTF"):
         BpfTasks.open()
 
 
 def test_open_says_why_without_object(tmp_path):
-    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+    if not bpfload.os.path.exists(bpfload.VMLINUX_BTF):
         pytest.skip("this kernel has no BTF: that check comes first")
     with pytest.raises(KernelError, match="no .*tasks.bpf.o.*make -C"):
         BpfTasks.open(tmp_path / "tasks.bpf.o")
 
 
 def test_open_says_why_without_libbpf(monkeypatch, tmp_path):
-    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+    if not bpfload.os.path.exists(bpfload.VMLINUX_BTF):
         pytest.skip("this kernel has no BTF: that check comes first")
     obj = tmp_path / "tasks.bpf.o"
     obj.write_bytes(b"")
-    monkeypatch.setattr(bpftasks, "LIBBPF", "libbpf-not-here.so.0")
+    monkeypatch.setattr(bpfload, "LIBBPF", "libbpf-not-here.so.0")
     with pytest.raises(KernelError, match="cannot load libbpf-not-here"):
         BpfTasks.open(obj)
 
 
 def test_open_says_why_for_a_bad_object(tmp_path):
-    if not bpftasks.os.path.exists(bpftasks.VMLINUX_BTF):
+    if not bpfload.os.path.exists(bpfload.VMLINUX_BTF):
         pytest.skip("this kernel has no BTF: that check comes first")
     try:
-        bpftasks._libbpf()
+        bpfload.libbpf()
     except KernelError:
         pytest.skip("no libbpf.so.1 here")
     obj = tmp_path / "tasks.bpf.o"
@@ -151,15 +151,15 @@ def test_failure_names_the_verifiers_reason(monkeypatch):
            "libbpf: prog 'dump_tasks': -- BEGIN PROG LOAD LOG --\n0: (79) r0 = *(u64 *)(r5 +0)\n"
            "Type 'atomic_long_t' is not a struct\nprocessed 1546 insns\n-- END PROG LOAD LOG --",
            "libbpf: failed to load object 'tasks.bpf.o'"]
-    monkeypatch.setattr(bpftasks, "_log", log)
-    err = bpftasks._fail("load the task iterator", 22)
+    monkeypatch.setattr(bpfload, "_log", log)
+    err = bpfload._fail("load the task iterator", 22)
     assert "Invalid argument" in str(err) and "'atomic_long_t' is not a struct" in str(err)
-    assert isinstance(bpftasks._fail("load", 1), NotPermitted)
+    assert isinstance(bpfload._fail("load", 1), NotPermitted)
     # EACCES with a verifier log: the program was refused (6.1: "R0 !read_ok"), not us
-    denied = bpftasks._fail("load", 13)
+    denied = bpfload._fail("load", 13)
     assert isinstance(denied, KernelError) and not isinstance(denied, NotPermitted)
-    monkeypatch.setattr(bpftasks, "_log", ["libbpf: failed to load object"])
-    assert isinstance(bpftasks._fail("load", 13), NotPermitted)
+    monkeypatch.setattr(bpfload, "_log", ["libbpf: failed to load object"])
+    assert isinstance(bpfload._fail("load", 13), NotPermitted)
 
 
 MOUNTINFO = """\
@@ -174,12 +174,12 @@ MOUNTINFO = """\
 def test_memcg_mount_prefers_the_v1_memory_hierarchy(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text(MOUNTINFO)
-    assert bpftasks.memcg_mount(str(info)) == "/sys/fs/cgroup/memory x"
+    assert memcg_mount(str(info)) == "/sys/fs/cgroup/memory x"
     info.write_text("".join(ln + "\n" for ln in MOUNTINFO.splitlines() if "memory" not in ln))
-    assert bpftasks.memcg_mount(str(info)) == "/sys/fs/cgroup/unified"
+    assert memcg_mount(str(info)) == "/sys/fs/cgroup/unified"
     info.write_text(MOUNTINFO.splitlines()[0] + "\n")
     with pytest.raises(KernelError, match="no memory cgroup hierarchy"):
-        bpftasks.memcg_mount(str(info))
+        memcg_mount(str(info))
 
 
 def test_open_knows_two_modes():
@@ -191,6 +191,61 @@ def test_link_info_is_the_kernels_layout():
     # union bpf_iter_link_info: the cgroup member {u32 order, u32 cgroup_fd, u64 cgroup_id}
     # is its largest; struct bpf_iter_attach_opts {size_t sz; void *link_info; u32 len}
     import ctypes
-    assert ctypes.sizeof(bpftasks._CgroupLinkInfo) == 16
-    assert ctypes.sizeof(bpftasks._IterAttachOpts) == 24
-    assert ctypes.sizeof(bpftasks._Config) == 56
+    assert ctypes.sizeof(bpfload._CgroupLinkInfo) == 16
+    assert ctypes.sizeof(bpfload._IterAttachOpts) == 24
+    assert ctypes.sizeof(bpfload._Config) == 56
+
+
+def _libbpf_or_skip():
+    try:
+        bpfload.libbpf()
+    except KernelError:
+        pytest.skip("no libbpf.so.1 here")
+
+
+def test_the_committed_object_has_the_layouts_read_here():
+    # the object is opened, not loaded: nothing reaches the kernel, no privileges
+    _libbpf_or_skip()
+    from oomkit.linux.bpftasks import REC
+    bpfload.check_object(bpfload.OBJECT, (REC, bpfload.CONFIG))
+    assert REC.size == RECORD.size == 72
+    assert REC.members["comm"] == (56, 16) and bpfload.CONFIG.members["pad"] == (52, 4)
+
+
+def test_a_record_read_otherwise_than_the_object_writes_it_is_refused():
+    _libbpf_or_skip()
+    from oomkit.linux.bpftasks import REC_FORMATS
+    wide_pid = bpfload.Layout.packed("rec", {**REC_FORMATS, "pid": "Q"})
+    with pytest.raises(bpfload.LayoutMismatch) as err:
+        bpfload.check_object(bpfload.OBJECT, (wide_pid,))
+    msg = str(err.value)
+    assert "tasks.bpf.o does not match this oomkit" in msg and "make -B -C" in msg
+    assert "struct rec is 72 bytes, oomkit reads 76" in msg
+    assert "struct rec.pid is 4 bytes, oomkit reads 8" in msg
+    assert "struct rec.oom_score_adj is at byte 4, oomkit reads it at 8" in msg
+    renamed = {("cmd" if k == "comm" else k): v for k, v in REC_FORMATS.items()}
+    with pytest.raises(bpfload.LayoutMismatch, match="has no member 'cmd'.*has member 'comm', "
+                                                      "which oomkit does not read"):
+        bpfload.check_object(bpfload.OBJECT, (bpfload.Layout.packed("rec", renamed),))
+    with pytest.raises(bpfload.LayoutMismatch, match="no struct record"):
+        bpfload.check_object(bpfload.OBJECT, (bpfload.Layout.packed("record", REC_FORMATS),))
+
+
+def test_open_refuses_an_object_whose_records_differ(monkeypatch, caplog):
+    # refused before the kernel sees it (no privileges needed), and not retried
+    # with the task iterator, which writes the same records; the daemon then
+    # reads /proc, with its one line saying why
+    if not bpfload.os.path.exists(bpfload.VMLINUX_BTF):
+        pytest.skip("this kernel has no BTF: that check comes first")
+    _libbpf_or_skip()
+    from oomkit.daemon.main import open_task_reader
+    from oomkit.linux import bpftasks
+    moved = {k: v for k, v in bpftasks.REC_FORMATS.items() if k not in ("rss", "swap")}
+    monkeypatch.setattr(bpftasks, "REC", bpfload.Layout.packed("rec", {**moved, "rss": "Q", "swap": "Q"}))
+    with pytest.raises(bpfload.LayoutMismatch, match=r"struct rec\.pgtables is at byte 32, "
+                                                      "oomkit reads it at 16"):
+        BpfTasks.open()
+    caplog.set_level("WARNING", logger="oomkit")
+    assert open_task_reader("auto", "/proc") is None
+    assert "reading tasks from /proc (BPF unavailable: " in caplog.text
+    assert "does not match this oomkit" in caplog.text
