@@ -233,3 +233,32 @@ def test_a_child_forked_by_an_armed_task_gets_its_parents_own_value_back(tree, s
     assert adj(proc, PID_A) == 1000
     assert adj(proc, child) == 0            # the hog's own value
     assert adj(proc, other) == 1000         # the user's, untouched
+
+
+def test_near_a_global_oom_the_root_attachments_decision_alone_stands(tree, started):
+    """With "/" attached, MemAvailable within the machine's zone (1/8 of
+    MemTotal, at most 1 GiB) marks the root chain's choice for the kernel's
+    global OOM, and holds back every memcg's mark (it would be the global
+    favourite too); room again: the memcgs' marks come back."""
+    mount, proc = tree
+    cgroup(mount, "/box/job", current=60 * MiB, limit=64 * MiB, procs=[PID_C], oom_group=True)
+    meminfo = proc / "meminfo"
+    normal = meminfo.read_text()
+    d = started(at="/", policy="largest-task")
+    assert adj(proc, PID_C) == 1000                  # /box/job near its limit: its own decision
+    total = int(next(x for x in normal.splitlines() if x.startswith("MemTotal")).split()[1])
+    low = "\n".join(f"MemAvailable:   {total // 40} kB" if x.startswith("MemAvailable") else x
+                    for x in normal.splitlines()) + "\n"
+    meminfo.write_text(low)
+    d.stack.global_ep.next_take = 0
+    d.stack.on_timer()
+    assert adj(proc, PID_A) == 1000                  # the machine's largest task, by the root
+    assert adj(proc, PID_C) == 0                     # the memcg's mark held back meanwhile
+    assert d.stack.global_ep.is_armed
+    meminfo.write_text(normal)
+    d.stack.global_ep.next_take = 0
+    d.stack.on_timer()
+    d.stack.on_timer()
+    assert not d.stack.global_ep.is_armed
+    assert adj(proc, PID_C) == 1000                  # back
+    assert adj(proc, PID_A) in (0, 1000)             # /box/a's own decision may mark it again

@@ -203,6 +203,11 @@ class V1Events:
             engine.fall_back(oom, record)
         return True
 
+    def watch_global(self, on: bool) -> bool:
+        """v1 keeps the daemon's pressure path for global OOMs (not built: a
+        standing decision there, as v2 keeps)."""
+        return False
+
     def next_timer(self) -> float | None:
         return None
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("oomkit")
 
 MiB = 1 << 20
+GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of the zone
 OOM_SCORE_ADJ_MAX = 1000      # include/uapi/linux/oom.h
 OOM_SCORE_ADJ_MIN = -1000
 
@@ -235,6 +236,8 @@ class Rehearsal:
 
     def condition_gone(self, oom: OOMEvent) -> bool:
         """Out of the zone (a raise_limit moved memory.max up, or usage fell)."""
+        if oom.level is not Level.MEMCG:
+            return self.live.proc.meminfo().get("MemAvailable", 0) >= self.zone_size
         try:
             limit = self.live.fs.limit(oom.memcg)
             return limit is None or self.live.fs.usage(oom.memcg) + self.zone_size <= limit
@@ -272,7 +275,8 @@ class Episode:
     """One managed memcg with a limit: its wake-up point and standing decision
     (the facts of one v2 OOM, in one place, as mm/oom_kill.c's oom_control)."""
 
-    memcg: str
+    memcg: str                       # "/" for the machine (a global OOM)
+    level: Level = Level.MEMCG
     events: dict[str, int] = field(default_factory=dict)   # memory.events at the last look
     local_kills: int = 0                                   # memory.events.local oom_kill
     high: str | None = None          # the memory.high we replaced with a wake-up point
@@ -280,16 +284,12 @@ class Episode:
     groups: dict[str, str] = field(default_factory=dict)  # cgroup -> original memory.oom.group
     record: OOMRecord | None = None  # the rehearsal that made the decision
     decided_at: str | None = None
-    next_take: float | None = None   # when to take the decision again (armed only)
+    next_take: float | None = None   # when to look again (in the zone; always for "/")
+    in_zone: bool = False            # usage was near the limit at the last look
 
     @property
     def is_armed(self) -> bool:
         return self.record is not None
-
-    @property
-    def in_zone(self) -> bool:
-        """Usage was near the limit at the last look: a timer looks again."""
-        return self.next_take is not None
 
 
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
@@ -311,6 +311,7 @@ class V2Stack:
         self.rehearsal = Rehearsal(backend)
         self.decider: Engine | None = None
         self.episodes: dict[str, Episode] = {}
+        self.global_ep: Episode | None = None       # the root attachment's, for global OOMs
         self.watched: set[str] = set()
         self.armed: dict[int, Armed] = {}
         self.inotify = notify.Inotify()
@@ -353,14 +354,64 @@ class V2Stack:
         return True
 
     def next_timer(self) -> float | None:
-        times = [e.next_take for e in self.episodes.values() if e.next_take is not None]
+        times = [e.next_take for e in self._all_episodes() if e.next_take is not None]
         return max(0.0, min(times) - self.backend.clock.now()) if times else None
 
     def on_timer(self) -> None:
         now = self.backend.clock.now()
+        g = self.global_ep
+        if g is not None and g.next_take is not None and g.next_take <= now:
+            self._look_global()
         for ep in list(self.episodes.values()):
             if ep.next_take is not None and ep.next_take <= now:
                 self._look(ep.memcg)
+
+    def _all_episodes(self) -> list[Episode]:
+        return list(self.episodes.values()) + ([self.global_ep] if self.global_ep else [])
+
+    # -- the machine: a standing decision for global OOMs --------------------------------
+
+    def watch_global(self, on: bool) -> bool:
+        """The root attachment handles global OOMs: keep its standing decision
+        while MemAvailable is within the zone (auto: 1/8 of MemTotal, at most
+        1 GiB), looked at every second (every ``rearm`` in the zone).  True: the
+        daemon needs no early (pressure) path of its own."""
+        if on and self.global_ep is None:
+            self.global_ep = Episode("/", Level.GLOBAL, next_take=self.backend.clock.now())
+        elif not on and self.global_ep is not None:
+            self._disarm_global()
+        return True
+
+    def _look_global(self) -> None:
+        ep = self.global_ep
+        if ep is None:
+            return
+        info = self.backend.proc.meminfo()
+        total = info.get("MemTotal", 0)
+        size = zone(total, None)
+        look = Look(usage=total - info.get("MemAvailable", total), limit=total, events={}, before={})
+        wake = classify(look, size, ep.in_zone)
+        now = self.backend.clock.now()
+        if wake is Wakeup.LEFT_ZONE:
+            self._disarm_global()
+        elif wake is Wakeup.NEAR_LIMIT or ep.in_zone:
+            ep.in_zone = True
+            self._decide(ep, size)
+        ep.next_take = now + (self.settings.rearm if ep.in_zone else GLOBAL_POLL)
+
+    def _disarm_global(self) -> None:
+        """The machine has room again: its decision goes, the memcgs' come back."""
+        ep = self.global_ep
+        if ep is None:
+            return
+        was = ep.is_armed
+        self._unarm(ep)
+        ep.in_zone = False
+        if was:
+            now = self.backend.clock.now()
+            for other in self.episodes.values():
+                if other.in_zone:
+                    other.next_take = now
 
     def flush(self) -> None:
         """Nothing is batched on v2: each wake-up was handled as it came."""
@@ -379,6 +430,8 @@ class V2Stack:
                 self.release(path)
 
     def close(self) -> None:
+        self.watch_global(False)
+        self.global_ep = None
         for path in sorted(self.watched, key=lambda p: -p.count("/")):
             self.release(path)
         if self._registered:
@@ -396,7 +449,8 @@ class V2Stack:
         # kill's "Killed process" line is written before we wake for it.
         self._kmsg()
         self.watched.add(path)
-        ep = Episode(path, self.fs.events(path), self.fs.events(path, local=True).get("oom_kill", 0))
+        ep = Episode(path, events=self.fs.events(path),
+                     local_kills=self.fs.events(path, local=True).get("oom_kill", 0))
         self.episodes[path] = ep
         wd = self.inotify.add_watch(self.fs.path(path, "memory.events"), notify.IN_MODIFY)
         self.watches[wd] = path
@@ -471,6 +525,7 @@ class V2Stack:
             self._disarm(ep)
         elif wake is Wakeup.NEAR_LIMIT or (ep.in_zone and ep.next_take is not None
                                            and ep.next_take <= self.backend.clock.now()):
+            ep.in_zone = True
             self._decide(ep, size)
         self._set_wake_point(ep, look.limit, size)
 
@@ -520,9 +575,9 @@ class V2Stack:
 
     def _decide(self, ep: Episode, size: int) -> None:
         """Rehearse the chain for ``ep.memcg`` and arm what it chose."""
-        oom = OOMEvent(Level.MEMCG, ep.memcg)
+        oom = OOMEvent(ep.level, ep.memcg)
         ep.next_take = self.backend.clock.now() + self.settings.rearm
-        if self.decider is None or not self.decider.chain(oom):
+        if self.decider is None or not self.decider.chain(oom) or self._suspended(ep):
             self._unarm(ep)
             return
         self.rehearsal.begin(size)
@@ -535,6 +590,16 @@ class V2Stack:
             self._unarm(ep)
             return
         self._arm(ep, record)
+
+    def _suspended(self, ep: Episode) -> bool:
+        """While the machine is near its own OOM, the root attachment's decision
+        is the only one marked: a task marked for a memcg would also be the
+        kernel's favourite at a global OOM (oom_badness() is the same score)."""
+        g = self.global_ep
+        if ep.level is Level.GLOBAL or g is None or not g.is_armed:
+            return False
+        log.debug("oomkit: %s: decision held back while the machine's stands", ep.memcg)
+        return True
 
     def _raised(self, ep: Episode, oom: OOMEvent, record: OOMRecord) -> None:
         """A raise_limit at the headroom is a real release: recorded now."""
@@ -567,6 +632,10 @@ class V2Stack:
             log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
                      ep.memcg, names or "nobody", record.handlers[-1].policy)
         ep.record, ep.decided_at = record, _now_iso()
+        if ep.level is Level.GLOBAL:
+            for other in self.episodes.values():
+                if other.is_armed:
+                    self._unarm(other)      # the machine's decision alone stands now
         ep.record.armed = sorted(ep.armed)
 
     @staticmethod
@@ -722,7 +791,7 @@ class V2Stack:
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
         self._unarm(ep)
-        ep.next_take = None
+        ep.next_take, ep.in_zone = None, False
 
     # -- the kernel's kills -------------------------------------------------------------
 
@@ -747,15 +816,19 @@ class V2Stack:
         for v in fresh:
             self._reported[v.pid] = now
         memcg = oom_memcg or path
-        ep = self._deciding(memcg, path)
+        ep = self._deciding(memcg, path, fresh)
         record, oom = self._kill_record(memcg, fresh, ep, count, path)
         self.daemon.write(record, oom)
         if ep is not None:
             ep.next_take = now          # the decision's victim is gone: take it again
 
-    def _deciding(self, memcg: str, path: str) -> Episode | None:
-        """The episode whose standing decision covers this kill: the OOMing memcg's,
-        else the nearest armed one above the victim's cgroup."""
+    def _deciding(self, memcg: str, path: str, victims: list[Release]) -> Episode | None:
+        """The episode whose standing decision covers this kill: the machine's if
+        it marked the victim, else the OOMing memcg's, else the nearest armed one
+        above the victim's cgroup."""
+        g = self.global_ep
+        if g is not None and g.is_armed and any(v.pid in g.armed for v in victims):
+            return g
         ep = self.episodes.get(memcg)
         if ep is not None and ep.is_armed:
             return ep
@@ -783,11 +856,11 @@ class V2Stack:
         if ep is not None and ep.record is not None and ours and ours == len(victims):
             rec = ep.record
             rec.killed, rec.resolved_by = killed, ResolvedBy.POLICY
-            rec.note = (f"the policy's standing decision, carried out by the kernel's OOM killer "
-                        f"at memory.max of {memcg}")
+            where = "the machine's OOM" if ep.level is Level.GLOBAL else f"memory.max of {memcg}"
+            rec.note = f"the policy's standing decision, carried out by the kernel's OOM killer at {where}"
             rec.executed_by, rec.decided_at = "kernel", ep.decided_at
             ep.record = None        # written once; the next look decides again
-            return rec, OOMEvent(Level.MEMCG, ep.memcg)
+            return rec, OOMEvent(ep.level, ep.memcg)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
         if ep is not None and ep.armed:
             note += f"; the standing decision was pid(s) {sorted(ep.armed)}"

@@ -118,6 +118,10 @@ class LiveStack(Protocol):
     def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
         """After the chain, before the record is written: False to write none."""
 
+    def watch_global(self, on: bool) -> bool:
+        """The root attachment handles global OOMs (``on``): True if this stack
+        keeps a standing decision for them, False if the daemon's pressure path does."""
+
     def next_timer(self) -> float | None:
         """Seconds until :meth:`on_timer` wants to run, or None."""
 

@@ -308,6 +308,8 @@ class Daemon:
                 log.debug("oomkit: no inotify watch on %s (gone meanwhile?): %s", path, exc)
 
     def _global_source(self, wanted: bool) -> None:
+        if self.stack.watch_global(wanted):
+            return      # the stack keeps a standing decision for global OOMs
         if wanted and self.global_fd is None:
             try:
                 self.global_fd = notify.psi_trigger(Path(self.config.proc) / "pressure" / "memory",
