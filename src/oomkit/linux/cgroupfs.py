@@ -10,6 +10,7 @@ OS errors into :mod:`oomkit.errors` exceptions (ENOENT/ENODEV ->
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import parse
 from oomkit.linux._oserror import os_errors, translate
+
+log = logging.getLogger("oomkit")
 
 V1, V2 = "v1", "v2"
 
@@ -124,6 +127,7 @@ class CgroupFS:
             except OSError as exc:     # no context manager per cgroup: this is the hot loop
                 err = translate(exc, d + "/cgroup.procs", CgroupGone, "read")
                 if isinstance(err, CgroupGone):
+                    log.debug("oomkit: %s removed while its tasks were read: skipped", name)
                     continue
                 raise err from exc
             out.append((name, pids))
@@ -141,6 +145,7 @@ class CgroupFS:
                 except OSError as exc:
                     err = translate(exc, d, CgroupGone, "stat")
                     if isinstance(err, CgroupGone):
+                        log.debug("oomkit: %s removed before its ids were read: none", name)
                         return {}
                     raise err from exc
             out[ino] = name
@@ -163,6 +168,7 @@ class CgroupFS:
             try:
                 kids = _subdirs(d)
             except CgroupGone:
+                log.debug("oomkit: %s removed while the tree was walked: its branch ends", name)
                 continue
             prefix = "" if name == "/" else name
             stack.extend((f"{prefix}/{n}", f"{d}/{n}", i, nlink == 2) for n, nlink, i in reversed(kids))
@@ -312,7 +318,9 @@ def detect(cgroup: str = "auto", mount: str | os.PathLike | None = None,
 def _v2_has_memory(mount: Path) -> bool:
     try:
         return "memory" in (mount / "cgroup.controllers").read_text().split()
-    except OSError:
+    except OSError as exc:
+        log.debug("oomkit: %s/cgroup.controllers unreadable (%s): taken as no memory controller",
+                  mount, exc)
         return False
 
 
@@ -327,5 +335,5 @@ def _subdirs(d: str) -> list[tuple[str, int, int]]:
 def _nlink(entry: os.DirEntry) -> int:
     try:
         return entry.stat(follow_symlinks=False).st_nlink
-    except OSError:
+    except OSError:     # removed meanwhile: 0 is "unknown", as the caller's contract says
         return 0

@@ -14,11 +14,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import parse
 from oomkit.linux._oserror import os_errors, translate
+
+log = logging.getLogger("oomkit")
 
 # --- v1 OOM eventfd --------------------------------------------------------
 
@@ -228,6 +231,8 @@ def read_kmsg(fd: int, limit: int = 1000) -> list[str]:
         except BlockingIOError:
             break
         except BrokenPipeError:
+            log.debug("oomkit: /dev/kmsg records overwritten before we read them: reading on "
+                      "from the oldest left")
             continue
         except OSError as exc:
             raise translate(exc, "/dev/kmsg", KernelError, "read") from exc

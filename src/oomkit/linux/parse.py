@@ -29,7 +29,7 @@ def flat_keyed(text: str) -> dict[str, int]:
         key, _, value = line.partition(" ")
         try:
             out[key] = int(value)
-        except ValueError:
+        except ValueError:      # not an integer: skipped, as the docstring says (pure: no log here)
             continue
     return out
 

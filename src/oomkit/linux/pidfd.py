@@ -9,12 +9,15 @@ killed process's memory at once, instead of waiting for its exit path.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import signal
 
 from oomkit.errors import KernelError, TaskGone
 from oomkit.linux._oserror import os_errors, translate
+
+log = logging.getLogger("oomkit")
 
 # New syscalls share one number on every architecture since Linux 5.1
 # (include/uapi/asm-generic/unistd.h), except alpha (+110) and the mips ABIs,
@@ -135,6 +138,7 @@ def _kill_if_same(pidfd: int, pid: int, expect_start_time: int, proc_root: str,
     if mrelease:
         try:
             process_mrelease(pidfd)
-        except KernelError:
-            pass  # the kill is done; the exit path frees the memory a little later
+        except KernelError as exc:
+            # the kill is done; the exit path frees the memory a little later
+            log.debug("oomkit: process_mrelease of pid %d not done (%s): its exit frees it", pid, exc)
     return True

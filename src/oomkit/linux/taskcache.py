@@ -31,6 +31,7 @@ up; a task it has no room for is read afresh, as without a cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import threading
@@ -40,6 +41,8 @@ from typing import NamedTuple, TypeVar
 from oomkit.errors import TaskGone
 from oomkit.linux import parse
 from oomkit.linux.procfs import ProcFS
+
+log = logging.getLogger("oomkit")
 
 _O = os.O_RDONLY | os.O_CLOEXEC
 T = TypeVar("T")
@@ -119,14 +122,14 @@ class TaskCache:
         if entry is None:           # no room: read afresh, keep nothing
             try:
                 return self._read(pid, None)
-            except TaskGone:
+            except TaskGone:    # None, the contract of sample()
                 return None
         self._entries[pid] = entry
         self._by_tag.setdefault(tag, set()).add(pid)
         try:
             statm = os.pread(entry.statm_fd, 512, 0)
             adj = os.pread(entry.adj_fd, 32, 0)
-        except OSError:
+        except OSError:         # gone already (ESRCH): None, the contract of sample()
             self._drop(pid)
             return None
         return self._refresh(pid, entry, statm, adj)
@@ -138,7 +141,7 @@ class TaskCache:
         try:
             sample = self._read(pid, old.starttime if old is not None else None)
             os.pread(entry.statm_fd, 1, 0)
-        except (TaskGone, OSError):
+        except (TaskGone, OSError):     # gone, or its number reused: None, the contract of sample()
             self._drop(pid)
             return None
         # adj and statm as the fds read them, before _read(): a change since
@@ -168,11 +171,13 @@ class TaskCache:
         base = f"{self.proc.root}/{int(pid)}/"
         try:
             statm_fd = os.open(base + "statm", _O)
-        except OSError:
+        except OSError as exc:
+            log.debug("oomkit: pid %d not cached (%s): read afresh", pid, exc)
             return None
         try:
             adj_fd = os.open(base + "oom_score_adj", _O)
-        except OSError:
+        except OSError as exc:
+            log.debug("oomkit: pid %d not cached (%s): read afresh", pid, exc)
             os.close(statm_fd)
             return None
         self._room -= 1
@@ -185,7 +190,8 @@ class TaskCache:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             try:
                 others = len(os.listdir("/proc/self/fd")) - 2 * len(self._entries)
-            except OSError:
+            except OSError as exc:
+                log.debug("oomkit: open fds not counted (%s): no more tasks cached", exc)
                 return False
             reserve = max(FD_RESERVE, soft // 8)
             self._room = (soft - others - reserve) // 2 - len(self._entries)
@@ -216,7 +222,7 @@ class TaskCache:
                                     e.made = make(pid, tag, e.sample)
                                     append(e.made)
                                 continue
-                        except OSError:
+                        except OSError:     # gone: sample() below says so (None)
                             pass
                     s = sample(pid, tag)
                     if s is not None:
