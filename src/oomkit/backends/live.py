@@ -171,7 +171,7 @@ class Cmdline(Sequence[str]):
         if self._argv is None:
             try:
                 self._argv = tuple(self._proc.cmdline(self._pid))
-            except TaskGone:
+            except TaskGone:    # exited: no argv, as /proc/PID/cmdline of a zombie reads
                 self._argv = ()
         return self._argv
 
@@ -239,7 +239,8 @@ class LiveBackend:
         try:
             return CgroupInfo(path, fs.usage(path), fs.limit(path), self._swap(path), fs.oom_group(path),
                               tuple(fs.children(path)), tuple(fs.procs(path)), fs.events(path))
-        except CgroupGone:
+        except CgroupGone:      # removed meanwhile: an empty cgroup, what the engine expects
+            log.debug("oomkit: %s removed while it was read: seen empty", path)
             return CgroupInfo(path, 0, None, 0, False, (), (), {})
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
@@ -311,6 +312,8 @@ class LiveBackend:
         try:
             return self.proc.cgroup(pid, self.fs.version) or self._bpf_scope
         except TaskGone:
+            log.debug("oomkit: pid %d gone before its cgroup was read: counted in %s",
+                      pid, self._bpf_scope)
             return self._bpf_scope
 
     def _info(self, pid: int, cgroup: str, s: TaskSample) -> TaskInfo:
@@ -331,7 +334,7 @@ class LiveBackend:
     def task(self, pid: int) -> TaskInfo | None:
         try:
             cgroup = self.proc.cgroup(pid, self.fs.version)
-        except TaskGone:
+        except TaskGone:        # None: the task is gone, the contract of task()
             return None
         return self.task_info(pid, cgroup) if cgroup is not None else None
 
@@ -402,6 +405,7 @@ class LiveBackend:
             try:
                 limit = self.fs.limit(p)
             except CgroupGone:
+                log.debug("oomkit: %s removed meanwhile: no limit of its counted", p)
                 continue
             if limit is not None:
                 room = min(room, limit - self.fs.usage(p))
@@ -436,7 +440,7 @@ class LiveBackend:
         try:
             limit = self.fs.limit(oom.memcg)
             return limit is None or self.fs.usage(oom.memcg) + self.margin(oom) <= limit
-        except CgroupGone:
+        except CgroupGone:      # a memcg removed cannot be under pressure: the OOM is over
             return True
 
     def margin(self, oom: OOMEvent) -> int:

@@ -240,7 +240,8 @@ class _Watchdog:
         self.pid = self.proc.pid
         try:
             self.starttime: int | None = pidfd.start_ticks(self.pid)
-        except KernelError:
+        except KernelError as exc:
+            log.debug("oomkit: the watchdog's start time unread (%s): recorded without it", exc)
             self.starttime = None
         stdin, stdout = self.proc.stdin, self.proc.stdout
         if stdin is None or stdout is None:      # Popen made both pipes: cannot happen
@@ -263,7 +264,8 @@ class _Watchdog:
                 continue
             except BlockingIOError:
                 pass
-            except (BrokenPipeError, OSError):
+            except OSError as exc:      # BrokenPipeError included
+                log.debug("oomkit: the watchdog took no %r (%s): gone", line, exc)
                 return False
             left = deadline - self.clock()
             if left <= 0 or not select.select([], [self.w], [], left)[1]:
@@ -299,7 +301,7 @@ class _Watchdog:
     def why(self) -> str:
         try:
             rc = self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:   # still running: no status to tell
             return ""
         return f" (status {rc}): it put back every setting it held" if rc >= 0 else f" (signal {-rc})"
 
@@ -324,8 +326,8 @@ class _Watchdog:
                 continue
             try:
                 f.close()
-            except OSError:
-                pass
+            except OSError as exc:
+                log.debug("oomkit: closing a pipe to the watchdog: %s", exc)
 
 
 # -- the state dir, shared with `oomkit restore` ---------------------------------------------------
@@ -424,7 +426,7 @@ def read_state(state_dir: Path) -> tuple[list[Entry], tuple[int, int | None] | N
             elif kind == "oomkit":
                 continue
         except (ValueError, TypeError, IndexError, KeyError):
-            pass
+            pass    # a malformed line: counted in ``bad``, which the caller reports
         bad += 1
     return list(held.values()), dog, bad
 
