@@ -112,7 +112,7 @@ def kill_keeping_pidfd(pid: int, expect_start_time: int, *, proc_root: str = "/p
     """
     try:
         pidfd = open_pidfd(pid)
-    except TaskGone:
+    except TaskGone:        # exited already: None, "nothing was killed" (the docstring's contract)
         return None
     try:
         killed = _kill_if_same(pidfd, pid, expect_start_time, proc_root, mrelease)
@@ -133,7 +133,7 @@ def _kill_if_same(pidfd: int, pid: int, expect_start_time: int, proc_root: str,
         if wait_exit(pidfd, 0):
             return False  # exited already (a zombie): the signal would do nothing
         send_signal(pidfd, signal.SIGKILL)
-    except TaskGone:
+    except TaskGone:        # exited meanwhile: not killed by us, what False says
         return False
     if mrelease:
         try:
