@@ -279,7 +279,7 @@ class BpfTasks:
         if path is not None:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except FileNotFoundError:
+            except FileNotFoundError:   # gone: -1, what _link() expects
                 return -1
             except OSError as exc:
                 raise translate(exc, str(path), CgroupGone, what="open cgroup") from exc
