@@ -139,6 +139,56 @@ def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) 
 
 
 @main.command()
+@click.argument("logs", nargs=-1, required=True)
+@click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY[;CGROUP=POLICY...]",
+              help="A candidate (repeatable: side by side); ';' joins one candidate's attachments; "
+                   "CGROUP may be a glob.")
+@click.option("--protect", multiple=True, metavar="PATTERN",
+              help="Count kills of these (a /cgroup glob or a task-name regex; repeatable), "
+                   "besides each candidate's own avoid and omit lists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Write a chart (PNG; needs matplotlib).")
+@click.option("--workers", type=click.IntRange(1, 1024), help="Processes (default: every core).")
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Run on a Dask cluster (its scheduler's address), or 'local' for a LocalCluster.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+def evaluate(logs: tuple[str, ...], attach: tuple[str, ...], protect: tuple[str, ...], as_json: bool,
+             plot_file: str | None, workers: int | None, dask_address: str | None, no_progress: bool) -> None:
+    """Replay a fleet's recorded OOMs (LOGS: files, globs, directories; gzip or
+    Parquet) under each candidate and the kernel alone, and compare with what happened."""
+    from oomkit.fleet import cli as fleet_cli
+
+    candidates = [_candidate(value, protect) for value in attach]
+    try:
+        fleet_cli.evaluate(logs, candidates, protect, as_json=as_json, plot_file=plot_file,
+                           workers=workers, dask_address=dask_address,
+                           progress=not no_progress and not as_json)
+    except OOMKitError as exc:
+        _fail(str(exc))
+
+
+def _candidate(value: str, protect: tuple[str, ...]):
+    from oomkit.fleet.evaluate import Attachment, Candidate
+
+    parsed = _parse_attach(tuple(v.strip() for v in value.split(";")))
+    return Candidate.of(value, [Attachment(cgroup, policy) for cgroup, policy in parsed.items()], protect)
+
+
+@main.command()
+@click.argument("logs", nargs=-1, required=True)
+@click.option("--parquet", "out", required=True, type=click.Path(file_okay=False),
+              help="The directory to write (partitioned host=/day=).")
+def export(logs: tuple[str, ...], out: str) -> None:
+    """Write event logs (files, globs, directories; gzip) as Parquet, partitioned by host and day."""
+    from oomkit.fleet import cli as fleet_cli
+
+    try:
+        fleet_cli.export(logs, out)
+    except OOMKitError as exc:
+        _fail(str(exc))
+
+
+@main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The daemon's TOML config.")
 @click.option("--dry-run", is_flag=True, help="Decide and log, but release nothing.")

@@ -19,6 +19,7 @@ import msgspec
 
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.snapshot import SnapshotBackend
+from oomkit.context import ancestors
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError
 from oomkit.policies import make_policy
@@ -45,7 +46,13 @@ def read_records(path: str | Path, index: int) -> tuple[OOMRecord, int]:
 
 
 def _records(path: str | Path) -> Iterator[OOMRecord]:
-    """The log's records with a snapshot (the kernel's own kills, recorded without one, are skipped)."""
+    """The log's records with a snapshot (the kernel's own kills, recorded without one, are skipped).
+    A gzip log (rotated) or a Parquet file of ``oomkit export`` is read too."""
+    with _open_log(path) as raw:
+        head = raw.peek(4)[:4]
+    if head == b"PAR1" or head[:2] == b"\x1f\x8b":
+        yield from _fleet_records(path)
+        return
     with _open_log(path) as lines:
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -56,6 +63,18 @@ def _records(path: str | Path) -> Iterator[OOMRecord]:
                 raise ConfigError(f"not an OOM record: {_why(exc)}", file=f"{path}:{n}") from None
             if isinstance(record.snapshot, Snapshot):
                 yield record
+
+
+def _fleet_records(path: str | Path) -> Iterator[OOMRecord]:
+    from oomkit.fleet import sources
+
+    for piece in sources.pieces(str(path)):
+        for item, index in sources.records(piece):
+            if isinstance(item, str):
+                file, _, why = item.partition(": ")
+                raise ConfigError(why, file=file)
+            if index >= 0:
+                yield item
 
 
 def _why(exc: Exception) -> str:
@@ -87,8 +106,10 @@ def replay_record(path: str | Path, index: int, attach: dict[str, str]) -> OOMRe
     snap = record.snapshot
     assert isinstance(snap, Snapshot)       # read_records yields only records with one
     engine = Engine(SnapshotBackend(snap))
+    chain = set(ancestors(record.memcg)) if record.level == "memcg" else {"/"}
     for cgroup, policy in attach.items():
-        if cgroup not in snap.cgroups:
-            raise ConfigError(f"--attach {cgroup}: the snapshot holds only {snap.scope} and below")
+        if cgroup not in snap.cgroups and cgroup not in chain:
+            raise ConfigError(f"--attach {cgroup}: the snapshot holds only {snap.scope} and below "
+                              "(and the chain above it)")
         engine.attach(cgroup, make_policy(policy))
     return engine.handle(oom_event(record))

@@ -183,6 +183,7 @@ class OOMRecord(_Record, kw_only=True):
     armed: list[int] | None = None        # pids the policy's decision marked for the kernel
     executed_by: str | None = None        # "kernel": the kernel's killer carried the decision out
     decided_at: str | None = None
+    host: str | None = None               # the daemon's [daemon] host: a fleet's logs merged (oomkit evaluate)
 
     @classmethod
     def new(cls, t: float, level: Level, memcg: str, *, trigger: str | None = None,

@@ -57,6 +57,7 @@ class DaemonSpec(_Strict):
     tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
     mem_available_min: Size | None = None
     global_pressure: str = "full 150ms 2s"
+    host: str | None = None         # written into every record (a fleet's logs merged); default the hostname
 
 
 class AttachSpec(_Strict):
@@ -110,6 +111,7 @@ class DaemonConfig:
     global_pressure: PSITrigger
     attach: list[Attach] = field(default_factory=list)
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
+    host: str = ""                 # written into every record; "" until resolved (the hostname)
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
@@ -148,7 +150,19 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),
         global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),
-        attach=attachments(spec.attach, file))
+        attach=attachments(spec.attach, file), host=_host(d.host, file))
+
+
+def _host(text: str | None, file: str) -> str:
+    """``[daemon] host``, default the hostname: every record names it."""
+    if text is None:
+        import socket
+
+        return socket.gethostname()
+    text_at(text, "daemon.host", file)
+    if not text.strip():
+        raise ConfigError("must not be empty", file=file, where="daemon.host")
+    return text
 
 
 def _state_dir(text: str, file: str) -> str:

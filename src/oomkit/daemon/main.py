@@ -224,6 +224,7 @@ class Daemon:
         record.detected_at = detected_at or now_iso()
         record.resolved_at = resolved_at or record.detected_at
         record.latency_ms, record.dry_run = latency_ms, self.config.dry_run
+        record.host = self.config.host or None
         self.events.write(record.to_dict())
 
     # -- what we manage ------------------------------------------------------------
