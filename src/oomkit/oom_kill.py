@@ -33,11 +33,24 @@ Where the kernel is subtle, this follows it and says so:
   victim's memcg to the OOM domain (the OOMing memcg; the root for a global
   OOM), the highest memcg with ``oom_group`` set is killed whole, skipping its
   ``-1000`` tasks (``oom_kill_memcg_member()``).  The root memcg never is.
+* Every process that shares the address space (``mm``) of one that dies,
+  dies too (``__oom_kill_process()``: ``for_each_process()`` ...
+  ``process_shares_mm()``): ``clone(CLONE_VM)`` without ``CLONE_THREAD``, or
+  a ``vfork()`` child.  The mm is freed only when its last user exits, so
+  killing one of them alone frees nothing.  The kernel spares only init
+  and kernel threads there, not ``-1000`` (``__set_oom_adj()`` keeps
+  ``oom_score_adj`` equal across the processes sharing an mm since Linux
+  4.8, so a ``-1000`` sharer of a killable victim is a vfork child at most).
+
+Who dies is decided once, by :func:`oom_kill_set`, for the kernel model
+(the simulator's fallback, ``kernel-default``) and for a policy's
+``k.kill_task`` / ``k.kill_cgroup`` alike: like ``bpf_oom_kill_process()``,
+a policy's kill is the OOM killer's kill.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from oomkit.context import CgroupInfo, TaskInfo, ancestors, is_within, parent_of
@@ -54,6 +67,11 @@ def badness(task: TaskInfo, totalpages: int) -> int | None:
     return points + task.oom_score_adj * (totalpages // 1000)
 
 
+# Which of ``pool`` share an mm with one of ``dying`` (the backend's: the
+# simulator knows every mm, a live backend asks the kernel with kcmp(2)).
+SharersFn = Callable[[Sequence[TaskInfo], Sequence[TaskInfo]], Iterable[TaskInfo]]
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the kernel would do: kill ``victims`` (victim first), wait, or nothing."""
@@ -62,6 +80,7 @@ class Decision:
     points: int | None = None
     group: str | None = None                 # the memory.oom.group cgroup killed whole
     victims: tuple[TaskInfo, ...] = ()
+    sharers: tuple[TaskInfo, ...] = ()      # of victims: killed for sharing a dying one's mm
     waiting_for: TaskInfo | None = None     # the "abort" case: an OOM victim is still exiting
     skipped: tuple[str, ...] = field(default=())
 
@@ -112,7 +131,7 @@ def _preorder_rank(paths: set[str], cgroups: Mapping[str, CgroupInfo], top: str)
 
 def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupInfo], *,
                        level: str, memcg: str, nodes: Sequence[int],
-                       totalpages: int) -> Decision:
+                       totalpages: int, sharers: SharersFn | None = None) -> Decision:
     """``select_bad_process()`` + ``oom_kill_process()``'s group expansion.
 
     The evaluation order decides only two things: which of equal scores wins,
@@ -150,7 +169,7 @@ def select_bad_process(tasks: Iterable[TaskInfo], cgroups: Mapping[str, CgroupIn
         return Decision()
     # oom_evaluate_task() keeps a later task of equal points: the last one met wins.
     chosen = _met(max, tied, cgroups, level, memcg)
-    return kill_decision(chosen, best, cgroups, memcg if level == "memcg" else "/", tasks)
+    return kill_decision(chosen, best, cgroups, memcg if level == "memcg" else "/", tasks, sharers)
 
 
 def _in_memcg(tasks: Iterable[TaskInfo], memcg: str) -> list[TaskInfo]:
@@ -173,11 +192,57 @@ def _met(first_or_last, tasks: list[TaskInfo], cgroups: Mapping[str, CgroupInfo]
 
 
 def kill_decision(victim: TaskInfo, points: int, cgroups: Mapping[str, CgroupInfo], domain: str,
-                  tasks: Iterable[TaskInfo]) -> Decision:
-    """``oom_kill_process()``: the chosen victim, and its ``memory.oom.group`` if any."""
+                  tasks: Iterable[TaskInfo], sharers: SharersFn | None = None) -> Decision:
+    """``oom_kill_process()``: the chosen victim, its ``memory.oom.group`` if
+    any, and every process sharing a dying one's mm (with ``sharers``)."""
     group = oom_group(victim, cgroups, domain)
-    return Decision(victim=victim, points=points, group=group,
-                    victims=group_victims(victim, group, tasks))
+    tasks = tasks if isinstance(tasks, Sequence) else list(tasks)
+    killed = oom_kill_set(victim, group, tasks, sharers)
+    return Decision(victim=victim, points=points, group=group, victims=killed.victims,
+                    sharers=killed.sharers)
+
+
+@dataclass(frozen=True)
+class KillSet:
+    """Who dies when the OOM killer kills: ``members`` (the victim first, then the
+    rest of its ``memory.oom.group``), then ``sharers`` of their mms."""
+
+    group: str | None
+    members: tuple[TaskInfo, ...]
+    sharers: tuple[TaskInfo, ...] = ()
+
+    @property
+    def victims(self) -> tuple[TaskInfo, ...]:
+        return self.members + self.sharers
+
+
+def oom_kill_set(victim: TaskInfo | None, group: str | None, tasks: Sequence[TaskInfo],
+                 sharers: SharersFn | None = None,
+                 spared: Callable[[int], object] | None = None) -> KillSet:
+    """``oom_kill_process()``'s kill, from the chosen ``victim`` (None: the group
+    alone, as ``k.kill_cgroup``): ``__oom_kill_process(victim)``, then for the
+    ``group``, ``oom_kill_memcg_member()`` for each task of it but ``-1000``
+    ones (and exiting ones: ``find_lock_task_mm()`` finds no mm), each with
+    ``__oom_kill_process()``'s kill of every process sharing its mm.
+
+    ``tasks`` is where group members and sharers are looked for; ``spared(pid)``
+    is true for what may never die (init, oomkit itself: the kernel skips
+    ``is_global_init()`` and kernel threads both as members and as sharers).
+    The caller has checked the victim itself.
+    """
+    spare = spared or (lambda _pid: False)
+    members = [] if victim is None else [victim]
+    if group is not None:
+        first = victim.pid if victim is not None else None
+        members += sorted((t for t in tasks if t.pid != first and is_within(t.cgroup, group)
+                           and t.oom_score_adj > OOM_SCORE_ADJ_MIN and not t.exiting
+                           and not spare(t.pid)), key=lambda t: t.pid)
+    if sharers is None or not members:
+        return KillSet(group, tuple(members))
+    dying = {t.pid for t in members}
+    pool = [t for t in tasks if t.pid not in dying and not t.exiting and not spare(t.pid)]
+    found = {t.pid: t for t in sharers(members, pool) if t.pid not in dying and not spare(t.pid)}
+    return KillSet(group, tuple(members), tuple(found[p] for p in sorted(found)))
 
 
 class GlobalIndex:
@@ -235,16 +300,6 @@ def oom_group(victim: TaskInfo, cgroups: Mapping[str, CgroupInfo], domain: str) 
         if path == domain:
             break
     return found
-
-
-def group_victims(victim: TaskInfo, group: str | None,
-                  tasks: Iterable[TaskInfo]) -> tuple[TaskInfo, ...]:
-    """The victim, then (for a group kill) every other killable task of the group."""
-    if group is None:
-        return (victim,)
-    rest = [t for t in tasks if t.pid != victim.pid and is_within(t.cgroup, group)
-            and t.oom_score_adj > OOM_SCORE_ADJ_MIN and not t.exiting]
-    return (victim, *sorted(rest, key=lambda t: t.pid))
 
 
 def oom_tasks(oc) -> Sequence[TaskInfo]:

@@ -55,6 +55,34 @@ sys.stdin.readline()
 """
 
 
+# A hog that, once moved into its memcg, clone()s a process sharing its address
+# space (CLONE_VM without CLONE_THREAD: another process, one mm) and prints
+# "sharer PID" before it allocates.  The sharer runs libc's pause() on a stack
+# of its own and never touches Python; it does not die with its parent
+# (copy_process() clears pdeath_signal), so its killer is the test's cleanup or
+# whoever kills the mm's users.   argv: MIB
+SHARED_HOG = r"""
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(1, 9)                       # PR_SET_PDEATHSIG, SIGKILL
+mib = int(sys.argv[1])
+print("ready", flush=True)
+if not sys.stdin.readline():
+    sys.exit(0)
+stack = mmap.mmap(-1, 1 << 16)
+top = (ctypes.addressof(ctypes.c_char.from_buffer(stack)) + (1 << 16)) & ~15
+libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+pid = libc.clone(ctypes.cast(libc.pause, ctypes.c_void_p), top, 0x100 | 17, None)   # CLONE_VM|SIGCHLD
+if pid <= 0:
+    print("clone failed", ctypes.get_errno(), flush=True)
+    sys.exit(1)
+print("sharer", pid, flush=True)
+chunks = [b"\x01" * (1 << 20) for _ in range(mib)]
+print("allocated", flush=True)
+sys.stdin.readline()
+"""
+
+
 def hog_argv(mib: int, step: int | None = None, delay: float = 0.0,
              clock: tuple[int, int] | None = None, flags: Iterable[str] = (),
              script: str = HOG) -> list[str]:
@@ -111,6 +139,12 @@ class Proc:
                 return True
             if time.monotonic() >= deadline:
                 return False
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next line of stdout, stripped; None on timeout or EOF."""
+        if not select.select([self.popen.stdout], [], [], timeout)[0]:
+            return None
+        return self.popen.stdout.readline().strip() or None
 
     def go(self) -> None:
         self.popen.stdin.write("go\n")

@@ -76,6 +76,10 @@ class Backend(Protocol):
     def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
         """SIGKILL these tasks (all of ``cgroup`` when given); report each one killed."""
 
+    def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
+        """The tasks of ``pool`` (or, where the backend knows every mm, of the whole
+        machine) that share an address space with one of ``dying``."""
+
     def set_limit(self, path: str, limit: int) -> None:
         """Write a new memory limit for ``path``."""
 

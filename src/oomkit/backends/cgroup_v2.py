@@ -169,15 +169,18 @@ class CgroupV2Backend(LiveBackend):
         if self.kernel_acted(oom):
             log.info("oomkit: the kernel's OOM killer acted in %s first; not killing", oom.memcg)
             return []
-        if cgroup is None or self.dry_run or not self._all_killable(cgroup, tasks):
+        inside = [t for t in tasks if cgroup is not None and is_within(t.cgroup, cgroup)]
+        if cgroup is None or self.dry_run or not self._all_killable(cgroup, inside):
             return super().kill(tasks, oom, cgroup=cgroup)
         try:
             self.fs.write(cgroup, "cgroup.kill", "1")
         except KernelError as exc:
             log.debug("oomkit: cgroup.kill of %s failed (%s): killing task by task", cgroup, exc)
             return super().kill(tasks, oom, cgroup=cgroup)
+        # Processes outside it that share a dying mm die by pidfd, as the kernel kills them.
+        outside = [t for t in tasks if not is_within(t.cgroup, cgroup)]
         return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
-                for t in tasks]
+                for t in inside] + super().kill(outside, oom)
 
     def _all_killable(self, cgroup: str, tasks: Sequence[TaskInfo]) -> bool:
         every = {pid for _path, pids in self.fs.subtree_procs(cgroup) for pid in pids}
@@ -226,13 +229,20 @@ class Rehearsal:
     def set_limit(self, path, limit) -> None:
         self.live.set_limit(path, limit)         # a raise at the headroom is real
 
+    def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
+        return self.live.mm_sharers(dying, pool)
+
     def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
-        """Choose, do not kill: what the kernel will release when it kills them."""
-        chosen = [t for t in tasks if not self.live.protected(t.pid)]
+        """Choose, do not kill: what the kernel will release when it kills them.
+        Only the victim (``tasks[0]``), or the group, is marked: the kernel kills
+        the processes sharing a dying mm itself (``__oom_kill_process()``), and a
+        marked sharer in another cgroup could win its pick with another group."""
+        marked = tasks[:1] if cgroup is None else [t for t in tasks if is_within(t.cgroup, cgroup)]
+        chosen = [t for t in marked if not self.live.protected(t.pid)]
         if chosen:
             self.chosen.append((chosen, cgroup))
         return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
-                for t in chosen]
+                for t in tasks if not self.live.protected(t.pid)] if chosen else []
 
     def condition_gone(self, oom: OOMEvent) -> bool:
         """Out of the zone (a raise_limit moved memory.max up, or usage fell)."""

@@ -27,7 +27,7 @@ from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, is_within, parent_of
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, TaskGone
-from oomkit.linux import parse, pidfd
+from oomkit.linux import kcmp, parse, pidfd
 from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
@@ -372,6 +372,15 @@ class LiveBackend:
                 out.append(Release(task.pid, task.name, task.cgroup, task.rss,
                                    relief_for(oom, task.cgroup, task.rss)))
         return out
+
+    def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
+        """The tasks of ``pool`` sharing an mm with one of ``dying`` (kcmp(2)).
+        The kernel looks at every process of the machine; we at ``pool``, the
+        OOM's own tasks: a sharer outside the OOMing memcg is not found."""
+        if not dying or not pool:
+            return []
+        found = kcmp.sharers((t.pid for t in dying), (t.pid for t in pool))
+        return [t for t in pool if t.pid in found]
 
     def _kill_one(self, task: TaskInfo) -> bool:
         """SIGKILL through a pidfd, only if the pid still names the task we saw

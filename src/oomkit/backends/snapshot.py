@@ -58,6 +58,10 @@ class SnapshotBackend:
                 room = free if room is None else min(room, free)
         return max(0, room if room is not None else 0)
 
+    def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
+        """A recorded snapshot does not say which tasks shared an mm."""
+        return []
+
     def protected(self, pid: int) -> str | None:
         return None
 

@@ -61,6 +61,7 @@ class TaskSpec(_Strict):
     cmdline: list[str] | None = None
     nodes: list[int] | None = None
     exit_delay: Duration | None = None
+    mm: str | None = None       # shares this earlier task's address space (CLONE_VM, vfork)
 
 
 class AttachSpec(_Strict):
@@ -118,6 +119,7 @@ class Task:
     cmdline: tuple[str, ...] = ()
     nodes: tuple[int, ...] | None = None
     exit_delay: float | None = None
+    mm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class _Resolver:
         paths = {"/"} | {c.path for c in cgroups}
         tasks = [self.task(t, f"task[{i}]", paths, m.numa_nodes) for i, t in enumerate(self.spec.task)]
         self.unique_names(tasks)
+        self.shared_mms(tasks)
         return Scenario(
             file=self.file, base_dir=base_dir, memory=memory,
             swap=size_at(m.swap, "machine.swap", self.file), numa_nodes=m.numa_nodes,
@@ -236,7 +239,20 @@ class _Resolver:
                     size_at(t.swap, f"{where}.swap", f), size_at(t.pgtables, f"{where}.pgtables", f),
                     t.oom_score_adj, t.uid, tuple(t.cmdline or ()),
                     tuple(sorted(set(t.nodes))) if t.nodes is not None else None,
-                    duration_at(t.exit_delay, f"{where}.exit_delay", f, EXIT_DELAY))
+                    duration_at(t.exit_delay, f"{where}.exit_delay", f, EXIT_DELAY), t.mm)
+
+    def shared_mms(self, tasks: list[Task]) -> None:
+        """``mm`` names an earlier [[task]]; the sharer's memory is that task's."""
+        earlier: set[str] = set()
+        for i, t in enumerate(tasks):
+            if t.mm is not None:
+                if t.mm not in earlier:
+                    raise self.error(f"task[{i}].mm", f"no earlier task named {t.mm!r}",
+                                     "name a [[task]] declared before this one")
+                if t.rss or t.swap or t.pgtables:
+                    raise self.error(f"task[{i}].rss", "a task sharing an mm has no memory of its own",
+                                     f"its memory is {t.mm}'s: leave rss, swap and pgtables out")
+            earlier.add(t.name)
 
     def unique_names(self, tasks: list[Task]) -> None:
         seen = set()
@@ -272,6 +288,9 @@ class _Resolver:
             kind = kinds[0]
             if kind == "spawn":
                 task = self.task(e.spawn, f"{where}.spawn", paths, numa_nodes)
+                if task.mm is not None:
+                    raise self.error(f"{where}.spawn.mm", "only a [[task]] may share an mm",
+                                     "declare the sharer as a [[task]]")
                 if task.name in names:
                     raise self.error(f"{where}.spawn.name", f"{task.name!r} is used twice",
                                      "task names are unique")

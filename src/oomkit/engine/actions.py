@@ -8,6 +8,11 @@ not write.  A refused action returns :class:`~oomkit.policy.Refused` (a
 negative errno that says why) and is recorded like every other action.
 
 Rules (from the upstream design and the review):
+* a kill is the kernel OOM killer's kill (``bpf_oom_kill_process()`` kills
+  "in exactly the same way"): the victim, the rest of its
+  ``memory.oom.group`` (the highest one up to the OOMing memcg), and every
+  process sharing the mm of one that dies; :func:`oomkit.oom_kill.oom_kill_set`
+  decides who, for the kernel model and here alike.  Every one is recorded.
 * scope: a policy acts only inside the subtree of the cgroup it is attached
   to; the root attachment acts anywhere.
 * ``oom_score_adj`` -1000 is never killed (``OOM_SCORE_ADJ_MIN``); neither
@@ -24,9 +29,11 @@ from __future__ import annotations
 import errno
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from oomkit.context import OOMContext, TaskInfo, is_within, metered
+from oomkit import oom_kill
+from oomkit.context import Level, OOMContext, TaskInfo, is_within, metered
 from oomkit.oom_kill import OOM_SCORE_ADJ_MIN
 from oomkit.policy import Refused
 from oomkit.schema import ActionRecord, HandlerRecord, Killed, LimitChange, OOMRecord
@@ -76,23 +83,37 @@ class Actions:
             return self._log("kill_task", label, reason, refused or Refused.esrch(f"no task {pid}"))
         if target.exiting or target.pid in self._backend.in_flight():
             return self._log("kill_task", label, reason, 0, "already exiting")
-        return self._log("kill_task", label, reason, self._kill([target], None, reason))
+        domain = self._oom.memcg if self._oom.level == Level.MEMCG else "/"
+        group = oom_kill.oom_group(target, self._oc.cgroups, domain)
+        kill = oom_kill.oom_kill_set(target, group, self._pool(target.cgroup),
+                                     self._backend.mm_sharers, self._backend.protected)
+        notes = []
+        if group is not None:
+            notes.append(f"memory.oom.group {group}: {len(kill.members) - 1} more")
+        if kill.sharers:
+            notes.append(f"{len(kill.sharers)} sharing its mm")
+        freed = self._kill(kill, reason)
+        return self._log("kill_task", label, reason, freed, "; ".join(notes) or None)
 
     @_metered
     def kill_cgroup(self, path: str, reason: str = "") -> int:
         """SIGKILL every task of ``path``'s subtree (``memory.oom.group`` semantics:
-        ``-1000`` tasks are skipped). Returns bytes released, or Refused."""
+        ``-1000`` tasks are skipped), and every process sharing the mm of one
+        of them. Returns bytes released, or Refused."""
         refused = self._check_revoked() or self._check_scope(path)
         if refused:
             return self._log("kill_cgroup", path, reason, refused)
         members = self._oc.tasks.in_cgroup(path)
-        killable = [t for t in members if t.oom_score_adj > OOM_SCORE_ADJ_MIN and not t.exiting
-                    and not self._backend.protected(t.pid)]
-        if not killable:
+        kill = oom_kill.oom_kill_set(None, path, self._pool(path), self._backend.mm_sharers,
+                                     self._backend.protected)
+        if not kill.members:
             return self._log("kill_cgroup", path, reason, 0, "no killable task")
-        skipped = len(members) - len(killable)
-        note = f"skipped {skipped} unkillable or exiting" if skipped else None
-        return self._log("kill_cgroup", path, reason, self._kill(killable, path, reason), note)
+        skipped = len(members) - len(kill.members)
+        notes = [f"skipped {skipped} unkillable or exiting"] if skipped else []
+        if kill.sharers:
+            notes.append(f"{len(kill.sharers)} sharing their mm")
+        return self._log("kill_cgroup", path, reason, self._kill(kill, reason),
+                         "; ".join(notes) or None)
 
     @_metered
     def raise_limit(self, path: str, new_limit: int, reason: str = "") -> int:
@@ -141,8 +162,21 @@ class Actions:
     def revoke(self, why: str) -> None:
         self._revoked = why
 
-    def _kill(self, tasks: Sequence[TaskInfo], cgroup: str | None, reason: str) -> int:
-        released = self._backend.kill(tasks, self._oom, cgroup=cgroup)
+    def _pool(self, path: str) -> Sequence[TaskInfo]:
+        """Where a kill's group members and mm sharers are looked for: the OOM's
+        own tasks (already read, as a rule), or the attachment's for a kill
+        outside them.  The kernel looks at every process for sharers; oomkit
+        sees what its attachment sees."""
+        if self._oom.level == Level.MEMCG and is_within(path, self._oom.memcg):
+            return self._oc.tasks.in_cgroup(self._oom.memcg)
+        return self._oc.tasks
+
+    def _kill(self, kill: oom_kill.KillSet, reason: str) -> int:
+        released = self._backend.kill(kill.victims, self._oom, cgroup=kill.group)
+        shared = {t.pid for t in kill.sharers}
+        if shared:
+            # One address space comes back once: counted with the task that held the kill.
+            released = [replace(r, relief=0) if r.pid in shared else r for r in released]
         for r in released:
             self._record.killed.append(Killed(name=r.name, pid=r.pid, cgroup=r.cgroup, by=self._by))
             if self._on_release:

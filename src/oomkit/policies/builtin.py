@@ -124,11 +124,8 @@ class KernelDefault(Preferences):
             return Verdict.PASS
         victim = decision.victim
         assert victim is not None       # a decision that kills has a victim
-        reason = f"badness {decision.points} pages"
-        if decision.group is not None:
-            freed = k.kill_cgroup(decision.group, f"{reason}, pid {victim.pid}; memory.oom.group")
-        else:
-            freed = k.kill_task(victim, reason)
+        # k.kill_task kills as the kernel does: its memory.oom.group and mm sharers with it.
+        freed = k.kill_task(victim, f"badness {decision.points} pages")
         return Verdict.HANDLED if freed > 0 else Verdict.PASS
 
 

@@ -56,18 +56,46 @@ class SimBackend:
     # -- actions --------------------------------------------------------------------
 
     def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
-        out = []
+        victims = []
         for info in tasks:
             task = self.machine.tasks.get(info.pid)
-            if task is None or task.state != "running":
-                continue
-            out.append(Release(task.pid, task.name, task.cgroup, task.rss,
-                               relief_for(oom, task.cgroup, task.rss, task.node_rss)))
+            if task is not None and task.state == "running":
+                victims.append(task)
+        dying = {t.pid for t in victims}
+        out, counted = [], set()
+        for task in victims:
+            # An mm comes back once, and only if none of its users lives on.
+            holder = task.mm or task
+            users = [holder, *holder.mm_users.values()]
+            kept = any(u.state == "running" and u.pid not in dying for u in users)
+            relief = 0 if kept or holder.pid in counted else \
+                relief_for(oom, holder.cgroup, holder.rss, holder.node_rss)
+            counted.add(holder.pid)
+            out.append(Release(task.pid, task.name, task.cgroup, holder.rss, relief))
+        for task in victims:
             self.machine.count_event(task.cgroup, "oom_kill")
             self._exit(task)
         if cgroup is not None and out:
             self.machine.count_event(cgroup, "oom_group_kill")
         return out
+
+    def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo] | None) -> list[TaskInfo]:
+        """The running tasks sharing an mm with one of ``dying``: among ``pool``
+        (what a policy's kill sees), or anywhere (``None``: the kernel's
+        ``for_each_process()``)."""
+        allowed = None if pool is None else {t.pid for t in pool}
+        skip = {t.pid for t in dying}
+        out: dict[int, TaskInfo] = {}
+        for info in dying:
+            task = self.machine.tasks.get(info.pid)
+            if task is None:
+                continue
+            holder = task.mm or task
+            for user in (holder, *holder.mm_users.values()):
+                if user.state == "running" and user.pid not in skip \
+                        and (allowed is None or user.pid in allowed):
+                    out[user.pid] = user.info()
+        return [out[pid] for pid in sorted(out)]
 
     def set_limit(self, path: str, limit: int) -> None:
         self.machine.cgroups[path].limit = limit
@@ -105,7 +133,8 @@ class SimBackend:
             scope = oom.memcg if oom.level == "memcg" else "/"
             decision = oom_kill.select_bad_process(
                 self.tasks(oom, scope), self.cgroups(oom, scope), level=oom.level,
-                memcg=oom.memcg, nodes=oom.nodes, totalpages=self.totalpages(oom))
+                memcg=oom.memcg, nodes=oom.nodes, totalpages=self.totalpages(oom),
+                sharers=self._kernel_sharers)
         if decision.waiting_for is not None:
             return Fallback(waiting_for=decision.waiting_for.pid)
         if not decision.kills:
@@ -123,7 +152,11 @@ class SimBackend:
         if pid is None or points is None:
             return oom_kill.Decision()
         return oom_kill.kill_decision(m.tasks[pid].info(), points, self.cgroups(oom, "/"), "/",
-                                      self.tasks(oom, "/"))
+                                      self.tasks(oom, "/"), self._kernel_sharers)
+
+    def _kernel_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
+        """The kernel looks for an mm's users among every process, not a memcg's."""
+        return self.mm_sharers(dying, None)
 
     # -- exits (the simulator's clock drives them) -----------------------------------
 

@@ -16,6 +16,11 @@ What it models, and where it simplifies the kernel:
   (``CONSTRAINT_MEMORY_POLICY``); otherwise a shortage is global.
 * There is no reclaim and no swap-out: ``swap`` sizes only count in the OOM
   killer's ``totalpages`` and a task's badness.  Usage is resident memory.
+* Tasks may share one address space (``clone(CLONE_VM)`` without
+  ``CLONE_THREAD``, or ``vfork()``): the mm's memory is held by one task (its
+  *holder*, charged to the holder's memcg), every user shows its counters (as
+  ``get_mm_counter()`` does), and it is uncharged only when its last user
+  exits (``mmput()``).
 """
 
 from __future__ import annotations
@@ -63,12 +68,15 @@ class SimTask:
     state: str = "running"                          # running, exiting, dead
     node_rss: dict[int, int] = field(default_factory=dict)
     rss: int = 0                                    # sum of node_rss, kept by Machine._account
+    mm: SimTask | None = field(default=None, repr=False, compare=False)   # holder of its shared mm
+    mm_users: dict[int, SimTask] = field(default_factory=dict, repr=False, compare=False)  # a holder's other users
     _info: TaskInfo | None = None
 
     def info(self) -> TaskInfo:
         if self._info is None:
+            m = self.mm or self         # an mm's counters are the same for all its users
             self._info = TaskInfo(self.pid, self.name, self.cmdline or (self.name,), self.cgroup,
-                                  self.rss, self.swap, self.pgtables, self.oom_score_adj, self.uid,
+                                  m.rss, m.swap, m.pgtables, self.oom_score_adj, self.uid,
                                   self.start_time, self.state != "running", self.nodes)
         return self._info
 
@@ -121,6 +129,13 @@ class Machine:
         self._joined[task.pid] = next(self._join_count)
         return task
 
+    def share_mm(self, task: SimTask, other: SimTask) -> None:
+        """``task`` uses ``other``'s address space from now on (it holds none of its own)."""
+        holder = other.mm or other
+        task.mm = holder
+        holder.mm_users[task.pid] = task
+        self._changed(task)
+
     def chain(self, path: str) -> tuple[SimCgroup, ...]:
         """``path``'s cgroup, then each ancestor up to the root (as ``ancestors()``)."""
         return self._chains[path]
@@ -129,20 +144,21 @@ class Machine:
 
     def check(self, task: SimTask, amount: int) -> OOMEvent | None:
         """The OOM this allocation would raise, or None if it fits."""
+        name, task = task.name, task.mm or task     # a shared mm is charged to its holder
         if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
             # one node, and the task may use it: the general case below, short
             if amount > self.node_size[0] - self.node_used[0]:
-                return OOMEvent(Level.GLOBAL, "/", (), amount, task.name)
+                return OOMEvent(Level.GLOBAL, "/", (), amount, name)
         else:
             nodes = self.allowed_nodes(task)
             if amount > sum(self.node_size[n] - self.node_used[n] for n in nodes):
                 constrained = len(nodes) < self.numa_nodes
                 return OOMEvent(Level.NUMA if constrained else Level.GLOBAL, "/",
-                                tuple(nodes) if constrained else (), amount, task.name)
+                                tuple(nodes) if constrained else (), amount, name)
         for cg in self._chains[task.cgroup]:
             limit = cg.limit
             if limit is not None and cg.usage + amount > limit:
-                return OOMEvent(Level.MEMCG, cg.path, (), amount, task.name)
+                return OOMEvent(Level.MEMCG, cg.path, (), amount, name)
         return None
 
     def allowed_nodes(self, task: SimTask) -> list[int]:
@@ -152,6 +168,7 @@ class Machine:
 
     def charge(self, task: SimTask, amount: int) -> None:
         """Place ``amount`` bytes for ``task`` (the caller checked it fits)."""
+        task = task.mm or task
         if self.numa_nodes == 1 and (task.nodes is None or 0 in task.nodes):
             # one node: the loop below, short
             take = min(amount, self.node_size[0] - self.node_used[0])
@@ -175,6 +192,7 @@ class Machine:
 
     def uncharge(self, task: SimTask, amount: int) -> int:
         """Give back up to ``amount`` bytes of ``task``'s memory; returns how much."""
+        task = task.mm or task
         left = min(amount, task.rss)
         done = left
         if self.numa_nodes == 1:
@@ -199,10 +217,13 @@ class Machine:
         self._changed(task)
 
     def _changed(self, task: SimTask) -> None:
-        """``task``'s TaskInfo snapshot is out of date."""
+        """``task``'s TaskInfo snapshot is out of date (and its mm's other users')."""
         task._info = None
         if task.pid in self._infos:
             self._stale.add(task.pid)
+        if task.mm_users:
+            for user in task.mm_users.values():
+                self._changed(user)
 
     # -- snapshots (what the OOM context shows) -----------------------------------
 
@@ -246,8 +267,12 @@ class Machine:
         self._changed(task)
 
     def reap(self, task: SimTask) -> None:
-        """The task is gone: its memory is uncharged and it leaves its cgroup."""
-        self.uncharge(task, task.rss)
+        """The task is gone: it leaves its cgroup, and its memory is uncharged
+        if it was the last user of its mm (``mmput()``)."""
+        holder = task.mm or task
+        holder.mm_users.pop(task.pid, None)
+        if not holder.mm_users and (holder is task or holder.state == "dead"):
+            self.uncharge(holder, holder.rss)
         task.state = "dead"
         task._info = None
         self.tasks.pop(task.pid, None)

@@ -51,6 +51,8 @@ class Simulator:
             self.machine.add_cgroup(cg.path, cg.limit, cg.oom_group)
         for i, spec in enumerate(s.tasks):
             task = self._spawn(spec)
+            if spec.mm is not None:
+                self.machine.share_mm(task, self._by_name[spec.mm])
             if self.machine.check(task, spec.rss) is not None:
                 raise ConfigError(f"{spec.name}'s rss does not fit at the start (a limit or RAM is "
                                   f"already full)", file=s.file, where=f"task[{i}].rss",
