@@ -532,7 +532,9 @@ def cell(trials: list[dict], wl: str) -> dict:
     ooms = sum(t.get("ooms", 0) for t in ts)
     victims = sum(t.get("n_victims", 0) for t in ts)
     relief = [t["to_relief_s"] for t in ts if t.get("to_relief_s") is not None]
+    firsts = [t["verdicts"][0] for t in ts if t.get("verdicts")]
     return {"n": len(ts), "errors": errors, "hits": sum(v["hit"] for v in verdicts),
+            "first_hits": sum(v["hit"] for v in firsts), "firsts": len(firsts),
             "kills": len(verdicts), "ambiguous": sum(v["ambiguous"] for v in verdicts),
             "ooms": ooms, "victims": victims, "relief": relief,
             "not_by_kernel": sum(len(t.get("not_by_kernel", [])) for t in ts),
@@ -548,7 +550,8 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
     oom_wls = [w for w in workloads if w not in ("hold", "thrash")]
     lines = ["| kernel | row | policy's choice died (fast / slow / fork burst / many small) | "
              "needless kills, holding still | victims per OOM | time to relief, median (emulated) "
-             "| thrash: OOMs / victims |", "|---|---|---|---|---|---|---|"]
+             "| first OOM of each trial: policy's choice died | thrash: OOMs / victims |",
+             "|---|---|---|---|---|---|---|---|"]
     for d in all_data:
         trials = d.get("trials", [])
         cells = {w: cell(trials, w) for w in workloads}
@@ -565,7 +568,9 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
         th = cells.get("thrash")
         thr = f"{th['ooms']} / {th['victims']} in {th['n']}" if th else "not run"
         lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {share}; all: "
-                     f"**{pct(tot_h, tot_k)}** | {needless} | {vpo} | {rel} | {thr} |")
+                     f"**{pct(tot_h, tot_k)}** | {needless} | {vpo} | {rel} | "
+                     f"{pct(sum(cells[w]['first_hits'] for w in oom_wls), sum(cells[w]['firsts'] for w in oom_wls))} "
+                     f"| {thr} |")
     return "\n".join(lines)
 
 
