@@ -51,10 +51,14 @@ from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
 from oomkit.backends.live import (
+    OOM_SCORE_ADJ_MAX,
+    OOM_SCORE_ADJ_MIN,
     Dispatcher,
     Holder,
     LiveBackend,
     LiveSettings,
+    mark_for_kernel,
+    unmark,
     victims_from_kmsg,
 )
 from oomkit.context import LazyTasks, Level, TaskInfo, ancestors, is_within
@@ -72,8 +76,6 @@ log = logging.getLogger("oomkit")
 
 MiB = 1 << 20
 GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of the zone
-OOM_SCORE_ADJ_MAX = 1000      # include/uapi/linux/oom.h
-OOM_SCORE_ADJ_MIN = -1000
 
 
 def zone(limit: int, headroom: int | None) -> int:
@@ -665,17 +667,10 @@ class V2Stack:
         if self.backend.dry_run:
             log.info("oomkit: would arm pid %d (%s) in %s (dry run)", t.pid, t.name, t.cgroup)
             return
-        proc = self.backend.proc
-        try:
-            starttime = proc.stat(t.pid)["starttime"]
-            original = proc.oom_score_adj(t.pid)
-            if original <= OOM_SCORE_ADJ_MIN:
-                return      # never touched: the kernel never picks it
-            self.restorer.hold(str(proc.root / str(t.pid) / "oom_score_adj"), str(original),
-                               pid=t.pid, starttime=starttime)
-            proc.set_oom_score_adj(t.pid, OOM_SCORE_ADJ_MAX)
-        except TaskGone:
+        marked = mark_for_kernel(self.backend.proc, self.restorer, t.pid)
+        if marked is None:
             return
+        original, starttime = marked
         fd = self._exit_fd(t.pid)
         self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, {memcg}, fd)
         self.backend.adj_overlay[t.pid] = original
@@ -748,15 +743,11 @@ class V2Stack:
         armed.owners.discard(memcg)
         if armed.owners:
             return
-        proc = self.backend.proc
-        try:
-            if proc.stat(pid)["starttime"] == armed.starttime:
-                proc.set_oom_score_adj(pid, armed.original)
-        except TaskGone:
-            log.debug("oomkit: armed pid %d exited before it was restored", pid)
+        unmark(self.backend.proc, self.restorer, pid, armed.original, armed.starttime)
         self._forget(armed)
 
     def _forget(self, armed: Armed) -> None:
+        """No longer ours: the task exited (then nothing to write back) or was put back."""
         self.armed.pop(armed.pid, None)
         self.backend.adj_overlay.pop(armed.pid, None)
         self.restorer.drop(str(self.backend.proc.root / str(armed.pid) / "oom_score_adj"))

@@ -467,6 +467,39 @@ class LiveBackend:
             self.bpf.close()
 
 
+OOM_SCORE_ADJ_MAX = 1000      # include/uapi/linux/oom.h
+OOM_SCORE_ADJ_MIN = -1000
+
+
+def mark_for_kernel(proc: ProcFS, holder: Holder, pid: int) -> tuple[int, int] | None:
+    """Mark ``pid`` for the kernel's OOM killer: ``oom_score_adj`` 1000, so that
+    oom_badness() (mm/oom_kill.c: ``points += adj * totalpages / 1000``) ranks it
+    above every task at 0 or below.  The original is held first (with the start
+    time, against pid reuse).  (original, starttime), or None: gone, or -1000
+    (never touched: the kernel never picks it)."""
+    try:
+        starttime = proc.stat(pid)["starttime"]
+        original = proc.oom_score_adj(pid)
+        if original <= OOM_SCORE_ADJ_MIN:
+            return None
+        holder.hold(str(proc.root / str(pid) / "oom_score_adj"), str(original),
+                    pid=pid, starttime=starttime)
+        proc.set_oom_score_adj(pid, OOM_SCORE_ADJ_MAX)
+    except TaskGone:
+        return None
+    return original, starttime
+
+
+def unmark(proc: ProcFS, holder: Holder, pid: int, original: int, starttime: int) -> None:
+    """Put a marked task's own ``oom_score_adj`` back (if it is still that task)."""
+    try:
+        if proc.stat(pid)["starttime"] == starttime:
+            proc.set_oom_score_adj(pid, original)
+    except TaskGone:
+        log.debug("oomkit: marked pid %d exited before it was put back", pid)
+    holder.drop(str(proc.root / str(pid) / "oom_score_adj"))
+
+
 def victims_from_kmsg(records: list[str]) -> list[Release]:
     """The kernel's own report of its kills: each "Killed process" line, with
     the victim's memcg from the "oom-kill:" summary line (mm/oom_kill.c
