@@ -284,3 +284,26 @@ def test_two_memcgs_oom_at_once(sandbox, oomkit_daemon):
         check_record(e, e["memcg"], "policy")
         assert killed_pids(e) == {hx.pid if e["memcg"] == x else hy.pid}
     assert hx.wait_exit(5) and hy.wait_exit(5)
+
+
+@pytest.mark.parametrize("policy, victim", [("newest-task", "young"), ("largest-task", "old")])
+def test_executor_kernel_the_kernel_kills_the_policys_choice(sandbox, oomkit_daemon, policy, victim):
+    """executor = "kernel": the chain decides while the OOM is paused, marks its
+    victim oom_score_adj 1000 and hands the OOM back; the kernel's OOM killer
+    kills exactly that task (counted in memory.oom_control oom_kill, the
+    kernel's own accounting), and the record is the policy's."""
+    a, cgs = task_tree(sandbox)
+    d = oomkit_daemon([{"cgroup": a, "policy": policy}], executor="kernel")
+    hogs = start_task_tree(sandbox, cgs)
+    ev = d.wait_events(1)[0]
+    assert ev["resolved_by"] == "policy" and ev["executed_by"] == "kernel", ev
+    assert killed_pids(ev) == {hogs[victim].pid}, ev["killed"]
+    assert ev["killed"][0]["by"] == f"policy:{a}"
+    assert hogs[victim].wait_exit(5)
+    for name, hog in hogs.items():
+        if name != victim:
+            assert hog.alive(), f"{name} was killed too"
+            assert ProcFS().oom_score_adj(hog.pid) == (1000 if name == "small" else 0)
+    assert sandbox.fs.oom_control(cgs[victim])["oom_kill"] == 1      # the kernel's kill
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True      # interception taken back
+    print(f"executor kernel, {policy}: latency_ms {ev['latency_ms']}")

@@ -18,15 +18,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from oomkit.backends.base import Fallback, OOMEvent, Release
-from oomkit.backends.live import POLL, Dispatcher, Holder, LiveBackend, LiveSettings, victims_from_kmsg
-from oomkit.context import Level, ancestors, parent_of
+from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
+from oomkit.backends.live import (
+    POLL,
+    Dispatcher,
+    Holder,
+    LiveBackend,
+    LiveSettings,
+    mark_for_kernel,
+    unmark,
+    victims_from_kmsg,
+)
+from oomkit.context import Level, TaskInfo, ancestors, parent_of
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import notify, parse
+from oomkit.schema import Killed, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.chain import Engine
@@ -41,8 +51,11 @@ log = logging.getLogger("oomkit")
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
                restorer: Holder, bpf: BpfTasks | None) -> V1Events:
     """cgroup v1's live stack: the backend and the OOM eventfds that wake the daemon."""
-    backend = CgroupV1Backend(fs, proc, dry_run=settings.dry_run, tick=daemon.heartbeat,
-                              proc_cache=settings.proc_cache, bpf=bpf)
+    cls = KernelExecutesV1 if settings.executor == "kernel" else CgroupV1Backend
+    backend = cls(fs, proc, dry_run=settings.dry_run, tick=daemon.heartbeat,
+                  proc_cache=settings.proc_cache, bpf=bpf)
+    if isinstance(backend, KernelExecutesV1):
+        backend.holder = restorer
     return V1Events(backend, daemon, restorer)
 
 
@@ -159,6 +172,55 @@ class CgroupV1Backend(LiveBackend):
         return victims_from_kmsg(records)
 
 
+class KernelExecutesV1(CgroupV1Backend):
+    """``executor = "kernel"``: the chain decides while the OOM is paused, and the
+    kernel's own OOM killer carries the decision out.  A policy's kill marks its
+    victim (``oom_score_adj`` 1000, held first) instead of killing it; after the
+    chain the paused OOM is handed back (``oom_kill_disable 0``), the kernel kills
+    the marked task through its own path (OOM reaper, ``oom_kill`` in
+    ``memory.oom_control``, its report), and interception is taken back.  A
+    whole-cgroup kill has no v1 counterpart (``memory.oom.group`` is v2's): it
+    is oomkit's own, task by task."""
+
+    holder: Holder
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marked: dict[int, tuple[int, int]] = {}     # pid -> (original, starttime)
+
+    def kill(self, tasks: Sequence[TaskInfo], oom: OOMEvent, *, cgroup: str | None = None) -> list[Release]:
+        if cgroup is not None or self.dry_run or oom.level != Level.MEMCG:
+            return super().kill(tasks, oom, cgroup=cgroup)
+        out = []
+        for t in tasks:
+            if self.protected(t.pid):
+                continue
+            marked = mark_for_kernel(self.proc, self.holder, t.pid)
+            if marked is not None:
+                self.marked[t.pid] = marked
+                out.append(Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss)))
+        return out
+
+    def execute(self, oom: OOMEvent, record: OOMRecord) -> None:
+        """Hand the paused OOM back so the kernel kills what the chain marked."""
+        if not self.marked:
+            return
+        marked, self.marked = self.marked, {}
+        chosen = {k.pid: k.by for k in record.killed}
+        try:
+            outcome = self.kernel_fallback(oom)
+        finally:
+            for pid, (original, starttime) in marked.items():
+                unmark(self.proc, self.holder, pid, original, starttime)
+        record.killed = [Killed(name=r.name, pid=r.pid, cgroup=r.cgroup, by=chosen.get(r.pid, "kernel"))
+                         for r in outcome.killed]
+        record.executed_by = "kernel"
+        if any(k.by == "kernel" for k in record.killed) or not record.killed:
+            record.resolved_by = ResolvedBy.KERNEL
+            record.note = (f"the kernel's OOM killer did not take the marked task(s) {sorted(marked)}"
+                           + (f": {outcome.note}" if outcome.note else ""))
+
+
 @dataclass
 class _Held:
     """One memcg we hold: its eventfd, and whether we flipped oom_kill_disable."""
@@ -197,7 +259,10 @@ class V1Events:
         self.backend.task_cache.resize(settings.proc_cache)
 
     def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
-        """A dry run released nothing, and the OOM is still paused: the kernel decides."""
+        """The kernel executes what the chain marked (``executor = "kernel"``); a dry
+        run released nothing, and the OOM is still paused: the kernel decides."""
+        if isinstance(self.backend, KernelExecutesV1):
+            self.backend.execute(oom, record)
         if self.backend.dry_run and record.resolved_by != "kernel":
             record.note = "dry run: nothing released; handed to the kernel"
             engine.fall_back(oom, record)

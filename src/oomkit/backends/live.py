@@ -56,6 +56,7 @@ class LiveSettings:
     headroom: int | None = None          # v2: the standing decision's zone; None: auto
     pressure: PSITrigger | None = None   # v2: a PSI trigger that runs the chain early; None: off
     rearm: float = 0.5                   # v2: seconds between two takes of a standing decision
+    executor: str = "daemon"             # v1: who kills the chain's victim, "daemon" or "kernel"
 
 
 class Dispatcher(Protocol):

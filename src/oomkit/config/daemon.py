@@ -16,6 +16,7 @@ from oomkit.config.common import (
     BACKOFF_WINDOW,
     HANDLER_DEADLINE,
     PROC_CACHE,
+    REARM,
     WATCHDOG_TIMEOUT,
     Duration,
     Size,
@@ -55,6 +56,7 @@ class DaemonSpec(_Strict):
     rearm: Duration = "500ms"       # how often a standing decision is taken again
     pressure: str = "off"           # a PSI trigger that runs the chain (and kills) early: opt-in
     tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
+    executor: str = "daemon"        # v1: who kills the chain's victim: "daemon" (pidfd) or "kernel"
     mem_available_min: Size | None = None
     global_pressure: str = "full 150ms 2s"
     host: str | None = None         # written into every record (a fleet's logs merged); default the hostname
@@ -112,6 +114,7 @@ class DaemonConfig:
     attach: list[Attach] = field(default_factory=list)
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
     host: str = ""                 # written into every record; "" until resolved (the hostname)
+    executor: str = "daemon"       # v1: "daemon" kills by pidfd, "kernel" kills what the chain marked
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
@@ -124,6 +127,10 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     if d.cgroup not in ("auto", "v1", "v2"):
         raise ConfigError(f"{d.cgroup!r} is not a hierarchy", file=file, where="daemon.cgroup",
                           hint='use "auto", "v1" or "v2"')
+    if d.executor not in ("daemon", "kernel"):
+        raise ConfigError(f"{d.executor!r} is not an executor", file=file, where="daemon.executor",
+                          hint='use "daemon" (oomkit kills by pidfd) or "kernel" (the kernel kills '
+                               'what the chain marked)')
     if d.task_reader not in ("auto", "bpf", "proc"):
         raise ConfigError(f"{d.task_reader!r} is not a task reader", file=file, where="daemon.task_reader",
                           hint='use "auto", "bpf" or "proc"')
@@ -145,7 +152,7 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         watchdog_timeout=watchdog_timeout, task_reader=d.task_reader, proc_cache=d.proc_cache,
         headroom=None if d.headroom == "auto" else size_at(d.headroom, "daemon.headroom", file),
         pressure=None if d.pressure == "off" else psi_at(d.pressure, "daemon.pressure", file),
-        rearm=duration_at(d.rearm, "daemon.rearm", file),
+        rearm=duration_at(d.rearm, "daemon.rearm", file, REARM), executor=d.executor,
         state_dir=_state_dir(d.state_dir, file),
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),
