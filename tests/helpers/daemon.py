@@ -75,7 +75,8 @@ def config_text(sandbox_root: str, attach: list[dict], event_log: str, **daemon)
 class DaemonProc:
     """One ``oomkit run`` we started, its stderr collected line by line."""
 
-    def __init__(self, tmp_path: Path, sandbox, attach: list[dict], name: str = "oomkit", **daemon):
+    def __init__(self, tmp_path: Path, sandbox, attach: list[dict], name: str = "oomkit",
+                 args: tuple[str, ...] = (), **daemon):
         self.tmp_path, self.sandbox = Path(tmp_path), sandbox
         self.config = self.tmp_path / f"{name}.toml"
         self.event_log = self.tmp_path / f"{name}-events.jsonl"
@@ -83,6 +84,7 @@ class DaemonProc:
         daemon.setdefault("state_dir", str(self.tmp_path / f"{name}-state"))
         self.state_dir = Path(daemon["state_dir"])
         self.daemon_opts = daemon
+        self.args = tuple(args)         # more `oomkit run` options (--dry-run)
         self.write_config(attach)
         self.popen: subprocess.Popen | None = None
         self.pidfd = -1
@@ -103,7 +105,8 @@ class DaemonProc:
 
     def start(self, timeout: float = 20.0) -> DaemonProc:
         self.started_at = time.monotonic()
-        self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config)],
+        self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config),
+                                       *self.args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, bufsize=1, cwd=self.tmp_path,
                                       env=None if self.env is None else {**os.environ, **self.env})

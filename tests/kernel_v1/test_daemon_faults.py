@@ -156,3 +156,149 @@ def test_the_shipped_config_never_attaches_the_daemons_own_slice():
     mine = own_cgroups(f"/{slice_}/oomkit.service")
     assert all(not (a.cgroup in mine or f"/{slice_}/oomkit.service".startswith(a.cgroup.rstrip("/*") + "/")
                     or a.cgroup == "/") for a in config.attach), config.attach
+
+
+# -- SIGHUP: reload faults (issue 10 item 5) -----------------------------------------------
+
+VERSIONED = '''
+from oomkit import OOMPolicy, Verdict
+
+class Versioned(OOMPolicy):
+    """Kills the largest task in version 1; passes (the kernel kills) in version 2."""
+    def handle_out_of_memory(self, oc, k):
+        if VERSION == 2:
+            return Verdict.PASS
+        victim = max(oc.tasks, key=lambda t: t.rss)
+        return Verdict.HANDLED if k.kill_task(victim, "largest") > 0 else Verdict.PASS
+
+VERSION = {version}
+'''
+
+AT_IMPORT = {
+    "sys.exit() at import": "import sys\nsys.exit(3)\n",
+    "KeyboardInterrupt at import": "raise KeyboardInterrupt('at import')\n",
+    "RecursionError at import": "def f(n):\n    return f(n + 1)\nf(0)\n",
+}
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def reload_and_wait(d: DaemonProc, what: str, timeout: float = 10.0) -> str:
+    n = len(d.lines)
+    d.signal(signal.SIGHUP)
+    line = d.wait_line(what, timeout, n)
+    assert line, (what, d.stderr())
+    return line
+
+
+def test_reload_faults_never_stop_the_daemon(sandbox, oomkit_daemon, tmp_path):
+    """A config that crashes validation, a policy that exits or raises anything at
+    import: each is one 'reload failed' line, the daemon goes on with the running
+    policy, and every OOM is handled by it in time and recorded."""
+    a = sandbox.cg("a", limit=24 * MiB)
+    attach = [{"cgroup": a, "policy": "largest-task"}]
+    d = oomkit_daemon(attach, watchdog_timeout="1s")
+    good = d.config.read_text()
+    bad = {
+        "TOML nested 2,000 deep": good.replace("[daemon]", "[daemon]\nx = " + "[" * 2000 + "]" * 2000),
+        "a 400-digit size": good.replace('policy = "largest-task"', 'policy = "raise-limit"\nparams = '
+                                         '{step = "' + "9" * 400 + 'M"}'),
+        "a 400-digit integer": good.replace('policy = "largest-task"', 'policy = "raise-limit"\nparams = '
+                                            '{step = ' + "9" * 400 + '}'),
+    }
+    for what, body in AT_IMPORT.items():
+        name = what.split()[0].replace(".", "_").replace("(", "").replace(")", "") + ".py"
+        (tmp_path / name).write_text(body + "\nfrom oomkit import OOMPolicy\n"
+                                     "class P(OOMPolicy):\n    def handle_out_of_memory(self, oc, k):\n"
+                                     "        return None\n")
+        bad[what] = good.replace('"largest-task"', f'"{name}:P"')
+    for i, (what, text) in enumerate(bad.items()):
+        d.config.write_text(text)
+        line = reload_and_wait(d, "reload failed, keeping the running configuration")
+        assert d.alive(), (what, d.stderr())
+        hog, took = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+        events = d.wait_events(i + 1)
+        assert len(events) == i + 1 and killed_pids(events[-1]) == {hog.pid}, (what, line, d.stderr())
+        check_record(events[-1], a, "policy")
+        assert [h["policy"] for h in events[-1]["handlers"]] == ["largest-task"], what
+    assert "oomkit-watchdog" not in d.stderr()          # never handed back on our silence
+    assert "Traceback" not in d.stderr(), d.stderr()
+    assert d.stop() == 0, d.stderr()
+    assert nothing_disabled(sandbox) == {}
+
+
+def test_a_policy_import_slower_than_the_watchdog_timeout(sandbox, oomkit_daemon, tmp_path):
+    """The import runs beside the loop: an OOM meanwhile is handled by the running
+    policy at once, and the watchdog (1 s) never hears silence; then the reload applies."""
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], watchdog_timeout="1s")
+    (tmp_path / "slow_import.py").write_text(
+        "import sys, time\nprint('slow import started', file=sys.stderr, flush=True)\ntime.sleep(4)\n"
+        + VERSIONED.format(version=2))
+    d.write_config([{"cgroup": a, "policy": "slow_import.py:Versioned"}])
+    reload_and_wait(d, "slow import started")
+    hog, took = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "policy")
+    assert killed_pids(ev) == {hog.pid} and ev["latency_ms"] < 1000, ev
+    assert [h["policy"] for h in ev["handlers"]] == ["largest-task"]
+    assert d.wait_line("reloaded", 15), d.stderr()
+    assert "oomkit-watchdog" not in d.stderr(), d.stderr()
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True
+    hog2, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)      # version 2: PASS, the kernel kills
+    ev2 = d.wait_events(2)[1]
+    check_record(ev2, a, "kernel")
+    assert [k["by"] for k in ev2["killed"]] == ["kernel"] and killed_pids(ev2) == {hog2.pid}
+    assert d.stop() == 0, d.stderr()
+    assert nothing_disabled(sandbox) == {}
+
+
+def test_an_edited_policy_file_is_read_again_on_reload(sandbox, oomkit_daemon, tmp_path):
+    a = sandbox.cg("a", limit=24 * MiB)
+    policy = tmp_path / "versioned.py"
+    policy.write_text(VERSIONED.format(version=1))
+    d = oomkit_daemon([{"cgroup": a, "policy": "versioned.py:Versioned"}])
+    hog, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "policy")
+    policy.write_text(VERSIONED.format(version=2))      # same size, same second: no stale cache
+    reload_and_wait(d, "reloaded")
+    hog2, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    ev2 = d.wait_events(2)[1]
+    check_record(ev2, a, "kernel")
+    assert ev2["handlers"][0]["verdict"] == "PASS" and killed_pids(ev2) == {hog2.pid}
+    assert d.stop() == 0, d.stderr()
+
+
+def test_dry_run_from_the_command_line_survives_reload(sandbox, oomkit_daemon):
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], args=("--dry-run",))
+    reload_and_wait(d, "reloaded")
+    hog, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    ev = d.wait_events(1)[0]
+    check_record(ev, a, "kernel")
+    # the policy's choice is recorded, not carried out: the kernel killed
+    assert ev["dry_run"] is True and "dry run" in ev["note"], ev
+    assert [k["by"] for k in ev["killed"]][-1] == "kernel" and killed_pids(ev) == {hog.pid}, ev
+    assert d.stop() == 0, d.stderr()
+
+
+def test_no_thread_left_per_reload(sandbox, oomkit_daemon):
+    """After an OOM the engine has a handler thread: a reload replaces the engine
+    and must end that thread (one leaked per reload before)."""
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}])
+    oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+    assert d.wait_events(1)
+    before = threads(d.pid)
+    for i in range(5):
+        reload_and_wait(d, "reloaded")
+        oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
+        assert len(d.wait_events(i + 2)) == i + 2
+    deadline = time.monotonic() + 10
+    while threads(d.pid) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads(d.pid) == before, d.stderr()
+    assert d.stop() == 0, d.stderr()

@@ -510,3 +510,34 @@ def test_bad_references_are_a_clear_error(ref, match):
 def test_bad_size_param_is_a_clear_error():
     with pytest.raises(PolicyLoadError, match="raise-limit"):
         make_policy("raise-limit", {"step": "12Q"})
+
+
+def test_a_fresh_load_reads_an_edited_file_and_leaves_one_module(tmp_path):
+    """The daemon's reload imports policy files afresh (issue 10 item 5): the edit of
+    the same size within the same second is seen (no stale bytecode), sys.modules keeps
+    one module per file, and the old module goes with the last policy made from it."""
+    import gc
+    import sys
+    import weakref
+
+    from oomkit.policies.loader import FILE_MODULE_PREFIX
+
+    body = "from oomkit import OOMPolicy, Verdict\nclass P(OOMPolicy):\n    V = {v}\n" \
+           "    def handle_out_of_memory(self, oc, k):\n        return Verdict.PASS\n"
+    path = tmp_path / "edited.py"
+    path.write_text(body.format(v=1))
+    first = make_policy("edited.py:P", None, tmp_path)
+    old = weakref.ref(sys.modules[type(first).__module__])
+    path.write_text(body.format(v=2))
+    assert make_policy("edited.py:P", None, tmp_path).V == 1        # cached unless fresh
+    assert make_policy("edited.py:P", None, tmp_path, fresh=True).V == 2
+    assert make_policy("edited.py:P", None, tmp_path).V == 2        # and the fresh one is kept
+    mine = [k for k in sys.modules if k.startswith(FILE_MODULE_PREFIX + "edited_")]
+    assert len(mine) == 1
+    del first
+    gc.collect()
+    assert old() is None
+    path.write_text("raise SystemExit(1)\n")           # a failed fresh load keeps the last good one
+    with pytest.raises(PolicyLoadError, match="SystemExit"):
+        make_policy("edited.py:P", None, tmp_path, fresh=True)
+    assert make_policy("edited.py:P", None, tmp_path).V == 2

@@ -11,7 +11,8 @@ its attachments, the event log, signals, and reload.
 One thread waits in ``epoll`` on the kernel's own wake-ups; nothing is
 scanned while nothing happens.  :meth:`Daemon.stop` has the stack restore
 every setting it changed.  SIGHUP reloads the config only if the new file
-validates whole.
+validates whole; it is read on a thread, so a slow policy import never
+stalls the loop (OOMs and the watchdog's heartbeat go on).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import resource
 import select
 import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ from oomkit.linux.cgroupfs import CgroupFS, detect
 from oomkit.linux.procfs import ProcFS
 from oomkit.linux.sdnotify import Notifier
 from oomkit.policies import make_policy
+from oomkit.policies.loader import file_modules, restore_file_modules
 from oomkit.schema import OOMRecord
 
 log = logging.getLogger("oomkit")
@@ -85,6 +89,9 @@ class Daemon:
         self.running = False
         self._stopped = False
         self._reload = False
+        self._loading: threading.Thread | None = None
+        self._loaded: queue.SimpleQueue[DaemonConfig | BaseException] = queue.SimpleQueue()
+        self._said_loading = False
         self._warned: set[tuple[str, str]] = set()
         self._watchdog_pid: int | None = None
         self._refused: set[str] = set()
@@ -150,11 +157,7 @@ class Daemon:
             self.events.retry()
             self.stack.on_timer()
             self.stack.flush()
-            if self._reload:
-                self._reload = False
-                self.notifier.reloading()
-                ok = self.reload()
-                self.notifier.ready(self.status_line() + ("" if ok else "; reload failed, kept the running config"))
+            self._reload_step()
 
     def stop(self) -> None:
         """Put back every setting we changed, then let the watchdog go (once)."""
@@ -371,36 +374,103 @@ class Daemon:
 
     # -- reload ----------------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """SIGHUP: apply the config file only if it validates whole."""
-        path = self.config_path
-        if path is None:
+    def _on_sighup(self) -> None:
+        """SIGHUP: the event log is reopened at once (logrotate's), and the config file
+        is read and its policies imported on a thread: an import that is slow, or never
+        ends, must not stall the loop that handles OOMs and keeps the watchdog quiet."""
+        self.events.reopen()
+        if self.config_path is None:
             log.error("oomkit: reload: no config file to read (started without one)")
-            return False
+            return
+        path = self.config_path
+        self.notifier.reloading()
+        self._loading = threading.Thread(target=self._load_in_thread, args=(path,),
+                                         name="oomkit-reload", daemon=True)
+        self._loading.start()
+
+    def _reload_step(self) -> None:
+        """In the loop: apply a reload read meanwhile, start the one asked for."""
+        try:
+            loaded = self._loaded.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            self._loading = None
+            ok = self._apply(loaded)
+            self.notifier.ready(self.status_line() + ("" if ok else "; reload failed, kept the running config"))
+        if not self._reload:
+            return
+        if self._loading is not None:
+            if not self._said_loading:
+                log.warning("oomkit: reload: the previous SIGHUP's config is still loading "
+                            "(a slow policy import?); this one follows it")
+                self._said_loading = True
+            return
+        self._reload = self._said_loading = False
+        self._on_sighup()
+
+    def _load_in_thread(self, path: str) -> None:
+        try:
+            loaded: DaemonConfig | BaseException = self._read_new(path)
+        except BaseException as exc:  # noqa: BLE001 - nothing a config or policy does ends the daemon
+            loaded = exc
+        self._loaded.put(loaded)
+        try:
+            self._wake_w.send(b"r")      # wake the loop now, not at its next beat
+        except OSError as exc:
+            log.debug("oomkit: reload: the loop is not woken (%s); it applies at its next beat", exc)
+
+    def _read_new(self, path: str) -> DaemonConfig:
+        """The new config, validated whole, its policy files imported afresh (edited
+        files take effect); on any failure the policy files imported before are back."""
+        saved = file_modules()
         try:
             config = load_daemon_config(path)
             if self.config.dry_run_forced:
                 config = dataclasses.replace(config, dry_run=True, dry_run_forced=True)
+            fresh: set[str] = set()
             for spec in config.attach:
-                make_policy(spec.policy, spec.params, config.base_dir)
+                make_policy(spec.policy, spec.params, config.base_dir, fresh=spec.policy not in fresh)
+                fresh.add(spec.policy)
             self._check_reloadable(config)
-        except OOMKitError as exc:
-            log.error("oomkit: reload failed, keeping the running configuration: %s", exc)
-            self.events.reopen()        # SIGHUP is also logrotate's: let go of the old file
+        except BaseException:
+            restore_file_modules(saved)
+            raise
+        return config
+
+    def reload(self) -> bool:
+        """Read and apply the config file now, on this thread (the loop's own
+        SIGHUP path reads it on a thread: :meth:`_on_sighup`)."""
+        if self.config_path is None:
+            log.error("oomkit: reload: no config file to read (started without one)")
             return False
+        try:
+            loaded: DaemonConfig | BaseException = self._read_new(self.config_path)
+        except BaseException as exc:  # noqa: BLE001
+            loaded = exc
+        return self._apply(loaded)
+
+    def _apply(self, loaded: DaemonConfig | BaseException) -> bool:
+        """Apply a config read whole, or say why the running one stays."""
+        if isinstance(loaded, BaseException):
+            why = str(loaded) if isinstance(loaded, OOMKitError) else f"{type(loaded).__name__}: {loaded}"
+            log.error("oomkit: reload failed, keeping the running configuration: %s", why)
+            return False
+        config = loaded
         old, self.config = self.config, config
         for cg in list(self.engine.attachments):
             self.engine.detach(cg)
         self.stack.reconfigure(live_settings(config))
         self.engine.close()             # its handler thread would otherwise wait for ever
         self.engine = self._engine(config)
-        self.events.reopen(config.event_log)     # logrotate's SIGHUP, or a new path
+        if config.event_log != old.event_log:
+            self.events.reopen(config.event_log)
         if config.pressure != old.pressure and config.pressure:
             self.quiet = QuietPeriod(config.pressure.window_us / 1e6, self.backend.clock)
         if config.global_pressure != old.global_pressure:
             self._global_source(False)
         self.reconcile()
-        log.info("oomkit: reloaded %s: %d attachments", path, len(self.engine.attachments))
+        log.info("oomkit: reloaded %s: %d attachments", self.config_path, len(self.engine.attachments))
         return True
 
     def _check_reloadable(self, config: DaemonConfig) -> None:

@@ -30,8 +30,11 @@ BUILTIN_REFS = {
 }
 
 
-def load_policy_class(ref: str, base_dir: str | Path | None = None) -> type[OOMPolicy]:
-    """Resolve a built-in name, an entry point, ``module:Class`` or ``file.py:Class``."""
+def load_policy_class(ref: str, base_dir: str | Path | None = None, *,
+                      fresh: bool = False) -> type[OOMPolicy]:
+    """Resolve a built-in name, an entry point, ``module:Class`` or ``file.py:Class``.
+    With ``fresh``, a policy file is read and imported again even if imported
+    before (the daemon's reload: an edited file must take effect)."""
     if not isinstance(ref, str) or not ref:
         raise PolicyLoadError("policy must be a non-empty string")
     if ref in BUILTIN_REFS:
@@ -44,7 +47,7 @@ def load_policy_class(ref: str, base_dir: str | Path | None = None) -> type[OOMP
                                   hint=f"built-ins: {', '.join(BUILTIN_REFS)}; or 'module:Class', 'file.py:Class'")
         return _check_class(found, ref)
     where, _, name = ref.rpartition(":")
-    module = _import_file(where, base_dir) if where.endswith(".py") or "/" in where else _import_module(where)
+    module = _import_file(where, base_dir, fresh) if where.endswith(".py") or "/" in where else _import_module(where)
     cls = getattr(module, name, None)
     if cls is None:
         raise PolicyLoadError(f"{where} has no class {name!r}")
@@ -52,9 +55,9 @@ def load_policy_class(ref: str, base_dir: str | Path | None = None) -> type[OOMP
 
 
 def make_policy(ref: str, params: dict[str, Any] | None = None,
-                base_dir: str | Path | None = None) -> OOMPolicy:
+                base_dir: str | Path | None = None, *, fresh: bool = False) -> OOMPolicy:
     """``Policy(**params)``, with unknown or bad params as a clear error."""
-    cls = load_policy_class(ref, base_dir)
+    cls = load_policy_class(ref, base_dir, fresh=fresh)
     params = dict(params or {})
     try:
         inspect.signature(cls).bind(**params)
@@ -95,7 +98,23 @@ def _import_module(name: str):
         raise PolicyLoadError(f"module {name!r} does not import: {type(exc).__name__}: {exc}") from None
 
 
-def _import_file(where: str, base_dir: str | Path | None):
+FILE_MODULE_PREFIX = "oomkit_policy_"
+
+
+def file_modules() -> dict[str, Any]:
+    """The policy files imported so far, by module name (to put back after a failed reload)."""
+    return {k: v for k, v in list(sys.modules.items()) if k.startswith(FILE_MODULE_PREFIX)}
+
+
+def restore_file_modules(saved: dict[str, Any]) -> None:
+    """Exactly ``saved`` (from :func:`file_modules`) as the imported policy files again."""
+    for name in [k for k in list(sys.modules) if k.startswith(FILE_MODULE_PREFIX)]:
+        if name not in saved:
+            del sys.modules[name]
+    sys.modules.update(saved)
+
+
+def _import_file(where: str, base_dir: str | Path | None, fresh: bool = False):
     path = Path(where)
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -111,16 +130,26 @@ def _import_file(where: str, base_dir: str | Path | None):
     import hashlib
 
     digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    modname = f"oomkit_policy_{path.stem}_{digest}"
-    if modname in sys.modules:
-        return sys.modules[modname]
+    modname = f"{FILE_MODULE_PREFIX}{path.stem}_{digest}"
+    old = sys.modules.get(modname)
+    if old is not None and not fresh:
+        return old
+    # One module per file in sys.modules: a fresh import replaces the old one,
+    # which lives on only as long as the policies made from it (no leak per reload).
     spec = importlib.util.spec_from_file_location(modname, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
     try:
-        spec.loader.exec_module(module)
+        # Compiled from the file itself, never from a __pycache__ entry: its
+        # check (mtime in seconds and size) misses an edit of the same size
+        # within the second, and root writes nothing next to the policy.
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit() at import is a load error too
-        del sys.modules[modname]
+        if old is not None:
+            sys.modules[modname] = old
+        else:
+            del sys.modules[modname]
         line = _error_line(exc, path)
         raise PolicyLoadError(f"policy file {str(path)!r} does not import{line}: "
                               f"{type(exc).__name__}: {exc}") from None
