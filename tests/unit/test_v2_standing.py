@@ -262,3 +262,34 @@ def test_near_a_global_oom_the_root_attachments_decision_alone_stands(tree, star
     assert not d.stack.global_ep.is_armed
     assert adj(proc, PID_C) == 1000                  # back
     assert adj(proc, PID_A) in (0, 1000)             # /box/a's own decision may mark it again
+
+
+def test_two_kernel_kills_between_two_looks_are_two_records(tree, started, tmp_path, monkeypatch):
+    """The kernel killed twice (two OOMs) before the daemon looked: one record
+    each, the marked hog's as the policy's, the other as the kernel's own."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+
+    def kill_lines(seq, pid, name):
+        return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+                f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task={name},pid={pid},uid=0",
+                f"3,{seq + 1},2,-;Memory cgroup out of memory: Killed process {pid} ({name}) "
+                "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+                "pgtables:200kB oom_score_adj:0"]
+
+    kmsg = kill_lines(1, PID_A, "hog") + kill_lines(3, PID_B, "sleep")
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    ev = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"
+    (mount / "box" / "a" / "memory.events").write_text(ev)
+    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [
+        [(PID_A, "policy:/box")], [(PID_B, "kernel")]], records
+    assert [r["resolved_by"] for r in records] == ["policy", "kernel"]

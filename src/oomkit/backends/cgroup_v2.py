@@ -797,9 +797,10 @@ class V2Stack:
     # -- the kernel's kills -------------------------------------------------------------
 
     def _report_kernel_kill(self, path: str, count: int) -> None:
-        """The kernel OOM-killed in ``path``: one record, the decision's if its
-        victim was armed (the policy decided, the kernel executed)."""
-        victims, oom_memcg = self._kernel_victims(path)
+        """The kernel OOM-killed in ``path``: one record per kill (two OOMs between
+        two looks are two records), the decision's if its victim was marked (the
+        policy decided, the kernel executed)."""
+        victims, oom_memcgs = self._kernel_victims(path)
         now = self.backend.clock.now()
         self._reported = {p: t for p, t in self._reported.items() if now - t < 10.0}
         ours = [v for v in victims if self.backend.killed_lately(v.pid)]
@@ -816,12 +817,15 @@ class V2Stack:
             return
         for v in fresh:
             self._reported[v.pid] = now
-        memcg = oom_memcg or path
-        ep = self._deciding(memcg, path, fresh)
-        record, oom = self._kill_record(memcg, fresh, ep, count, path)
-        self.daemon.write(record, oom)
-        if ep is not None:
-            ep.next_take = now          # the decision's victim is gone: take it again
+        # No victim named (no /dev/kmsg): still one record that the kernel killed.
+        kills: list[list[Release]] = [[v] for v in fresh] or [[]]
+        for killed in kills:
+            memcg = next((oom_memcgs[v.pid] for v in killed if v.pid in oom_memcgs), path)
+            ep = self._deciding(memcg, path, killed)
+            record, oom = self._kill_record(memcg, killed, ep, count, path)
+            self.daemon.write(record, oom)
+            if ep is not None:
+                ep.next_take = now      # the decision's victim is gone: take it again
 
     def _deciding(self, memcg: str, path: str, victims: list[Release]) -> Episode | None:
         """The episode whose standing decision covers this kill: the machine's if
@@ -877,12 +881,13 @@ class V2Stack:
             return "?"
         return ep.record.handlers[-1].cgroup
 
-    def _kernel_victims(self, path: str, wait: float = 0.5) -> tuple[list[Release], str | None]:
-        """The kernel's victims in ``path`` from /dev/kmsg and the memcg whose limit
-        was hit; the log lines may trail the counter a little, so wait up to ``wait``."""
+    def _kernel_victims(self, path: str, wait: float = 0.5) -> tuple[list[Release], dict[int, str]]:
+        """The kernel's victims in ``path`` from /dev/kmsg, and for each the memcg
+        whose limit was hit (absent for a global OOM); the log lines may trail the
+        counter a little, so wait up to ``wait``."""
         fd = self._kmsg()
         if fd is None:
-            return [], None
+            return [], {}
         clock, records = self.backend.clock, self._kmsg_backlog
         deadline = clock.now() + wait
         while True:
@@ -897,7 +902,7 @@ class V2Stack:
         # Lines of kills elsewhere (a sibling's, reported next) stay for their report.
         taken = {v.pid for v in victims}
         self._kmsg_backlog = [r for r, f in parsed if f.get("pid") not in taken][-200:]
-        return victims, next((memcgs[v.pid] for v in victims if memcgs.get(v.pid)), None)
+        return victims, {v.pid: m for v in victims if (m := memcgs.get(v.pid))}
 
     def _kmsg(self) -> int | None:
         if self._kmsg_fd is None:
