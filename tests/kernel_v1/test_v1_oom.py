@@ -223,3 +223,24 @@ def test_psi_trigger_on_system_pressure():
         notify.psi_trigger(path, "some 150000 100")  # window below 500 ms
     assert info.value.errno == errno.EINVAL
     assert "2000000" in str(info.value)
+
+
+def test_the_proc_connector_reports_a_new_process():
+    """notify.ProcEvents (cn_proc, root): our child's fork is reported, by its tgid."""
+    import subprocess
+
+    try:
+        events = notify.ProcEvents()
+    except KernelError as exc:
+        pytest.skip(f"no proc connector here: {exc}")
+    try:
+        child = subprocess.Popen(["sleep", "0"])
+        child.wait()
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 10
+        while child.pid not in [c for _p, c in seen] and time.monotonic() < deadline:
+            select.select([events], [], [], 1)
+            seen += events.forks()
+        assert (os.getpid(), child.pid) in seen, seen[:20]
+    finally:
+        events.close()

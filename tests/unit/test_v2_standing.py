@@ -293,3 +293,49 @@ def test_two_kernel_kills_between_two_looks_are_two_records(tree, started, tmp_p
     assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [
         [(PID_A, "policy:/box")], [(PID_B, "kernel")]], records
     assert [r["resolved_by"] for r in records] == ["policy", "kernel"]
+
+
+def test_a_new_process_in_the_zone_is_decided_on_at_once(tree, started, monkeypatch):
+    """The proc connector reports a fork into /box/a (in its zone): the decision
+    is taken again within FORK_DELAY, not at the next rearm (500 ms), so
+    newest-task's mark moves to the newcomer."""
+    import time
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    queued: list[tuple[int, int]] = []
+    r, w = os.pipe()
+
+    class FakeProcEvents:
+        def fileno(self):
+            return r
+
+        def forks(self):
+            os.read(r, 64)
+            out, queued[:] = list(queued), []
+            return out
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(notify, "ProcEvents", FakeProcEvents)
+    d = started(policy="newest-task")
+    d.stack.on_timer()                                   # in the zone: listening to forks
+    new = PID_A + 30
+    task(proc, new, "new", 1024)
+    stat = proc / str(new) / "stat"
+    fields = stat.read_text().split(" ")
+    fields[21] = "99999999"
+    stat.write_text(" ".join(fields))
+    (proc / str(new) / "cgroup").write_text("0::/box/a\n")
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, new])
+    queued.append((PID_A, new))
+    os.write(w, b"x")
+    d.reactor.poll(0)                                    # the fork wakes the daemon
+    ep = d.stack.episodes["/box/a"]
+    assert ep.next_take is not None and ep.next_take - d.backend.clock.now() <= 0.011
+    time.sleep(0.02)
+    d.stack.on_timer()
+    assert adj(proc, new) == 1000
+    os.close(w)

@@ -76,6 +76,7 @@ log = logging.getLogger("oomkit")
 
 MiB = 1 << 20
 GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of the zone
+FORK_DELAY = 0.01             # a new task in the zone: decide again this soon (a burst coalesces)
 
 
 def zone(limit: int, headroom: int | None) -> int:
@@ -332,6 +333,8 @@ class V2Stack:
         self._kmsg_backlog: list[str] = []
         self._kmsg_fd: int | None = None
         self._reported: dict[int, float] = {}       # victim pid -> when reported (6.1 counts twice)
+        self._forks: notify.ProcEvents | None = None   # new processes, while a memcg is in its zone
+        self._forks_failed = False
         self._registered = False
 
     # -- the LiveStack interface ---------------------------------------------------------
@@ -370,6 +373,7 @@ class V2Stack:
         return max(0.0, min(times) - self.backend.clock.now()) if times else None
 
     def on_timer(self) -> None:
+        self._watch_forks()
         now = self.backend.clock.now()
         g = self.global_ep
         if g is not None and g.next_take is not None and g.next_take <= now:
@@ -377,6 +381,49 @@ class V2Stack:
         for ep in list(self.episodes.values()):
             if ep.next_take is not None and ep.next_take <= now:
                 self._look(ep.memcg)
+
+    # -- new tasks in the zone: the decision may change -----------------------------------
+
+    def _watch_forks(self) -> None:
+        """Listen to the proc connector while some memcg is in its zone: a new
+        task there may be the policy's new choice (newest-task, a fork burst), and
+        the rearm timer alone would leave the kernel a stale mark for up to
+        ``rearm``."""
+        wanted = any(ep.in_zone for ep in self._all_episodes())
+        if wanted and self._forks is None and not self._forks_failed:
+            try:
+                self._forks = notify.ProcEvents()
+            except KernelError as exc:
+                self._forks_failed = True
+                log.info("oomkit: no proc connector (%s): new tasks near a limit are seen at "
+                         "the next take (every %g s)", exc, self.settings.rearm)
+                return
+            self.daemon.register(self._forks.fileno(), self._on_forks)
+        elif not wanted and self._forks is not None:
+            self._close_forks()
+
+    def _close_forks(self) -> None:
+        if self._forks is not None:
+            self.daemon.unregister(self._forks.fileno(), close=False)
+            self._forks.close()
+            self._forks = None
+
+    def _on_forks(self, mask: int) -> None:
+        if self._forks is None:
+            return
+        children = [child for _parent, child in self._forks.forks()]
+        zoned = [ep for ep in self._all_episodes() if ep.in_zone]
+        if not children or not zoned:
+            return
+        soon = self.backend.clock.now() + FORK_DELAY
+        for child in children:
+            try:
+                cgroup = self.backend.proc.cgroup(child, "v2")
+            except TaskGone:
+                continue        # gone already: no new choice
+            for ep in zoned:
+                if cgroup is not None and is_within(cgroup, ep.memcg):
+                    ep.next_take = min(ep.next_take or soon, soon)
 
     def _all_episodes(self) -> list[Episode]:
         return list(self.episodes.values()) + ([self.global_ep] if self.global_ep else [])
@@ -442,6 +489,7 @@ class V2Stack:
                 self.release(path)
 
     def close(self) -> None:
+        self._close_forks()
         self.watch_global(False)
         self.global_ep = None
         for path in sorted(self.watched, key=lambda p: -p.count("/")):

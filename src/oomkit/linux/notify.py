@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
+import struct
 
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import parse
@@ -207,6 +209,63 @@ class Inotify:
 
 
 # --- /dev/kmsg ---------------------------------------------------------------
+
+
+_NETLINK_CONNECTOR = 11        # include/uapi/linux/netlink.h
+_CN_IDX_PROC = 1               # include/uapi/linux/connector.h
+_CN_VAL_PROC = 1
+_PROC_CN_MCAST_LISTEN = 1      # include/uapi/linux/cn_proc.h
+_PROC_CN_MCAST_IGNORE = 2
+
+
+class ProcEvents:
+    """The kernel's proc connector: a wake-up for every new process on the
+    machine (drivers/connector/cn_proc.c; CONFIG_PROC_EVENTS, CAP_NET_ADMIN).
+    :meth:`forks` reads what is queued, as (parent tgid, child tgid)."""
+
+    def __init__(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, _NETLINK_CONNECTOR)
+        except OSError as exc:
+            raise translate(exc, "netlink connector", what="open the proc connector") from exc
+        try:
+            sock.bind((0, _CN_IDX_PROC))
+            sock.send(self._op(_PROC_CN_MCAST_LISTEN))
+        except OSError as exc:
+            sock.close()
+            raise translate(exc, "netlink connector", what="listen to the proc connector") from exc
+        self._sock = sock
+
+    @staticmethod
+    def _op(op: int) -> bytes:
+        payload = struct.pack("=I", op)
+        cn = struct.pack("=IIIIHH", _CN_IDX_PROC, _CN_VAL_PROC, 0, 0, len(payload), 0) + payload
+        return struct.pack("=IHHII", 16 + len(cn), 3, 0, 0, os.getpid()) + cn   # NLMSG_DONE
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def forks(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        while True:
+            try:
+                buf = self._sock.recv(65536)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                # ENOBUFS: the socket overflowed and events were lost; the caller's
+                # timer still looks, so go on with what was read.
+                log.debug("oomkit: proc connector read failed (%s): events lost", exc)
+                return out
+            out += parse.proc_forks(buf)
+
+    def close(self) -> None:
+        try:
+            self._sock.send(self._op(_PROC_CN_MCAST_IGNORE))
+        except OSError as exc:
+            log.debug("oomkit: proc connector: unsubscribe failed (%s); closing anyway", exc)
+        self._sock.close()
 
 
 def open_kmsg(path: str = "/dev/kmsg", from_end: bool = True) -> int:

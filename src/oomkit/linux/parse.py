@@ -306,6 +306,36 @@ def _oom_fields(kind: str, raw: dict) -> dict:
 _INOTIFY_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
 
 
+# --- the proc connector (drivers/connector/cn_proc.c) -----------------------
+
+_NLMSGHDR = struct.Struct("=IHHII")       # struct nlmsghdr: len, type, flags, seq, pid
+_CN_MSG = struct.Struct("=IIIIHH")         # struct cn_msg: id.idx, id.val, seq, ack, len, flags
+_PROC_EVENT = struct.Struct("=IIQ")        # struct proc_event: what, cpu, timestamp_ns
+_FORK = struct.Struct("=IIII")             # event_data.fork: parent pid/tgid, child pid/tgid
+PROC_EVENT_FORK = 0x00000001               # include/uapi/linux/cn_proc.h
+
+
+def proc_forks(buf: bytes) -> list[tuple[int, int]]:
+    """The new processes (parent tgid, child tgid) in what a proc-connector socket
+    returned: PROC_EVENT_FORK events whose child is a thread-group leader (a new
+    process, not a new thread); every other event is skipped."""
+    out = []
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(buf):
+        length = _NLMSGHDR.unpack_from(buf, offset)[0]
+        if length < _NLMSGHDR.size or offset + length > len(buf):
+            break                                  # malformed or truncated: stop, never loop
+        body = offset + _NLMSGHDR.size + _CN_MSG.size
+        if body + _PROC_EVENT.size + _FORK.size <= offset + length:
+            what = _PROC_EVENT.unpack_from(buf, body)[0]
+            if what == PROC_EVENT_FORK:
+                _ppid, ptgid, cpid, ctgid = _FORK.unpack_from(buf, body + _PROC_EVENT.size)
+                if cpid == ctgid:
+                    out.append((ptgid, ctgid))
+        offset += (length + 3) & ~3                # NLMSG_ALIGN
+    return out
+
+
 def inotify_events(buf: bytes) -> list[tuple[int, int, int, str]]:
     """Split what read() returned from an inotify fd into (wd, mask, cookie, name).
 

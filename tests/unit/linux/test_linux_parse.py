@@ -207,3 +207,26 @@ def test_inotify_events():
     name = b"job1".ljust(16, b"\0")
     buf = struct.pack("iIII", 1, 0x40000100, 0, len(name)) + name + struct.pack("iIII", 2, 2, 0, 0)
     assert parse.inotify_events(buf) == [(1, 0x40000100, 0, "job1"), (2, 2, 0, "")]
+
+
+def _cn_proc(what: int, data: bytes) -> bytes:
+    """One proc-connector message as the kernel sends it (nlmsghdr, cn_msg, proc_event)."""
+    import struct
+
+    event = struct.pack("=IIQ", what, 0, 123) + data
+    cn = struct.pack("=IIIIHH", 1, 1, 0, 0, len(event), 0) + event
+    msg = struct.pack("=IHHII", 16 + len(cn), 3, 0, 0, 0) + cn
+    return msg + b"\0" * (-len(msg) % 4)
+
+
+def test_proc_forks_keeps_new_processes_only():
+    import struct
+
+    from oomkit.linux.parse import proc_forks
+
+    fork = _cn_proc(1, struct.pack("=IIII", 100, 100, 200, 200))          # a new process
+    thread = _cn_proc(1, struct.pack("=IIII", 100, 100, 201, 200))        # a new thread of 200
+    exec_ = _cn_proc(2, struct.pack("=II", 200, 200) + b"\0" * 8)         # PROC_EVENT_EXEC
+    assert proc_forks(fork + thread + exec_ + fork) == [(100, 200), (100, 200)]
+    assert proc_forks(fork[:20]) == []                                     # truncated: nothing
+    assert proc_forks(b"\0" * 16) == []                                    # len 0: no loop
