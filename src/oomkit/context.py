@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -78,6 +78,62 @@ class TaskInfo(_TaskFields):
     __delattr__ = _ReadOnly.__delattr__
 
 
+class MemoryStat(Mapping[str, int]):
+    """``CgroupInfo.stat``: the cgroup's ``memory.stat`` (its whole subtree), in
+    one vocabulary for cgroup v1 and v2 (``oomkit.linux.parse.memory_stat``):
+    ``anon``, ``file``, ``shmem``, ``file_mapped``, ``swap``, ``pgscan``,
+    ``pgsteal``, ``workingset_refault``, ...  Read on first use, once: a policy
+    that never looks pays nothing.  A name the kernel does not count is absent
+    (``stat.get("pgscan", 0)``)."""
+
+    __slots__ = ("_load", "_values")
+
+    _load: Callable[[], Mapping[str, int]] | None
+    _values: Mapping[str, int] | None
+
+    def __init__(self, load: Callable[[], Mapping[str, int]] | Mapping[str, int]):
+        if callable(load):
+            _init(self, _load=load, _values=None)
+        else:
+            _init(self, _load=None, _values=MappingProxyType(dict(load)))
+
+    def _all(self) -> Mapping[str, int]:
+        values = self._values
+        if values is None:
+            load = self._load
+            assert load is not None
+            with metered():
+                values = MappingProxyType(dict(load()))
+            _init(self, _values=values, _load=None)
+        return values
+
+    @property
+    def loaded(self) -> bool:
+        """Was it read (by a policy, or given)?  The snapshot keeps only what was."""
+        return self._values is not None
+
+    def __getitem__(self, key: str) -> int:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __hash__(self) -> int:         # by identity: it is read-only, and may be unread
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"MemoryStat({dict(self._values)!r})" if self._values is not None else "MemoryStat(<unread>)"
+
+    __setattr__ = _ReadOnly.__setattr__
+    __delattr__ = _ReadOnly.__delattr__
+
+
+_NO_STAT = MemoryStat({})
+
+
 @dataclass(frozen=True, slots=True)
 class CgroupInfo(_ReadOnly):
     """One memory cgroup, named after its cgroupfs files."""
@@ -90,8 +146,12 @@ class CgroupInfo(_ReadOnly):
     children: tuple[str, ...]
     pids: tuple[int, ...]     # cgroup.procs of this cgroup alone, not its subtree
     events: Mapping[str, int]  # memory.events
+    # memory.stat, read on first use (compare=False: comparing must not read it)
+    stat: MemoryStat = field(default=_NO_STAT, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stat, MemoryStat):
+            object.__setattr__(self, "stat", MemoryStat(self.stat))
         if not isinstance(self.events, MappingProxyType):
             object.__setattr__(self, "events", MappingProxyType(dict(self.events)))
         if not isinstance(self.children, tuple):

@@ -69,7 +69,11 @@ class OOMPolicy:
         raise NotImplementedError
 
     def handle_cgroup_offline(self, cgroup: str) -> None:
-        """The cgroup this policy is attached to (or one below it) went away."""
+        """The cgroup this policy is attached to (or one below it) went away.
+
+        Upstream had it in v2 only (v3 removed it: the BPF link goes with the
+        cgroup); oomkit keeps it so that a policy holding state per cgroup can
+        drop it."""
 
 
 class Refused(int):
@@ -77,6 +81,10 @@ class Refused(int):
 
     It is an ``int`` (so ``if k.kill_task(t) > 0`` reads naturally) that
     also says why: ``Refused(-errno.EPERM, "oom_score_adj is -1000")``.
+
+    -1000 is ``-EPERM`` here, as for every task oomkit may never kill (init,
+    itself): upstream v2's kill kfunc did not refuse -1000 at all, and the
+    later development tree says ``-EINVAL``.
     """
 
     reason: str

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from oomkit.context import CgroupInfo, Level, TaskInfo
+from oomkit.context import CgroupInfo, Level, MemoryStat, TaskInfo
 from oomkit.policy import Verdict
 from oomkit.text import record_safe
 
@@ -107,15 +107,18 @@ class CgroupState(_Struct, kw_only=True):
     children: list[CgroupPath] = []
     pids: list[int] = []
     events: dict[str, int] = {}
+    stat: dict[str, int] | None = None      # memory.stat, when a policy read it
 
     @classmethod
     def of(cls, c: CgroupInfo) -> CgroupState:
         return cls(usage=c.usage, limit=c.limit, swap=c.swap, oom_group=c.oom_group,
-                   children=list(c.children), pids=list(c.pids), events=dict(c.events))
+                   children=list(c.children), pids=list(c.pids), events=dict(c.events),
+                   stat=dict(c.stat) if c.stat.loaded and c.stat else None)
 
     def info(self, path: str) -> CgroupInfo:
         return CgroupInfo(path, self.usage, self.limit, self.swap, self.oom_group,
-                          tuple(self.children), tuple(self.pids), self.events)
+                          tuple(self.children), tuple(self.pids), self.events,
+                          MemoryStat(self.stat or {}))
 
 
 class TaskState(_Struct, kw_only=True):

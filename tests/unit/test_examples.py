@@ -123,7 +123,7 @@ def test_selftest_chain_passes_up_to_largest_cgroup():
     [oom] = r["ooms"]
     assert (oom["level"], oom["memcg"]) == ("memcg", "/oom_test")
     assert [(h["cgroup"], h["policy"], h["verdict"]) for h in oom["handlers"]] == [
-        ("/oom_test", "raise-limit", "PASS"), ("/", "largest-cgroup", "HANDLED")]
+        ("/oom_test", "raise-limit", "PASS"), ("/", "upstream-selftest", "HANDLED")]
     assert oom["killed"] == [{"name": "cg4-30M", "pid": 102, "cgroup": "/oom_test/cg3/cg4",
                               "by": "policy:/"}]
     assert oom["limits"] == []               # the ceiling kept raise-limit from acting

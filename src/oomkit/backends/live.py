@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from oomkit import oom_kill
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, TaskInfo, ancestors, is_within, parent_of
+from oomkit.context import (
+    CgroupInfo,
+    LazyMapping,
+    LazyTasks,
+    MemoryStat,
+    TaskInfo,
+    ancestors,
+    is_within,
+    parent_of,
+)
 from oomkit.engine.clock import Clock, MonotonicClock
 from oomkit.errors import CgroupGone, TaskGone
 from oomkit.linux import kcmp, parse, pidfd
@@ -239,10 +248,20 @@ class LiveBackend:
         fs = self.fs
         try:
             return CgroupInfo(path, fs.usage(path), fs.limit(path), self._swap(path), fs.oom_group(path),
-                              tuple(fs.children(path)), tuple(fs.procs(path)), fs.events(path))
+                              tuple(fs.children(path)), tuple(fs.procs(path)), fs.events(path),
+                              MemoryStat(lambda: self._memory_stat(path)))
         except CgroupGone:      # removed meanwhile: an empty cgroup, what the engine expects
             log.debug("oomkit: %s removed while it was read: seen empty", path)
             return CgroupInfo(path, 0, None, 0, False, (), (), {})
+
+    def _memory_stat(self, path: str) -> dict[str, int]:
+        """memory.stat, read when a policy first looks at ``CgroupInfo.stat``."""
+        try:
+            swap = self._swap(path) if self.fs.version == "v2" else None
+            return self.fs.memory_stat(path, swap)
+        except CgroupGone:
+            log.debug("oomkit: %s went away before its memory.stat was read", path)
+            return {}
 
     def tasks(self, oom: OOMEvent, scope: str) -> LazyTasks:
         return LazyTasks(lambda: self._read_tasks(scope),

@@ -48,6 +48,7 @@ class CgroupSpec(_Strict):
     path: str
     limit: Size | None = None
     oom_group: bool = False
+    file: Size = 0              # page cache it holds at the start (reclaimable)
 
 
 class TaskSpec(_Strict):
@@ -62,6 +63,7 @@ class TaskSpec(_Strict):
     nodes: list[int] | None = None
     exit_delay: Duration | None = None
     mm: str | None = None       # shares this earlier task's address space (CLONE_VM, vfork)
+    file: Size = 0              # page cache it read in, charged to its cgroup (outlives it)
 
 
 class AttachSpec(_Strict):
@@ -78,6 +80,7 @@ class EventSpec(_Strict):
     free: Size | None = None
     exit: bool = False
     spawn: TaskSpec | None = None
+    read: Size | None = None    # the task reads a file: page cache charged to its cgroup
 
 
 class EngineSpec(_Strict):
@@ -105,6 +108,7 @@ class Cgroup:
     path: str
     limit: int | None
     oom_group: bool
+    file: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class Task:
     nodes: tuple[int, ...] | None = None
     exit_delay: float | None = None
     mm: str | None = None
+    file: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,7 @@ class Attach:
 class Event:
     at: float
     task: str | None
-    kind: str                          # alloc, free, exit, spawn
+    kind: str                          # alloc, free, exit, spawn, read
     amount: int = 0
     spawn: Task | None = None
 
@@ -217,7 +222,7 @@ class _Resolver:
                                  "declare parents first")
             seen.add(path)
             limit = size_at(c.limit, f"cgroup[{i}].limit", self.file, allow_none=True)
-            out.append(Cgroup(path, limit, c.oom_group))
+            out.append(Cgroup(path, limit, c.oom_group, size_at(c.file, f"cgroup[{i}].file", self.file)))
         return out
 
     def task(self, t: TaskSpec, where: str, paths: set[str], numa_nodes: int) -> Task:
@@ -239,7 +244,8 @@ class _Resolver:
                     size_at(t.swap, f"{where}.swap", f), size_at(t.pgtables, f"{where}.pgtables", f),
                     t.oom_score_adj, t.uid, tuple(t.cmdline or ()),
                     tuple(sorted(set(t.nodes))) if t.nodes is not None else None,
-                    duration_at(t.exit_delay, f"{where}.exit_delay", f, EXIT_DELAY), t.mm)
+                    duration_at(t.exit_delay, f"{where}.exit_delay", f, EXIT_DELAY), t.mm,
+                    size_at(t.file, f"{where}.file", f))
 
     def shared_mms(self, tasks: list[Task]) -> None:
         """``mm`` names an earlier [[task]]; the sharer's memory is that task's."""
@@ -281,10 +287,10 @@ class _Resolver:
         for i, e in enumerate(self.spec.event):
             where = f"event[{i}]"
             at = duration_at(e.at, f"{where}.at", self.file, EVENT_AT)
-            kinds = [k for k in ("alloc", "free", "spawn") if getattr(e, k) is not None]
+            kinds = [k for k in ("alloc", "free", "spawn", "read") if getattr(e, k) is not None]
             kinds += ["exit"] if e.exit else []
             if len(kinds) != 1:
-                raise self.error(where, f"needs exactly one of alloc, free, exit, spawn (has {len(kinds)})")
+                raise self.error(where, f"needs exactly one of alloc, free, exit, spawn, read (has {len(kinds)})")
             kind = kinds[0]
             if kind == "spawn":
                 task = self.task(e.spawn, f"{where}.spawn", paths, numa_nodes)

@@ -255,6 +255,11 @@ class CgroupFS:
         """memory.stat as a dict (v1 keys: rss, cache, total_*...; v2: anon, file...)."""
         return parse.flat_keyed(self.read(cg, "memory.stat"))
 
+    def memory_stat(self, cg: str, swap: int | None = None) -> dict[str, int]:
+        """memory.stat of ``cg``'s subtree in one vocabulary for v1 and v2
+        (:func:`oomkit.linux.parse.memory_stat`; ``swap``: v2's memory.swap.current)."""
+        return parse.memory_stat(self.read(cg, "memory.stat"), self.version, swap)
+
     def _need(self, version: str, what: str) -> None:
         if self.version != version:
             raise KernelError(f"{what} exists only in cgroup {version}", errno=errno.EOPNOTSUPP,

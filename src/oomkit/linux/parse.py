@@ -18,6 +18,52 @@ import struct
 LIMIT_V1_UNLIMITED_MIN = (2**63 - 1) // (1 << 20) * (1 << 20)
 
 
+# CgroupInfo.stat's vocabulary: the cgroup v2 names (Documentation/admin-guide/
+# cgroup-v2.rst, memory.stat), each the memcg's whole subtree.  v1's memory.stat
+# gives the subtree's values as total_<name> (Documentation/admin-guide/cgroup-v1/
+# memory.rst 5.2), under its older names.  Sizes are bytes, events counts.
+_V1_NAMES = {
+    "anon": "total_rss", "file": "total_cache", "shmem": "total_shmem",
+    "file_mapped": "total_mapped_file", "file_dirty": "total_dirty",
+    "file_writeback": "total_writeback", "swap": "total_swap",
+    "active_anon": "total_active_anon", "inactive_anon": "total_inactive_anon",
+    "active_file": "total_active_file", "inactive_file": "total_inactive_file",
+    "unevictable": "total_unevictable", "pgfault": "total_pgfault",
+    "pgmajfault": "total_pgmajfault",
+    "workingset_refault_anon": "total_workingset_refault_anon",
+    "workingset_refault_file": "total_workingset_refault_file",
+}
+_V2_NAMES = ("anon", "file", "shmem", "file_mapped", "file_dirty", "file_writeback", "swapcached",
+             "active_anon", "inactive_anon", "active_file", "inactive_file", "unevictable",
+             "slab", "sock", "kernel", "pgfault", "pgmajfault", "pgscan", "pgsteal",
+             "pgrefill", "workingset_refault_anon", "workingset_refault_file",
+             "workingset_activate", "workingset_restore", "workingset_nodereclaim")
+
+
+def memory_stat(text: str, version: str, swap: int | None = None) -> dict[str, int]:
+    """``memory.stat`` in one vocabulary for both hierarchies (see ``_V1_NAMES``):
+    ``anon``, ``file`` (page cache, shmem included), ``shmem``, ``file_mapped``,
+    ``swap``, ``pgscan``, ``pgsteal``, ``workingset_refault`` (anon + file) and
+    the rest of v2's names that v1 has.  A name the kernel does not give is
+    absent (v1 counts no pgscan/pgsteal per memcg).  v2's ``swap`` is
+    ``memory.swap.current`` (``swap``), which memory.stat lacks.
+    """
+    raw = flat_keyed(text)
+    if version == "v1":
+        out = {name: raw[v1] for name, v1 in _V1_NAMES.items() if v1 in raw}
+        if "workingset_refault_anon" not in out and "total_workingset_refault" in raw:
+            out["workingset_refault"] = raw["total_workingset_refault"]     # before Linux 5.9
+    else:
+        out = {name: raw[name] for name in _V2_NAMES if name in raw}
+        if "workingset_refault" in raw:                                     # before Linux 5.9
+            out["workingset_refault"] = raw["workingset_refault"]
+        if swap is not None:
+            out["swap"] = swap
+    if "workingset_refault" not in out and "workingset_refault_anon" in out:
+        out["workingset_refault"] = out["workingset_refault_anon"] + out.get("workingset_refault_file", 0)
+    return out
+
+
 def flat_keyed(text: str) -> dict[str, int]:
     """``key value`` lines (memory.stat, memory.events, cgroup.stat, v1 and v2).
 

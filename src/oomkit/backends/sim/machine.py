@@ -14,8 +14,16 @@ What it models, and where it simplifies the kernel:
   with the most free memory first, spilling to the next.  A task bound to a
   strict subset of the nodes that cannot be satisfied raises a numa OOM
   (``CONSTRAINT_MEMORY_POLICY``); otherwise a shortage is global.
-* There is no reclaim and no swap-out: ``swap`` sizes only count in the OOM
-  killer's ``totalpages`` and a task's badness.  Usage is resident memory.
+* Page cache: a cgroup holds file pages (read in by its tasks), charged to it
+  and its ancestors like any page (they count in usage) and kept when the
+  task that read them exits.  They are reclaimed before an OOM is declared,
+  as ``try_charge_memcg()`` reclaims the memcg over its limit
+  (``try_to_free_mem_cgroup_pages()``) and the page allocator the machine:
+  from the cgroups of the limit that was hit (pre-order from it), or any
+  cgroup for a global or numa shortage, counted in ``pgscan``/``pgsteal``.
+  Every file page is clean and reclaimable (no dirty pages, no shmem).
+* There is no swap-out: ``swap`` sizes only count in the OOM killer's
+  ``totalpages`` and a task's badness.
 * Tasks may share one address space (``clone(CLONE_VM)`` without
   ``CLONE_THREAD``, or ``vfork()``): the mm's memory is held by one task (its
   *holder*, charged to the holder's memcg), every user shows its counters (as
@@ -31,7 +39,7 @@ from types import MappingProxyType
 from typing import cast
 
 from oomkit.backends.base import OOMEvent
-from oomkit.context import CgroupInfo, Level, TaskInfo, ancestors, parent_of
+from oomkit.context import CgroupInfo, Level, MemoryStat, TaskInfo, ancestors, parent_of
 from oomkit.oom_kill import PAGE_SIZE, GlobalIndex
 
 EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
@@ -46,10 +54,21 @@ class SimCgroup:
     children: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)   # cgroup.procs, in join order
     events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_KEYS, 0))
+    file_local: dict[int, int] = field(default_factory=dict)   # its own page cache, per node
+    file: int = 0                                   # page cache of the subtree (memory.stat file)
+    pgscan: int = 0                                 # pages reclaimed in the subtree (all were clean,
+    pgsteal: int = 0                                # so scanned = stolen)
 
     def info(self, swap: int = 0) -> CgroupInfo:
         return CgroupInfo(self.path, self.usage, self.limit, swap, self.oom_group,
-                          tuple(self.children), tuple(self.pids), MappingProxyType(dict(self.events)))
+                          tuple(self.children), tuple(self.pids), MappingProxyType(dict(self.events)),
+                          MemoryStat(self.stat))
+
+    def stat(self) -> dict[str, int]:
+        """memory.stat in oomkit's vocabulary (what the simulator models)."""
+        return {"anon": self.usage - self.file, "file": self.file, "shmem": 0, "file_mapped": 0,
+                "swap": 0, "pgscan": self.pgscan // PAGE_SIZE, "pgsteal": self.pgsteal // PAGE_SIZE,
+                "workingset_refault": 0}
 
 
 @dataclass
@@ -208,6 +227,61 @@ class Machine:
             self.node_used[n] -= take
             left -= take
         self._account(task, -done)
+        return done
+
+    # -- page cache -----------------------------------------------------------------
+
+    def add_file(self, path: str, amount: int, nodes: tuple[int, ...] | None = None) -> None:
+        """``amount`` bytes of page cache read in for ``path`` (the caller checked it
+        fits): on the allowed nodes with the most free memory first, as ``charge``."""
+        cg, left = self.cgroups[path], amount
+        allowed = list(nodes) if nodes is not None else list(range(self.numa_nodes))
+        for n in sorted(allowed, key=lambda n: self.node_used[n] - self.node_size[n]):
+            take = min(left, self.node_size[n] - self.node_used[n])
+            if take > 0:
+                self.node_used[n] += take
+                cg.file_local[n] = cg.file_local.get(n, 0) + take
+                left -= take
+        done = amount - left
+        for c in self._chains[path]:
+            c.usage += done
+            c.file += done
+
+    def reclaim(self, oom: OOMEvent) -> int:
+        """Reclaim page cache towards fitting the failing request (what the
+        kernel does before it declares this OOM); returns the bytes reclaimed."""
+        need = oom.requested or 0
+        if oom.level == Level.MEMCG:
+            cg = self.cgroups[oom.memcg]
+            assert cg.limit is not None
+            need, scope, nodes = cg.usage + need - cg.limit, oom.memcg, None
+        else:
+            nodes = oom.nodes if oom.level == Level.NUMA else tuple(range(self.numa_nodes))
+            need -= sum(self.node_size[n] - self.node_used[n] for n in nodes)
+            scope = "/"
+        got = 0
+        for path in self.subtree(scope):
+            if got >= need:
+                break
+            got += self._drop_file(path, need - got, nodes)
+        return got
+
+    def _drop_file(self, path: str, amount: int, nodes) -> int:
+        cg, done = self.cgroups[path], 0
+        for n in sorted(cg.file_local):
+            if nodes is not None and n not in nodes:
+                continue
+            take = min(amount - done, cg.file_local[n])
+            cg.file_local[n] -= take
+            self.node_used[n] -= take
+            done += take
+            if done >= amount:
+                break
+        for c in self._chains[path]:
+            c.usage -= done
+            c.file -= done
+            c.pgscan += done
+            c.pgsteal += done
         return done
 
     def _account(self, task: SimTask, delta: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from oomkit.backends.base import OOMEvent
 from oomkit.backends.sim.backend import SimBackend
 from oomkit.backends.sim.machine import Machine, SimTask
 from oomkit.config.scenario import FIRST_PID, Scenario, Task
@@ -47,12 +48,18 @@ class Simulator:
 
     def _build(self, overrides: dict[str, str]) -> None:
         s = self.scenario
-        for cg in s.cgroups:
+        for i, cg in enumerate(s.cgroups):
             self.machine.add_cgroup(cg.path, cg.limit, cg.oom_group)
+            if cg.file and not self._read(cg.path, cg.file, None):
+                raise ConfigError(f"{cg.path}'s page cache does not fit at the start", file=s.file,
+                                  where=f"cgroup[{i}].file", hint="make the start state fit")
         for i, spec in enumerate(s.tasks):
             task = self._spawn(spec)
             if spec.mm is not None:
                 self.machine.share_mm(task, self._by_name[spec.mm])
+            if spec.file and not self._read(spec.cgroup, spec.file, spec.nodes):
+                raise ConfigError(f"{spec.name}'s page cache does not fit at the start",
+                                  file=s.file, where=f"task[{i}].file", hint="make the start state fit")
             if self.machine.check(task, spec.rss) is not None:
                 raise ConfigError(f"{spec.name}'s rss does not fit at the start (a limit or RAM is "
                                   f"already full)", file=s.file, where=f"task[{i}].rss",
@@ -123,6 +130,8 @@ class Simulator:
             return
         if event.kind == "alloc":
             self._alloc(named, event.amount, 0)
+        elif event.kind == "read":
+            self._read(named.cgroup, event.amount, named.nodes, reclaim=True)
         elif event.kind == "free":
             self.machine.uncharge(named, event.amount)
         else:
@@ -131,12 +140,11 @@ class Simulator:
     def _alloc(self, task: SimTask, amount: int, attempt: int) -> None:
         if task.state != "running":
             return
-        oom = self.machine.check(task, amount)
+        oom = self._reclaimed(task, amount)
         if oom is None:
             self.machine.charge(task, amount)
             return
         if oom.level == Level.MEMCG:
-            self.machine.count_event(oom.memcg, "max")
             self.machine.count_event(oom.memcg, "oom")
         record = self.engine.handle(oom)
         self.result.ooms.append(record)
@@ -152,6 +160,38 @@ class Simulator:
         if not self.machine.fits(oom) and next_exit is not None:
             when = max(when, next_exit)
         self._retry(when, (task, amount, attempt + 1))
+
+    def _reclaimed(self, task: SimTask, amount: int) -> OOMEvent | None:
+        """The OOM this allocation raises once page cache is reclaimed, or None
+        (the kernel reclaims before it declares an OOM; each time a memcg's limit
+        is hit, memory.events max counts it)."""
+        counted = set()
+        while True:
+            oom = self.machine.check(task, amount)
+            if oom is None:
+                return None
+            if oom.level == Level.MEMCG and oom.memcg not in counted:
+                counted.add(oom.memcg)
+                self.machine.count_event(oom.memcg, "max")
+            if not self.machine.reclaim(oom):
+                return oom
+
+    def _read(self, cgroup: str, amount: int, nodes, reclaim: bool = False) -> bool:
+        """Page cache read in for ``cgroup``: what fits (after reclaiming older page
+        cache, with ``reclaim``); a read never raises an OOM in this model.  True if
+        all of it fit."""
+        m = self.machine
+        probe = SimTask(pid=0, name="(page cache)", cgroup=cgroup, nodes=nodes)
+        oom = self._reclaimed(probe, amount) if reclaim else m.check(probe, amount)
+        if oom is not None:
+            room = sum(m.node_size[n] - m.node_used[n] for n in m.allowed_nodes(probe))
+            for cg in m.chain(cgroup):
+                if cg.limit is not None:
+                    room = min(room, cg.limit - cg.usage)
+            m.add_file(cgroup, max(0, room), nodes)
+            return False
+        m.add_file(cgroup, amount, nodes)
+        return True
 
     def _finish(self) -> SimResult:
         r, m = self.result, self.machine
