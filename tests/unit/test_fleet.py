@@ -147,7 +147,7 @@ def test_a_dask_local_cluster_gives_the_same_result(fleet):
     distributed = pytest.importorskip("distributed", reason="the fleet extra (dask.distributed) is not installed")
     units = sources.plan(sources.expand([str(fleet)]), unit_bytes=200_000)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         on_dask = run.run_dask(cluster.scheduler_address, units, CANDIDATES)
     assert _plain(on_dask) == _plain(run.run_serial(units, CANDIDATES))
 
@@ -226,3 +226,35 @@ def test_records_name_their_host():
     assert resolve_daemon({"daemon": {"host": "db-7.eu"}}).host == "db-7.eu"
     old = {k: v for k, v in literal_record().to_dict().items() if k != "host"}
     assert msgspec.json.decode(json.dumps(old), type=OOMRecord).host is None   # old logs still read
+
+
+def test_at_most_a_window_of_units_is_in_flight():
+    from concurrent.futures import Future
+
+    from oomkit.fleet.sources import Unit
+
+    submitted, most = [0], [0]
+    consumed = 0
+
+    def submit(fn, unit, *args):
+        f: Future = Future()
+        f.set_result(unit.size)
+        submitted[0] += 1
+        most[0] = max(most[0], submitted[0] - consumed)
+        return f
+
+    units = [Unit((), i) for i in range(50)]
+    seen = []
+    for _unit, size in run._bounded(submit, units, 4):
+        consumed += 1
+        seen.append(size)
+    assert most[0] == 4 and sorted(seen) == list(range(50))
+
+
+def test_plot_writes_a_png(fleet, tmp_path):
+    pytest.importorskip("matplotlib", reason="the fleet extra (matplotlib) is not installed")
+    png = tmp_path / "fleet.png"
+    result = CliRunner().invoke(main, ["evaluate", str(fleet), "--attach", "/=newest-task", "--workers", "1",
+                                       "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

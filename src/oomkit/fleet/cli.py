@@ -62,10 +62,11 @@ def _progress(units: Sequence[sources.Unit], show: bool) -> Iterator:
     if not show or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     with Progress("replaying", BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
+                  console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=sum(u.size for u in units) or 1)
         yield lambda unit: bar.advance(task, unit.size)
 

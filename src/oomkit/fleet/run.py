@@ -86,7 +86,7 @@ def run_dask(address: str, units: Sequence[Unit], candidates: Sequence[Candidate
     cluster = None
     if address == "local":
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+                               processes=True, dashboard_address=":0")
         client = Client(cluster)
     else:
         client = Client(address)
