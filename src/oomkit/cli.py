@@ -120,15 +120,17 @@ def check(file: Path) -> None:
 @click.argument("event_log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--index", type=int, default=-1, show_default=True,
               help="Which OOM of the log (0 is the first, -1 the last).")
-@click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY",
-              help="Attach POLICY to CGROUP for the replay (repeatable); none: the kernel alone.")
+@click.option("--attach", "attach", multiple=True, metavar="CGROUP=POLICY[{PARAMS}]",
+              help="Attach POLICY to CGROUP for the replay (repeatable); none: the kernel alone. "
+                   "PARAMS: a TOML inline table, e.g. '/=prefer-avoid{avoid = [\"^db\"]}'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the replayed record as JSON.")
 def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) -> None:
     """Replay an OOM recorded by the daemon against other policies, offline."""
+    from oomkit.config import attach_arg
     from oomkit.replay import replay_record
 
-    overrides = _parse_attach(attach)
     try:
+        overrides = {a.cgroup: a for a in map(attach_arg.parse, attach)}
         with _policy_output(as_json):
             record = replay_record(event_log, index, overrides)
     except OOMKitError as exc:
@@ -168,10 +170,16 @@ def evaluate(logs: tuple[str, ...], attach: tuple[str, ...], protect: tuple[str,
 
 
 def _candidate(value: str, protect: tuple[str, ...]):
+    from oomkit.config import attach_arg
     from oomkit.fleet.evaluate import Attachment, Candidate
 
-    parsed = _parse_attach(tuple(v.strip() for v in value.split(";")))
-    return Candidate.of(value, [Attachment(cgroup, policy) for cgroup, policy in parsed.items()], protect)
+    try:
+        parsed = [attach_arg.parse(v) for v in attach_arg.split(value)]
+    except OOMKitError as exc:
+        _fail(str(exc))
+    if not parsed or len({a.cgroup for a in parsed}) != len(parsed):
+        _fail(f"--attach {value!r}: one policy per cgroup in a candidate")
+    return Candidate.of(value, [Attachment(a.cgroup, a.policy, a.params) for a in parsed], protect)
 
 
 @main.command()

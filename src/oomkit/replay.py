@@ -19,6 +19,7 @@ import msgspec
 
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.snapshot import SnapshotBackend
+from oomkit.config.attach_arg import AttachArg
 from oomkit.context import ancestors
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError
@@ -101,7 +102,9 @@ def oom_event(record: OOMRecord) -> OOMEvent:
     return OOMEvent(record.level, record.memcg, record.nodes, record.requested, record.trigger)
 
 
-def replay_record(path: str | Path, index: int, attach: dict[str, str]) -> OOMRecord:
+def replay_record(path: str | Path, index: int, attach: dict[str, str] | dict[str, AttachArg]) -> OOMRecord:
+    """The ``index``-th record replayed with ``attach`` (cgroup -> policy, or -> an
+    ``--attach`` with params)."""
     record, _ = read_records(path, index)
     snap = record.snapshot
     assert isinstance(snap, Snapshot)       # read_records yields only records with one
@@ -111,5 +114,8 @@ def replay_record(path: str | Path, index: int, attach: dict[str, str]) -> OOMRe
         if cgroup not in snap.cgroups and cgroup not in chain:
             raise ConfigError(f"--attach {cgroup}: the snapshot holds only {snap.scope} and below "
                               "(and the chain above it)")
-        engine.attach(cgroup, make_policy(policy))
+        if isinstance(policy, AttachArg):
+            engine.attach(cgroup, make_policy(policy.policy, policy.params))
+        else:
+            engine.attach(cgroup, make_policy(policy))
     return engine.handle(oom_event(record))

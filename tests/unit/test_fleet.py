@@ -258,3 +258,38 @@ def test_plot_writes_a_png(fleet, tmp_path):
                                        "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- --attach with params ------------------------------------------------------------
+
+def test_attach_params_are_a_toml_inline_table_and_print_back():
+    from oomkit.config.attach_arg import AttachArg, parse, split
+    from oomkit.errors import ConfigError
+
+    a = parse('/=prefer-avoid{avoid = ["^postgres", "a;b"], prefer = ["/batch.slice/*"]}')
+    assert a == AttachArg("/", "prefer-avoid", {"avoid": ["^postgres", "a;b"], "prefer": ["/batch.slice/*"]})
+    assert parse(str(a)) == a and parse("/x=file.py:Cls") == AttachArg("/x", "file.py:Cls")
+    assert split('/=settle{then_params = {avoid = ["x;y"]}}; /b=newest-task') == \
+        ['/=settle{then_params = {avoid = ["x;y"]}}', "/b=newest-task"]
+    for bad in ["batch=x", "/=", "/=p{avoid = [}", "/=p{avoid = 1"]:
+        with pytest.raises(ConfigError, match="--attach"):
+            parse(bad)
+
+
+def test_a_candidate_with_params_and_its_replay_command(fleet):
+    cand = '/=prefer-avoid{avoid = ["^postgres", "^kafka"], prefer = ["/batch.slice/*"]}; /batch.slice=newest-task'
+    out = CliRunner().invoke(main, ["evaluate", str(fleet), "--attach", cand, "--workers", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    [c] = [c for c in data["candidates"] if c["label"] == cand]
+    assert c["protect"] == ["^postgres", "^kafka"]
+    assert [a["policy"] for a in c["attach"]] == ["prefer-avoid", "newest-task"]
+    sample = data["samples"][cand][0]
+    cmd = shlex.split(sample["replay"])
+    assert any("avoid = [" in x for x in cmd)
+    shown = CliRunner().invoke(main, [*cmd[1:], "--json"])
+    assert shown.exit_code == 0, shown.output
+    killed = json.loads(shown.output)["killed"]
+    assert all(f"(pid {k['pid']}" in sample["candidate"] for k in killed)
+    bad = CliRunner().invoke(main, ["evaluate", str(fleet), "--attach", "/=newest-task; /=largest-task"])
+    assert bad.exit_code == 2 and "one policy per cgroup" in bad.output

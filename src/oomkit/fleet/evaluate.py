@@ -26,6 +26,7 @@ import msgspec
 
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.snapshot import SnapshotBackend
+from oomkit.config.attach_arg import AttachArg
 from oomkit.context import TaskInfo, ancestors
 from oomkit.engine.chain import Engine, EngineSettings
 from oomkit.errors import ConfigError, PolicyLoadError
@@ -179,8 +180,8 @@ def attachments_for(record: OOMRecord, candidate: Candidate) -> list[tuple[str, 
 
 
 def attach_arg(cgroup: str, a: Attachment) -> str:
-    """``--attach``'s text for one attachment (``CGROUP=POLICY``)."""
-    return f"{cgroup}={a.policy}"
+    """``--attach``'s text for one attachment (``CGROUP=POLICY{PARAMS}``)."""
+    return str(AttachArg(cgroup, a.policy, a.params))
 
 
 _local = threading.local()
