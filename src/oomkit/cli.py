@@ -239,6 +239,58 @@ def restore(state_dir: Path) -> None:
         click.echo(f"oomkit: restored from {state_dir}: {line}")
 
 
+@main.command()
+@click.option("--state-dir", default="/run/oomkit", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The daemon's [daemon] state_dir.")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status as JSON.")
+def status(state_dir: Path, as_json: bool) -> None:
+    """Show what the running daemon manages and what its OOMs came to (exit 1: none running)."""
+    from oomkit.daemon.status import NotRunning, read_status
+
+    try:
+        st = read_status(state_dir)
+    except NotRunning as exc:
+        click.echo(f"oomkit: {for_terminal(str(exc))}", err=True)
+        sys.exit(1)
+    except OOMKitError as exc:
+        _fail(str(exc))
+    _emit(st, as_json, lambda: _print_status(st))
+
+
+def _print_status(st) -> None:
+    import json
+
+    def t(v: object) -> str:
+        return for_terminal(str(v))
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{t(k)} {n}" for k, n in sorted(d.items())) or "none"
+
+    click.echo(f"oomkit {t(st.version)}, pid {st.pid}, running since {t(st.started_at)} "
+               f"({t(st.running)}; config {t(st.config)})")
+    click.echo(f"cgroup {t(st.hierarchy)} at {t(st.mount)}; tasks read by {t(st.task_reader)}"
+               f"{'; DRY RUN: nothing is released' if st.dry_run else ''}")
+    click.echo(f"event log {t(st.event_log)} ({st.event_log_errors} write errors); "
+               f"reload failures: {st.reload_failures}")
+    click.echo(f"{len(st.managed)} cgroups managed, {len(st.attachments)} attachments:")
+    for a in st.attachments:
+        params = f" {t(json.dumps(a.params, sort_keys=True))}" if a.params else ""
+        origin = f" (from {t(a.pattern)})" if a.pattern != a.cgroup else ""
+        ceiling = f", ceiling {a.ceiling}" if a.ceiling is not None else ""
+        click.echo(f"  {t(a.cgroup)}: {t(a.policy)}{params}{origin}{ceiling}")
+        click.echo(f"      OOMs {a.ooms} ({counts(a.resolved)}), kills {a.kills}, failures {a.failures}"
+                   f" ({a.consecutive_failures} in a row){', EJECTED' if a.ejected else ''}")
+    click.echo(f"OOMs: {st.ooms} ({counts(st.ooms_by)}); kills by: {counts(st.kills_by)}")
+    if st.last_ooms:
+        click.echo("last OOMs:")
+    for o in st.last_ooms:
+        killed = ", ".join(f"pid {k.pid} ({t(k.name)}) by {t(k.by)}" for k in o.killed) or "nobody killed"
+        ms = f", {o.latency_ms:g} ms" if o.latency_ms is not None else ""
+        click.echo(f"  {t(o.detected_at)} {t(o.level)} {t(o.memcg)}: {t(o.resolved_by)} "
+                   f"[{t(', '.join(o.policies)) or 'no policy'}]: {killed}{ms}")
+
+
 @main.command("policies")
 def list_policies() -> None:
     """List the built-in policies."""

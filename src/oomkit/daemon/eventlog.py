@@ -49,6 +49,7 @@ class EventLog:
         self._failing: str | None = None       # the error of the current episode
         self._next_try = 0.0
         self._torn = False                     # a partial line was written: end it first
+        self.errors = 0                        # failed writes (status, metrics)
 
     @property
     def pending(self) -> int:
@@ -141,6 +142,7 @@ class EventLog:
         self._next_try = self.clock() + self.RETRY
         self._close_fd()
         why = exc.strerror or str(exc)
+        self.errors += 1
         if self._failing is None:
             log.error("oomkit: cannot write the event log %s (%s): keeping up to %d records "
                       "in memory and retrying; OOMs are still handled", self.path, why, self.QUEUE)

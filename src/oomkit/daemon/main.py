@@ -31,9 +31,9 @@ from typing import Any
 
 from oomkit.backends.base import OOMEvent, Release
 from oomkit.backends.live import LiveBackend, LiveSettings, LiveStack, QuietPeriod
-from oomkit.config.daemon import DaemonConfig, load_daemon_config
+from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
 from oomkit.context import Level, is_within
-from oomkit.daemon import attachments
+from oomkit.daemon import attachments, status
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
@@ -77,8 +77,9 @@ class Daemon:
         self.proc = ProcFS(config.proc)
         self.reactor = Reactor()
         self.restorer = restorer or Restorer(config.state_dir, config.watchdog_timeout)
-        self.stack = open_stack(self.fs, self.proc, live_settings(config), self, self.restorer,
-                                open_task_reader(config.task_reader, config.proc))
+        reader = open_task_reader(config.task_reader, config.proc)
+        self.task_reader = "proc" if reader is None else f"bpf ({reader.mode})"
+        self.stack = open_stack(self.fs, self.proc, live_settings(config), self, self.restorer, reader)
         self.engine = self._engine(config)
         self.events = EventLog(config.event_log)
         self.quiet = QuietPeriod(config.pressure.window_us / 1e6 if config.pressure else 2.0,
@@ -96,6 +97,10 @@ class Daemon:
         self._watchdog_pid: int | None = None
         self._refused: set[str] = set()
         self._wake_r, self._wake_w = socket.socketpair()
+        self.book = status.StatusBook()     # what `oomkit status` shows (state_dir/status.json)
+        self.attached_specs: dict[str, Attach] = {}
+        self.started_at = now_iso()
+        self._published = False
         self.notifier = Notifier()      # systemd's Type=notify (no-op without $NOTIFY_SOCKET)
 
     @property
@@ -142,6 +147,7 @@ class Daemon:
         try:
             self.start()
             # Only now: every configured cgroup is taken (and on v2 armed).
+            self.publish()
             self.notifier.ready(self.status_line())
             self.loop()
         finally:
@@ -173,6 +179,8 @@ class Daemon:
         self.restorer.close()
         self.events.close()
         self.notifier.close()
+        if self._published:     # never another daemon's (one that held the lock first)
+            status.remove_status(self.config.state_dir)
         log.info("oomkit: stopped; every setting restored")
 
     def _signals(self) -> None:
@@ -229,6 +237,8 @@ class Daemon:
         record.latency_ms, record.dry_run = latency_ms, self.config.dry_run
         record.host = self.config.host or None
         self.events.write(record.to_dict())
+        self.book.record(record)        # after the record: status shows what happened
+        self.publish()
 
     # -- what we manage ------------------------------------------------------------
 
@@ -254,8 +264,15 @@ class Daemon:
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
         self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
+        self.attached_specs = wanted
         if self.running:
             self.notifier.status(self.status_line())
+            self.publish()
+
+    def publish(self) -> None:
+        """state_dir/status.json, for `oomkit status`."""
+        status.write_status(self.config.state_dir, status.build_status(self))
+        self._published = True
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows (sd_notify STATUS=)."""
@@ -397,6 +414,8 @@ class Daemon:
         else:
             self._loading = None
             ok = self._apply(loaded)
+            self.book.reload_failures += not ok
+            self.publish()
             self.notifier.ready(self.status_line() + ("" if ok else "; reload failed, kept the running config"))
         if not self._reload:
             return
