@@ -178,3 +178,11 @@ def test_a_printing_policy_still_prints_in_the_readable_report(tmp_path):
     result = run(tmp_path, text, "simulate", files={"pol.py": PRINTING})
     assert result.exit_code == 0, result.output
     assert "handler ran" in result.stdout
+
+
+def test_attach_params_with_a_5000_digit_number_are_one_line(tmp_path):
+    # tomllib raises a bare ValueError for an integer past int_max_str_digits.
+    log = tmp_path / "events.jsonl"
+    log.write_text("")
+    result = CliRunner().invoke(main, ["replay", str(log), "--attach", "/=largest-task{x=" + "9" * 5000 + "}"])
+    one_line(result, "not a TOML inline table")

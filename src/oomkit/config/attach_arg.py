@@ -42,7 +42,7 @@ def parse(value: str) -> AttachArg:
     if brace:
         try:
             params = tomllib.loads(f"params = {{{table}")["params"]
-        except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:  # ValueError: > 4300 digits
             raise ConfigError(f"--attach {value!r}: the params are not a TOML inline table: {exc}",
                               hint='e.g. {avoid = ["^postgres"]}') from None
     return AttachArg(cgroup.strip(), policy, params)
