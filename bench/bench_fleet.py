@@ -58,6 +58,22 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
+def copies_of(records: int, copies: int, base: Path) -> tuple[Path, float]:
+    """``records`` as ``copies`` hard-linked copies of a fleet of ``records // copies``
+    (each copy's files under their own directory: other sources, the same work per record)."""
+    src, made = data_for(records // copies, base)
+    out = base / f"{records}-as-{copies}x{records // copies}"
+    if not (out / ".complete").exists():
+        for i in range(copies):
+            (out / f"copy-{i}").mkdir(parents=True, exist_ok=True)
+            for f in src.glob("*.jsonl*"):
+                target = out / f"copy-{i}" / f.name
+                if not target.exists():
+                    os.link(f, target)
+        (out / ".complete").write_text(str(records))
+    return out, made
+
+
 def one(mode: str, data: str) -> dict:
     """One measurement, in this (fresh) process.  The wall time counts planning
     and the run, not a Dask cluster's start (reported apart)."""
@@ -100,6 +116,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
     p.add_argument("--modes", default="serial,cores,dask")
+    p.add_argument("--copies", type=int, default=1,
+                   help="make each size from this many copies of a fleet of size/copies (generating 10^6 "
+                        "distinct records takes ~15 CPU-minutes)")
     p.add_argument("--data", type=Path, default=Path("/tmp/oomkit-fleet-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-fleet.md")
     p.add_argument("--_one", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
@@ -109,7 +128,7 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        data, made = data_for(size, args.data)
+        data, made = data_for(size, args.data) if args.copies == 1 else copies_of(size, args.copies, args.data)
         if made:
             print(f"made {size:,} records in {made:.0f} s ({size / made:,.0f} records/s)", file=sys.stderr)
         results = {}
@@ -123,7 +142,8 @@ def main() -> None:
                   f"peak {max(r['peak_kib']) / 1024:.0f} MiB", file=sys.stderr)
         same = len({json.dumps(r["columns"], sort_keys=True) for r in results.values()}) == 1
         for mode, r in results.items():
-            rows.append(f"| {size:,} | {mode} ({r['workers']}) | {r['wall']:.1f} s"
+            what = f"{size:,}" + (f" ({args.copies} copies of {size // args.copies:,})" if args.copies > 1 else "")
+            rows.append(f"| {what} | {mode} ({r['workers']}) | {r['wall']:.1f} s"
                         + (f" (+{r['setup']:.1f} s start)" if r["setup"] else "")
                         + f" | {r['rate']:,.0f} | {r['records'] / r['cpu']:,.0f} | "
                         f"{r['replayed'] * len(CANDIDATES):,} | "

@@ -293,3 +293,24 @@ def test_a_candidate_with_params_and_its_replay_command(fleet):
     assert all(f"(pid {k['pid']}" in sample["candidate"] for k in killed)
     bad = CliRunner().invoke(main, ["evaluate", str(fleet), "--attach", "/=newest-task; /=largest-task"])
     assert bad.exit_code == 2 and "one policy per cgroup" in bad.output
+
+
+def test_hostile_hosts_stay_inside_the_export_directory_and_names_print_safely(tmp_path):
+    from oomkit.fleet.export import partition_value
+
+    assert partition_value("../../etc") == ".._.._etc" and partition_value("..") == "unknown"
+    assert partition_value(None) == "unknown" and partition_value("db-7.eu") == "db-7.eu"
+    r = literal_record()
+    r.host = "../../x"
+    r.killed[0].name = "job\udc80\x1b[31m"       # not UTF-8 (escaped when read), a terminal escape
+    log = tmp_path / "h.jsonl"
+    log.write_bytes(msgspec.json.encode(r.to_dict()) + b"\n")
+    out = CliRunner().invoke(main, ["evaluate", str(log), "--attach", "/=largest-task", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["records"] == 1
+    text = CliRunner().invoke(main, ["evaluate", str(log), "--attach", "/=largest-task"])
+    assert text.exit_code == 0 and "\x1b" not in text.output
+    if __import__("importlib").util.find_spec("pyarrow"):
+        assert CliRunner().invoke(main, ["export", str(log), "--parquet", str(tmp_path / "pq")]).exit_code == 0
+        [part] = list((tmp_path / "pq").rglob("*.parquet"))
+        assert part.is_relative_to(tmp_path / "pq") and part.parent.parent.name == "host=.._.._x"

@@ -12,6 +12,7 @@ import click
 from oomkit.errors import ConfigError
 from oomkit.fleet import sources
 from oomkit.fleet.evaluate import Candidate, kernel_alone
+from oomkit.text import record_safe
 
 
 def need(module: str, what: str):
@@ -50,7 +51,11 @@ def evaluate(logs: Sequence[str], candidates: Sequence[Candidate], protect: Sequ
     if as_json:
         import msgspec
 
-        click.echo(msgspec.json.encode(report.to_json(summary, everyone)).decode())
+        data = report.to_json(summary, everyone)
+        try:
+            click.echo(msgspec.json.encode(data).decode())
+        except UnicodeEncodeError:      # a name that was not UTF-8: \xNN, as the event log
+            click.echo(msgspec.json.encode(record_safe(data)).decode())
     else:
         report.print_report(summary, everyone, f"oomkit evaluate: {len(paths):,} files")
     if plot_file:
