@@ -83,3 +83,22 @@ def test_a_record_reads_back_as_it_was_written():
     _, _, record = handle_one(FuncPolicy(kill_named("hog")))
     again = msgspec.json.decode(msgspec.json.encode(record), type=OOMRecord)
     assert again == record and again.to_dict() == record.to_dict()
+
+
+def test_a_copy_of_a_snapshot_backend_is_on_its_own():
+    from oomkit.backends.base import OOMEvent
+    from oomkit.backends.snapshot import SnapshotBackend
+    from oomkit.schema import CgroupState, Snapshot, TaskState
+
+    snap = Snapshot(scope="/a", totalpages=1000, read="before",
+                    cgroups={"/a": CgroupState(usage=100, limit=100, pids=[1])},
+                    tasks=[TaskState(pid=1, name="x", cgroup="/a", rss=100)])
+    base = SnapshotBackend(snap)
+    one, two = base.copy(), base.copy()
+    oom = OOMEvent("memcg", "/a", (), 10, None)
+    assert [r.pid for r in one.kill([one.task(1)], oom)] == [1]
+    one.set_limit("/a", 500)
+    assert one.task(1).exiting and one.condition_gone(oom)
+    for other in (two, base):     # neither the other copy nor the original moved
+        assert not other.task(1).exiting and not other.condition_gone(oom)
+        assert other.cgroups(oom, "/a")["/a"].limit == 100

@@ -23,6 +23,16 @@ class SnapshotBackend:
         self._tasks = {t.pid: t.info() for t in snap.tasks or ()}
         self._freed: dict[str, int] = {}     # per cgroup: the rss of the tasks killed in it
 
+    def copy(self) -> SnapshotBackend:
+        """A backend in this one's state, on its own: what one replay kills or raises
+        never reaches the other (the infos are immutable, replaced on change), so a
+        snapshot is converted once and replayed under several policies (oomkit evaluate)."""
+        other = object.__new__(SnapshotBackend)
+        other.clock = ManualClock()
+        other._totalpages = self._totalpages
+        other._cgroups, other._tasks, other._freed = dict(self._cgroups), dict(self._tasks), dict(self._freed)
+        return other
+
     def cgroups(self, oom: OOMEvent, scope: str) -> LazyMapping[CgroupInfo]:
         return LazyMapping(lambda: [p for p in self._cgroups if is_within(p, scope)],
                            self._cgroups.__getitem__)

@@ -147,8 +147,10 @@ class Replayer:
             cls = self._classes[key] = type(make_policy(a.policy, a.params, self.base_dir))
         return cls(**a.params)
 
-    def replay(self, record: OOMRecord, snap: Snapshot, candidate: Candidate) -> Outcome:
-        backend = SnapshotBackend(snap)
+    def replay(self, record: OOMRecord, snap: Snapshot, candidate: Candidate,
+               base: SnapshotBackend | None = None) -> Outcome:
+        """``candidate`` on ``record``; ``base``: the snapshot's backend, untouched, to copy."""
+        backend = base.copy() if base is not None else SnapshotBackend(snap)
         engine = self.engine
         engine.backend = backend
         engine.attachments.clear()
@@ -320,8 +322,9 @@ class Evaluator:
         actual = happened(record, tasks)
         self._count(HAPPENED, actual, need, service, tasks, self._happened_protect)
         r = replayer(self.base_dir)
+        base = SnapshotBackend(snap)      # converted once, copied for each candidate
         for c in self.candidates:
-            out = r.replay(record, snap, c)
+            out = r.replay(record, snap, c, base)
             # Another victim, or resolved where it was not (or the reverse); who
             # carried the kill out (policy or kernel) is not a difference.
             differs = out.pids != actual.pids or ((out.resolved_by == ResolvedBy.UNRESOLVED)
