@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from helpers.daemon import DaemonProc, check_record, killed_pids
-from helpers.procs import children_of, signal_pidfd
+from helpers.procs import SHARED_HOG, children_of, signal_pidfd
 from oomkit.linux import pidfd as _pidfd
 
 MiB = 1 << 20
@@ -304,3 +304,38 @@ def test_no_thread_left_per_reload(sandbox, oomkit_daemon):
         time.sleep(0.05)
     assert threads(d.pid) == before, d.stderr()
     assert d.stop() == 0, d.stderr()
+
+
+# -- the safety net (issue 10 item 2): a claimed release that did not end the OOM ------------
+
+def test_an_oom_still_pending_after_a_claimed_release_goes_to_the_kernel(sandbox, oomkit_daemon):
+    """The policy kills a process whose memory does not go away: its mm is shared
+    with a process in another memcg (CLONE_VM), so the kill uncharges nothing and
+    the other task waiting in the OOM stays paused, with no new notification.
+    A short grace after the claimed release, the OOM goes to the kernel, and the
+    record says so."""
+    a = sandbox.cg("a", limit=48 * MiB)
+    b = sandbox.cg("b")
+    d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}])
+    p = sandbox.hog(a, 24, script=SHARED_HOG)
+    line = p.read_line(30) or ""
+    assert line.startswith("sharer "), line
+    sharer = int(line.split()[1])
+    sharer_fd = _pidfd.open_pidfd(sharer)
+    try:
+        sandbox.fs.attach(b, sharer)           # the mm's pages stay charged to a
+        assert p.read_line(30) == "allocated"
+        w, took = oom_resolved_within(sandbox, a, 40, 10 + MARGIN)
+        ev = d.wait_events(1)[0]
+        check_record(ev, a, "kernel")
+        [h] = ev["handlers"]
+        assert h["verdict"] == "HANDLED" and h["freed"] > 0, h           # the claim
+        assert [(k["pid"], k["by"]) for k in ev["killed"]] == [(p.pid, f"policy:{a}"), (w.pid, "kernel")], ev
+        assert "still under OOM" in ev["note"] and "handed to the kernel" in ev["note"], ev["note"]
+        assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True     # taken back
+        assert not _pidfd.wait_exit(sharer_fd, 0)                         # in b: not the kernel's to kill
+        assert "Traceback" not in d.stderr()
+    finally:
+        signal_pidfd(sharer_fd, signal.SIGKILL)
+        os.close(sharer_fd)
+    print(f"OOM pending after a release that freed nothing -> kernel kill: {took * 1000:.0f} ms")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import select
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ from oomkit.backends.live import (
     unmark,
     victims_from_kmsg,
 )
-from oomkit.context import Level, TaskInfo, ancestors, parent_of
+from oomkit.context import Level, TaskInfo, ancestors, is_within, parent_of
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import notify, parse
 from oomkit.schema import Killed, ResolvedBy
@@ -66,6 +67,8 @@ class CgroupV1Backend(LiveBackend):
     version = "v1"
     HANDBACK_WAIT = 2.0
     SETTLE = 0.5
+    VICTIM_EXIT = 1.0       # the safety net: how long our victims may take to exit,
+    GRACE = 0.25            # then how long a released OOM may take to clear
 
     def _swap(self, path: str) -> int:
         try:
@@ -109,6 +112,10 @@ class CgroupV1Backend(LiveBackend):
                             "(victim not read: /dev/kmsg unavailable)")
         return Fallback(note="handed back to the kernel; no oom_kill seen within "
                              f"{self.HANDBACK_WAIT:g}s")
+
+    def usage_below_limit(self, oom: OOMEvent) -> bool:
+        """The charge fits again by usage alone (``under_oom`` aside)."""
+        return super().condition_gone(oom)
 
     def _wait_kill(self, oom: OOMEvent, before: int) -> bool:
         deadline = self.clock.now() + self.HANDBACK_WAIT
@@ -266,7 +273,55 @@ class V1Events:
         if self.backend.dry_run and record.resolved_by != "kernel":
             record.note = "dry run: nothing released; handed to the kernel"
             engine.fall_back(oom, record)
+        elif record.resolved_by in (ResolvedBy.POLICY, ResolvedBy.BACKOFF) and self._still_paused(oom):
+            # The safety net (issue 10 item 2): the chain took a release as the end of
+            # the OOM (HANDLED with memory freed, or a BACKOFF kept), yet it is still
+            # paused: e.g. the victim's mm lives on in a process of another memcg.
+            claimed = record.resolved_by
+            engine.fall_back(oom, record)
+            why = (f"still under OOM {self.backend.GRACE:g}s after the {claimed} release "
+                   "(its memory did not come back): handed to the kernel")
+            record.note = f"{why}; {record.note}" if record.note else why
+            log.warning("oomkit: %s: %s", oom.memcg, why)
         return True
+
+    def _still_paused(self, oom: OOMEvent) -> bool:
+        """Is the OOM the chain ended still the one pending?  It is not once
+        ``under_oom`` clears, nor when a new notification came (a task retried its
+        charge and OOMed again: a new OOM, which the loop reads and handles).  Our
+        victims may exit first (the kernel too waits for its exiting victim), then
+        the OOM has a grace to clear."""
+        if oom.level != Level.MEMCG:
+            return False
+        backend, clock = self.backend, self.backend.clock
+        victims_by, grace_end = clock.now() + backend.VICTIM_EXIT, None
+        while True:
+            try:
+                if not self.fs.oom_control(oom.memcg)["under_oom"]:
+                    return False
+            except CgroupGone:
+                return False
+            if self._notified_below(oom.memcg):
+                return False
+            now = clock.now()
+            if grace_end is None and (not backend.in_flight() or now >= victims_by):
+                grace_end = now + backend.GRACE
+            if grace_end is not None and now >= grace_end:
+                return not backend.usage_below_limit(oom)
+            self.hub.heartbeat()
+            clock.sleep(POLL)
+
+    def _notified_below(self, top: str) -> bool:
+        """Is an OOM notification of ``top`` or a memcg below it waiting to be read?
+        Polled, not read: the loop reads it and handles that OOM."""
+        fds = [h.eventfd.fileno() for p, h in self.held.items()
+               if h.eventfd is not None and is_within(p, top)]
+        if not fds:
+            return False
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def watch_global(self, on: bool) -> bool:
         """v1 keeps the daemon's pressure path for global OOMs (not built: a
