@@ -200,17 +200,25 @@ def export(logs: tuple[str, ...], out: str) -> None:
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The daemon's TOML config.")
 @click.option("--dry-run", is_flag=True, help="Decide and log, but release nothing.")
-@click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def run(config: Path, dry_run: bool, verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log more (--log-level debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only (--log-level warning).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="Log this and above (default info); kills and failures are warnings.")
+def run(config: Path, dry_run: bool, verbose: bool, quiet: bool, log_level: str | None) -> None:
     """Run the daemon on this machine's real cgroups (root only)."""
     import logging
     import os
 
+    from oomkit.text import JournalFormatter, stderr_is_journal
+
     if os.geteuid() != 0:
         _fail("oomkit run needs root: it writes cgroup files and kills processes (try sudo)")
+    level = log_level or ("debug" if verbose else "warning" if quiet else "info")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TerminalFormatter("%(message)s"))  # names in log lines are hostile
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # Names in log lines are hostile: one escaped line each.  Under systemd, <N> priorities.
+    journal = stderr_is_journal(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter((JournalFormatter if journal else TerminalFormatter)("%(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     from oomkit.daemon.main import run_daemon
 
     try:

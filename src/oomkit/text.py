@@ -106,3 +106,33 @@ class TerminalFormatter(logging.Formatter):
 
 def _lines(text: str) -> str:
     return "\n".join(for_terminal(line) for line in text.split("\n"))
+
+
+#: syslog priorities (``<N>`` prefixes journald reads on a stream, sd-daemon(3)).
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                   logging.CRITICAL: 2}
+
+
+class JournalFormatter(TerminalFormatter):
+    """:class:`TerminalFormatter` lines, each with the ``<N>`` prefix journald
+    turns into the entry's priority (``journalctl -p warning`` shows kills)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = SYSLOG_PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).split("\n"))
+
+
+def stderr_is_journal(journal_stream: str | None, fd: int = 2) -> bool:
+    """``$JOURNAL_STREAM`` (``DEV:INODE``, set by systemd) names our stderr: the
+    journal reads it.  A child whose stderr was redirected keeps the variable
+    but not the file, hence the comparison (systemd.exec(5))."""
+    import os
+
+    dev, _, ino = (journal_stream or "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))

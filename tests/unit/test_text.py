@@ -190,3 +190,24 @@ def test_simulate_json_writes_valid_utf8_when_a_string_is_not(tmp_path):
     assert actions[0]["reason"] == "caf\\xe9"
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "s.toml")])
     assert result.exit_code == 0, result.output
+
+
+def test_journal_priorities_and_stream_detection(tmp_path):
+    import logging
+    import os
+
+    from oomkit.text import JournalFormatter, stderr_is_journal
+
+    f = JournalFormatter("%(message)s")
+    rec = logging.LogRecord("oomkit", logging.WARNING, __file__, 1, "oomkit: killed pid %d (%s)", (7, "a\nb"),
+                            None)
+    assert f.format(rec) == "<4>oomkit: killed pid 7 (a\\x0ab)"      # one line: the name cannot forge one
+    rec.levelno = logging.DEBUG
+    assert f.format(rec).startswith("<7>")
+    rec.levelno = logging.ERROR
+    assert f.format(rec).startswith("<3>")
+    with open(tmp_path / "stream", "w") as out:
+        st = os.fstat(out.fileno())
+        assert stderr_is_journal(f"{st.st_dev}:{st.st_ino}", out.fileno())
+        assert not stderr_is_journal(f"{st.st_dev}:{st.st_ino + 1}", out.fileno())
+    assert not stderr_is_journal(None) and not stderr_is_journal("x:y")
