@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from helpers.daemon import DaemonProc, check_record, killed_pids
+from helpers.memcg import rmdir_patiently
 from helpers.procs import SHARED_HOG, children_of, signal_pidfd
 from oomkit.linux import pidfd as _pidfd
 
@@ -339,3 +340,66 @@ def test_an_oom_still_pending_after_a_claimed_release_goes_to_the_kernel(sandbox
         signal_pidfd(sharer_fd, signal.SIGKILL)
         os.close(sharer_fd)
     print(f"OOM pending after a release that freed nothing -> kernel kill: {took * 1000:.0f} ms")
+
+
+# -- a memcg removed while its OOM is handled (issue 10 item 6) -------------------------------
+
+REMOVED_MIDWAY = '''
+import os, sys, time
+from oomkit import OOMPolicy, Verdict
+
+class KillAfterRemoval(OOMPolicy):
+    """Waits, inside the handler, until the test has removed the OOMing memcg
+    (what a container runtime does once its last task died), then acts."""
+    def __init__(self, marker, read_first):
+        self.marker, self.read_first = marker, read_first
+
+    def handle_out_of_memory(self, oc, k):
+        tasks = list(oc.tasks) if self.read_first else None
+        print("handling", oc.memcg, file=sys.stderr, flush=True)
+        deadline = time.monotonic() + 5
+        while os.path.exists(self.marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tasks = list(oc.tasks) if tasks is None else tasks
+        usage = oc.cgroups[oc.memcg].usage
+        freed = sum(k.kill_task(t, "after removal") for t in tasks)
+        return Verdict.HANDLED if freed > 0 else Verdict.PASS
+'''
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("read_first", [True, False])
+def test_a_memcg_removed_while_its_oom_is_handled(sandbox, oomkit_daemon, tmp_path, read_first):
+    """The handler is still running when the memcg's last task is killed and the
+    memcg removed: the daemon records what it could, stays up, and the next OOM
+    elsewhere is handled as usual."""
+    (tmp_path / "removed.py").write_text(REMOVED_MIDWAY)
+    sandbox.cg("a")
+    gone = sandbox.cg("a/gone", limit=24 * MiB)
+    marker = tmp_path / "memcg-still-there"
+    marker.write_text("")
+    d = oomkit_daemon([{"cgroup": gone, "policy": "removed.py:KillAfterRemoval",
+                        "params": {"marker": str(marker), "read_first": read_first}},
+                       {"cgroup": sandbox.cg("b", limit=24 * MiB), "policy": "largest-task"}],
+                      handler_deadline="10s")
+    hog = sandbox.hog(gone, 40)
+    assert d.wait_line("handling", 10 + MARGIN), d.stderr()
+    hog.kill()
+    assert hog.wait_exit(5)
+    assert rmdir_patiently(sandbox.fs, gone)
+    marker.unlink()                                   # the handler goes on
+    ev = d.wait_events(1, timeout=10 + MARGIN)
+    assert len(ev) == 1, d.stderr()
+    assert ev[0]["memcg"] == gone and ev[0]["resolved_by"] in ("kernel", "policy"), ev[0]
+    print({k: ev[0].get(k) for k in ("resolved_by", "note", "handlers", "killed")})
+    assert d.alive(), d.stderr()
+    b = f"{sandbox.root}/b"
+    hog2, _ = oom_resolved_within(sandbox, b, 40, 1 + MARGIN)
+    ev = d.wait_events(2)
+    assert len(ev) == 2 and killed_pids(ev[1]) == {hog2.pid}, d.stderr()
+    check_record(ev[1], b, "policy")
+    assert "Traceback" not in d.stderr(), d.stderr()
+    assert d.stop() == 0, d.stderr()
+    assert nothing_disabled(sandbox) == {}
