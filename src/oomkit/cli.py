@@ -57,7 +57,10 @@ def main() -> None:
               help="Attach POLICY to CGROUP, replacing the scenario's (repeatable).")
 @click.option("--no-attach", is_flag=True,
               help="Drop the scenario's attachments: the kernel's OOM killer alone (then --attach).")
-def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: bool) -> None:
+@click.option("--in-process", is_flag=True,
+              help="Run policies inside this process, not in sandboxed workers (UNSAFE: debugging only).")
+def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: bool,
+             in_process: bool) -> None:
     """Run SCENARIO (TOML) on the simulated kernel and report every OOM."""
     import dataclasses
 
@@ -70,10 +73,11 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
         if no_attach:
             loaded = dataclasses.replace(loaded, attach=[])
         with _policy_output(as_json):
-            # Load every policy first, so a bad one is reported with the file and key
-            # that name it (as `oomkit check` does), not as a bare loader message.
-            _check_policies(loaded, overrides)
-            result = run(loaded, overrides)
+            # A policy that does not load is reported with the file and key that name
+            # it (as `oomkit check` does), by its worker or, in process, checked first.
+            if in_process:
+                _check_policies(loaded, overrides)
+            result = run(loaded, overrides, "inprocess" if in_process else None)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_report

@@ -21,9 +21,9 @@ from oomkit.backends.base import OOMEvent
 from oomkit.backends.snapshot import SnapshotBackend
 from oomkit.config.attach_arg import AttachArg
 from oomkit.context import ancestors
+from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError
-from oomkit.policies import make_policy
 from oomkit.schema import OOMRecord, Snapshot
 
 _decoder = msgspec.json.Decoder(OOMRecord)
@@ -115,7 +115,10 @@ def replay_record(path: str | Path, index: int, attach: dict[str, str] | dict[st
             raise ConfigError(f"--attach {cgroup}: the snapshot holds only {snap.scope} and below "
                               "(and the chain above it)")
         if isinstance(policy, AttachArg):
-            engine.attach(cgroup, make_policy(policy.policy, policy.params))
+            engine.attach(cgroup, Recipe(policy.policy, dict(policy.params), os.getcwd()))
         else:
-            engine.attach(cgroup, make_policy(policy))
-    return engine.handle(oom_event(record))
+            engine.attach(cgroup, Recipe(policy, {}, os.getcwd()))
+    try:
+        return engine.handle(oom_event(record))
+    finally:
+        engine.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from oomkit.config.common import read_toml
+from oomkit.engine.attachment import Recipe
+from oomkit.engine.chain import EngineSettings
 from oomkit.errors import ConfigError, PolicyLoadError
 from oomkit.policies import make_policy
 
@@ -16,18 +18,18 @@ def check_file(path: str | Path) -> str:
         from oomkit.config.scenario import resolve
 
         scenario = resolve(data, str(path), Path(path).resolve().parent)
-        check_policies(scenario.attach, str(path), scenario.base_dir)
-        # Building the start state catches a start that does not fit its limits.
+        # Building the simulator catches a start that does not fit its limits, and
+        # builds every policy in its worker (a load error names the attach[] key).
         from oomkit.backends.sim.simulator import Simulator
 
-        Simulator(scenario)
+        Simulator(scenario).engine.close()
         return (f"scenario: {len(scenario.cgroups)} cgroups, {len(scenario.tasks)} tasks, "
                 f"{len(scenario.attach)} attachments, {len(scenario.events)} events")
     if "daemon" in data:
         from oomkit.config.daemon import resolve as resolve_daemon
 
         config = resolve_daemon(data, str(path), Path(path).resolve().parent)
-        check_policies(config.attach, str(path), config.base_dir)
+        check_policies(config.attach, str(path), config.base_dir, config.settings)
         _check_event_log(config.event_log, str(path))
         return f"daemon config: {len(config.attach)} attachments"
     raise ConfigError("neither a scenario (it has no [machine] table) nor a daemon config "
@@ -47,9 +49,29 @@ def _check_event_log(event_log: str, file: str) -> None:
                           "memory only")
 
 
-def check_policies(attachments, file: str, base_dir: Path) -> None:
+def check_policies(attachments, file: str, base_dir: Path, settings: EngineSettings | None = None) -> None:
+    """Build each policy, then let it go: in a worker (the default) or, with
+    ``settings.runner`` "inprocess" (and for the CLI's ``--in-process``), here."""
     for i, att in enumerate(attachments):
         try:
-            make_policy(att.policy, att.params, base_dir)
+            if settings is None or settings.runner == "inprocess":
+                make_policy(att.policy, att.params, base_dir)
+            else:
+                check_recipe(Recipe(att.policy, dict(att.params), str(base_dir)), settings)
         except PolicyLoadError as exc:
             raise ConfigError(str(exc), file=file, where=f"attach[{i}].policy") from None
+
+
+def check_recipe(recipe: Recipe, settings: EngineSettings) -> None:
+    """Build ``recipe``'s policy in a worker confined as the daemon's would be."""
+    from oomkit.sandbox.runner import Confinement, Worker
+
+    worker = Worker(recipe, Confinement(settings.policy_user, settings.policy_memory))
+    try:
+        import time
+
+        from oomkit.sandbox.runner import LOAD_TIMEOUT
+
+        worker.wait_ready(time.monotonic() + LOAD_TIMEOUT)
+    finally:
+        worker.kill()

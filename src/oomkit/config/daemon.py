@@ -60,6 +60,10 @@ class DaemonSpec(_Strict):
     mem_available_min: Size | None = None
     global_pressure: str = "full 150ms 2s"
     host: str | None = None         # written into every record (a fleet's logs merged); default the hostname
+    # Where policies run: "worker" (a sandboxed process each) or "inprocess" (UNSAFE: debugging)
+    policy_runner: str = "worker"
+    policy_user: str = "nobody"     # the workers' uid and gid
+    policy_memory: Size = "256M"    # each worker's address-space cap (RLIMIT_AS)
 
 
 class AttachSpec(_Strict):
@@ -134,6 +138,10 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     if d.task_reader not in ("auto", "bpf", "proc"):
         raise ConfigError(f"{d.task_reader!r} is not a task reader", file=file, where="daemon.task_reader",
                           hint='use "auto", "bpf" or "proc"')
+    if d.policy_runner not in ("worker", "inprocess"):
+        raise ConfigError(f"{d.policy_runner!r} is not a policy runner", file=file, where="daemon.policy_runner",
+                          hint='use "worker" (the default) or "inprocess" (unsafe, for debugging)')
+    text_at(d.policy_user, "daemon.policy_user", file)
     int_at(d.backoff_budget, "daemon.backoff_budget", file, *BACKOFF_BUDGET)
     int_at(d.proc_cache, "daemon.proc_cache", file, *PROC_CACHE, " tasks")
     for key in ("mount", "proc", "event_log"):
@@ -144,7 +152,8 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         backoff_budget=d.backoff_budget,
         backoff_window=duration_at(d.backoff_window, "daemon.backoff_window", file, BACKOFF_WINDOW),
         backoff_wait=duration_at(d.backoff_wait, "daemon.backoff_wait", file, BACKOFF_WAIT),
-        record_timing=True, snapshot=True)
+        record_timing=True, snapshot=True, runner=d.policy_runner, policy_user=d.policy_user,
+        policy_memory=size_at(d.policy_memory, "daemon.policy_memory", file))
     watchdog_timeout = duration_at(d.watchdog_timeout, "daemon.watchdog_timeout", file, WATCHDOG_TIMEOUT)
     return DaemonConfig(
         file=file, base_dir=base_dir or Path.cwd(), hierarchy=d.cgroup, mount=d.mount, proc=d.proc,

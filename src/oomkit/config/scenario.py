@@ -206,7 +206,8 @@ class _Resolver:
             handler_deadline=duration_at(e.handler_deadline, "engine.handler_deadline", f, HANDLER_DEADLINE),
             handler_budget=e.handler_budget, backoff_budget=e.backoff_budget,
             backoff_window=duration_at(e.backoff_window, "engine.backoff_window", f, BACKOFF_WINDOW),
-            backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f, BACKOFF_WAIT))
+            backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f, BACKOFF_WAIT),
+            deadline_clock="cpu")   # a policy worker's CPU time: a loaded machine fails no policy
 
     def cgroups(self) -> list[Cgroup]:
         out, seen = [], {"/"}

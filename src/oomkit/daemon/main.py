@@ -38,7 +38,7 @@ from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
 from oomkit.engine.chain import Engine
-from oomkit.errors import ConfigError, KernelError, OOMKitError
+from oomkit.errors import ConfigError, KernelError, OOMKitError, PolicyLoadError
 from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
@@ -47,6 +47,8 @@ from oomkit.linux.sdnotify import Notifier
 from oomkit.policies import make_policy
 from oomkit.policies.loader import file_modules, restore_file_modules
 from oomkit.schema import OOMRecord
+from oomkit.config.check import check_policies
+from oomkit.engine.attachment import Recipe
 
 log = logging.getLogger("oomkit")
 
@@ -173,6 +175,7 @@ class Daemon:
         self.notifier.stopping()
         self.engine.close()
         self.stack.close()
+        self.engine.close()             # the policy workers end
         if self.global_fd is not None:
             self.unregister(self.global_fd)
             self.global_fd = None
@@ -257,8 +260,12 @@ class Daemon:
         taken = [path for path in wanted if path not in self.engine.attachments]
         for path in taken:
             spec = wanted[path]
-            self.engine.attach(path, make_policy(spec.policy, spec.params, self.config.base_dir),
-                               ceiling=spec.ceiling)
+            try:
+                self.engine.attach(path, Recipe(spec.policy, dict(spec.params), str(self.config.base_dir)),
+                                   ceiling=spec.ceiling)
+            except PolicyLoadError as exc:      # its worker could not build it: the kernel keeps this OOM
+                log.error("oomkit: %s: policy %s not attached: %s", path, spec.policy, exc)
+                continue
             log.info("oomkit: %s: attached %s", path, spec.policy)
         self.stack.sync(managed)
         self._watch_dirs(wanted)
@@ -447,10 +454,13 @@ class Daemon:
             config = load_daemon_config(path)
             if self.config.dry_run_forced:
                 config = dataclasses.replace(config, dry_run=True, dry_run_forced=True)
-            fresh: set[str] = set()
-            for spec in config.attach:
-                make_policy(spec.policy, spec.params, config.base_dir, fresh=spec.policy not in fresh)
-                fresh.add(spec.policy)
+            if config.settings.runner == "inprocess":
+                fresh: set[str] = set()
+                for spec in config.attach:
+                    make_policy(spec.policy, spec.params, config.base_dir, fresh=spec.policy not in fresh)
+                    fresh.add(spec.policy)
+            else:       # each worker imports its policy anew: built there, never here
+                check_policies(config.attach, str(path), config.base_dir, config.settings)
             self._check_reloadable(config)
         except BaseException:
             restore_file_modules(saved)
@@ -558,6 +568,5 @@ def run_daemon(config_path: str, dry_run: bool = False) -> None:
     config = load_daemon_config(config_path)
     if dry_run:
         config = dataclasses.replace(config, dry_run=True, dry_run_forced=True)
-    for spec in config.attach:
-        make_policy(spec.policy, spec.params, config.base_dir)
+    check_policies(config.attach, config_path, config.base_dir, config.settings)
     Daemon(config, config_path).run()

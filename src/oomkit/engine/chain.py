@@ -10,6 +10,14 @@ kills needlessly.  When the whole chain fails, the backend's kernel OOM
 killer acts.
 
 The engine does not know which backend it drives (``oomkit.backends.base``).
+
+Where a policy's code runs is the runner's business: an attachment made from
+a :class:`~oomkit.engine.attachment.Recipe` runs in a worker process of its
+own (``oomkit.sandbox``: unprivileged, filtered, capped, killed at its
+deadline) unless ``EngineSettings.runner`` is ``"inprocess"``; a policy
+*instance* handed to :meth:`Engine.attach` already lives in this process and
+runs here, on the :class:`~oomkit.engine.guard.Guard`'s thread.  In process,
+a policy can reach everything the daemon can: for debugging only.
 """
 
 from __future__ import annotations
@@ -17,17 +25,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Backend, OOMEvent, Release
 from oomkit.context import CgroupInfo, OOMContext, ancestors, is_within
 from oomkit.engine import snapshot
 from oomkit.engine.actions import Actions
-from oomkit.engine.attachment import Attachment
+from oomkit.engine.attachment import Attachment, Recipe
 from oomkit.engine.backoff import BackoffBudget
-from oomkit.engine.guard import Guard, Outcome
+from oomkit.engine.guard import Guard, Outcome, RemoteError
 from oomkit.errors import AttachError
 from oomkit.policy import OOMPolicy, Verdict
 from oomkit.schema import HandlerRecord, Killed, OOMRecord, ResolvedBy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oomkit.sandbox.runner import WorkerRunner
 
 log = logging.getLogger("oomkit")
 
@@ -43,6 +55,17 @@ class EngineSettings:
     io_cap: float = 1.0                  # most of oomkit's own I/O added to a handler's deadline
     record_timing: bool = False          # put wall times in records (live only)
     snapshot: bool = False               # put the context's snapshot in records (live: for replay)
+    runner: str = "worker"               # where a Recipe's policy runs: "worker" or "inprocess" (unsafe)
+    policy_user: str = "nobody"          # the worker's uid and gid, when oomkit is root
+    policy_memory: int | None = 256 << 20   # the worker's address-space cap (RLIMIT_AS)
+    deadline_clock: str = "wall"         # a worker's deadline: "wall", or "cpu" (its CPU time; simulator)
+
+
+def describe(error: BaseException) -> str:
+    """An error as the record says it: ``Type: message`` (a worker's comes worded)."""
+    if isinstance(error, RemoteError):
+        return error.text
+    return f"{type(error).__name__}: {error}"
 
 
 ReleaseHook = Callable[[Release, str, str, str], None]
@@ -59,6 +82,20 @@ class Engine:
         # ``tick`` (the live daemon's watchdog heartbeat) goes on while a handler runs.
         self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
                             io_cap=self.settings.io_cap, tick=tick)
+        self._tick = tick
+        self._workers: WorkerRunner | None = None
+
+    @property
+    def workers(self) -> WorkerRunner:
+        if self._workers is None:
+            from oomkit.sandbox.runner import Confinement, WorkerRunner
+
+            s = self.settings
+            self._workers = WorkerRunner(s.handler_deadline, s.handler_budget, io_cap=s.io_cap,
+                                         tick=self._tick,
+                                         confinement=Confinement(s.policy_user, s.policy_memory),
+                                         clock=s.deadline_clock)
+        return self._workers
 
     def close(self) -> None:
         """End the handlers' worker thread (a reload replaces the engine)."""
@@ -66,18 +103,38 @@ class Engine:
 
     # -- attachments ---------------------------------------------------------
 
-    def attach(self, cgroup: str, policy: OOMPolicy, *, ceiling: int | None = None) -> Attachment:
-        """Attach ``policy`` to ``cgroup``; a second one there is an error (EEXIST)."""
+    def attach(self, cgroup: str, policy: OOMPolicy | Recipe, *, ceiling: int | None = None) -> Attachment:
+        """Attach ``policy`` to ``cgroup``; a second one there is an error (EEXIST).
+        A Recipe is built in its worker (PolicyLoadError if it cannot be), or here
+        with the in-process runner; an instance runs here."""
         if cgroup in self.attachments:
             raise AttachError(f"{cgroup} already has policy {self.attachments[cgroup].label} attached",
                               hint="one policy per cgroup, as the kernel's EEXIST")
         s = self.settings
-        att = Attachment(cgroup, policy, ceiling, BackoffBudget(s.backoff_budget, s.backoff_window))
+        instance, worker = None, None
+        if not isinstance(policy, Recipe):
+            instance = policy
+        elif s.runner == "inprocess":
+            from oomkit.policies.loader import make_policy
+
+            instance = make_policy(policy.ref, policy.params, policy.base_dir)
+        else:
+            worker = self.workers.start(policy)
+        att = Attachment(cgroup, instance, ceiling, BackoffBudget(s.backoff_budget, s.backoff_window),
+                         worker=worker)
         self.attachments[cgroup] = att
         return att
 
     def detach(self, cgroup: str) -> Attachment | None:
-        return self.attachments.pop(cgroup, None)
+        att = self.attachments.pop(cgroup, None)
+        if att is not None and att.worker is not None:
+            self.workers.stop(att.worker)
+        return att
+
+    def close(self) -> None:
+        """Detach everything (its workers end)."""
+        for cg in list(self.attachments):
+            self.detach(cg)
 
     def cgroup_offline(self, path: str) -> None:
         """``path`` was removed: tell the policies at and above it, drop those at or below."""
@@ -172,8 +229,13 @@ class Engine:
         record.handlers.append(h)
         k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
                     record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
-        outcome = self._guard.call(lambda: att.policy.handle_out_of_memory(oc, k),
-                                   on_timeout=lambda: k.revoke("the handler's deadline passed"))
+        if att.worker is not None:
+            outcome, att.worker = self.workers.handle(att.worker, oc, k)
+        else:
+            policy = att.policy
+            assert policy is not None
+            outcome = self._guard.call(lambda: policy.handle_out_of_memory(oc, k),
+                                       on_timeout=lambda: k.revoke("the handler's deadline passed"))
         if self.settings.record_timing:
             h.ms = round(outcome.elapsed * 1000, 3)
         failure = self._failure(outcome)
@@ -190,7 +252,7 @@ class Engine:
             return (f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms "
                     f"of its own time ({outcome.io * 1000:.1f} ms more reading and acting for it)")
         if outcome.error is not None:
-            return f"{type(outcome.error).__name__}: {outcome.error}"
+            return describe(outcome.error)
         if not isinstance(outcome.value, Verdict):
             return f"returned {outcome.value!r}, not a Verdict"
         return None
@@ -230,7 +292,12 @@ class Engine:
         record.resolved_by = ResolvedBy.KERNEL if outcome.resolved else ResolvedBy.UNRESOLVED
 
     def _notify_offline(self, att: Attachment, path: str) -> None:
-        outcome = self._guard.call(lambda: att.policy.handle_cgroup_offline(path))
+        if att.worker is not None:
+            outcome, att.worker = self.workers.offline(att.worker, path)
+        else:
+            policy = att.policy
+            assert policy is not None
+            outcome = self._guard.call(lambda: policy.handle_cgroup_offline(path))
         if outcome.error is not None or outcome.timed_out:
             log.warning("oomkit: %s.handle_cgroup_offline(%s) failed: %s", att.label, path,
-                        outcome.error or "deadline")
+                        describe(outcome.error) if outcome.error is not None else "deadline")

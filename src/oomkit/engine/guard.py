@@ -36,6 +36,15 @@ class HandlerDeadline(Exception):
     """Raised inside a handler that ran past its deadline or budget."""
 
 
+class RemoteError(Exception):
+    """A failure reported by (or about) a policy's worker process, already
+    worded for the record (``RuntimeError: boom``, as in process)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
 @dataclass
 class Outcome:
     value: Any = None
@@ -61,7 +70,7 @@ class _Worker(threading.Thread):
                 outcome = Outcome()
                 set_meter(meter)
                 try:
-                    outcome.value = _call_with_budget(fn, budget) if budget else fn()
+                    outcome.value = call_with_budget(fn, budget) if budget else fn()
                 except BaseException as exc:  # noqa: BLE001 - a policy may raise anything
                     outcome.error = exc
                 finally:
@@ -71,17 +80,25 @@ class _Worker(threading.Thread):
             pass  # abandoned: the asynchronous stop arrived between jobs
 
 
-def _call_with_budget(fn: Callable[[], Any], budget: int) -> Any:
+def call_with_budget(fn: Callable[[], Any], budget: int, skip: str | None = None) -> Any:
+    """``fn()``, stopped by HandlerDeadline after ``budget`` Python lines; frames
+    of the modules named ``skip...`` are not traced (they neither count nor stop:
+    a policy worker's pipe must never be left half-read)."""
     left = [budget]
 
-    def tracer(frame, event, arg):
+    def count(frame, event, arg):
         if event == "line":
             left[0] -= 1
             if left[0] < 0:
                 raise HandlerDeadline(f"handler ran past its budget of {budget} lines")
-        return tracer
+        return count
 
-    sys.settrace(tracer)
+    def enter(frame, event, arg):       # each new frame's "call" event
+        if skip and frame.f_globals.get("__name__", "").startswith(skip):
+            return None
+        return count(frame, event, arg)
+
+    sys.settrace(enter)
     try:
         return fn()
     finally:

@@ -11,6 +11,7 @@ scenario gives byte-identical output.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from typing import Any
 
@@ -19,20 +20,25 @@ from oomkit.backends.sim.backend import SimBackend
 from oomkit.backends.sim.machine import Machine, SimTask
 from oomkit.config.scenario import FIRST_PID, Scenario, Task
 from oomkit.context import Level
+from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
-from oomkit.errors import ConfigError
-from oomkit.policies import make_policy
+from oomkit.errors import ConfigError, PolicyLoadError
 from oomkit.schema import CgroupUsage, FailedAllocation, ResolvedBy, SimResult
 
 MAX_RETRIES = 8
 
 
 class Simulator:
-    def __init__(self, scenario: Scenario, attach_overrides: dict[str, str] | None = None):
+    def __init__(self, scenario: Scenario, attach_overrides: dict[str, str] | None = None,
+                 runner: str | None = None):
+        """``runner``: "worker" (the scenario's default) or "inprocess" (``--in-process``)."""
         self.scenario = scenario
         self.machine = Machine(scenario.memory, scenario.swap, scenario.numa_nodes)
         self.backend = SimBackend(self.machine)
-        self.engine = Engine(self.backend, scenario.settings)
+        settings = scenario.settings
+        if runner is not None:
+            settings = dataclasses.replace(settings, runner=runner)
+        self.engine = Engine(self.backend, settings)
         self.result = SimResult()
         self.steps = 0          # events and retries run (the benchmark's rate)
         self._by_name: dict[str, SimTask] = {}
@@ -65,13 +71,22 @@ class Simulator:
                                   f"already full)", file=s.file, where=f"task[{i}].rss",
                                   hint="make the start state fit; let events cause the OOMs")
             self.machine.charge(task, spec.rss)
-        attachments = {a.cgroup: (a.policy, a.params, a.ceiling) for a in s.attach}
+        # cgroup -> (policy, params, ceiling, where a load error is reported)
+        attachments = {a.cgroup: (a.policy, a.params, a.ceiling, f"attach[{i}].policy")
+                       for i, a in enumerate(s.attach)}
         for cgroup, policy in overrides.items():
             if cgroup not in self.machine.cgroups:
                 raise ConfigError(f"--attach {cgroup}={policy}: no cgroup {cgroup} in the scenario")
-            attachments[cgroup] = (policy, {}, attachments.get(cgroup, (None, None, None))[2])
-        for cgroup, (policy, params, ceiling) in attachments.items():
-            self.engine.attach(cgroup, make_policy(policy, params, s.base_dir), ceiling=ceiling)
+            ceiling = attachments[cgroup][2] if cgroup in attachments else None
+            attachments[cgroup] = (policy, {}, ceiling, f"--attach {cgroup}={policy}")
+        for cgroup, (policy, params, ceiling, where) in attachments.items():
+            recipe = Recipe(policy, dict(params or {}), str(s.base_dir))
+            try:
+                self.engine.attach(cgroup, recipe, ceiling=ceiling)
+            except PolicyLoadError as exc:
+                self.engine.close()
+                raise ConfigError(str(exc), file=None if where.startswith("--") else s.file,
+                                  where=where) from None
         for event in s.events:
             self._seq += 1
             self._timeline.append((event.at, self._seq, event))
@@ -207,5 +222,10 @@ class Simulator:
         return r
 
 
-def simulate(scenario: Scenario, attach_overrides: dict[str, str] | None = None) -> SimResult:
-    return Simulator(scenario, attach_overrides).run()
+def simulate(scenario: Scenario, attach_overrides: dict[str, str] | None = None,
+             runner: str | None = None) -> SimResult:
+    sim = Simulator(scenario, attach_overrides, runner)
+    try:
+        return sim.run()
+    finally:
+        sim.engine.close()

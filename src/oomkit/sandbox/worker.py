@@ -1,0 +1,268 @@
+"""The policy worker: one process per attachment, where the policy's code runs.
+
+Forked by the zygote (:mod:`oomkit.sandbox.zygote`), it confines itself
+before any policy code runs, then builds the policy and answers the daemon:
+
+1. rlimits: its address space (``RLIMIT_AS``: the memory cap), no core
+   files, no file it could grow (``RLIMIT_FSIZE`` 0), few descriptors;
+2. ``no_new_privs`` and the seccomp filter (:mod:`oomkit.sandbox.seccomp`):
+   no signal to any process, no file opened for writing, no new program;
+3. the policy is imported and built (still as the daemon's uid when that is
+   root, so a root-only policy file can be read; the filter already holds);
+4. when root: no supplementary groups, the unprivileged uid and gid (every
+   capability goes with uid 0), not dumpable (no same-uid ptrace); the
+   parent-death signal is set after that (a credential change clears it);
+5. ``ready``, then one handler call per ``call`` message.
+
+In a handler, ``oc`` is the ordinary read-only :class:`~oomkit.context.OOMContext`
+whose lazy parts are read from the daemon on first use, and ``k`` sends
+action *requests* that the daemon checks and carries out: it answers with
+the bytes released (its own count) or a :class:`~oomkit.policy.Refused`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any
+
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, OOMContext, TaskInfo
+from oomkit.policy import Refused, Verdict
+from oomkit.sandbox.channel import Channel, ChannelClosed
+
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+
+
+class Remote:
+    """The daemon at the other end of the pipe: one request, one answer."""
+
+    def __init__(self, chan: Channel):
+        self._chan = chan
+
+    def ask(self, *request: Any) -> Any:
+        self._chan.send(["req", *request])
+        answer = self._chan.recv()
+        if answer[0] == "refused":
+            return Refused(answer[1], answer[2])
+        return answer[1]
+
+
+def _task(row: list) -> TaskInfo:
+    row[2] = tuple(row[2])
+    if row[11] is not None:
+        row[11] = tuple(row[11])
+    return TaskInfo(*row)
+
+
+def _cgroup(row: list | None) -> CgroupInfo:
+    if row is None:
+        raise KeyError
+    return CgroupInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5]), tuple(row[6]), row[7])
+
+
+def context(remote: Remote, h: dict[str, Any]) -> OOMContext:
+    """The handler's ``oc``: what the daemon sent, the rest read on first use."""
+    def load(path: str) -> CgroupInfo:
+        return _cgroup(remote.ask("cgroup", path))
+
+    return OOMContext(
+        level=h["level"], memcg=h["memcg"], attached_to=h["attached_to"], nodes=tuple(h["nodes"]),
+        requested=h["requested"], totalpages=h["totalpages"],
+        cgroups=LazyMapping(lambda: remote.ask("cgroups"), load, lambda p: remote.ask("has", p)),
+        tasks=LazyTasks(lambda: [_task(r) for r in remote.ask("tasks")],
+                        lambda p: [_task(r) for r in remote.ask("subtree", p)]),
+        freed=lambda: remote.ask("freed"), in_flight=lambda: tuple(remote.ask("in_flight")))
+
+
+def _pid(task: Any) -> int:
+    return task.pid if isinstance(task, TaskInfo) else int(task)
+
+
+class WorkerActions:
+    """``k`` in the worker: each action is a request the daemon judges."""
+
+    def __init__(self, remote: Remote):
+        self._remote = remote
+
+    def kill_task(self, task: TaskInfo | int, reason: str = "") -> int:
+        return self._remote.ask("kill_task", _pid(task), str(reason))
+
+    def kill_cgroup(self, path: str, reason: str = "") -> int:
+        return self._remote.ask("kill_cgroup", str(path), str(reason))
+
+    def raise_limit(self, path: str, new_limit: int, reason: str = "") -> int:
+        return self._remote.ask("raise_limit", str(path), int(new_limit), str(reason))
+
+    def headroom(self, path: str) -> int:
+        return self._remote.ask("headroom", str(path))
+
+    def is_oom_victim(self, task: TaskInfo | int) -> bool:
+        return self._remote.ask("is_victim", _pid(task))
+
+    def now(self) -> float:
+        return self._remote.ask("now")
+
+
+def _result(value: Any) -> list:
+    if isinstance(value, Verdict):
+        return ["done", "verdict", value.value]
+    try:
+        text = repr(value)
+    except BaseException as exc:  # noqa: BLE001 - a hostile __repr__
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    return ["done", "value", text[:200]]
+
+
+def _error(exc: BaseException) -> list:
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        text = "<unprintable>"
+    return ["done", "error", f"{type(exc).__name__}: {text}"[:2000]]
+
+
+def _run(fn, budget: int | None) -> list:
+    from oomkit.engine.guard import call_with_budget
+
+    try:
+        value = call_with_budget(fn, budget, skip="oomkit.sandbox") if budget else fn()
+    except ChannelClosed:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a policy may raise anything
+        return _error(exc)
+    return _result(value)
+
+
+def serve(chan: Channel, policy: Any) -> None:
+    remote = Remote(chan)
+    while True:
+        msg = chan.recv()
+        if msg[0] == "call":
+            header = msg[1]
+            oc = context(remote, header)
+            k = WorkerActions(remote)
+            reply = _run(lambda: policy.handle_out_of_memory(oc, k), header.get("budget"))
+        elif msg[0] == "offline":
+            reply = _run(lambda: policy.handle_cgroup_offline(msg[1]), None)
+        else:
+            return
+        _flush(chan)
+        chan.send(reply)
+
+
+OUTPUT_MAX = 16 * 1024     # of a policy's print()s per call, per stream
+
+
+class Capture:
+    """The worker's sys.stdout and sys.stderr: what a policy prints goes to the
+    daemon with its answer, which prints it where its own would go (``simulate
+    --json`` sends it to stderr).  Bounded: the rest is dropped, with a note."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = self.dropped = 0
+
+    def write(self, text: str) -> int:
+        text = str(text)
+        room = OUTPUT_MAX - self.size
+        if len(text) > room:
+            self.dropped += len(text) - max(room, 0)
+            text = text[:max(room, 0)]
+        self.parts.append(text)
+        self.size += len(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[oomkit: {self.dropped} more characters of policy output dropped]\n"
+        self.parts, self.size, self.dropped = [], 0, 0
+        return text
+
+
+_out, _err = Capture(), Capture()
+
+
+def _flush(chan: Channel | None = None) -> None:
+    """Send what the policy printed (the daemon prints it before the answer)."""
+    out, err = _out.take(), _err.take()
+    if chan is not None and (out or err):
+        chan.send(["output", out, err])
+
+
+def confine(memory: int | None) -> list[str]:
+    """Steps 1 and 2; returns what could not be done (said in the ready message)."""
+    from oomkit.sandbox import seccomp
+
+    missing = []
+    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64)]
+    if memory:
+        limits.append((resource.RLIMIT_AS, memory))
+    for which, value in limits:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (OSError, ValueError) as exc:
+            missing.append(f"rlimit {which}: {exc}")
+    why = seccomp.install()
+    if why:
+        missing.append(why)
+    return missing
+
+
+def drop(uid: int, gid: int) -> list[str]:
+    """Step 4: as root, become ``uid``/``gid`` for good; otherwise say why not."""
+    import ctypes
+    import signal
+
+    missing = []
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    else:
+        missing.append(f"not root: runs as uid {os.geteuid()} (no uid change possible)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return missing
+
+
+def main(chan: Channel, request: dict[str, Any]) -> None:
+    """The worker's life, in the forked child; never returns."""
+    code = 0
+    try:
+        sys.dont_write_bytecode = True
+        sys.path[:] = request["sys_path"]
+        sys.stdout, sys.stderr = _out, _err     # type: ignore[assignment]
+        missing = confine(request.get("memory"))
+        from oomkit.errors import PolicyLoadError
+        from oomkit.policies.loader import make_policy
+        from oomkit.policy import policy_label
+
+        try:
+            policy = make_policy(request["ref"], request["params"], request["base_dir"])
+        except PolicyLoadError as exc:
+            _flush(chan)
+            chan.send(["load_error", str(exc)])
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001 - whatever an import may raise
+            _flush(chan)
+            chan.send(["load_error", f"policy {request['ref']!r} failed to load: {type(exc).__name__}: {exc}"])
+            os._exit(0)
+        missing += drop(request["uid"], request["gid"])
+        _flush(chan)
+        chan.send(["ready", policy_label(policy), missing])
+        serve(chan, policy)
+    except ChannelClosed:
+        pass        # the daemon went away or let this worker go
+    except BaseException:  # noqa: BLE001 - the worker ends; the daemon sees it gone
+        code = 1
+    finally:
+        os._exit(code)
