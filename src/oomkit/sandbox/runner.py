@@ -50,6 +50,8 @@ log = logging.getLogger("oomkit")
 #: How long a new worker may take to import and build its policy.
 LOAD_TIMEOUT = 30.0
 REASON_MAX = 1000
+#: How long a call waits for a replaced worker to be ready (its policy rebuilt).
+RESPAWN_WAIT = 2.0
 #: With the CPU-time deadline (the simulator's), the most wall time beyond it.
 CPU_CLOCK_WALL_CAP = 2.0
 
@@ -159,9 +161,10 @@ def _close_zygote() -> None:
 class Worker:
     """One policy worker process and its pipe."""
 
-    def __init__(self, recipe: Recipe, confinement: Confinement):
+    def __init__(self, recipe: Recipe, confinement: Confinement, label: str | None = None):
         self.recipe, self.confinement = recipe, confinement
-        self.label: str | None = None
+        self.label = label          # the policy's name (a replacement keeps its predecessor's)
+        self.ready = False
         self.missing: list[str] = []
         uid, gid = confinement.ids() if os.geteuid() == 0 else (os.getuid(), os.getgid())
         request = {"ref": recipe.ref, "params": recipe.params, "base_dir": recipe.base_dir,
@@ -180,13 +183,13 @@ class Worker:
 
     def wait_ready(self, until: float) -> None:
         """Until the policy is built; PolicyLoadError if it could not be."""
-        if self.label is not None:
+        if self.ready:
             return
         try:
             msg = _recv(self.chan, until)
         except TimeoutError:
             self.kill()
-            raise PolicyLoadError(f"policy {self.recipe.ref!r} took more than {LOAD_TIMEOUT:g} s to load") from None
+            raise PolicyLoadError(f"policy {self.recipe.ref!r} was not loaded in time") from None
         except ChannelClosed:
             self.kill()
             raise PolicyLoadError(f"policy {self.recipe.ref!r}: its worker exited while loading it") from None
@@ -196,7 +199,7 @@ class Worker:
         if not (_shape(msg, "ready", str, list)):
             self.kill()
             raise PolicyLoadError(f"policy {self.recipe.ref!r}: its worker sent {str(msg)[:80]!r}")
-        self.label, self.missing = msg[1][:200], [str(m) for m in msg[2]][:10]
+        self.ready, self.label, self.missing = True, msg[1][:200], [str(m) for m in msg[2]][:10]
         for why in self.missing:
             log.info("oomkit: policy %s runs in a worker with less confinement: %s", self.label, why)
 
@@ -290,14 +293,18 @@ class WorkerRunner:
 
     def _call(self, worker: Worker, message: list, server: _Server | None,
               revoke: Callable[[str], None]) -> tuple[Outcome, Worker]:
-        start = time.perf_counter()
         io = [0.0]
         outcome = Outcome()
         try:
-            worker.wait_ready(time.monotonic() + self.deadline)
+            # A replacement still building its policy: oomkit's wait, not the policy's time.
+            worker.wait_ready(time.monotonic() + max(self.deadline, RESPAWN_WAIT))
+        except PolicyLoadError as exc:
+            return Outcome(error=WorkerFailed(f"worker: {exc}")), self._replace(worker)
+        start = time.perf_counter()
+        try:
             worker.chan.send(message)
             outcome = self._wait(worker, server, start, io)
-        except (PolicyLoadError, WorkerGone, ChannelClosed) as exc:
+        except (WorkerGone, ChannelClosed) as exc:
             outcome = Outcome(error=WorkerFailed(f"worker: {exc}"))
         # A MemoryError leaves the worker's heap suspect (a leak): it is replaced too.
         memory = isinstance(outcome.error, RemoteError) and outcome.error.text.startswith("MemoryError")
@@ -312,7 +319,7 @@ class WorkerRunner:
         """Kill ``worker`` and start another (it builds its policy while the daemon goes on)."""
         worker.kill()
         try:
-            return Worker(worker.recipe, worker.confinement)
+            return Worker(worker.recipe, worker.confinement, worker.label)
         except PolicyLoadError as exc:
             log.warning("oomkit: %s", exc)
             return worker       # dead: the next call fails, and counts
@@ -350,8 +357,15 @@ class WorkerRunner:
             if server is None or not (isinstance(msg, list) and len(msg) >= 2 and msg[0] == "req"):
                 raise WorkerGone(f"a message out of protocol: {str(msg)[:80]!r}")
             t0 = time.perf_counter()
-            answer = server.answer(msg[1:])
-            worker.chan.send(answer)
+            try:
+                answer = server.answer(msg[1:])
+                worker.chan.send(answer)
+            except (WorkerGone, ChannelClosed):
+                raise
+            except Exception as exc:  # noqa: BLE001 - oomkit's own error answering: the call fails, the daemon goes on
+                log.warning("oomkit: answering policy %s's %s failed: %s: %s", worker.label, msg[1],
+                            type(exc).__name__, exc)
+                raise WorkerGone(f"oomkit could not answer {msg[1]}: {type(exc).__name__}: {exc}") from None
             io[0] += time.perf_counter() - t0
 
 
@@ -415,6 +429,10 @@ class _Server:
     def cgroup(self, path: str) -> list:
         return _cgroup_row(self.oc.cgroups[path])
 
+    def cmdline(self, pid: int) -> list | None:
+        task = self.oc.tasks.by_pid(pid)        # only a task of this attachment's view
+        return list(task.cmdline) if task is not None else None
+
     def freed(self) -> int:
         return self.oc.memory_freed
 
@@ -442,12 +460,12 @@ class _Server:
 
 _OPS: dict[str, Callable[..., Any]] = {
     "tasks": _Server.tasks, "subtree": _Server.subtree, "cgroups": _Server.cgroups, "has": _Server.has,
-    "cgroup": _Server.cgroup, "freed": _Server.freed, "in_flight": _Server.in_flight,
+    "cgroup": _Server.cgroup, "cmdline": _Server.cmdline, "freed": _Server.freed, "in_flight": _Server.in_flight,
     "kill_task": _Server.kill_task, "kill_cgroup": _Server.kill_cgroup, "raise_limit": _Server.raise_limit,
     "headroom": _Server.headroom, "is_victim": _Server.is_victim, "now": _Server.now,
 }
 _ARGS: dict[str, tuple[type, ...]] = {
-    "tasks": (), "subtree": (str,), "cgroups": (), "has": (str,), "cgroup": (str,), "freed": (),
+    "tasks": (), "subtree": (str,), "cgroups": (), "has": (str,), "cgroup": (str,), "cmdline": (int,), "freed": (),
     "in_flight": (), "kill_task": (int, str), "kill_cgroup": (str, str), "raise_limit": (str, int, str),
     "headroom": (str,), "is_victim": (int,), "now": (),
 }

@@ -22,9 +22,11 @@ the bytes released (its own count) or a :class:`~oomkit.policy.Refused`.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, OOMContext, TaskInfo
@@ -48,8 +50,41 @@ class Remote:
         return answer[1]
 
 
+class RemoteArgv(Sequence):
+    """A task's argv, asked of the daemon on first use (as the live backend reads
+    ``/proc/PID/cmdline`` only when a policy looks)."""
+
+    __slots__ = ("_remote", "_pid", "_argv")
+
+    _argv: tuple | None
+
+    def __init__(self, remote: Remote, pid: int):
+        self._remote, self._pid, self._argv = remote, pid, None
+
+    def _get(self) -> tuple:
+        argv = self._argv
+        if argv is None:
+            argv = self._argv = tuple(self._remote.ask("cmdline", self._pid) or ())
+        return argv
+
+    def __getitem__(self, index):
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return self._get() == (tuple(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 def _task(row: list) -> TaskInfo:
-    row[2] = tuple(row[2])
+    if not isinstance(row[2], RemoteArgv):
+        row[2] = tuple(row[2])
     if row[11] is not None:
         row[11] = tuple(row[11])
     return TaskInfo(*row)
@@ -135,16 +170,18 @@ def _run(fn, budget: int | None) -> list:
 
 
 def serve(chan: Channel, policy: Any) -> None:
+    from oomkit.sandbox import channel
+
     remote = Remote(chan)
+    channel.lazy_argv = lambda pid: RemoteArgv(remote, pid)
     while True:
         msg = chan.recv()
         if msg[0] == "call":
             header = msg[1]
-            oc = context(remote, header)
-            k = WorkerActions(remote)
-            reply = _run(lambda: policy.handle_out_of_memory(oc, k), header.get("budget"))
+            oc, k = context(remote, header), WorkerActions(remote)
+            reply = _run(functools.partial(policy.handle_out_of_memory, oc, k), header.get("budget"))
         elif msg[0] == "offline":
-            reply = _run(lambda: policy.handle_cgroup_offline(msg[1]), None)
+            reply = _run(functools.partial(policy.handle_cgroup_offline, msg[1]), None)
         else:
             return
         _flush(chan)
@@ -240,7 +277,7 @@ def main(chan: Channel, request: dict[str, Any]) -> None:
     try:
         sys.dont_write_bytecode = True
         sys.path[:] = request["sys_path"]
-        sys.stdout, sys.stderr = _out, _err     # type: ignore[assignment]
+        sys.stdout, sys.stderr = _out, _err
         missing = confine(request.get("memory"))
         from oomkit.errors import PolicyLoadError
         from oomkit.policies.loader import make_policy

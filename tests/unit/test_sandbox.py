@@ -1,0 +1,234 @@
+"""Issue 11: hostile and buggy policies in the simulator, each in its worker.
+
+Every case ends with the rule intact: no relief that did not happen, no kill
+outside the attachment's subtree, ejection after 3 failures, this process
+(the "daemon") alive, and the OOM resolved by the kernel when the policy
+could not.  Policies are files attached by name, as a user's would be, so
+they run in workers (policy *instances* handed to ``engine.attach`` run in
+process: tests that read a closure's state back, e.g. ``FuncPolicy.calls``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+
+import pytest
+
+from oomkit.backends.base import OOMEvent
+from oomkit.backends.sim import Simulator
+from oomkit.config.scenario import resolve
+from oomkit.errors import ConfigError
+from oomtest_helpers import M, scenario_dict
+
+TREE = dict(cgroups=[{"path": "/a", "limit": "100M"}, {"path": "/b", "limit": "100M"}],
+            tasks=[{"name": "hog", "cgroup": "/a", "rss": "60M"},
+                   {"name": "small", "cgroup": "/a", "rss": "30M"},
+                   {"name": "outsider", "cgroup": "/b", "rss": "10M"}])
+OOM_A = OOMEvent("memcg", "/a", requested=20 * M, trigger="hog")
+
+HEAD = "import os, re, sys\nfrom oomkit import OOMPolicy, Verdict\n"
+
+
+def sim_with(tmp_path, body: str, *, engine: dict | None = None, runner: str | None = None) -> Simulator:
+    (tmp_path / "hostile.py").write_text(HEAD + textwrap.dedent(body))
+    data = scenario_dict(**TREE, attach=[{"cgroup": "/a", "policy": "hostile.py:P"}],
+                         engine={"handler_deadline": "200ms", **(engine or {})})
+    return Simulator(resolve(data, str(tmp_path / "s.toml"), tmp_path), runner=runner)
+
+
+def three_ooms(sim: Simulator):
+    return [sim.engine.handle(OOM_A) for _ in range(3)]
+
+
+def assert_failed_and_ejected(records, error_part: str):
+    for r in records:
+        h = r.handlers[0]
+        assert h.verdict == "PASS" and h.freed == 0
+        assert error_part in h.error, h.error
+        assert r.resolved_by == "kernel"                    # the OOM still ends
+        assert all(k.by == "kernel" for k in r.killed)      # nothing the policy did counts
+    assert records[2].ejected == ["/a"]
+
+
+def test_a_sound_policy_runs_in_an_unprivileged_confined_worker(tmp_path):
+    sim = sim_with(tmp_path, """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+                print("seen", os.getpid(), status["Uid"].split()[0], status["CapEff"].strip(),
+                      status["NoNewPrivs"].strip(), status["Seccomp"].strip())
+                hog = next(t for t in oc.tasks if t.name == "hog")
+                return Verdict.HANDLED if k.kill_task(hog, "largest") > 0 else Verdict.PASS
+    """)
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        r = sim.engine.handle(OOM_A)
+    assert r.resolved_by == "policy" and r.handlers[0].freed == 60 * M   # the daemon's own count
+    _, pid, uid, caps, nnp, seccomp = out.getvalue().split()
+    assert int(pid) != os.getpid()
+    assert (nnp, seccomp) == ("1", "2")
+    if os.geteuid() == 0:
+        assert uid == "65534" and caps == "0000000000000000"
+
+
+def test_faking_progress_through_k_or_oc_counts_for_nothing(tmp_path):
+    sim = sim_with(tmp_path, """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                for name in dir(k):
+                    try:
+                        setattr(k, name, lambda *a, **kw: 10**9)
+                    except Exception:
+                        pass
+                try:
+                    object.__setattr__(oc, "_freed", lambda: 10**9)
+                except Exception:
+                    pass
+                k.kill_task(1, "fake")          # the fake method: no request reaches the daemon
+                return Verdict.HANDLED
+    """)
+    r = sim.engine.handle(OOM_A)
+    h = r.handlers[0]
+    assert h.verdict == "PASS" and h.claimed == "HANDLED" and h.freed == 0
+    assert "false claim" in h.error and r.resolved_by == "kernel"
+
+
+def test_monkeypatching_classes_in_the_worker_leaves_the_daemon_s_actions_alone(tmp_path):
+    sim = sim_with(tmp_path, """
+        import oomkit.engine.actions as actions
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                actions.Actions.kill_task = lambda self, t, reason="": 10**9
+                actions.Actions._check_scope = lambda self, path: None
+                return Verdict.PASS
+    """)
+    sim.engine.handle(OOM_A)
+    from oomkit.engine.actions import Actions
+    assert Actions.kill_task.__name__ == "kill_task"        # this process's class is untouched
+    r = sim.engine.handle(OOM_A)
+    assert r.resolved_by == "kernel"
+
+
+def test_scope_and_counters_cannot_be_rewritten_from_the_worker(tmp_path):
+    sim = sim_with(tmp_path, """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                import gc
+                for o in gc.get_objects():       # nothing of the daemon's is in here
+                    if type(o).__name__ == "Attachment":
+                        o.cgroup, o.failures = "/", 0
+                outsider = [r for r in (k.kill_cgroup("/b", "escape"), k.kill_cgroup("/", "root"))]
+                assert all(r < 0 for r in outsider), outsider
+                raise RuntimeError("scope held")
+    """)
+    records = three_ooms(sim)
+    assert_failed_and_ejected(records, "RuntimeError: scope held")
+    assert all(k.name != "outsider" for r in records for k in r.killed)
+
+
+def test_os_kill_is_refused_in_the_worker(tmp_path):
+    victim = subprocess.Popen(["sleep", "60"])      # a process of ours the policy tries to kill
+    try:
+        sim = sim_with(tmp_path, f"""
+            import signal
+            class P(OOMPolicy):
+                def handle_out_of_memory(self, oc, k):
+                    os.kill({victim.pid}, signal.SIGKILL)
+                    return Verdict.PASS
+        """)
+        records = three_ooms(sim)
+        assert_failed_and_ejected(records, "PermissionError")
+        assert victim.poll() is None                      # still alive
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_opening_cgroupfs_proc_or_a_file_for_writing_is_refused(tmp_path):
+    target = tmp_path / "written"
+    sim = sim_with(tmp_path, f"""
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                for path in ("/proc/self/oom_score_adj", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                             {str(target)!r}):
+                    try:
+                        open(path, "w").write("1")
+                    except OSError:
+                        continue
+                    raise AssertionError("opened " + path)
+                raise RuntimeError("all refused")
+    """)
+    records = three_ooms(sim)
+    assert_failed_and_ejected(records, "RuntimeError: all refused")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("body, error", [
+    ("while True:\n                    pass", "deadline"),                                  # a loop
+    ("re.match(r'(a+)+$', 'a' * 40 + 'b')", "deadline"),                               # one C call
+    ("while True:\n                    try:\n                        while True: pass\n"
+     "                    except BaseException:\n                        pass", "deadline"),  # no stop
+    ("os._exit(3)", "worker"),                                                           # death
+    ("import ctypes; ctypes.string_at(0)", "worker"),                                    # segfault
+    ("b = bytearray(1 << 30)", "MemoryError"),                                           # 1 GiB
+])
+def test_runaway_dying_or_greedy_policies_fail_three_times_and_are_ejected(tmp_path, body, error):
+    sim = sim_with(tmp_path, f"""
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                {body}
+                return Verdict.PASS
+    """, engine={"handler_deadline": "100ms"})
+    records = three_ooms(sim)
+    assert_failed_and_ejected(records, error)
+
+
+def test_a_leak_meets_the_cap_and_the_worker_is_replaced(tmp_path):
+    sim = sim_with(tmp_path, """
+        LEAK = []
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                LEAK.append(bytearray(100 << 20))
+                return Verdict.PASS
+    """)
+    records = [sim.engine.handle(OOM_A) for _ in range(3)]
+    assert any("MemoryError" in (r.handlers[0].error or "") for r in records)
+    assert all(r.resolved_by == "kernel" for r in records)
+
+
+def test_a_policy_that_fails_to_load_is_a_config_error_naming_the_key(tmp_path):
+    (tmp_path / "hostile.py").write_text(HEAD + "os._exit(1)\n")
+    data = scenario_dict(**TREE, attach=[{"cgroup": "/a", "policy": "hostile.py:P"}])
+    with pytest.raises(ConfigError, match=r"attach\[0\]\.policy"):
+        Simulator(resolve(data, str(tmp_path / "s.toml"), tmp_path))
+
+
+def test_the_line_budget_counts_in_the_worker_the_same_every_run(tmp_path):
+    body = """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                n = 0
+                for t in oc.tasks:
+                    n += 1
+                while True:
+                    n += 1
+    """
+    first = sim_with(tmp_path, body, engine={"handler_budget": 300, "handler_deadline": "10s"})
+    second = sim_with(tmp_path, body, engine={"handler_budget": 300, "handler_deadline": "10s"})
+    a, b = first.engine.handle(OOM_A), second.engine.handle(OOM_A)
+    assert "budget of 300 lines" in a.handlers[0].error
+    assert a.to_dict() == b.to_dict()
+
+
+def test_in_process_is_still_available_for_debugging(tmp_path):
+    sim = sim_with(tmp_path, """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                print("pid", os.getpid())
+                return Verdict.PASS
+    """, runner="inprocess")
+    assert sim.engine.attachments["/a"].worker is None and sim.engine.attachments["/a"].policy is not None
