@@ -219,12 +219,15 @@ def box_daemon(tree, tmp_path):
 
 
 def test_a_removed_cgroup_is_reported_to_the_policies_above_it(tree, box_daemon, monkeypatch):
+    import dataclasses
     import shutil
 
     from oomkit.policies import BUILTINS
 
     mount, _ = tree
     d, offline = box_daemon, []
+    # In process: the calls are observed through a monkeypatch of this process's class.
+    d.engine.settings = dataclasses.replace(d.engine.settings, runner="inprocess")
     monkeypatch.setattr(BUILTINS["largest-task"], "handle_cgroup_offline",
                         lambda self, cgroup: offline.append(cgroup), raising=False)
     d.reconcile()

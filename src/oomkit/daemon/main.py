@@ -31,12 +31,14 @@ from typing import Any
 
 from oomkit.backends.base import OOMEvent, Release
 from oomkit.backends.live import LiveBackend, LiveSettings, LiveStack, QuietPeriod
+from oomkit.config.check import check_policies
 from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
 from oomkit.context import Level, is_within
 from oomkit.daemon import attachments, status
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
+from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError, KernelError, OOMKitError, PolicyLoadError
 from oomkit.linux import notify
@@ -47,8 +49,6 @@ from oomkit.linux.sdnotify import Notifier
 from oomkit.policies import make_policy
 from oomkit.policies.loader import file_modules, restore_file_modules
 from oomkit.schema import OOMRecord
-from oomkit.config.check import check_policies
-from oomkit.engine.attachment import Recipe
 
 log = logging.getLogger("oomkit")
 
@@ -175,7 +175,6 @@ class Daemon:
         self.notifier.stopping()
         self.engine.close()
         self.stack.close()
-        self.engine.close()             # the policy workers end
         if self.global_fd is not None:
             self.unregister(self.global_fd)
             self.global_fd = None

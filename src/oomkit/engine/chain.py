@@ -97,10 +97,6 @@ class Engine:
                                          clock=s.deadline_clock)
         return self._workers
 
-    def close(self) -> None:
-        """End the handlers' worker thread (a reload replaces the engine)."""
-        self._guard.close()
-
     # -- attachments ---------------------------------------------------------
 
     def attach(self, cgroup: str, policy: OOMPolicy | Recipe, *, ceiling: int | None = None) -> Attachment:
@@ -132,9 +128,11 @@ class Engine:
         return att
 
     def close(self) -> None:
-        """Detach everything (its workers end)."""
+        """Detach everything (its policy workers end) and end the in-process
+        handlers' thread (a reload replaces the engine)."""
         for cg in list(self.attachments):
             self.detach(cg)
+        self._guard.close()
 
     def cgroup_offline(self, path: str) -> None:
         """``path`` was removed: tell the policies at and above it, drop those at or below."""
