@@ -166,9 +166,13 @@ class Worker:
         self.label = label          # the policy's name (a replacement keeps its predecessor's)
         self.ready = False
         self.missing: list[str] = []
-        uid, gid = confinement.ids() if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        # Not root: the worker is this process's (effective) user from the start, so it
+        # loads the policy with no more rights than oomkit would have in process.
+        early = os.geteuid() != 0
+        uid, gid = (os.geteuid(), os.getegid()) if early else confinement.ids()
         request = {"ref": recipe.ref, "params": recipe.params, "base_dir": recipe.base_dir,
-                   "sys_path": list(sys.path), "uid": uid, "gid": gid, "memory": confinement.memory}
+                   "sys_path": list(sys.path), "uid": uid, "gid": gid, "memory": confinement.memory,
+                   "early": early}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.pid, self.pidfd = Zygote.get().spawn(request, theirs, _stdout_fd())

@@ -279,6 +279,8 @@ def main(chan: Channel, request: dict[str, Any]) -> None:
         sys.path[:] = request["sys_path"]
         sys.stdout, sys.stderr = _out, _err
         missing = confine(request.get("memory"))
+        if request.get("early"):
+            missing += drop(request["uid"], request["gid"])
         from oomkit.errors import PolicyLoadError
         from oomkit.policies.loader import make_policy
         from oomkit.policy import policy_label
@@ -293,7 +295,8 @@ def main(chan: Channel, request: dict[str, Any]) -> None:
             _flush(chan)
             chan.send(["load_error", f"policy {request['ref']!r} failed to load: {type(exc).__name__}: {exc}"])
             os._exit(0)
-        missing += drop(request["uid"], request["gid"])
+        if not request.get("early"):
+            missing += drop(request["uid"], request["gid"])
         _flush(chan)
         chan.send(["ready", policy_label(policy), missing])
         serve(chan, policy)

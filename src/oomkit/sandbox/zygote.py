@@ -29,7 +29,13 @@ PR_SET_PDEATHSIG = 1
 
 
 def _preload() -> None:
-    """What every worker needs, imported once here (copy-on-write in the workers)."""
+    """What every worker needs, imported once here (copy-on-write in the workers;
+    a worker that runs as another user may not be able to read Python's tree)."""
+    import ctypes  # noqa: F401
+    import hashlib  # noqa: F401
+    import importlib.util  # noqa: F401
+
+    import oomkit.config.files  # noqa: F401
     import oomkit.engine.guard  # noqa: F401
     import oomkit.helpers  # noqa: F401
     import oomkit.policies.builtin  # noqa: F401
