@@ -314,3 +314,9 @@ def test_hostile_hosts_stay_inside_the_export_directory_and_names_print_safely(t
         assert CliRunner().invoke(main, ["export", str(log), "--parquet", str(tmp_path / "pq")]).exit_code == 0
         [part] = list((tmp_path / "pq").rglob("*.parquet"))
         assert part.is_relative_to(tmp_path / "pq") and part.parent.parent.name == "host=.._.._x"
+
+
+def test_an_unreachable_dask_scheduler_is_one_line(fleet):
+    pytest.importorskip("distributed", reason="the fleet extra (dask.distributed) is not installed")
+    result = CliRunner().invoke(main, ["evaluate", str(fleet), "--dask", "nonsense://x"])
+    assert result.exit_code == 2 and "cannot reach the scheduler" in result.output

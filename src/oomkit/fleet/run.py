@@ -77,7 +77,7 @@ def _bounded(submit: Callable[..., Future], units: Iterable[Unit], window: int,
 
 def run_dask(address: str, units: Sequence[Unit], candidates: Sequence[Candidate],
              base_dir: str | None = None, progress: Progress | None = None,
-             workers: int | None = None) -> Summary:
+             workers: int | None = None, connect_timeout: float = 10.0) -> Summary:
     """The same job on a Dask cluster: ``address`` of its scheduler, or
     ``local`` for a :class:`distributed.LocalCluster` of this machine's cores.
     The workers need oomkit (and the candidates' policy files) importable."""
@@ -89,7 +89,12 @@ def run_dask(address: str, units: Sequence[Unit], candidates: Sequence[Candidate
                                processes=True, dashboard_address=":0")
         client = Client(cluster)
     else:
-        client = Client(address)
+        try:
+            client = Client(address, timeout=connect_timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            from oomkit.errors import ConfigError
+
+            raise ConfigError(f"--dask {address}: cannot reach the scheduler: {exc}") from None
     try:
         return gather(client, as_completed, units, candidates, base_dir, progress)
     finally:
