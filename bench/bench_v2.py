@@ -18,7 +18,15 @@ Rows:
   defaults: the config names only the hierarchy, the event log, a state_dir in
   a temp dir and one attachment at the box, ``newest-task`` (whose choice
   differs from the kernel's: every workload has an older, larger task);
-* ``kernel``: memory.max alone, no daemon.
+* ``kernel``: memory.max alone, no daemon;
+* the peers, each run as bench_peers.py runs it (configs in bench/peers/), freshly
+  started for each trial: ``earlyoom`` and ``nohang`` watch MemAvailable, not
+  cgroups, so w gets no memory.max and the machine is shrunk (hugepages) until
+  the workload's limit is what remains above the tool's threshold; ``oomd`` and
+  ``systemd-oomd`` act on pressure, so w gets memory.high = the limit under
+  memory.max = the limit + 32M (without the throttle the kernel kills first, in
+  milliseconds); systemd-oomd needs a ``-s`` boot (systemd as PID 1): the box is
+  a slice with ManagedOOMMemoryPressure=kill and w a transient scope in it.
 
 Workloads (the hogs are bench_peers.py's small C program: touch INIT MiB, then
 STEP MiB every DELAY ms up to TARGET, then hold):
@@ -140,7 +148,21 @@ WORKLOADS: dict[str, dict] = {
 ROWS = {
     "oomkit": "oomkit run, shipped defaults, newest-task attached at the box",
     "kernel": "memory.max alone, no daemon",
+    "earlyoom": "earlyoom 1.7, bench/peers/earlyoom.args; no memory.max, the machine shrunk "
+                "so that the limit remains above its 10 % threshold",
+    "nohang": "nohang 0.2.0, bench/peers/nohang.conf; no memory.max, the machine shrunk so "
+              "that the limit remains above its 5 % threshold",
+    "oomd": "oomd 0.5.0, bench/peers/oomd.json pointed at the box (kills among its child "
+            "cgroups: w); memory.high = the limit, memory.max = the limit + 32M",
+    "systemd-oomd": "systemd-oomd 252 (systemd as PID 1), bench/peers/systemd-oomd.conf; the "
+                    "box a slice with ManagedOOMMemoryPressure=kill, w a scope in it with "
+                    "MemoryHigh = the limit, MemoryMax = the limit + 32M",
 }
+# How each peer is run (bench_peers.py's "system mode" and memory.high + 32M "cgroup mode").
+PEERS = HERE / "peers"
+PEER_MODE = {"earlyoom": ("system", 0.10), "nohang": ("system", 0.05),
+             "oomd": ("high", 0.0), "systemd-oomd": ("high", 0.0)}
+HIGH_EXTRA = 32 * MiB
 __doc__ += "\n".join(f"* ``{k}``: {v['what']}" for k, v in WORKLOADS.items()) + """
 
 Measured per trial (the guest started every process and waits for it, so exit
@@ -168,8 +190,9 @@ def build() -> None:
             subprocess.run(["cc", "-O2", "-o", str(exe), str(c)], check=True)
     for role in ("oldjob", "newjob", "leaker", "worker", "spike", "steady"):
         link = BIN / role
-        if link.exists():
-            link.unlink()
+        if link.exists() and link.samefile(BIN / "hog"):
+            continue            # a concurrent run's guest may be starting it right now
+        link.unlink(missing_ok=True)
         os.link(BIN / "hog", link)
     if not THRASH_FILE.exists() or THRASH_FILE.stat().st_size != THRASH_MIB * MiB:
         with open(THRASH_FILE, "wb") as f:
@@ -241,6 +264,8 @@ class Proc:
         self.rss = 0
         self.rc: int | None = None
         self.died_at: float | None = None
+        self.alive_abs = self.t_after     # now() of the last sample that saw it alive
+        self.died_abs: float | None = None
         self.ours = False
 
     def poll(self, t: float) -> bool:
@@ -248,12 +273,13 @@ class Proc:
             return False
         rc = self.popen.poll()
         if rc is None:
+            self.alive_abs = now()
             try:
                 self.rss = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * 4096
             except (OSError, IndexError, ValueError):
                 pass
             return False
-        self.rc, self.died_at = rc, t
+        self.rc, self.died_at, self.died_abs = rc, t, now()
         return True
 
     @property
@@ -278,6 +304,83 @@ def memory_events(path: Path) -> dict[str, int]:
         return {k: int(v) for k, v in (l.split() for l in (path / "memory.events").read_text().splitlines())}
     except OSError:
         return {}
+
+
+def shrink(limit: int, reserve: float) -> dict:
+    """Leave the limit (plus 8M of slack) above the tool's threshold: hugepages take the rest."""
+    mi = bench_peers.meminfo()
+    want = limit + reserve * mi["MemTotal"] + 8 * MiB
+    pages = max(0, int((mi["MemAvailable"] - want) // (2 * MiB)))
+    Path("/proc/sys/vm/nr_hugepages").write_text(str(pages))
+    time.sleep(0.5)
+    return {"hugepages": int(Path("/proc/sys/vm/nr_hugepages").read_text()),
+            "mem_available_mib": bench_peers.meminfo()["MemAvailable"] // MiB}
+
+
+def systemd_tree(limit: int) -> tuple[Path, Path, subprocess.Popen]:
+    """systemd-oomd's layout: the box a slice (no '-' in its name: a '-' nests slices),
+    w a transient scope held by a sleep; both made by systemd, as a user's would be."""
+    name = f"oomkitbench{secrets.token_hex(4)}"
+    unit = (PEERS / "systemd-oomd-bench.slice").read_text()
+    unit = "\n".join(ln for ln in unit.splitlines() if not ln.startswith(("MemoryMax", "MemoryHigh")))
+    Path(f"/run/systemd/system/{name}.slice").write_text(unit + f"\nMemoryMax={CAP}\n")
+    subprocess.run(["systemctl", "daemon-reload"], check=True)
+    subprocess.run(["systemctl", "start", f"{name}.slice"], check=True)
+    holder = subprocess.Popen(["systemd-run", "--scope", "--quiet", f"--unit={name}w",
+                               f"--slice={name}.slice", "-p", f"MemoryHigh={limit}",
+                               "-p", f"MemoryMax={limit + HIGH_EXTRA}", "sleep", "100000"],
+                              stdin=subprocess.DEVNULL)
+    box = CGROOT / f"{name}.slice"
+    w = box / f"{name}w.scope"
+    deadline = now() + 30
+    while not (w.exists() and (w / "cgroup.procs").read_text().strip()):
+        if now() > deadline:
+            raise RuntimeError(f"scope {name}w did not appear")
+        time.sleep(0.05)
+    return box, w, holder
+
+
+def systemd_teardown(box: Path, holder: subprocess.Popen) -> None:
+    holder.kill()
+    holder.wait()
+    subprocess.run(["systemctl", "stop", box.name], capture_output=True)
+    Path(f"/run/systemd/system/{box.name}").unlink(missing_ok=True)
+    subprocess.run(["systemctl", "daemon-reload"], capture_output=True)
+
+
+def peer_start(row: str, box: str, tmp: Path) -> tuple[subprocess.Popen | None, Path]:
+    """Start a peer as bench_peers.py does; wait for its own 'ready' line."""
+    log_path = tmp / "daemon.log"
+    if row == "systemd-oomd":
+        Path("/etc/systemd").mkdir(exist_ok=True)
+        shutil.copy(PEERS / "systemd-oomd.conf", "/etc/systemd/oomd.conf")
+        subprocess.run(["systemctl", "restart", "systemd-oomd"], check=True)
+        log_path.write_text("")
+        time.sleep(1.0)
+        return None, log_path
+    if row == "earlyoom":
+        args = [ln for ln in (PEERS / "earlyoom.args").read_text().splitlines()
+                if ln and not ln.startswith("#")]
+        argv, ready = ["earlyoom", *args], "sending SIGTERM when"
+    elif row == "nohang":
+        argv, ready = (["nohang", "--monitor", "--config", str(PEERS / "nohang.conf")],
+                       "Monitoring has started")
+    else:       # oomd: the shipped ruleset, pointed at the box and its children
+        conf = (PEERS / "oomd.json").read_text().replace('"bench/lim/*"', f'"{box}/*"')
+        conf = conf.replace('"bench/lim"', f'"{box}"')
+        (tmp / "oomd.json").write_text(conf)
+        argv, ready = ["oomd", "--interval", "1", "--config", str(tmp / "oomd.json")], "Running oomd"
+    with open(log_path, "wb") as log:
+        d = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = now() + 120
+    while ready not in log_path.read_text(errors="replace"):
+        if d.poll() is not None or now() > deadline:
+            raise RuntimeError(f"{row} not running (rc {d.poll()}): "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    time.sleep(1.0)     # let the first poll / the PSI triggers settle (as bench_peers)
+    return d, log_path
 
 
 def daemon_start(box: str, tmp: Path) -> tuple[subprocess.Popen, Path]:
@@ -327,22 +430,37 @@ def run_trial(row: str, wl: str) -> dict:
     spec = WORKLOADS[wl]
     if "memory" not in (CGROOT / "cgroup.subtree_control").read_text().split():
         cg_write(CGROOT, "cgroup.subtree_control", "+memory")
-    box = CGROOT / f"oomkit-test-{secrets.token_hex(4)}"
-    box.mkdir()
+    mode = PEER_MODE.get(row, ("cgroup", 0.0))[0]
+    limit = spec["limit"] * MiB
+    holder = None
+    if row == "systemd-oomd":
+        box, w, holder = systemd_tree(limit)
+    else:
+        box = CGROOT / f"oomkit-test-{secrets.token_hex(4)}"
+        box.mkdir()
+        w = box / "w"
     tmp = Path(tempfile.mkdtemp(prefix="bench-v2-"))
     procs: list[Proc] = []
     daemon = None
+    log_path = None
     res: dict = {"row": row, "workload": wl}
     try:
-        cg_write(box, "memory.max", str(CAP))
-        cg_write(box, "cgroup.subtree_control", "+memory")
-        w = box / "w"
-        w.mkdir()
-        limit = spec["limit"] * MiB
-        cg_write(w, "memory.max", str(limit))
+        if holder is None:
+            cg_write(box, "memory.max", str(CAP))
+            cg_write(box, "cgroup.subtree_control", "+memory")
+            w.mkdir()
+            if mode == "cgroup":
+                cg_write(w, "memory.max", str(limit))
+            elif mode == "high":
+                cg_write(w, "memory.max", str(limit + HIGH_EXTRA))
+                cg_write(w, "memory.high", str(limit))
+        if mode == "system":
+            res["system"] = shrink(limit, PEER_MODE[row][1])
         t = now()
         if row == "oomkit":
             daemon, log_path = daemon_start("/" + box.name, tmp)
+        elif row in PEER_MODE:
+            daemon, log_path = peer_start(row, box.name, tmp)
         res["daemon_start_s"] = round(now() - t, 1)
         kmsg = Kmsg()
         for role, args in spec["pre"]:
@@ -367,7 +485,18 @@ def run_trial(row: str, wl: str) -> dict:
                 p.popen.wait()
             Path(f"/dev/shm/hog.{p.pid}").unlink(missing_ok=True)
             Path(f"/dev/shm/thrash.{p.pid}").unlink(missing_ok=True)
-        if daemon is not None:
+        if row in PEER_MODE:
+            res["daemon_rc"] = daemon_stop(daemon) if daemon is not None else None
+            if row == "systemd-oomd":
+                subprocess.run(["systemctl", "stop", "systemd-oomd"])
+                j = subprocess.run(["journalctl", "-u", "systemd-oomd", "-o", "cat", "--no-pager"],
+                                   capture_output=True, text=True)
+                res["daemon_log_tail"] = j.stdout[-3000:]
+            elif log_path is not None:
+                res["daemon_log_tail"] = log_path.read_text(errors="replace")[-3000:]
+            if mode == "system":
+                Path("/proc/sys/vm/nr_hugepages").write_text("0")
+        elif daemon is not None:
             res["daemon_rc"] = daemon_stop(daemon)
             log = log_path.read_text(errors="replace")
             recs = records(tmp / "events.jsonl")
@@ -377,7 +506,9 @@ def run_trial(row: str, wl: str) -> dict:
             res["daemon_log_tail"] = log[-3000:]
             res["daemon_warnings"] = [l for l in log.splitlines()
                                       if "WARNING" in l or "ERROR" in l or "Traceback" in l][:20]
-        for path in (box / "w", box):
+        if holder is not None:
+            systemd_teardown(box, holder)
+        for path in (w, box) if holder is None else ():
             try:
                 cg_write(path, "cgroup.kill", "1")
             except OSError:
@@ -445,8 +576,34 @@ def monitor(spec: dict, procs: list[Proc], w: Path, limit: int) -> dict:
     }
 
 
+def kill_events(procs: list[Proc], kernel_kills: list[tuple[float, int]]) -> list[dict]:
+    """One event per kernel kill (kmsg time); the other victims (a peer's signals, or
+    oomkit killing itself) grouped into one event per action: deaths first seen
+    within 0.3 s of each other.  Such an event happened between the victims' last
+    sample alive (lo) and the sample that saw them dead (hi)."""
+    by_pid = {p.pid: p for p in procs}
+    evs = [{"lo": ts, "hi": ts, "pids": [pid], "by": "kernel"} for ts, pid in kernel_kills]
+    kernel_pids = {pid for _ts, pid in kernel_kills}
+    others = sorted((p for p in procs if p.killed and p.pid not in kernel_pids),
+                    key=lambda p: p.died_abs or 0.0)
+    for p in others:
+        last = evs[-1] if evs and evs[-1]["by"] == "other" else None
+        if last is not None and (p.died_abs or 0.0) - last["hi"] <= 0.3:
+            last["pids"].append(p.pid)
+            last["lo"] = min(last["lo"], p.alive_abs)
+            last["hi"] = max(last["hi"], p.died_abs or 0.0)
+        else:
+            evs.append({"lo": p.alive_abs, "hi": p.died_abs or 0.0, "pids": [p.pid], "by": "other"})
+    evs.sort(key=lambda e: e["hi"])
+    for e in evs:
+        e["roles"] = [by_pid[pid].role for pid in e["pids"]]
+    return evs
+
+
 def judge(procs: list[Proc], kmsg: list[tuple[float, str]], box: str, res: dict) -> dict:
-    """Who died, and was each kernel kill the policy's choice (newest-task's)?"""
+    """Who died, and was each kill (each OOM or each peer's action) the policy's
+    choice (newest-task's)?  For a group kill (oomd, systemd-oomd) a hit is the
+    choice among the dead; victims per OOM says how many went with it."""
     by_pid = {p.pid: p for p in procs}
     ooms = [(ts, m) for ts, m in kmsg if m.startswith("oom-kill:") and f"/{box}" in m]
     kernel_kills = []
@@ -455,20 +612,25 @@ def judge(procs: list[Proc], kmsg: list[tuple[float, str]], box: str, res: dict)
             pid = int(m.split("Killed process", 1)[1].split()[0])
             if pid in by_pid:
                 kernel_kills.append((ts, pid))
+    events = kill_events(procs, kernel_kills)
     dead: set[int] = set()
     verdicts = []
-    for ts, pid in kernel_kills:
-        alive = [p for p in procs if p.pid not in dead and p.t_after < ts]
-        ambiguous = any(p.t_before < ts <= p.t_after for p in procs)
+    for e in events:
+        alive = [p for p in procs if p.pid not in dead and p.t_after < e["hi"]]
+        # a task being spawned (Popen under way) at some instant the kill may have had
+        ambiguous = any(p.t_before < e["hi"] and p.t_after >= e["lo"] for p in procs)
         choice = max(alive, key=lambda p: p.seq) if alive else None
-        verdicts.append({"pid": pid, "role": by_pid[pid].role, "choice_pid": choice and choice.pid,
-                         "choice_role": choice and choice.role,
-                         "hit": choice is not None and choice.pid == pid, "ambiguous": ambiguous})
-        dead.add(pid)
+        verdicts.append({"pid": e["pids"][0], "pids": e["pids"], "role": e["roles"][0],
+                         "roles": e["roles"], "by": e["by"],
+                         "choice_pid": choice and choice.pid, "choice_role": choice and choice.role,
+                         "hit": choice is not None and choice.pid in e["pids"],
+                         "ambiguous": ambiguous})
+        dead.update(e["pids"])
     victims = [p for p in procs if p.killed]
     t0 = res.pop("t0")
     return {
-        "ooms": len(ooms),
+        "ooms": len(ooms) + sum(1 for e in events if e["by"] == "other"),
+        "kernel_ooms": len(ooms),
         "kernel_kills": len(kernel_kills),
         "verdicts": verdicts,
         "victims": [f"{p.role}({p.pid}, {p.rss / MiB:.0f}M, sig {-p.rc}, t={p.died_at:.2f})"
@@ -506,8 +668,10 @@ def guest(row: str, workloads: list[str], n: int, out: Path) -> None:
 def run_row(kernel: str, row: str, workloads: list[str], n: int) -> dict:
     out = OUT / f"v2-{kernel}-{row}.json"
     out.unlink(missing_ok=True)
-    argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", "3000", "-w", str(REPO), "-w", str(OUT),
-            "--", "env", f"PYTHONPATH={REPO / 'src'}", sys.executable, str(Path(__file__).resolve()),
+    argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", "3000", "-w", str(REPO), "-w", str(OUT)]
+    if row == "systemd-oomd":
+        argv.append("-s")       # systemd as PID 1
+    argv += ["--", "env", f"PYTHONPATH={REPO / 'src'}", sys.executable, str(Path(__file__).resolve()),
             "--guest", row, "--out", str(out), "--workloads", ",".join(workloads), "-n", str(n)]
     t = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, text=True, capture_output=True)
@@ -517,6 +681,7 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int) -> dict:
         data["error"] = f"VM rc {proc.returncode}"
     data["host_wall_s"] = round(time.monotonic() - t, 1)
     data["kernel_arg"] = kernel
+    data["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out.write_text(json.dumps(data, indent=1))
     return data
 
@@ -605,7 +770,9 @@ def host(args) -> None:
             sys.exit(f"oomkit: unknown workload {name}; one of {', '.join(WORKLOADS)}")
     if args.report_only:
         run = json.loads((OUT / "v2-run.json").read_text())
-        all_data = [json.loads((OUT / f"v2-{k}-{r}.json").read_text()) for k in kernels for r in rows]
+        # every (kernel, row) run so far; rows run at different times keep their own date and n
+        all_data = [json.loads((OUT / f"v2-{k}-{r}.json").read_text()) for r in rows for k in kernels
+                    if (OUT / f"v2-{k}-{r}.json").exists()]
     else:
         build()
         started = time.monotonic()
@@ -621,12 +788,16 @@ def host(args) -> None:
     text = "\n".join([
         "# cgroup v2: who decided at the OOM (in the VM)", "",
         "Written by `python bench/bench_v2.py` (issue 9). A benchmark, not a test.", "",
-        f"* date: {run['date']}; host: {run['host']}; the whole run took "
-        f"{run['wall_s'] / 60:.1f} min of wall time (VM boots included)",
+        f"* written: {run['date']}; host: {run['host']}; per row below, the minutes of wall "
+        "time of its VM boot (waits on the shared VM lock included)",
         f"* guest: QEMU TCG (emulated CPU), 2 vCPUs, 1G RAM, no swap; Debian kernels "
         f"{', '.join(sorted({str(d.get('kernel')) for d in all_data}))}",
-        f"* n = {run['n']} trials per cell (workload x row x kernel), interleaved",
-        "* rows: " + "; ".join(f"`{r}`: {ROWS[r]}" for r in rows),
+        "* n trials per cell (workload x row x kernel), the workloads interleaved; each row "
+        "in its own VM boot: " + "; ".join(
+            f"{d.get('kernel', d.get('kernel_arg'))} {d['row']}: n = {d.get('n', '?')}, "
+            f"{d.get('date', run['date'])}, {d.get('host_wall_s', 0) / 60:.1f} min"
+            for d in all_data),
+        "* rows: " + "; ".join(f"`{r}`: {ROWS[r]}" for r in dict.fromkeys(d["row"] for d in all_data)),
         "* times are emulated time (Python runs 10-25x slower than on hardware)", "",
         "## Workloads", "",
         *[f"* `{w}`: {WORKLOADS[w]['what']}" for w in workloads], "",
