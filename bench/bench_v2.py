@@ -506,6 +506,10 @@ def run_trial(row: str, wl: str) -> dict:
             res["daemon_log_tail"] = log[-3000:]
             res["daemon_warnings"] = [l for l in log.splitlines()
                                       if "WARNING" in l or "ERROR" in l or "Traceback" in l][:20]
+            # the daemon's decisions in full (the tail above is mostly usage lines)
+            res["daemon_decisions"] = [ln for ln in log.splitlines() if any(
+                w in ln for w in ("armed", "killed", "decision", "zone", "acting", "disarm",
+                                  "restored", "watchdog"))][:80]
         if holder is not None:
             systemd_teardown(box, holder)
         for path in (w, box) if holder is None else ():
