@@ -320,3 +320,13 @@ def test_an_unreachable_dask_scheduler_is_one_line(fleet):
     pytest.importorskip("distributed", reason="the fleet extra (dask.distributed) is not installed")
     result = CliRunner().invoke(main, ["evaluate", str(fleet), "--dask", "nonsense://x"])
     assert result.exit_code == 2 and "cannot reach the scheduler" in result.output
+
+
+def test_the_daemon_never_imports_the_fleet_or_its_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys, oomkit.daemon.main, oomkit.cli; "
+            "print([m for m in sys.modules if m.startswith(('oomkit.fleet', 'pyarrow', 'dask', 'distributed'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -148,8 +148,11 @@ def _parquet_records(piece: Piece) -> Iterator[tuple[OOMRecord | str, int]]:
     import pyarrow.parquet as pq
 
     index = piece.first
-    table = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=["record"])
-    for n, blob in enumerate(table.column(0).to_pylist()):
+    # A thousand rows at a time: a row group of 10,000 records is ~60 MB of JSON.
+    batches = pq.ParquetFile(piece.path).iter_batches(batch_size=1000, row_groups=[piece.row_group],
+                                                       columns=["record"])
+    blobs = (blob for batch in batches for blob in batch.column(0).to_pylist())
+    for n, blob in enumerate(blobs):
         try:
             record = _decoder.decode(blob)
         except (msgspec.DecodeError, RecursionError) as exc:
