@@ -823,6 +823,50 @@ def plot(sizes, readers, sim, cold) -> None:
 
 # -- 4. OOM storm ----------------------------------------------------------------------------
 
+def one_storm(bench: Bench, cgs: list[str], limit: int, hog_mib: int, args):
+    """One storm: a hog per memcg, all told to go at once; the bench's own eventfds
+    time each OOM from its notification to the memcg's usage back down."""
+    n = len(cgs)
+    efds = [notify.register_oom_eventfd(bench.fs, cg) for cg in cgs]
+    usage = [bench.fs.open(cg, "memory.usage_in_bytes") for cg in cgs]
+    hogs = [bench.hog(cg, hog_mib, slot=i, start=False) for i, cg in enumerate(cgs)]
+    for hog, cg in zip(hogs, cgs):
+        if not hog.wait_line("ready", 60):
+            raise RuntimeError("hog did not start")
+        bench.fs.attach(cg, hog.pid)
+    time.sleep(0.5)
+    for e in efds:
+        e.read()
+    ep = select.epoll()
+    index = {e.fileno(): i for i, e in enumerate(efds)}
+    for e in efds:
+        ep.register(e.fileno(), select.EPOLLIN)
+    t_go = time.monotonic_ns()
+    for hog in hogs:
+        hog.go()
+    t_go_end = time.monotonic_ns()
+    notified: dict[int, int] = {}
+    relieved: dict[int, int] = {}
+    deadline = time.monotonic() + args.timeout
+    while len(relieved) < n and time.monotonic() < deadline:
+        for fd, _mask in ep.poll(0 if len(notified) > len(relieved) else 0.05):
+            i = index[fd]
+            efds[i].read()
+            notified.setdefault(i, time.monotonic_ns())
+        now = time.monotonic_ns()
+        for i in notified:
+            if i not in relieved and int(os.pread(usage[i], 64, 0)) <= limit // 4:
+                relieved[i] = now
+        os.sched_yield()
+    stalls = [bench.stall_ns(i) for i in range(n)]
+    ep.close()
+    for e in efds:
+        e.close()
+    for fd in usage:
+        os.close(fd)
+    return notified, relieved, hogs, stalls, t_go, t_go_end
+
+
 def bench_storm(args) -> None:
     info = header()
     bench = Bench()
@@ -832,46 +876,22 @@ def bench_storm(args) -> None:
         top = bench.mk("storm")
         cgs = [bench.mk(f"storm/c{i:03d}", limit) for i in range(n)]
         d = DaemonProc(bench, [(top, "largest-task")], name="storm").start()
-        efds = [notify.register_oom_eventfd(bench.fs, cg) for cg in cgs]
-        usage = [bench.fs.open(cg, "memory.usage_in_bytes") for cg in cgs]
-        hogs = [bench.hog(cg, hog_mib, slot=i, start=False) for i, cg in enumerate(cgs)]
-        for hog, cg in zip(hogs, cgs):
-            if not hog.wait_line("ready", 60):
-                raise RuntimeError("hog did not start")
-            bench.fs.attach(cg, hog.pid)
-        time.sleep(0.5)
-        for e in efds:
-            e.read()
-        ep = select.epoll()
-        index = {e.fileno(): i for i, e in enumerate(efds)}
-        for e in efds:
-            ep.register(e.fileno(), select.EPOLLIN)
-        t_go = time.monotonic_ns()
-        for hog in hogs:
-            hog.go()
-        t_go_end = time.monotonic_ns()
-        notified: dict[int, int] = {}
-        relieved: dict[int, int] = {}
-        deadline = time.monotonic() + args.timeout
-        while len(relieved) < n and time.monotonic() < deadline:
-            for fd, _mask in ep.poll(0 if len(notified) > len(relieved) else 0.05):
-                i = index[fd]
-                efds[i].read()
-                notified.setdefault(i, time.monotonic_ns())
-            now = time.monotonic_ns()
-            for i in notified:
-                if i not in relieved and int(os.pread(usage[i], 64, 0)) <= limit // 4:
-                    relieved[i] = now
-            os.sched_yield()
-        time.sleep(0.5)
-        events = d.wait_events(len(relieved), 5)
-        alive = sum(h.alive() for h in hogs)
-        stalls = [bench.stall_ns(i) for i in range(n)]
-        ep.close()
-        for e in efds:
-            e.close()
-        for fd in usage:
-            os.close(fd)
+        time.sleep(1.0)
+        rss = [vm(d.pid)["VmRSS"]]          # before the first storm, then after each
+        events = []
+        for r in range(args.rounds):
+            before = len(events)
+            notified, relieved, hogs, stalls, t_go, t_go_end = one_storm(bench, cgs, limit, hog_mib, args)
+            events = d.wait_events(before + len(relieved), 30)
+            if r == 0:
+                first_round_n = len(events)
+            time.sleep(0.5)
+            rss.append(vm(d.pid)["VmRSS"])
+            alive = sum(h.alive() for h in hogs)
+            if r < args.rounds - 1:
+                for h in hogs:
+                    h.reap()
+        all_events, events = events, events[before:]          # the table: the last storm's
         d.stop()
     finally:
         bench.cleanup_or_warn()
@@ -912,6 +932,13 @@ def bench_storm(args) -> None:
              f"| records that killed exactly that memcg's hog | {right} |",
              f"| records for memcgs not in the storm | {len(strangers)} |",
              f"| hogs still alive at the end | {alive} |", ""]
+    later = len(all_events) - first_round_n
+    lines += [f"Daemon RSS (VmRSS): {rss[0] / MiB:.1f} MiB before the first storm, "
+              + ", ".join(f"{x / MiB:.1f}" for x in rss[1:]) + f" MiB after each of {args.rounds} "
+              f"storm(s) ({len(all_events)} OOMs in all; the table is the last storm's).", ""]
+    if args.rounds > 1 and later > 0:
+        lines += [f"- RSS growth after the first storm (warm-up: caches and the handler thread): "
+                  f"{(rss[-1] - rss[1]) / later:.0f} bytes per OOM over {later} OOMs", ""]
     ok = one == n and not twice and not missing and not alive
     lines.append(f"- every OOM resolved and recorded exactly once, none lost: **{'yes' if ok else 'NO'}**; "
                  f"by the policy: {by_policy} of {n}" + ("" if by_policy == n else
@@ -941,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=50, help="scaling: runs per size (50; /5 at 10,000)")
     ap.add_argument("--events", type=int, default=200_000, help="scaling: simulator events (0: skip)")
     ap.add_argument("--timeout", type=float, default=60.0, help="storm: give up after (60 s)")
+    ap.add_argument("--rounds", type=int, default=1, help="storm: storms in a row on one daemon, "
+                    "its RSS read after each (1; 10 for 1,000 OOMs)")
     ap.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
