@@ -33,7 +33,12 @@ def scenario_dict(memory: str = "1G", *, cgroups=(), tasks=(), attach=(), events
 
 def make_sim(memory: str = "1G", *, policies: dict[str, OOMPolicy] | None = None,
              **kw: Any) -> Simulator:
-    """A Simulator for the scenario; ``policies`` maps cgroup -> policy instance."""
+    """A Simulator for the scenario; ``policies`` maps cgroup -> policy instance.
+
+    Unless a test sets its own, handlers get a 5 s deadline: these tests are
+    about decisions, and a loaded machine (a thread's first start, a busy
+    core) has missed the default 50 ms there.  The deadline tests set theirs."""
+    kw["engine"] = {"handler_deadline": "5s", **(kw.get("engine") or {})}
     sim = Simulator(resolve(scenario_dict(memory, **kw)))
     for cgroup, policy in (policies or {}).items():
         sim.engine.attach(cgroup, policy)
