@@ -67,6 +67,8 @@ class DaemonSpec(_Strict):
     policy_runner: str = "inprocess"
     policy_user: str = "nobody"     # the workers' uid and gid
     policy_memory: Size = "256M"    # each worker's address-space cap (RLIMIT_AS)
+    metrics: str | None = None      # "HOST:PORT": Prometheus text on /metrics (the metrics extra)
+    metrics_textfile: str | None = None   # node_exporter's textfile collector: a .prom file, after each OOM
 
 
 class AttachSpec(_Strict):
@@ -122,6 +124,8 @@ class DaemonConfig:
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
     host: str = ""                 # written into every record; "" until resolved (the hostname)
     executor: str = "daemon"       # v1: "daemon" kills by pidfd, "kernel" kills what the chain marked
+    metrics: tuple[str, int] | None = None     # (host, port) to serve /metrics on
+    metrics_textfile: str | None = None
 
 
 def load_daemon_config(path: str | Path) -> DaemonConfig:
@@ -169,7 +173,32 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),
         global_pressure=psi_at(d.global_pressure, "daemon.global_pressure", file),
-        attach=attachments(spec.attach, file), host=_host(d.host, file))
+        attach=attachments(spec.attach, file), host=_host(d.host, file),
+        metrics=None if d.metrics is None else metrics_address(d.metrics, "daemon.metrics", file),
+        metrics_textfile=_textfile(d.metrics_textfile, file))
+
+
+def metrics_address(text: str, where: str, file: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` or ``"[::1]:9464"``: the address to serve /metrics on."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    if not sep or not host or "\0" in host or not valid_port:
+        raise ConfigError(f"{text!r} is not an address to listen on", file=file, where=where,
+                          hint='write "HOST:PORT", e.g. "127.0.0.1:9464" or "[::1]:9464" (port 1 to 65535)')
+    return host, int(port)
+
+
+def _textfile(text: str | None, file: str) -> str | None:
+    if text is None:
+        return None
+    if not text.startswith("/") or "\0" in text or not text.endswith(".prom"):
+        raise ConfigError(f"{text!r} is not an absolute path to a .prom file", file=file,
+                          where="daemon.metrics_textfile",
+                          hint="node_exporter's textfile collector reads *.prom files in its directory, "
+                               'e.g. "/var/lib/node_exporter/textfile/oomkit.prom"')
+    return text
 
 
 def _host(text: str | None, file: str) -> str:

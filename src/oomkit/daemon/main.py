@@ -104,6 +104,7 @@ class Daemon:
         self.started_at = now_iso()
         self._published = False
         self.notifier = Notifier()      # systemd's Type=notify (no-op without $NOTIFY_SOCKET)
+        self.exporter = open_exporter(config)   # [daemon] metrics / metrics_textfile, else None
 
     @property
     def version(self) -> str:
@@ -129,6 +130,8 @@ class Daemon:
     def start(self) -> None:
         lock_memory()
         raise_nofile()
+        if self.exporter is not None:
+            self.exporter.start()       # a port in use fails the start, before anything is taken
         self.restorer.start()
         self._protect_watchdog()
         self._signals()
@@ -183,6 +186,8 @@ class Daemon:
         self.notifier.close()
         if self._published:     # never another daemon's (one that held the lock first)
             status.remove_status(self.config.state_dir)
+        if self.exporter is not None:
+            self.exporter.close()
         log.info("oomkit: stopped; every setting restored")
 
     def _signals(self) -> None:
@@ -277,8 +282,11 @@ class Daemon:
 
     def publish(self) -> None:
         """state_dir/status.json, for `oomkit status`."""
-        status.write_status(self.config.state_dir, status.build_status(self))
+        doc = status.build_status(self)
+        status.write_status(self.config.state_dir, doc)
         self._published = True
+        if self.exporter is not None:
+            self.exporter.update(doc)   # /metrics and the textfile: the same counts
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows (sd_notify STATUS=)."""
@@ -508,11 +516,23 @@ class Daemon:
                  "daemon.proc": config.proc != self.config.proc,
                  "daemon.watchdog_timeout": config.watchdog_timeout != self.config.watchdog_timeout,
                  "daemon.task_reader": config.task_reader != self.config.task_reader,
-                 "daemon.state_dir": config.state_dir != self.config.state_dir}
+                 "daemon.state_dir": config.state_dir != self.config.state_dir,
+                 "daemon.metrics": config.metrics != self.config.metrics,
+                 "daemon.metrics_textfile": config.metrics_textfile != self.config.metrics_textfile}
         changed = [key for key, differs in fixed.items() if differs]
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change on reload", file=config.file,
                               hint="restart oomkit to change it")
+
+
+def open_exporter(config: DaemonConfig) -> Any:
+    """The metrics exporter, only if the config asks for one: prometheus_client
+    (the metrics extra) is imported then and only then."""
+    if config.metrics is None and config.metrics_textfile is None:
+        return None
+    from oomkit.daemon.metrics import Exporter
+
+    return Exporter(config.metrics, config.metrics_textfile)
 
 
 def open_task_reader(choice: str, proc: str) -> BpfTasks | None:

@@ -69,6 +69,28 @@ class OOMStatus(msgspec.Struct, kw_only=True):
     latency_ms: float | None = None
 
 
+#: Histogram bucket bounds in seconds: the handler deadline defaults to 50 ms,
+#: and an OOM handed to the kernel may take a second or more.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    """A histogram as plain data (the metrics exporter shows it as one):
+    ``counts[i]`` observations at most ``BUCKETS[i]`` and above the bound
+    before, the last one above every bound."""
+
+    counts: list[int] = msgspec.field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
+        self.counts[i] += 1
+        self.sum += seconds
+
+    def copy(self) -> Timings:
+        return Timings(counts=list(self.counts), sum=self.sum)
+
+
 class DaemonStatus(msgspec.Struct, kw_only=True):
     pid: int
     version: str
@@ -88,6 +110,10 @@ class DaemonStatus(msgspec.Struct, kw_only=True):
     event_log: str = ""
     event_log_errors: int = 0
     reload_failures: int = 0
+    failures: int = 0               # handler failures, every attachment (detached ones too)
+    ejections: int = 0              # attachments ejected after repeated failures
+    handler_seconds: Timings = msgspec.field(default_factory=Timings)   # each handler's run
+    oom_seconds: Timings = msgspec.field(default_factory=Timings)       # detection to resolution
     last_ooms: list[OOMStatus] = []
 
 
@@ -100,6 +126,10 @@ class StatusBook:
         self.ooms_by: dict[str, int] = {}
         self.kills_by: dict[str, int] = {}
         self.reload_failures = 0
+        self.failures = 0
+        self.ejections = 0
+        self.handler_seconds = Timings()
+        self.oom_seconds = Timings()
         self.last: deque[OOMStatus] = deque(maxlen=LAST_OOMS)
 
     def counts(self, cgroup: str) -> AttachmentStatus:
@@ -119,6 +149,13 @@ class StatusBook:
             a.resolved[resolved] = a.resolved.get(resolved, 0) + 1
             a.kills += sum(1 for k in record.killed if k.by == f"policy:{cg}")
             a.failures += sum(1 for h in record.handlers if h.cgroup == cg and h.error)
+        self.failures += sum(1 for h in record.handlers if h.error)
+        self.ejections += len(record.ejected)
+        for h in record.handlers:
+            if h.ms is not None:
+                self.handler_seconds.observe(h.ms / 1000)
+        if record.latency_ms is not None:
+            self.oom_seconds.observe(record.latency_ms / 1000)
         self.last.append(OOMStatus(
             detected_at=record.detected_at, level=str(record.level), memcg=record.memcg,
             resolved_by=resolved, policies=[f"{h.policy}@{h.cgroup}" for h in record.handlers],
@@ -231,8 +268,10 @@ def build_status(daemon: Any, running: str = "running") -> DaemonStatus:
     for cg, att in sorted(daemon.engine.attachments.items()):
         spec = daemon.attached_specs.get(cg)
         counts = book.counts(cg)
+        # Copies throughout: the metrics exporter reads this document on its own thread.
         attached.append(msgspec.structs.replace(
-            counts, pattern=spec.cgroup if spec else cg, policy=spec.policy if spec else att.label,
+            counts, resolved=dict(counts.resolved), pattern=spec.cgroup if spec else cg,
+            policy=spec.policy if spec else att.label,
             params=dict(spec.params) if spec else {}, ceiling=att.ceiling,
             consecutive_failures=att.failures, ejected=cg in daemon.engine.ejected))
     return DaemonStatus(
@@ -242,4 +281,5 @@ def build_status(daemon: Any, running: str = "running") -> DaemonStatus:
         managed=sorted(daemon.managed), attachments=attached, ooms=book.ooms,
         ooms_by=dict(book.ooms_by), kills_by=dict(book.kills_by), event_log=daemon.events.path,
         event_log_errors=daemon.events.errors, reload_failures=book.reload_failures,
-        last_ooms=list(book.last))
+        failures=book.failures, ejections=book.ejections, handler_seconds=book.handler_seconds.copy(),
+        oom_seconds=book.oom_seconds.copy(), last_ooms=list(book.last))
