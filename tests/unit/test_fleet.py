@@ -70,14 +70,17 @@ def test_one_record_counted_for_what_happened_the_kernel_and_each_candidate():
     assert "/=newest-task" not in s.samples
 
 
-def test_a_candidate_s_avoid_list_counts_as_its_protect_list_and_globs_attach():
+def test_a_candidate_s_avoid_list_protects_in_every_column_and_globs_attach():
     c = Candidate.of("x", [Attachment("/sv*", "prefer-avoid", {"avoid": ["^db$"]})])
     assert c.protect == ("^db$",)
-    ev = Evaluator([c])
+    ev = Evaluator([kernel_alone(), c])
     ev.add(literal_record(), "log", 0)
-    col = ev.done().columns["x"]
+    cols = ev.done().columns
     # prefer-avoid at /svc (the glob matched it) kills the largest but db: job.
-    assert (col.resolved, col.protected_killed, col.memory_killed) == ({"policy": 1}, 0, 300 * M)
+    assert (cols["x"].resolved, cols["x"].protected_killed, cols["x"].memory_killed) == \
+        ({"policy": 1}, 0, 300 * M)
+    # The kernel alone kills db: protected by x's list too, so the two columns compare.
+    assert cols[KERNEL].protected_killed == 1
 
 
 def test_a_record_whose_tasks_were_read_after_the_chain_is_not_replayed():

@@ -84,6 +84,12 @@ def _strings(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
 
 
+def protected(candidates: Iterable[Candidate]) -> list[str]:
+    """The protect list of every column: each candidate's (its avoid and omit
+    lists, and --protect), in a stable order."""
+    return list(dict.fromkeys(p for c in candidates for p in c.protect))
+
+
 def kernel_alone(protect: Iterable[str] = ()) -> Candidate:
     return Candidate(KERNEL, (), tuple(protect))
 
@@ -215,7 +221,7 @@ class Column(msgspec.Struct, kw_only=True):
     processes_killed: int = 0
     memory_killed: int = 0
     memory_beyond_need: int = 0        # killed past what each OOM needed
-    protected_killed: int = 0          # kills matching the candidate's protect list
+    protected_killed: int = 0          # kills matching protected() (the same list for every column)
     differs: int = 0                   # OOMs where it killed others than happened (or left it unresolved)
     errors: int = 0
 
@@ -299,8 +305,9 @@ class Evaluator:
     summary: Summary = field(default_factory=Summary)
 
     def __post_init__(self) -> None:
-        self._protect = {c.label: Matcher(c.protect, "protect") for c in self.candidates}
-        self._happened_protect = Matcher(sorted({p for c in self.candidates for p in c.protect}), "protect")
+        # One list for every column, so their counts compare: --protect and every
+        # candidate's own avoid and omit lists.
+        self._protect = Matcher(protected(self.candidates), "protect")
         self._hosts: set[str] = set()
 
     def add(self, record: OOMRecord, source: str, index: int) -> None:
@@ -320,7 +327,7 @@ class Evaluator:
         svc = s.services.setdefault(service, {})
         svc.setdefault("", [0, 0])[0] += 1
         actual = happened(record, tasks)
-        self._count(HAPPENED, actual, need, service, tasks, self._happened_protect)
+        self._count(HAPPENED, actual, need, service, tasks, self._protect)
         r = replayer(self.base_dir)
         base = SnapshotBackend(snap)      # converted once, copied for each candidate
         for c in self.candidates:
@@ -329,7 +336,7 @@ class Evaluator:
             # carried the kill out (policy or kernel) is not a difference.
             differs = out.pids != actual.pids or ((out.resolved_by == ResolvedBy.UNRESOLVED)
                                                  != (actual.resolved_by == ResolvedBy.UNRESOLVED))
-            col = self._count(c.label, out, need, service, tasks, self._protect[c.label])
+            col = self._count(c.label, out, need, service, tasks, self._protect)
             if differs:
                 col.differs += 1
                 self._sample(c, record, source, index, actual, out)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from oomkit.fleet.evaluate import HAPPENED, KERNEL, RESOLUTIONS, Candidate, Summary
+from oomkit.fleet.evaluate import HAPPENED, KERNEL, RESOLUTIONS, Candidate, Summary, protected
 from oomkit.text import for_markup
 
 SERVICES = 15         # rows of the service table (the most OOMs first)
@@ -59,6 +59,7 @@ def to_json(summary: Summary, candidates: Sequence[Candidate]) -> dict[str, Any]
                           "attach": [{"cgroup": a.cgroup, "policy": a.policy, "params": a.params}
                                      for a in c.attach]} for c in candidates]
     out["hosts"] = len(summary.hosts)
+    out["protected"] = protected(candidates)
     for samples in out["samples"].values():
         for s in samples:
             s["replay"] = replay_command(s["source"], s["index"], s["attach"])

@@ -106,7 +106,8 @@ def run_dask(address: str, units: Sequence[Unit], candidates: Sequence[Candidate
 def gather(client: Any, as_completed: Any, units: Sequence[Unit], candidates: Sequence[Candidate],
            base_dir: str | None, progress: Progress | None, window: int | None = None) -> Summary:
     """Units through ``client``, a bounded number in flight, merged as they finish."""
-    window = window or max(4, 2 * sum(client.nthreads().values()))
+    # Enough in flight that a worker never waits for the client's round trip.
+    window = window or max(8, 4 * sum(client.nthreads().values()))
     cands = list(candidates)
     total = Summary()
     it = iter(units)
