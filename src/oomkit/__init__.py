@@ -16,12 +16,21 @@ from oomkit.errors import (
     PolicyLoadError,
     TaskGone,
 )
-from oomkit.policy import OOMPolicy, Refused, ReleaseActions, Verdict
+from oomkit.policy import (
+    OOMPolicy,
+    PressureActions,
+    PressureEvent,
+    PressureTrigger,
+    Refused,
+    ReleaseActions,
+    Verdict,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttachError", "CgroupGone", "CgroupInfo", "ConfigError", "ContextReadOnly", "KernelError",
-    "Level", "NotPermitted", "OOMContext", "OOMKitError", "OOMPolicy", "PolicyLoadError", "Refused",
+    "Level", "NotPermitted", "OOMContext", "OOMKitError", "OOMPolicy", "PolicyLoadError",
+    "PressureActions", "PressureEvent", "PressureTrigger", "Refused",
     "ReleaseActions", "TaskGone", "TaskInfo", "Verdict",
 ]

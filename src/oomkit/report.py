@@ -47,6 +47,9 @@ def print_report(result: SimResult, title: str, console: Console | None = None) 
 
 
 def _asked(oom: OOMRecord) -> str:
+    if oom.declared_by is not None:
+        why = f": {_text(oom.declared_reason)}" if oom.declared_reason else ""
+        return f"declared by {_text(oom.declared_by)} from {_text(oom.declared_via or '?')}{why}"
     who = _text(oom.trigger) if oom.trigger else "a task"
     if oom.requested is None:
         return f"{who} hit the limit"

@@ -187,6 +187,10 @@ class OOMRecord(_Record, kw_only=True):
     executed_by: str | None = None        # "kernel": the kernel's killer carried the decision out
     decided_at: str | None = None
     host: str | None = None               # the daemon's [daemon] host: a fleet's logs merged (oomkit evaluate)
+    # An OOM a policy declared (k.declare_oom, upstream's bpf_out_of_memory()):
+    declared_by: str | None = None        # "<policy> at <attached cgroup>"
+    declared_reason: str | None = None    # the reason it gave
+    declared_via: str | None = None       # the callback it declared from: handle_psi_event ...
 
     @classmethod
     def new(cls, t: float, level: Level, memcg: str, *, trigger: str | None = None,

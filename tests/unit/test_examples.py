@@ -23,7 +23,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 M, G = 1 << 20, 1 << 30
 
 COVERED = {"db-beside-leak.toml", "upstream-selftest.toml", "raise-limit.toml",
-           "numa-node-oom.toml", "exiting-victim.toml", "shared-host.toml"}
+           "numa-node-oom.toml", "exiting-victim.toml", "shared-host.toml",
+           "pressure-before-oom.toml"}
 
 
 def oomkit(*args: str) -> subprocess.CompletedProcess:
@@ -270,3 +271,21 @@ def test_example_policy_rejects_bad_params(tmp_path):
     proc = oomkit("check", str(path))
     assert proc.returncode != 0
     assert "spare_uids" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- a pressure policy acts before the kernel would ----------------------------------------
+
+def test_pressure_before_oom_policy_kills_the_thrashing_job_early():
+    r = simulate("pressure-before-oom.toml")
+    [oom] = r["ooms"]
+    assert (oom["t"], oom["memcg"], oom["resolved_by"]) == (49.0, "/batch/etl", "policy")
+    assert oom["declared_by"] == "pressure-kill at /batch"
+    assert oom["declared_via"] == "handle_psi_event"
+    assert killed(r) == ["etl"] and r["survivors"] == ["report"]
+
+
+def test_pressure_before_oom_without_it_the_kernel_kills_report_at_the_limit():
+    r = simulate("pressure-before-oom.toml", "/batch=kernel-default")
+    [oom] = r["ooms"]
+    assert (oom["t"], oom["memcg"], oom.get("declared_by")) == (70.0, "/batch", None)
+    assert killed(r) == ["report"] and r["survivors"] == ["etl"]

@@ -36,7 +36,8 @@ def contest(**over):
 
 def test_builtins_are_all_registered():
     assert set(BUILTINS) == {"kernel-default", "largest-task", "largest-cgroup", "newest-task",
-                             "prefer-avoid", "raise-limit", "wait-for-exiting", "settle"}
+                             "prefer-avoid", "raise-limit", "wait-for-exiting", "settle",
+                             "pressure-kill"}
     assert all(BUILTINS[n].name == n for n in BUILTINS)
 
 

@@ -19,6 +19,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass(frozen=True)
+class Declaration:
+    """Who declared an OOM (``k.declare_oom``, upstream's ``bpf_out_of_memory()``)."""
+
+    policy: str                      # the declaring policy's label
+    attached: str                    # the cgroup it is attached to
+    reason: str
+    via: str                         # the callback it was declared from: handle_psi_event ...
+
+
+@dataclass(frozen=True)
 class OOMEvent:
     """What woke us: an OOM at one level, in one memory cgroup."""
 
@@ -27,6 +37,7 @@ class OOMEvent:
     nodes: tuple[int, ...] = ()      # the constrained nodes of a numa OOM
     requested: int | None = None     # bytes of the failing charge, when known
     trigger: str | None = None       # name of the task whose allocation failed
+    declared: Declaration | None = None   # declared by a policy, not raised by a charge
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level", Level(self.level))

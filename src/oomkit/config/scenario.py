@@ -73,6 +73,12 @@ class AttachSpec(_Strict):
     ceiling: Size | None = None
 
 
+class PressureSpec(_Strict):
+    cgroup: str
+    some: str | float | int | None = None     # "40%" (or 40): share of time some task stalled
+    full: str | float | int | None = None     # share of time every non-idle task stalled
+
+
 class EventSpec(_Strict):
     at: float | int
     task: str | None = None
@@ -81,6 +87,7 @@ class EventSpec(_Strict):
     exit: bool = False
     spawn: TaskSpec | None = None
     read: Size | None = None    # the task reads a file: page cache charged to its cgroup
+    pressure: PressureSpec | None = None   # memory pressure (PSI) of a cgroup from now on
 
 
 class EngineSpec(_Strict):
@@ -89,6 +96,8 @@ class EngineSpec(_Strict):
     backoff_budget: int = 3
     backoff_window: Duration = "10s"
     backoff_wait: Duration = "500ms"
+    declare_budget: int = 3
+    declare_window: Duration = "30s"
 
 
 class ScenarioSpec(_Strict):
@@ -136,12 +145,22 @@ class Attach:
 
 
 @dataclass(frozen=True)
+class Pressure:
+    """A cgroup's scripted memory pressure, as fractions of wall time (0 to 1)."""
+
+    cgroup: str
+    some: float
+    full: float
+
+
+@dataclass(frozen=True)
 class Event:
     at: float
     task: str | None
-    kind: str                          # alloc, free, exit, spawn, read
+    kind: str                          # alloc, free, exit, spawn, read, pressure
     amount: int = 0
     spawn: Task | None = None
+    pressure: Pressure | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +226,9 @@ class _Resolver:
             handler_budget=e.handler_budget, backoff_budget=e.backoff_budget,
             backoff_window=duration_at(e.backoff_window, "engine.backoff_window", f, BACKOFF_WINDOW),
             backoff_wait=duration_at(e.backoff_wait, "engine.backoff_wait", f, BACKOFF_WAIT),
-            deadline_clock="cpu")   # a policy worker's CPU time: a loaded machine fails no policy
+            deadline_clock="cpu",   # a policy worker's CPU time: a loaded machine fails no policy
+            declare_budget=int_at(e.declare_budget, "engine.declare_budget", f, *BACKOFF_BUDGET),
+            declare_window=duration_at(e.declare_window, "engine.declare_window", f, BACKOFF_WINDOW))
 
     def cgroups(self) -> list[Cgroup]:
         out, seen = [], {"/"}
@@ -288,11 +309,18 @@ class _Resolver:
         for i, e in enumerate(self.spec.event):
             where = f"event[{i}]"
             at = duration_at(e.at, f"{where}.at", self.file, EVENT_AT)
-            kinds = [k for k in ("alloc", "free", "spawn", "read") if getattr(e, k) is not None]
+            kinds = [k for k in ("alloc", "free", "spawn", "read", "pressure") if getattr(e, k) is not None]
             kinds += ["exit"] if e.exit else []
             if len(kinds) != 1:
-                raise self.error(where, f"needs exactly one of alloc, free, exit, spawn, read (has {len(kinds)})")
+                raise self.error(where, "needs exactly one of alloc, free, exit, spawn, read, pressure "
+                                        f"(has {len(kinds)})")
             kind = kinds[0]
+            if kind == "pressure":
+                if e.task is not None:
+                    raise self.error(f"{where}.task", "a pressure event names a cgroup, not a task",
+                                     "leave task out")
+                out.append(Event(at, None, "pressure", pressure=self.pressure(e.pressure, where, paths)))
+                continue
             if kind == "spawn":
                 task = self.task(e.spawn, f"{where}.spawn", paths, numa_nodes)
                 if task.mm is not None:
@@ -310,6 +338,36 @@ class _Resolver:
             amount = size_at(getattr(e, kind), f"{where}.{kind}", self.file) if kind != "exit" else 0
             out.append(Event(at, e.task, kind, amount))
         return out
+
+
+    def pressure(self, p: PressureSpec | None, where: str, paths: set[str]) -> Pressure:
+        assert p is not None            # the caller picked this kind because it is set
+        where += ".pressure"
+        if p.cgroup not in paths:
+            raise self.error(f"{where}.cgroup", f"no cgroup {p.cgroup!r} is declared",
+                             "add it as a [[cgroup]] first")
+        if p.some is None and p.full is None:
+            raise self.error(where, "needs some, full or both", 'e.g. { cgroup = "/batch", full = "10%" }')
+        full = 0.0 if p.full is None else percent_at(p.full, f"{where}.full", self.file)
+        # Time every task stalled is time some task stalled: some is at least full.
+        some = full if p.some is None else percent_at(p.some, f"{where}.some", self.file)
+        if full > some:
+            raise self.error(f"{where}.full", f"full ({full:.0%}) is more than some ({some:.0%})",
+                             "full stall time is part of some stall time (psi.rst)")
+        return Pressure(p.cgroup, some, full)
+
+
+def percent_at(value: str | float | int, where: str, file: str) -> float:
+    """``"40%"``, ``"12.5%"`` or a number, 0 to 100: a fraction 0 to 1."""
+    text = value.strip().removesuffix("%") if isinstance(value, str) else value
+    try:
+        number = float(text)
+    except (TypeError, ValueError, OverflowError):
+        number = float("nan")
+    if not 0.0 <= number <= 100.0:          # NaN is refused here too
+        raise ConfigError(f"{value!r} is not a percentage", file=file, where=where,
+                          hint='0 to 100, like "40%"')
+    return number / 100.0
 
 
 def check_path(path: str, where: str, file: str) -> str:

@@ -152,6 +152,13 @@ class Actions:
         info = task if isinstance(task, TaskInfo) else self._oc.tasks.by_pid(pid)
         return pid in self._backend.in_flight() or bool(info and info.exiting)
 
+    def declare_oom(self, cgroup: str, reason: str = "") -> int:
+        """Refused (``-EBUSY``): this handler is already in a chain, and v3 forbids
+        ``bpf_out_of_memory()`` in ``bpf_oom_ops`` (a nested chain is recursion).
+        Declare from ``handle_psi_event`` (:mod:`oomkit.engine.pressure`)."""
+        return self._log("declare_oom", str(cgroup), reason,
+                         Refused.ebusy("declare_oom from an OOM handler (already in a chain)"))
+
     def now(self) -> float:
         """The backend's clock, in seconds (simulated time in the simulator), for a
         policy that compares what it sees from one OOM to the next; never sleep on it."""

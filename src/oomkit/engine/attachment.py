@@ -28,6 +28,8 @@ class Attachment:
     backoff: BackoffBudget = field(default_factory=BackoffBudget)
     failures: int = 0
     worker: Any = None                   # the policy's worker process (oomkit.sandbox.runner.Worker)
+    # declare_oom's budget (a policy declaring OOMs in a loop falls to EAGAIN)
+    declares: BackoffBudget = field(default_factory=lambda: BackoffBudget(3, 30.0))
 
     @property
     def label(self) -> str:

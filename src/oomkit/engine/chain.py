@@ -22,20 +22,22 @@ a policy can reach everything the daemon can: for debugging only.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Backend, OOMEvent, Release
-from oomkit.context import CgroupInfo, OOMContext, ancestors, is_within
+from oomkit.context import CgroupInfo, Level, OOMContext, ancestors, is_within
 from oomkit.engine import snapshot
 from oomkit.engine.actions import Actions
 from oomkit.engine.attachment import Attachment, Recipe
 from oomkit.engine.backoff import BackoffBudget
 from oomkit.engine.guard import Guard, Outcome, RemoteError
+from oomkit.engine.pressure import PressureCalls
 from oomkit.errors import AttachError
-from oomkit.policy import OOMPolicy, Verdict
+from oomkit.policy import OOMPolicy, PressureEvent, PressureTrigger, Refused, Verdict
 from oomkit.schema import HandlerRecord, Killed, OOMRecord, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +61,8 @@ class EngineSettings:
     policy_user: str = "nobody"          # the worker's uid and gid, when oomkit is root
     policy_memory: int | None = 256 << 20   # the worker's address-space cap (RLIMIT_AS)
     deadline_clock: str = "wall"         # a worker's deadline: "wall", or "cpu" (its CPU time; simulator)
+    declare_budget: int = 3              # k.declare_oom per attachment per window
+    declare_window: float = 30.0
 
 
 def describe(error: BaseException) -> str:
@@ -79,6 +83,8 @@ class Engine:
         self.attachments: dict[str, Attachment] = {}
         self.ejected: list[str] = []
         self.on_release = on_release
+        self.busy = False                # a chain is running: no OOM may be declared
+        self._triggers: dict[str, tuple[PressureTrigger, ...]] = {}   # attachment -> its triggers
         # ``tick`` (the live daemon's watchdog heartbeat) goes on while a handler runs.
         self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
                             io_cap=self.settings.io_cap, tick=tick)
@@ -117,11 +123,12 @@ class Engine:
         else:
             worker = self.workers.start(policy)
         att = Attachment(cgroup, instance, ceiling, BackoffBudget(s.backoff_budget, s.backoff_window),
-                         worker=worker)
+                         worker=worker, declares=BackoffBudget(s.declare_budget, s.declare_window))
         self.attachments[cgroup] = att
         return att
 
     def detach(self, cgroup: str) -> Attachment | None:
+        self._triggers.pop(cgroup, None)
         att = self.attachments.pop(cgroup, None)
         if att is not None and att.worker is not None:
             self.workers.stop(att.worker)
@@ -138,6 +145,7 @@ class Engine:
         """``path`` was removed: tell the policies at and above it, drop those at or below."""
         for cg, att in list(self.attachments.items()):
             if is_within(path, cg) or is_within(cg, path):
+                self._triggers.pop(cg, None)        # asked again: a trigger there is gone
                 self._notify_offline(att, path)
             if is_within(cg, path):
                 self.detach(cg)
@@ -151,11 +159,26 @@ class Engine:
     def handle(self, oom: OOMEvent) -> OOMRecord:
         record = OOMRecord.new(round(self.backend.clock.now(), 6), oom.level, oom.memcg,
                                trigger=oom.trigger, requested=oom.requested, nodes=oom.nodes)
-        frozen = snapshot.freeze(self.backend, oom) if self.settings.snapshot else None
-        first = self._run_chain(oom, record, frozen)
-        if self.settings.snapshot:
-            record.snapshot = snapshot.take(self.backend, oom, first, frozen)
+        if oom.declared is not None:
+            d = oom.declared
+            record.declared_by = f"{d.policy} at {d.attached}"
+            record.declared_reason, record.declared_via = d.reason, d.via
+        self.busy = True
+        try:
+            frozen = snapshot.freeze(self.backend, oom) if self.settings.snapshot else None
+            first = self._run_chain(oom, record, frozen)
+            if self.settings.snapshot:
+                record.snapshot = snapshot.take(self.backend, oom, first, frozen)
+        finally:
+            self.busy = False
         return record
+
+    def _condition_gone(self, oom: OOMEvent, record: OOMRecord) -> bool:
+        """A declared OOM holds until a handler releases memory (no charge failed
+        that could now fit); the kernel's killer acts if none does."""
+        if oom.declared is not None:
+            return record.memory_freed > 0
+        return self.backend.condition_gone(oom)
 
     def _run_chain(self, oom: OOMEvent, record: OOMRecord,
                    frozen: dict[str, CgroupInfo] | None) -> OOMContext | None:
@@ -166,14 +189,14 @@ class Engine:
         pages = self.backend.totalpages(oom) if chain else 0
         first = None
         for i, att in enumerate(chain):
-            if i and self.backend.condition_gone(oom):
+            if i and self._condition_gone(oom, record):
                 self._gone(record)
                 return first
             oc = self._context(att, oom, record, pages, frozen if i == 0 else None)
             first = first or oc
             if self._accept(att, oom, self._run(att, oom, record, oc), record):
                 return first
-        if self.backend.condition_gone(oom):
+        if self._condition_gone(oom, record):
             self._gone(record)
         else:
             self.fall_back(oom, record)
@@ -255,12 +278,13 @@ class Engine:
             return f"returned {outcome.value!r}, not a Verdict"
         return None
 
-    def _count_failure(self, att: Attachment, record: OOMRecord) -> None:
+    def _count_failure(self, att: Attachment, record: OOMRecord | None) -> None:
         att.failures += 1
-        if att.failures >= self.settings.max_failures:
+        if att.failures >= self.settings.max_failures and self.attachments.get(att.cgroup) is att:
             self.detach(att.cgroup)
             self.ejected.append(att.cgroup)
-            record.ejected.append(att.cgroup)
+            if record is not None:
+                record.ejected.append(att.cgroup)
             log.warning("oomkit: ejected policy %s at %s after %d consecutive failures",
                         att.label, att.cgroup, att.failures)
 
@@ -299,3 +323,88 @@ class Engine:
         if outcome.error is not None or outcome.timed_out:
             log.warning("oomkit: %s.handle_cgroup_offline(%s) failed: %s", att.label, path,
                         describe(outcome.error) if outcome.error is not None else "deadline")
+
+    # -- pressure (upstream's bpf_psi_ops; see oomkit.engine.pressure) ---------------
+
+    def psi_triggers(self) -> list[tuple[Attachment, PressureTrigger]]:
+        """Every attached policy's PSI triggers that the kernel would take, within
+        its attachment (asked once, and again after a cgroup comes or goes)."""
+        out: list[tuple[Attachment, PressureTrigger]] = []
+        for cg, att in list(self.attachments.items()):
+            if cg not in self._triggers:
+                self._triggers[cg] = self._ask_triggers(att)
+            out.extend((att, t) for t in self._triggers[cg])
+        return out
+
+    def _ask_triggers(self, att: Attachment) -> tuple[PressureTrigger, ...]:
+        if att.worker is not None:
+            outcome, att.worker = self.workers.triggers(att.worker)
+        else:
+            policy = att.policy
+            assert policy is not None
+            outcome = self._guard.call(lambda: tuple(policy.psi_triggers()))
+        if self._callback_failed(att, "psi_triggers", outcome):
+            return ()
+        good = []
+        for t in outcome.value:
+            why = (f"{t!r} is not a PressureTrigger" if not isinstance(t, PressureTrigger)
+                   else t.problem() or (None if is_within(t.cgroup, att.cgroup)
+                                        else f"{t.cgroup} is outside {att.cgroup}"))
+            if why:
+                log.warning("oomkit: %s at %s: PSI trigger ignored: %s", att.label, att.cgroup, why)
+            else:
+                good.append(t)
+        return tuple(good)
+
+    def psi_event(self, att: Attachment, event: PressureEvent) -> list[OOMEvent]:
+        """``att``'s trigger fired: its ``handle_psi_event``, under the handler
+        deadline (in its worker, if it has one); returns the OOMs it declared,
+        for the host to handle now."""
+        if self.attachments.get(att.cgroup) is not att:
+            return []       # detached or ejected since the trigger was taken
+        k = PressureCalls(self, att, "handle_psi_event")
+        if att.worker is not None:
+            outcome, att.worker = self.workers.psi_event(att.worker, event, k)
+        else:
+            policy = att.policy
+            assert policy is not None
+            outcome = self._guard.call(lambda: policy.handle_psi_event(event, k),
+                                       on_timeout=lambda: k.revoke("the callback's deadline passed"))
+        k.revoke("the callback returned")
+        if self._callback_failed(att, "handle_psi_event", outcome):
+            return []
+        att.failures = 0
+        return k.declared
+
+    def cgroup_online(self, path: str) -> None:
+        """``path`` appeared: tell the policies at and above it; their triggers are
+        asked again."""
+        for cg, att in list(self.attachments.items()):
+            if not is_within(path, cg):
+                continue
+            self._triggers.pop(cg, None)
+            if att.worker is not None:
+                outcome, att.worker = self.workers.online(att.worker, path)
+            else:
+                policy = att.policy
+                assert policy is not None
+                outcome = self._guard.call(functools.partial(policy.handle_cgroup_online, path))
+            self._callback_failed(att, "handle_cgroup_online", outcome)
+
+    def _callback_failed(self, att: Attachment, name: str, outcome: Outcome) -> bool:
+        """A pressure callback that raised or overran counts as a handler failure."""
+        if not outcome.timed_out and outcome.error is None:
+            return False
+        why = self._failure(outcome)
+        log.warning("oomkit: %s.%s at %s failed: %s", att.label, name, att.cgroup, why)
+        self._count_failure(att, None)
+        return True
+
+    def exists(self, path: str, scope: str) -> bool:
+        """Is there a cgroup ``path`` within ``scope`` (as the backend sees it)?"""
+        return path in self.backend.cgroups(OOMEvent(Level.MEMCG, path), scope)
+
+    @staticmethod
+    def log_refused(att: Attachment, via: str, cgroup: object, refused: Refused) -> None:
+        log.info("oomkit: %s at %s: declare_oom(%r) from %s refused: %s", att.label, att.cgroup,
+                 cgroup, via, refused)

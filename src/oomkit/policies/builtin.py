@@ -20,7 +20,14 @@ from oomkit.helpers import (
     tasks_that_relieve,
 )
 from oomkit.policies.loader import make_policy
-from oomkit.policy import OOMPolicy, ReleaseActions, Verdict
+from oomkit.policy import (
+    OOMPolicy,
+    PressureActions,
+    PressureEvent,
+    PressureTrigger,
+    ReleaseActions,
+    Verdict,
+)
 from oomkit.units import parse_duration, parse_size
 
 
@@ -188,6 +195,65 @@ class LargestCgroup(Preferences):
     @staticmethod
     def _protected(oc, path: str) -> bool:
         return any(t.oom_score_adj <= OOM_SCORE_ADJ_MIN for t in oc.tasks.in_cgroup(path))
+
+
+class PressureKill(LargestCgroup):
+    """Kill under sustained memory pressure, as users configure systemd-oomd
+    (``ManagedOOMMemoryPressure=kill``, ``ManagedOOMMemoryPressureLimit=``,
+    ``DefaultMemoryPressureDurationSec=``) and oomd's pressure plugins: when a
+    watched cgroup's ``kind`` (``full``) pressure stays at ``threshold`` or more
+    of each ``window`` for ``duration``, declare an OOM there; the chain then
+    kills as largest-cgroup does (the largest leaf or ``oom_group`` cgroup,
+    with the ``prefer``/``avoid``/``omit`` lists).  On an OOM the kernel raises
+    it does the same.  ``cgroups``: the cgroups to watch (within the one it is
+    attached to)."""
+
+    name = "pressure-kill"
+
+    def __init__(self, cgroups: Sequence[str] = (), threshold: str | float = "60%",
+                 duration: str | float = "30s", window: str | float = "10s", kind: str = "full",
+                 prefer: Sequence[str] = (), avoid: Sequence[str] = (), omit: Sequence[str] = ()):
+        super().__init__(prefer, avoid, omit)
+        if isinstance(cgroups, str) or not cgroups or not all(isinstance(c, str) for c in cgroups):
+            raise ValueError('cgroups must be a list of cgroup paths to watch, like ["/batch"]')
+        try:
+            percent = float(str(threshold).strip().removesuffix("%"))
+        except ValueError:
+            percent = float("nan")
+        if not 0 < percent <= 100:
+            raise ValueError(f"threshold {threshold!r} is not a percentage above 0, at most 100")
+        self.window, self.duration = parse_duration(window), parse_duration(duration)
+        if kind not in ("some", "full"):
+            raise ValueError(f"kind {kind!r} is not some or full")
+        self.triggers = [PressureTrigger.percent(c, "full" if kind == "full" else "some",
+                                                 percent, self.window) for c in cgroups]
+        bad = next((t.problem() for t in self.triggers if t.problem()), None)
+        if bad:
+            raise ValueError(bad)
+        self._since: dict[str, tuple[float, float]] = {}   # cgroup -> (first, last) firing
+
+    def psi_triggers(self) -> Sequence[PressureTrigger]:
+        return self.triggers
+
+    def handle_psi_event(self, event: PressureEvent, k: PressureActions) -> None:
+        """A firing within 1.5 windows of the previous one continues a stretch
+        (the kernel signals at most once per window); a stretch of ``duration``
+        declares the OOM, and the next one starts afresh."""
+        now, cg = event.at, event.cgroup
+        first, last = self._since.get(cg, (now, now))
+        if now - last > 1.5 * self.window:
+            first = now
+        self._since[cg] = (first, now)
+        if now - first >= self.duration:
+            del self._since[cg]
+            shown = "" if event.full is None else f", full avg {event.full:g}%"
+            k.declare_oom(cg, f"{self.triggers[0].kind} pressure over {self.threshold_text} "
+                              f"for {now - first:g}s{shown}")
+
+    @property
+    def threshold_text(self) -> str:
+        t = self.triggers[0]
+        return f"{100 * t.threshold / t.window:g}% of {t.window:g}s"
 
 
 class PreferAvoid(LargestTask):

@@ -27,6 +27,7 @@ BUILTIN_REFS = {
     "raise-limit": "oomkit.policies.builtin:RaiseLimit",
     "wait-for-exiting": "oomkit.policies.builtin:WaitForExiting",
     "settle": "oomkit.policies.builtin:Settle",
+    "pressure-kill": "oomkit.policies.builtin:PressureKill",
 }
 
 

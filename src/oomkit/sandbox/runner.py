@@ -38,12 +38,13 @@ import msgspec
 from oomkit.engine.attachment import Recipe
 from oomkit.engine.guard import Outcome, RemoteError
 from oomkit.errors import PolicyLoadError
-from oomkit.policy import Refused, Verdict
+from oomkit.policy import PressureEvent, PressureTrigger, Refused, Verdict
 from oomkit.sandbox.channel import WORKER_MESSAGE_MAX, Channel, ChannelClosed
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.context import OOMContext
     from oomkit.engine.actions import Actions
+    from oomkit.engine.pressure import PressureCalls
 
 log = logging.getLogger("oomkit")
 
@@ -292,10 +293,27 @@ class WorkerRunner:
     def offline(self, worker: Worker, path: str) -> tuple[Outcome, Worker]:
         return self._call(worker, ["offline", path], None, lambda why: None)
 
+    def triggers(self, worker: Worker) -> tuple[Outcome, Worker]:
+        """The policy's ``psi_triggers()``: rows checked here, one
+        :class:`PressureTrigger` each (a bad row stays text, refused by the engine)."""
+        outcome, worker = self._call(worker, ["triggers"], None, lambda why: None)
+        if outcome.error is None and not outcome.timed_out:
+            rows = outcome.value if isinstance(outcome.value, list) else []
+            outcome.value = [_trigger(row) for row in rows[:TRIGGERS_MAX]]
+        return outcome, worker
+
+    def psi_event(self, worker: Worker, event: PressureEvent, k: PressureCalls) -> tuple[Outcome, Worker]:
+        t = event.trigger
+        message = ["psi", [t.cgroup, t.kind, t.threshold, t.window], event.at, event.some, event.full]
+        return self._call(worker, message, _PressureServer(k), k.revoke)
+
+    def online(self, worker: Worker, path: str) -> tuple[Outcome, Worker]:
+        return self._call(worker, ["online", path], None, lambda why: None)
+
     def stop(self, worker: Worker) -> None:
         worker.kill()
 
-    def _call(self, worker: Worker, message: list, server: _Server | None,
+    def _call(self, worker: Worker, message: list, server: _Server | _PressureServer | None,
               revoke: Callable[[str], None]) -> tuple[Outcome, Worker]:
         io = [0.0]
         outcome = Outcome()
@@ -328,7 +346,7 @@ class WorkerRunner:
             log.warning("oomkit: %s", exc)
             return worker       # dead: the next call fails, and counts
 
-    def _wait(self, worker: Worker, server: _Server | None, start: float, io: list[float]) -> Outcome:
+    def _wait(self, worker: Worker, server: _Server | _PressureServer | None, start: float, io: list[float]) -> Outcome:
         next_tick = time.perf_counter() + self.tick_every
         cpu0 = worker.cpu() if self.clock == "cpu" else 0.0
         while True:
@@ -373,7 +391,20 @@ class WorkerRunner:
             io[0] += time.perf_counter() - t0
 
 
+TRIGGERS_MAX = 1024        # PSI triggers one policy may ask for
+
+
+def _trigger(row: Any) -> PressureTrigger | _Shown:
+    """A worker's trigger row ``[cgroup, kind, threshold, window]``, or what it sent instead."""
+    if isinstance(row, list) and len(row) == 4 and isinstance(row[0], str) and row[1] in ("some", "full") \
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row[2:]):
+        return PressureTrigger(row[0], row[1], float(row[2]), float(row[3]))
+    return _Shown(str(row)[:200])
+
+
 def _done(msg: list) -> Outcome:
+    if _shape(msg, "done", str, list) and msg[1] == "triggers":
+        return Outcome(value=msg[2])
     if _shape(msg, "done", str, str):
         kind, text = msg[1], msg[2]
         if kind == "verdict" and text in Verdict.__members__:
@@ -397,6 +428,24 @@ class _Shown:
 
 def _cgroup_row(c: Any) -> list:
     return [c.path, c.usage, c.limit, c.swap, c.oom_group, list(c.children), list(c.pids), dict(c.events)]
+
+
+class _PressureServer:
+    """Answers a ``handle_psi_event`` call's requests: ``declare_oom`` and ``now``."""
+
+    def __init__(self, k: PressureCalls):
+        self.k = k
+
+    def answer(self, req: list) -> list:
+        op, args = req[0], req[1:]
+        if op == "now" and not args:
+            return ["ok", self.k.now()]
+        if op == "declare_oom" and len(args) == 2 and all(isinstance(a, str) for a in args):
+            value = self.k.declare_oom(args[0], args[1][:REASON_MAX])
+            if isinstance(value, Refused):
+                return ["refused", int(value), value.reason]
+            return ["ok", value]
+        raise WorkerGone(f"a request out of protocol: {str(req)[:80]!r}")
 
 
 class _Server:

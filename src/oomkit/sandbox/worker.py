@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, OOMContext, TaskInfo
-from oomkit.policy import Refused, Verdict
+from oomkit.policy import PressureEvent, PressureTrigger, Refused, Verdict
 from oomkit.sandbox.channel import Channel, ChannelClosed
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
@@ -139,6 +139,41 @@ class WorkerActions:
         return self._remote.ask("now")
 
 
+class WorkerPressureActions:
+    """``k`` of ``handle_psi_event`` in the worker: a declaration is a request the daemon judges."""
+
+    def __init__(self, remote: Remote):
+        self._remote = remote
+
+    def declare_oom(self, cgroup: str, reason: str = "") -> int:
+        return self._remote.ask("declare_oom", str(cgroup), str(reason))
+
+    def now(self) -> float:
+        return self._remote.ask("now")
+
+
+def _triggers(policy: Any) -> list:
+    """``psi_triggers()`` as rows the daemon checks: [cgroup, kind, threshold, window]."""
+    try:
+        out: list[Any] = []
+        for t in policy.psi_triggers():
+            if isinstance(t, PressureTrigger):
+                out.append([str(t.cgroup), str(t.kind), float(t.threshold), float(t.window)])
+            else:
+                out.append(repr(t)[:200])
+    except ChannelClosed:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a policy may raise anything
+        return _error(exc)
+    return ["done", "triggers", out]
+
+
+def _psi(policy: Any, remote: Remote, msg: list) -> list:
+    row, at, some, full = msg[1], msg[2], msg[3], msg[4]
+    event = PressureEvent(PressureTrigger(row[0], row[1], row[2], row[3]), at, some, full)
+    return _run(functools.partial(policy.handle_psi_event, event, WorkerPressureActions(remote)), None)
+
+
 def _result(value: Any) -> list:
     if isinstance(value, Verdict):
         return ["done", "verdict", value.value]
@@ -182,6 +217,12 @@ def serve(chan: Channel, policy: Any) -> None:
             reply = _run(functools.partial(policy.handle_out_of_memory, oc, k), header.get("budget"))
         elif msg[0] == "offline":
             reply = _run(functools.partial(policy.handle_cgroup_offline, msg[1]), None)
+        elif msg[0] == "triggers":
+            reply = _triggers(policy)
+        elif msg[0] == "psi":
+            reply = _psi(policy, remote, msg)
+        elif msg[0] == "online":
+            reply = _run(functools.partial(policy.handle_cgroup_online, msg[1]), None)
         else:
             return
         _flush(chan)

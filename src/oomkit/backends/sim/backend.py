@@ -46,9 +46,10 @@ class SimBackend:
         swap_pages = m.swap // PAGE
         if oom.level == "memcg":
             # mem_cgroup_get_max(): the limit plus the swap it may use (no swap.max here).
+            # A declared OOM may be in a memcg without a limit: RAM then, as the
+            # live backends count it (the kernel's would be PAGE_COUNTER_MAX).
             limit = m.cgroups[oom.memcg].limit
-            assert limit is not None        # only a limit raises a memcg OOM
-            return limit // PAGE + swap_pages
+            return (m.memory if limit is None else limit) // PAGE + swap_pages
         if oom.level == "numa":
             return sum(m.node_size[n] for n in oom.nodes) // PAGE + swap_pages
         return m.memory // PAGE + swap_pages

@@ -7,22 +7,30 @@ task's memory comes back (``exit_delay``, modelling exit and the OOM
 reaper).  An allocation is retried at most ``MAX_RETRIES`` times and fails
 when an OOM is unresolved, so nothing ever loops forever.  The same
 scenario gives byte-identical output.
+
+Scripted memory pressure (``pressure`` events) is measured by
+:mod:`oomkit.backends.sim.pressure`; the attached policies' PSI triggers are
+looked at on a grid of simulated time, a firing goes to the policy's
+``handle_psi_event``, and an OOM it declares runs through the chain at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 from typing import Any
 
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.sim.backend import SimBackend
 from oomkit.backends.sim.machine import Machine, SimTask
+from oomkit.backends.sim.pressure import PressureModel, TriggerClock
 from oomkit.config.scenario import FIRST_PID, Scenario, Task
 from oomkit.context import Level
 from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
 from oomkit.errors import ConfigError, PolicyLoadError
+from oomkit.policy import PressureEvent
 from oomkit.schema import CgroupUsage, FailedAllocation, ResolvedBy, SimResult
 
 MAX_RETRIES = 8
@@ -48,6 +56,11 @@ class Simulator:
         self._queue: list[tuple[float, int, tuple]] = []
         self._seq = 0
         self._next_pid = FIRST_PID
+        self.pressure = PressureModel(self.machine)
+        self._fired = TriggerClock()
+        self._ticking = False
+        # Pressure is looked at up to the last scripted event.
+        self._horizon = max((e.at for e in scenario.events), default=0.0)
         self._build(attach_overrides or {})
 
     # -- set-up -------------------------------------------------------------------
@@ -91,6 +104,8 @@ class Simulator:
             self._seq += 1
             self._timeline.append((event.at, self._seq, event))
         self._timeline.sort(key=lambda item: item[:2])
+        if any(e.kind == "pressure" for e in s.events):
+            self._track()
 
     def _spawn(self, spec: Task) -> SimTask:
         task = SimTask(pid=self._next_pid, name=spec.name, cgroup=spec.cgroup,
@@ -104,7 +119,11 @@ class Simulator:
 
     def _retry(self, t: float, payload: tuple) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (t, self._seq, payload))
+        heapq.heappush(self._queue, (t, self._seq, (self._alloc, *payload)))
+
+    def _later(self, t: float, *call) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, call))
 
     # -- the run --------------------------------------------------------------------
 
@@ -130,12 +149,17 @@ class Simulator:
                 clock.advance_to(t)
                 self._event(payload)
             else:
-                t, _, payload = heapq.heappop(queue)
+                t, _, (fn, *args) = heapq.heappop(queue)
                 clock.advance_to(t)
-                self._alloc(*payload)
+                fn(*args)
         return self._finish()
 
     def _event(self, event) -> None:
+        if event.kind == "pressure":
+            p = event.pressure
+            self.pressure.set(p.cgroup, p.some, p.full, self.backend.clock.now())
+            self._start_ticks()
+            return
         if event.kind == "spawn":
             task = self._spawn(event.spawn)
             self._alloc(task, event.amount, 0)
@@ -175,6 +199,48 @@ class Simulator:
         if not self.machine.fits(oom) and next_exit is not None:
             when = max(when, next_exit)
         self._retry(when, (task, amount, attempt + 1))
+
+    # -- pressure -------------------------------------------------------------------
+
+    def _track(self) -> list:
+        """The attached policies' triggers, each (cgroup, kind) measured from now."""
+        pairs = self.engine.psi_triggers()
+        keys = [(t.cgroup, kind) for _att, t in pairs for kind in ("some", "full")]
+        self.pressure.track(keys, self.backend.clock.now())
+        return pairs
+
+    def _start_ticks(self) -> None:
+        if not self._ticking:
+            self._ticking = True
+            self._tick_next(self._track())
+
+    def _tick_next(self, pairs: list) -> None:
+        """The next look at the triggers, on the grid of the shortest window / 10."""
+        if not pairs:
+            self._ticking = False
+            return
+        period = min(t.window for _att, t in pairs) / 10
+        now = self.backend.clock.now()
+        t = round((math.floor(now / period + 1e-9) + 1) * period, 9)
+        if t > self._horizon:
+            self._ticking = False
+            return
+        self._later(t, self._tick)
+
+    def _tick(self) -> None:
+        now = self.backend.clock.now()
+        pairs = self._track()
+        self.pressure.observe(now)
+        for att, trig in pairs:
+            stalled = self.pressure.stall(trig.cgroup, trig.kind, now - trig.window, now)
+            if not self._fired.due((att.cgroup, trig), stalled, trig.threshold, trig.window, now):
+                continue
+            event = PressureEvent(trig, round(now, 6), some=self.pressure.mean(trig.cgroup, "some", now),
+                                  full=self.pressure.mean(trig.cgroup, "full", now))
+            for oom in self.engine.psi_event(att, event):
+                self.result.ooms.append(self.engine.handle(oom))
+                self.pressure.observe(now)
+        self._tick_next(pairs)
 
     def _reclaimed(self, task: SimTask, amount: int) -> OOMEvent | None:
         """The OOM this allocation raises once page cache is reclaimed, or None
