@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 import select
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -229,6 +229,18 @@ class KernelExecutesV1(CgroupV1Backend):
 
 
 @dataclass
+class _Net:
+    """A claimed release the safety net watches until its OOM clears (or not)."""
+
+    oom: OOMEvent
+    record: OOMRecord
+    engine: Engine
+    commit: Callable[[], None]
+    victims_by: float                  # our victims may take until then to exit
+    grace_end: float | None = None     # then the OOM has until then to clear
+
+
+@dataclass
 class _Held:
     """One memcg we hold: its eventfd, and whether we flipped oom_kill_disable."""
 
@@ -257,6 +269,7 @@ class V1Events:
         self.held: dict[str, _Held] = {}
         self._notified: set[str] = set()
         self._foreign: set[str] = set()     # left alone, said once
+        self._nets: list[_Net] = []         # claimed releases the safety net still watches
 
     def bind(self, engine: Engine) -> None:
         """v1 needs no engine of its own: the OOM waits for the daemon's chain."""
@@ -265,51 +278,54 @@ class V1Events:
         self.backend.dry_run = settings.dry_run
         self.backend.task_cache.resize(settings.proc_cache)
 
-    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine,
+               commit: Callable[[], None]) -> None:
         """The kernel executes what the chain marked (``executor = "kernel"``); a dry
-        run released nothing, and the OOM is still paused: the kernel decides."""
+        run released nothing, and the OOM is still paused: the kernel decides.  A
+        claimed release gets the safety net before its record is committed."""
         if isinstance(self.backend, KernelExecutesV1):
             self.backend.execute(oom, record)
         if self.backend.dry_run and record.resolved_by != "kernel":
             record.note = "dry run: nothing released; handed to the kernel"
             engine.fall_back(oom, record)
-        elif record.resolved_by in (ResolvedBy.POLICY, ResolvedBy.BACKOFF) and self._still_paused(oom):
-            # The safety net (issue 10 item 2): the chain took a release as the end of
-            # the OOM (HANDLED with memory freed, or a BACKOFF kept), yet it is still
-            # paused: e.g. the victim's mm lives on in a process of another memcg.
-            claimed = record.resolved_by
-            engine.fall_back(oom, record)
-            why = (f"still under OOM {self.backend.GRACE:g}s after the {claimed} release "
-                   "(its memory did not come back): handed to the kernel")
-            record.note = f"{why}; {record.note}" if record.note else why
-            log.warning("oomkit: %s: %s", oom.memcg, why)
-        return True
+        elif record.resolved_by in (ResolvedBy.POLICY, ResolvedBy.BACKOFF) and oom.level == Level.MEMCG:
+            net = _Net(oom, record, engine, commit, self.backend.clock.now() + self.backend.VICTIM_EXIT)
+            if self._check(net) is None:
+                self._nets.append(net)      # looked at again on the timer, off this OOM's path
+            return
+        commit()
 
-    def _still_paused(self, oom: OOMEvent) -> bool:
-        """Is the OOM the chain ended still the one pending?  It is not once
-        ``under_oom`` clears, nor when a new notification came (a task retried its
-        charge and OOMed again: a new OOM, which the loop reads and handles).  Our
-        victims may exit first (the kernel too waits for its exiting victim), then
-        the OOM has a grace to clear."""
-        if oom.level != Level.MEMCG:
-            return False
-        backend, clock = self.backend, self.backend.clock
-        victims_by, grace_end = clock.now() + backend.VICTIM_EXIT, None
-        while True:
-            try:
-                if not self.fs.oom_control(oom.memcg)["under_oom"]:
-                    return False
-            except CgroupGone:
-                return False
-            if self._notified_below(oom.memcg):
-                return False
-            now = clock.now()
-            if grace_end is None and (not backend.in_flight() or now >= victims_by):
-                grace_end = now + backend.GRACE
-            if grace_end is not None and now >= grace_end:
-                return not backend.usage_below_limit(oom)
-            self.hub.heartbeat()
-            clock.sleep(POLL)
+    def _check(self, net: _Net) -> bool | None:
+        """One look for the safety net (issue 10 item 2): the chain took a release
+        as the end of the OOM, yet is it still paused (e.g. the victim's mm lives
+        on in a process of another memcg)?  Not once ``under_oom`` clears, nor when
+        a new notification came (a task retried its charge and OOMed again: a new
+        OOM, which the loop reads).  Our victims may exit first (the kernel too
+        waits for its exiting victim), then the OOM has a grace to clear.  None:
+        look again; else the record is committed (handed to the kernel if True)."""
+        backend, oom = self.backend, net.oom
+        try:
+            paused = bool(self.fs.oom_control(oom.memcg)["under_oom"])
+        except CgroupGone:
+            paused = False
+        now = backend.clock.now()
+        if paused and not self._notified_below(oom.memcg):
+            if net.grace_end is None and (not backend.in_flight() or now >= net.victims_by):
+                net.grace_end = now + backend.GRACE
+            if net.grace_end is None or now < net.grace_end:
+                return None
+            paused = not backend.usage_below_limit(oom)
+        else:
+            paused = False
+        if paused:
+            claimed = net.record.resolved_by
+            net.engine.fall_back(oom, net.record)
+            why = (f"still under OOM {backend.GRACE:g}s after the {claimed} release "
+                   "(its memory did not come back): handed to the kernel")
+            net.record.note = f"{why}; {net.record.note}" if net.record.note else why
+            log.warning("oomkit: %s: %s", oom.memcg, why)
+        net.commit()
+        return paused
 
     def _notified_below(self, top: str) -> bool:
         """Is an OOM notification of ``top`` or a memcg below it waiting to be read?
@@ -329,10 +345,11 @@ class V1Events:
         return False
 
     def next_timer(self) -> float | None:
-        return None
+        """While a safety net is open, look every few ms; otherwise no timer."""
+        return POLL * 5 if self._nets else None
 
     def on_timer(self) -> None:
-        """No timer on v1: the kernel's eventfd is the only wake-up."""
+        self._nets = [net for net in self._nets if self._check(net) is None]
 
     def paths(self) -> set[str]:
         return set(self.held)
@@ -411,6 +428,11 @@ class V1Events:
         return str(self.fs.path(path, "memory.oom_control"))
 
     def close(self) -> None:
+        for net in self._nets:              # no record is lost: committed as they stand
+            net.record.note = ((net.record.note + "; ") if net.record.note else "") + \
+                "the daemon stopped before the safety net's last look"
+            net.commit()
+        self._nets.clear()
         for path in list(self.held):
             self.release(path)
 

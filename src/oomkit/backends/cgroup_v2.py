@@ -44,7 +44,7 @@ import enum
 import logging
 import os
 import select
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -360,13 +360,14 @@ class V2Stack:
         self.backend.task_cache.resize(settings.proc_cache)
         self.sync(wanted)
 
-    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine,
+               commit: Callable[[], None]) -> None:
         """A chain run for real (pressure, system-wide): when the kernel's killer
         took the OOM meanwhile, its kill is reported on its own: no record."""
         if record.resolved_by == "kernel" and not record.memory_freed and self.backend.kernel_acted(oom):
             log.info("oomkit: the kernel's OOM killer acted in %s while the chain ran", oom.memcg)
-            return False
-        return True
+            return
+        commit()
 
     def next_timer(self) -> float | None:
         times = [e.next_take for e in self._all_episodes() if e.next_take is not None]

@@ -125,8 +125,10 @@ class LiveStack(Protocol):
     def reconfigure(self, settings: LiveSettings) -> None:
         """New settings on reload: take every watched cgroup again with them."""
 
-    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine) -> bool:
-        """After the chain, before the record is written: False to write none."""
+    def settle(self, oom: OOMEvent, record: OOMRecord, engine: Engine,
+               commit: Callable[[], None]) -> None:
+        """After the chain: finish the OOM, and ``commit()`` its record once it is
+        what happened (now or on a later timer), or never when there is none."""
 
     def watch_global(self, on: bool) -> bool:
         """The root attachment handles global OOMs (``on``): True if this stack

@@ -394,11 +394,14 @@ class Daemon:
         if not pressure and self.backend.condition_gone(oom):
             return      # a late wake-up for an OOM already resolved: never handle one twice
         record = self.engine.handle(oom)
-        if not self.stack.settle(oom, record, self.engine):
-            return
-        resolved = clock.now()
-        self.write(record, oom, detected_at=detected_at, resolved_at=now_iso(),
-                   latency_ms=round((resolved - detected) * 1000, 3))
+
+        def commit() -> None:
+            self.write(record, oom, detected_at=detected_at, resolved_at=now_iso(),
+                       latency_ms=round((clock.now() - detected) * 1000, 3))
+
+        # The stack owns the OOM from here: it commits the record now, later (v1's
+        # safety net, off the loop), or not at all (v2: the kernel's kill won).
+        self.stack.settle(oom, record, self.engine, commit)
 
     def _on_release(self, r: Release, policy: str, attached: str, reason: str) -> None:
         log.warning(release_line(r, policy, attached, reason, self.config.dry_run))
