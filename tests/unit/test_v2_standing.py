@@ -339,3 +339,36 @@ def test_a_new_process_in_the_zone_is_decided_on_at_once(tree, started, monkeypa
     d.stack.on_timer()
     assert adj(proc, new) == 1000
     os.close(w)
+
+
+def test_a_marked_task_seen_exiting_before_its_kill_is_read_is_still_the_policys(tree, started,
+                                                                              tmp_path, monkeypatch):
+    """The marked hog's pidfd wakes the daemon (it exited) before memory.events
+    says the kernel killed it: the decision is taken again at once, yet the
+    record of that kill is still the decision that marked it."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    assert adj(proc, PID_A) == 1000
+    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=hog,pid={PID_A},uid=0",
+            f"3,2,2,-;Memory cgroup out of memory: Killed process {PID_A} (hog) "
+            "total-vm:60000kB, anon-rss:51200kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+            "pgtables:200kB oom_score_adj:1000"]
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    import shutil
+    shutil.rmtree(proc / str(PID_A))                       # the hog is gone
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_B],
+           events={"oom": 1, "kill": 1}, local={"oom": 1, "kill": 1})
+    d.stack._on_exit(PID_A, 0)                             # the pidfd fired first
+    d.stack.on_timer()                                     # a new decision (the sleeper)
+    d.stack._look("/box/a")                                # then memory.events is read
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert len(records) == 1, records
+    assert records[0]["resolved_by"] == "policy" and records[0]["executed_by"] == "kernel"
+    assert [(k["pid"], k["by"]) for k in records[0]["killed"]] == [(PID_A, "policy:/box")]

@@ -77,6 +77,7 @@ log = logging.getLogger("oomkit")
 MiB = 1 << 20
 GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of the zone
 FORK_DELAY = 0.01             # a new task in the zone: decide again this soon (a burst coalesces)
+RECENT_MARKS = 10.0           # seconds a marked task's decision is kept after it exited
 
 
 def zone(limit: int, headroom: int | None) -> int:
@@ -305,6 +306,18 @@ class Episode:
         return self.record is not None
 
 
+@dataclass(frozen=True)
+class _Gone:
+    """A marked task that exited, and the decision that marked it."""
+
+    by: str
+    record: OOMRecord
+    decided_at: str | None
+    level: Level
+    memcg: str
+    at: float
+
+
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
                restorer: Holder, bpf: BpfTasks | None) -> V2Stack:
     """cgroup v2's live stack: the backend, standing decisions and their wake-ups."""
@@ -334,6 +347,7 @@ class V2Stack:
         self._kmsg_fd: int | None = None
         self._reported: dict[int, float] = {}       # victim pid -> when reported (6.1 counts twice)
         self._forks: notify.ProcEvents | None = None   # new processes, while a memcg is in its zone
+        self._gone: dict[int, _Gone] = {}           # marked tasks that exited: their decision
         self._forks_failed = False
         self._registered = False
 
@@ -773,17 +787,24 @@ class V2Stack:
         return fd
 
     def _on_exit(self, pid: int, mask: int) -> None:
-        """An armed task exited (killed or not): its decisions are taken again now."""
+        """An armed task exited (killed or not): its decisions are taken again now.
+        The decision that marked it is kept a while: the kernel's kill of it may be
+        read after this (memory.events and the pidfd wake us in either order)."""
         armed = self.armed.get(pid)
         if armed is None:
             return
         owners = set(armed.owners)
         self._forget(armed)
+        now = self.backend.clock.now()
+        self._gone = {p: g for p, g in self._gone.items() if now - g.at < RECENT_MARKS}
         for memcg in owners:
-            ep = self.episodes.get(memcg)
-            if ep is not None:
-                ep.armed.discard(pid)
-                ep.next_take = self.backend.clock.now()
+            ep = self.episodes.get(memcg) if memcg != "/" else self.global_ep
+            if ep is None:
+                continue
+            if ep.record is not None:
+                self._gone[pid] = _Gone(armed.by, ep.record, ep.decided_at, ep.level, ep.memcg, now)
+            ep.armed.discard(pid)
+            ep.next_take = now
 
     def _unmark(self, pid: int, memcg: str) -> None:
         armed = self.armed.get(pid)
@@ -866,8 +887,13 @@ class V2Stack:
             return
         for v in fresh:
             self._reported[v.pid] = now
+        for v in [v for v in fresh if v.pid in self._gone]:
+            gone = self._gone.pop(v.pid)
+            fresh.remove(v)
+            self.daemon.write(*self._executed(gone.record, [self._killed(v, gone.by)], gone.level,
+                                              gone.memcg, gone.decided_at))
         # No victim named (no /dev/kmsg): still one record that the kernel killed.
-        kills: list[list[Release]] = [[v] for v in fresh] or [[]]
+        kills: list[list[Release]] = [[v] for v in fresh] or ([] if victims else [[]])
         for killed in kills:
             memcg = next((oom_memcgs[v.pid] for v in killed if v.pid in oom_memcgs), path)
             ep = self._deciding(memcg, path, killed)
@@ -908,13 +934,8 @@ class V2Stack:
                         v.pid, v.name, v.cgroup, v.rss // 1024,
                         " (armed by the policy)" if decided.get(v.pid) else "")
         if ep is not None and ep.record is not None and ours and ours == len(victims):
-            rec = ep.record
-            rec.killed, rec.resolved_by = killed, ResolvedBy.POLICY
-            where = "the machine's OOM" if ep.level is Level.GLOBAL else f"memory.max of {memcg}"
-            rec.note = f"the policy's standing decision, carried out by the kernel's OOM killer at {where}"
-            rec.executed_by, rec.decided_at = "kernel", ep.decided_at
-            ep.record = None        # written once; the next look decides again
-            return rec, OOMEvent(ep.level, ep.memcg)
+            rec, ep.record = ep.record, None     # written once; the next look decides again
+            return self._executed(rec, killed, ep.level, ep.memcg, ep.decided_at)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
         if ep is not None and ep.armed:
             note += f"; the standing decision was pid(s) {sorted(ep.armed)}"
@@ -923,6 +944,20 @@ class V2Stack:
         rec = OOMRecord.new(self.backend.clock.now(), Level.MEMCG, memcg)
         rec.resolved_by, rec.killed, rec.note = ResolvedBy.KERNEL, killed, note
         return rec, OOMEvent(Level.MEMCG, memcg)
+
+    @staticmethod
+    def _killed(v: Release, by: str) -> Killed:
+        return Killed(name=v.name, pid=v.pid, cgroup=v.cgroup, by=by)
+
+    @staticmethod
+    def _executed(rec: OOMRecord, killed: list[Killed], level: Level, memcg: str,
+                  decided_at: str | None) -> tuple[OOMRecord, OOMEvent]:
+        """The decision's record, now that the kernel's OOM killer carried it out."""
+        rec.killed, rec.resolved_by = killed, ResolvedBy.POLICY
+        where = "the machine's OOM" if level is Level.GLOBAL else f"memory.max of {memcg}"
+        rec.note = f"the policy's standing decision, carried out by the kernel's OOM killer at {where}"
+        rec.executed_by, rec.decided_at = "kernel", decided_at
+        return rec, OOMEvent(level, memcg)
 
     @staticmethod
     def _group_by(ep: Episode | None) -> str:
