@@ -21,6 +21,7 @@ import os
 import select
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
@@ -338,6 +339,10 @@ class V1Events:
         for fd in fds:
             poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
+
+    def pressure_file(self, cgroup: str) -> Path | None:
+        """cgroup v1 has no per-cgroup PSI: only the root, system-wide."""
+        return Path(self.backend.proc.root) / "pressure" / "memory" if cgroup == "/" else None
 
     def watch_global(self, on: bool) -> bool:
         """v1 keeps the daemon's pressure path for global OOMs (not built: a

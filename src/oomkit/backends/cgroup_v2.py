@@ -47,6 +47,7 @@ import select
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
@@ -444,6 +445,11 @@ class V2Stack:
         return list(self.episodes.values()) + ([self.global_ep] if self.global_ep else [])
 
     # -- the machine: a standing decision for global OOMs --------------------------------
+
+    def pressure_file(self, cgroup: str) -> Path | None:
+        if cgroup == "/":
+            return Path(self.backend.proc.root) / "pressure" / "memory"
+        return self.fs.path(cgroup, "memory.pressure")
 
     def watch_global(self, on: bool) -> bool:
         """The root attachment handles global OOMs: keep its standing decision

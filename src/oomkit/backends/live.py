@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from oomkit import oom_kill
@@ -129,6 +130,9 @@ class LiveStack(Protocol):
                commit: Callable[[], None]) -> None:
         """After the chain: finish the OOM, and ``commit()`` its record once it is
         what happened (now or on a later timer), or never when there is none."""
+
+    def pressure_file(self, cgroup: str) -> Path | None:
+        """Where a PSI trigger for ``cgroup`` is opened, or None (no per-cgroup PSI)."""
 
     def watch_global(self, on: bool) -> bool:
         """The root attachment handles global OOMs (``on``): True if this stack

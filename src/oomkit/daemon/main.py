@@ -36,6 +36,7 @@ from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
 from oomkit.context import Level, is_within
 from oomkit.daemon import attachments, status
 from oomkit.daemon.eventlog import EventLog, now_iso, release_line
+from oomkit.daemon.pressure import PolicyPressure
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
 from oomkit.engine.attachment import Recipe
@@ -83,6 +84,7 @@ class Daemon:
         self.task_reader = "proc" if reader is None else f"bpf ({reader.mode})"
         self.stack = open_stack(self.fs, self.proc, live_settings(config), self, self.restorer, reader)
         self.engine = self._engine(config)
+        self.pressure = PolicyPressure(self)
         self.events = EventLog(config.event_log)
         self.quiet = QuietPeriod(config.pressure.window_us / 1e6 if config.pressure else 2.0,
                                  self.stack.backend.clock)
@@ -177,6 +179,7 @@ class Daemon:
         self._stopped = True
         self.notifier.stopping()
         self.engine.close()
+        self.pressure.close()
         self.stack.close()
         if self.global_fd is not None:
             self.unregister(self.global_fd)
@@ -274,6 +277,7 @@ class Daemon:
         self.stack.sync(managed)
         self._watch_dirs(wanted)
         self._global_source("/" in wanted)
+        self.pressure.sync()
         self._warm([p for p in taken if not any(q != p and is_within(p, q) for q in taken)])
         self.attached_specs = wanted
         if self.running:
