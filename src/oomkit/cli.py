@@ -59,8 +59,11 @@ def main() -> None:
               help="Drop the scenario's attachments: the kernel's OOM killer alone (then --attach).")
 @click.option("--in-process", is_flag=True,
               help="Run policies inside this process, not in sandboxed workers (UNSAFE: debugging only).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw each cgroup's usage against its limit, each OOM, who decided and the victims "
+                   "(PNG or SVG by extension; needs matplotlib).")
 def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: bool,
-             in_process: bool) -> None:
+             in_process: bool, plot_file: Path | None) -> None:
     """Run SCENARIO (TOML) on the simulated kernel and report every OOM."""
     import dataclasses
 
@@ -68,7 +71,15 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
     from oomkit.config.scenario import load_scenario
 
     overrides = _parse_attach(attach)
+    timeline, on_step = None, None
+    if plot_file is not None:
+        from oomkit import plot
+
+        timeline = plot.Timeline(f"oomkit simulate {scenario}", "simulated seconds")
+        on_step = lambda t, machine: timeline.sample(t, plot.machine_usages(machine))  # noqa: E731
     try:
+        if plot_file is not None:
+            plot.check_file(plot_file)
         loaded = load_scenario(scenario)
         if no_attach:
             loaded = dataclasses.replace(loaded, attach=[])
@@ -77,7 +88,9 @@ def simulate(scenario: Path, as_json: bool, attach: tuple[str, ...], no_attach: 
             # it (as `oomkit check` does), by its worker or, in process, checked first.
             if in_process:
                 _check_policies(loaded, overrides)
-            result = run(loaded, overrides, "inprocess" if in_process else None)
+            result = run(loaded, overrides, "inprocess" if in_process else None, on_step=on_step)
+        if timeline is not None and plot_file is not None:
+            plot.draw(plot.from_simulation(timeline, result.ooms), plot_file)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_report
@@ -128,15 +141,29 @@ def check(file: Path) -> None:
               help="Attach POLICY to CGROUP for the replay (repeatable); none: the kernel alone. "
                    "PARAMS: a TOML inline table, e.g. '/=prefer-avoid{avoid = [\"^db\"]}'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the replayed record as JSON.")
-def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool) -> None:
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw the log's OOMs and the replayed decision, per cgroup (PNG or SVG by extension; "
+                   "needs matplotlib).")
+def replay(event_log: Path, index: int, attach: tuple[str, ...], as_json: bool,
+           plot_file: Path | None) -> None:
     """Replay an OOM recorded by the daemon against other policies, offline."""
     from oomkit.config import attach_arg
     from oomkit.replay import replay_record
 
     try:
+        if plot_file is not None:
+            from oomkit import plot
+
+            plot.check_file(plot_file)
         overrides = {a.cgroup: a for a in map(attach_arg.parse, attach)}
         with _policy_output(as_json):
             record = replay_record(event_log, index, overrides)
+        if plot_file is not None:
+            from oomkit.replay import log_records
+
+            records = log_records(event_log)
+            at = index % len(records)
+            plot.draw(plot.from_log(records, at, record, f"oomkit replay {event_log} --index {index}"), plot_file)
     except OOMKitError as exc:
         _fail(str(exc))
     from oomkit.report import print_oom

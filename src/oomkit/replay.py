@@ -46,6 +46,11 @@ def read_records(path: str | Path, index: int) -> tuple[OOMRecord, int]:
     return keep[0], count
 
 
+def log_records(path: str | Path) -> list[OOMRecord]:
+    """Every record of the log with a snapshot, in order (``replay --plot``'s timeline)."""
+    return list(_records(path))
+
+
 def _records(path: str | Path) -> Iterator[OOMRecord]:
     """The log's records with a snapshot (the kernel's own kills, recorded without one, are skipped).
     A gzip log (rotated) or a Parquet file of ``oomkit export`` is read too."""

@@ -61,6 +61,7 @@ class Simulator:
         self._ticking = False
         # Pressure is looked at up to the last scripted event.
         self._horizon = max((e.at for e in scenario.events), default=0.0)
+        self.on_step: Any = None        # called (time, machine) after each step: --plot's samples
         self._build(attach_overrides or {})
 
     # -- set-up -------------------------------------------------------------------
@@ -131,6 +132,8 @@ class Simulator:
         backend, clock, queue, timeline = self.backend, self.backend.clock, self._queue, self._timeline
         never = (float("inf"), 0)
         pos, end = 0, len(timeline)
+        step = self.on_step or (lambda t, machine: None)
+        step(clock.now(), self.machine)
         while True:
             event = timeline[pos][:2] if pos < end else never
             retry = queue[0][:2] if queue else never
@@ -139,6 +142,7 @@ class Simulator:
             # freed at t is there for an allocation at t.
             if next_exit is not None and next_exit <= min(event, retry)[0]:
                 backend.reap_next()
+                step(clock.now(), self.machine)
                 continue
             if event is never and retry is never:
                 break
@@ -152,6 +156,7 @@ class Simulator:
                 t, _, (fn, *args) = heapq.heappop(queue)
                 clock.advance_to(t)
                 fn(*args)
+            step(clock.now(), self.machine)
         return self._finish()
 
     def _event(self, event) -> None:
@@ -289,8 +294,10 @@ class Simulator:
 
 
 def simulate(scenario: Scenario, attach_overrides: dict[str, str] | None = None,
-             runner: str | None = None) -> SimResult:
+             runner: str | None = None, on_step: Any = None) -> SimResult:
+    """``on_step(t, machine)``: after each step (``oomkit simulate --plot`` samples usage)."""
     sim = Simulator(scenario, attach_overrides, runner)
+    sim.on_step = on_step
     try:
         return sim.run()
     finally:
