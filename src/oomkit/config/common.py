@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -57,6 +57,8 @@ def convert(data: dict[str, Any], spec: type[T], file: str) -> T:
 
 def _config_error(text: str, spec: type, file: str) -> ConfigError:
     m = _AT.match(text)
+    if m is None:       # _AT matches any text; kept for the type checker
+        return ConfigError(text, file=file)
     msg, at = m.group("msg"), (m.group("at") or "").lstrip(".")
     if u := _UNKNOWN.match(msg):
         key = u.group("key")
@@ -98,6 +100,12 @@ def _struct_in(tp: Any) -> Any:
     return None
 
 
+@overload
+def size_at(value: Size, where: str, file: str, *, allow_none: bool = False,
+            low: int = 0, high: int = SIZE_MAX) -> int: ...
+@overload
+def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = False,
+            low: int = 0, high: int = SIZE_MAX) -> int | None: ...
 def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = False,
             low: int = 0, high: int = SIZE_MAX) -> int | None:
     if value is None and allow_none:
@@ -106,6 +114,12 @@ def size_at(value: Size | None, where: str, file: str, *, allow_none: bool = Fal
                    'write e.g. "512M", "2G" or a number of bytes')
 
 
+@overload
+def duration_at(value: Duration, where: str, file: str,
+                between: tuple[float, float] = (0.0, DURATION_MAX)) -> float: ...
+@overload
+def duration_at(value: Duration | None, where: str, file: str,
+                between: tuple[float, float] = (0.0, DURATION_MAX)) -> float | None: ...
 def duration_at(value: Duration | None, where: str, file: str,
                 between: tuple[float, float] = (0.0, DURATION_MAX)) -> float | None:
     if value is None:

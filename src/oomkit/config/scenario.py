@@ -256,7 +256,8 @@ class _Resolver:
         if not -1000 <= t.oom_score_adj <= 1000:
             raise self.error(f"{where}.oom_score_adj", f"{t.oom_score_adj} is out of range", "-1000 to 1000")
         if t.nodes is not None:
-            bad = [n for n in t.nodes if not 0 <= n < numa_nodes] or ([] if t.nodes else ["none"])
+            bad: list[int | str] = [n for n in t.nodes if not 0 <= n < numa_nodes] or (
+                [] if t.nodes else ["none"])
             if bad:
                 raise self.error(f"{where}.nodes", f"no NUMA node {bad[0]}",
                                  f"nodes are 0 to {numa_nodes - 1}")
@@ -321,7 +322,7 @@ class _Resolver:
                                      "leave task out")
                 out.append(Event(at, None, "pressure", pressure=self.pressure(e.pressure, where, paths)))
                 continue
-            if kind == "spawn":
+            if kind == "spawn" and e.spawn is not None:
                 task = self.task(e.spawn, f"{where}.spawn", paths, numa_nodes)
                 if task.mm is not None:
                     raise self.error(f"{where}.spawn.mm", "only a [[task]] may share an mm",

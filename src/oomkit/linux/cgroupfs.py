@@ -303,7 +303,7 @@ def detect(cgroup: str = "auto", mount: str | os.PathLike | None = None,
     mounts_path = Path(proc_root) / "self" / "mounts"
     with os_errors(str(mounts_path), KernelError, "read"):
         table = parse.mounts(mounts_path.read_text())
-    found = []
+    found: list[tuple[str, Path]] = []
     for _source, target, fstype, opts in table:
         if mount is not None and Path(target) != Path(mount):
             continue
@@ -311,9 +311,9 @@ def detect(cgroup: str = "auto", mount: str | os.PathLike | None = None,
             found.append((V1, Path(target)))
         elif fstype == "cgroup2" and _v2_has_memory(Path(target)):
             found.append((V2, Path(target)))
-    for version, target in found:
+    for version, found_at in found:
         if cgroup in ("auto", version):
-            return version, target
+            return version, found_at
     want = "cgroup v1 or v2" if cgroup == "auto" else f"cgroup {cgroup}"
     where = f" at {mount}" if mount is not None else ""
     raise KernelError(f"no {want} hierarchy with the memory controller is mounted{where} "

@@ -111,8 +111,8 @@ def int_value(text: str) -> int:
     return int(text.strip())
 
 
-def pids(text: str) -> list[int]:
-    """``cgroup.procs``/``tasks``: one pid a line."""
+def pids(text: str | bytes) -> list[int]:
+    """``cgroup.procs``/``tasks``: one pid a line (as text, or the raw bytes read)."""
     return [int(line) for line in text.split()]
 
 

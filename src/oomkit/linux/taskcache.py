@@ -36,7 +36,7 @@ import os
 import resource
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from oomkit.errors import TaskGone
 from oomkit.linux import parse
@@ -217,7 +217,7 @@ class TaskCache:
                         try:
                             if pread(e.statm_fd, 512, 0) == e.statm and pread(e.adj_fd, 32, 0) == e.adj:
                                 if e.made is not None:
-                                    append(e.made)
+                                    append(cast(R, e.made))     # made by this make(): an R
                                 elif e.sample is not None:
                                     e.made = make(pid, tag, e.sample)
                                     append(e.made)

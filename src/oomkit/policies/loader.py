@@ -138,6 +138,8 @@ def _import_file(where: str, base_dir: str | Path | None, fresh: bool = False):
     # One module per file in sys.modules: a fresh import replaces the old one,
     # which lives on only as long as the policies made from it (no leak per reload).
     spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None:        # a .py path always has a loader; kept for the type checker
+        raise PolicyLoadError(f"{path}: cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
     try:
