@@ -23,7 +23,7 @@ from oomkit.errors import TaskGone
 from oomkit.linux import pidfd as _pidfd
 from oomkit.schema import OOMRecord
 
-from .procs import children_of, end_by_pidfd, signal_pidfd, wait_for_line
+from .procs import end_by_pidfd, signal_pidfd, until, wait_for_line, watchdogs_of
 
 
 def read_event_log(path: Path) -> list[dict]:
@@ -115,8 +115,10 @@ class DaemonProc:
         self._reader.start()
         if self.wait_line("oomkit: running", timeout) is None:
             raise RuntimeError("the daemon did not start:\n" + self.stderr())
-        kids = children_of(self.popen.pid)
-        if kids:   # v1: the watchdog is the daemon's only child
+        # The watchdog started before "running"; a loaded machine may show it late in /proc.
+        kids: list[int] = []
+        until(lambda: bool(kids.extend(watchdogs_of(self.popen.pid)) or kids), 5)
+        if kids:   # v1: the watchdog (the zygote, a worker runner's, is the other child)
             self.watchdog_pid = kids[0]
             try:
                 self.watchdog_pidfd = _pidfd.open_pidfd(kids[0])

@@ -194,6 +194,23 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def argv_of(pid: int) -> list[str]:
+    """``pid``'s argv ([] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def watchdogs_of(pid: int) -> list[int]:
+    """The daemon ``pid``'s watchdog children, told from its other child (the policy
+    sandbox's zygote, ``-m oomkit.sandbox.zygote``) by argv: the watchdog runs
+    ``python -I -S .../oomkit/daemon/watchdog.py TIMEOUT --ack`` (daemon/restore.py)."""
+    return [kid for kid in children_of(pid)
+            if any(a.endswith(os.sep + "watchdog.py") for a in argv_of(kid)[1:4])]
+
+
 
 # -- waiting --------------------------------------------------------------------------
 

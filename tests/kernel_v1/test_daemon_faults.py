@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helpers.daemon import DaemonProc, check_record, killed_pids
 from helpers.memcg import rmdir_patiently
-from helpers.procs import SHARED_HOG, children_of, signal_pidfd
+from helpers.procs import SHARED_HOG, signal_pidfd, watchdogs_of
 from oomkit.linux import pidfd as _pidfd
 
 MiB = 1 << 20
@@ -124,7 +124,7 @@ def test_a_second_daemon_is_refused_and_leaves_the_first_armed(sandbox, oomkit_d
     assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True         # not disarmed
     hog, _ = oom_resolved_within(sandbox, a, 40, 1 + MARGIN)
     assert killed_pids(first.wait_events(1)[0]) == {hog.pid}
-    assert len(children_of(first.pid)) == 1
+    assert len(watchdogs_of(first.pid)) == 1
 
 
 def test_the_daemon_refuses_to_manage_the_cgroup_it_runs_in(sandbox, oomkit_daemon, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers.daemon import check_record, killed_pids
-from helpers.procs import children_of, until
+from helpers.procs import until, watchdogs_of
 from oomkit.linux.pidfd import send_signal
 
 MiB = 1 << 20
@@ -159,7 +159,7 @@ def test_a_stopped_watchdog_is_noticed_and_replaced(sandbox, oomkit_daemon, tmp_
         if d.watchdog_alive():
             send_signal(old, signal.SIGKILL)
     # The new watchdog holds a: the daemon's death mid-OOM hands it back.
-    assert until(lambda: len(children_of(d.pid)) == 1, 5)
+    assert until(lambda: len(watchdogs_of(d.pid)) == 1, 5)
     hog = sandbox.hog(a, 40)
     wait_under_oom(sandbox, a)
     d.signal(signal.SIGKILL)
@@ -178,7 +178,7 @@ def test_watchdog_killed_daemon_replaces_it(sandbox, oomkit_daemon):
     send_signal(d.watchdog_pidfd, signal.SIGKILL)
     assert d.wait_line("replaced by pid", 5), d.stderr()
     assert all(fs.oom_control(cg)["oom_kill_disable"] for cg in tree)
-    assert until(lambda: len(children_of(d.pid)) == 1, 5)
+    assert until(lambda: len(watchdogs_of(d.pid)) == 1, 5)
     d.signal(signal.SIGKILL)
     assert until(lambda: not any(fs.oom_control(cg)["oom_kill_disable"] for cg in tree), 5), \
         "the new watchdog did not hand the memcgs back"

@@ -49,29 +49,39 @@ def _check_event_log(event_log: str, file: str) -> None:
                           "memory only")
 
 
-def check_policies(attachments, file: str, base_dir: Path, settings: EngineSettings | None = None) -> None:
+def check_policies(attachments, file: str, base_dir: Path, settings: EngineSettings | None = None,
+                   keep: list | None = None) -> None:
     """Build each policy, then let it go: in a worker (the default) or, with
-    ``settings.runner`` "inprocess" (and for the CLI's ``--in-process``), here."""
+    ``settings.runner`` "inprocess" (and for the CLI's ``--in-process``), here.
+    With ``keep`` (a list), the workers built are appended to it instead of
+    ending (a reload hands them to its engine: a policy is not built twice)."""
     for i, att in enumerate(attachments):
         try:
             if settings is None or settings.runner == "inprocess":
                 make_policy(att.policy, att.params, base_dir)
             else:
-                check_recipe(Recipe(att.policy, dict(att.params), str(base_dir)), settings)
+                check_recipe(Recipe(att.policy, dict(att.params), str(base_dir)), settings, keep)
         except PolicyLoadError as exc:
+            if keep:
+                for worker in keep:
+                    worker.kill()
+                keep.clear()
             raise ConfigError(str(exc), file=file, where=f"attach[{i}].policy") from None
 
 
-def check_recipe(recipe: Recipe, settings: EngineSettings) -> None:
+def check_recipe(recipe: Recipe, settings: EngineSettings, keep: list | None = None) -> None:
     """Build ``recipe``'s policy in a worker confined as the daemon's would be."""
-    from oomkit.sandbox.runner import Confinement, Worker
+    import time
+
+    from oomkit.sandbox.runner import LOAD_TIMEOUT, Confinement, Worker
 
     worker = Worker(recipe, Confinement(settings.policy_user, settings.policy_memory))
     try:
-        import time
-
-        from oomkit.sandbox.runner import LOAD_TIMEOUT
-
         worker.wait_ready(time.monotonic() + LOAD_TIMEOUT)
-    finally:
+    except BaseException:
         worker.kill()
+        raise
+    if keep is None:
+        worker.kill()
+    else:
+        keep.append(worker)

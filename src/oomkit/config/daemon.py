@@ -64,7 +64,7 @@ class DaemonSpec(_Strict):
     # TEMPORARY default "inprocess" for the daemon only: the live worker path still fails
     # tests/kernel_v1 (watchdog helpers count the zygote as a child; a 50 ms wall deadline
     # missed under load); simulate and replay use workers by default.
-    policy_runner: str = "inprocess"
+    policy_runner: str = "worker"
     policy_user: str = "nobody"     # the workers' uid and gid
     policy_memory: Size = "256M"    # each worker's address-space cap (RLIMIT_AS)
     metrics: str | None = None      # "HOST:PORT": Prometheus text on /metrics (the metrics extra)

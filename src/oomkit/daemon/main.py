@@ -99,6 +99,7 @@ class Daemon:
         self._said_loading = False
         self._warned: set[tuple[str, str]] = set()
         self._watchdog_pid: int | None = None
+        self._spares: list = []         # a reload's policy workers, built on its thread
         self._refused: set[str] = set()
         self._wake_r, self._wake_w = socket.socketpair()
         self.book = status.StatusBook()     # what `oomkit status` shows (state_dir/status.json)
@@ -474,12 +475,21 @@ class Daemon:
                     make_policy(spec.policy, spec.params, config.base_dir, fresh=spec.policy not in fresh)
                     fresh.add(spec.policy)
             else:       # each worker imports its policy anew: built there, never here
-                check_policies(config.attach, str(path), config.base_dir, config.settings)
+                spares: list = []
+                # Kept for the new engine: a slow import is not done again on the loop.
+                check_policies(config.attach, str(path), config.base_dir, config.settings, keep=spares)
+                self._spares = spares
             self._check_reloadable(config)
         except BaseException:
             restore_file_modules(saved)
+            self._drop_spares()
             raise
         return config
+
+    def _drop_spares(self) -> None:
+        for worker in self._spares:
+            worker.kill()
+        self._spares = []
 
     def reload(self) -> bool:
         """Read and apply the config file now, on this thread (the loop's own
@@ -496,6 +506,7 @@ class Daemon:
     def _apply(self, loaded: DaemonConfig | BaseException) -> bool:
         """Apply a config read whole, or say why the running one stays."""
         if isinstance(loaded, BaseException):
+            self._drop_spares()
             why = str(loaded) if isinstance(loaded, OOMKitError) else f"{type(loaded).__name__}: {loaded}"
             log.error("oomkit: reload failed, keeping the running configuration: %s", why)
             return False
@@ -506,6 +517,9 @@ class Daemon:
         self.stack.reconfigure(live_settings(config))
         self.engine.close()             # its handler thread would otherwise wait for ever
         self.engine = self._engine(config)
+        if config.settings.runner != "inprocess":
+            self.engine.adopt(self._spares)
+        self._spares = []
         if config.event_log != old.event_log:
             self.events.reopen(config.event_log)
         if config.pressure != old.pressure and config.pressure:
@@ -513,6 +527,7 @@ class Daemon:
         if config.global_pressure != old.global_pressure:
             self._global_source(False)
         self.reconcile()
+        self.engine.drop_spares()
         log.info("oomkit: reloaded %s: %d attachments", self.config_path, len(self.engine.attachments))
         return True
 

@@ -103,6 +103,17 @@ class Engine:
                                          clock=s.deadline_clock)
         return self._workers
 
+    def adopt(self, workers: list) -> None:
+        """Policy workers built beforehand (a reload's, on its thread): attach()
+        takes one built from the same recipe instead of building it again."""
+        if workers:
+            self.workers.spares.extend(workers)
+
+    def drop_spares(self) -> None:
+        """End the adopted workers no attachment took."""
+        if self._workers is not None:
+            self._workers.drop_spares()
+
     # -- attachments ---------------------------------------------------------
 
     def attach(self, cgroup: str, policy: OOMPolicy | Recipe, *, ceiling: int | None = None) -> Attachment:
@@ -271,7 +282,8 @@ class Engine:
     def _failure(self, outcome: Outcome) -> str | None:
         if outcome.timed_out:
             return (f"deadline: still running after {self.settings.handler_deadline * 1000:g} ms "
-                    f"of its own time ({outcome.io * 1000:.1f} ms more reading and acting for it)")
+                    f"of its own time ({outcome.io * 1000:.1f} ms more reading and acting for it"
+                    f"{'; ' + outcome.note if outcome.note else ''})")
         if outcome.error is not None:
             return describe(outcome.error)
         if not isinstance(outcome.value, Verdict):

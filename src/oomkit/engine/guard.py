@@ -52,6 +52,7 @@ class Outcome:
     timed_out: bool = False
     elapsed: float = 0.0
     io: float = 0.0          # of ``elapsed``, the time oomkit spent for the handler
+    note: str = ""           # a worker's: what its time went to (said with a missed deadline)
 
 
 class _Worker(threading.Thread):

@@ -240,6 +240,9 @@ class Capture:
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.size = self.dropped = 0
+        #: While the policy loads: pass each write on at once (a slow import's
+        #: messages appear when printed, not when it is done).
+        self.eager: Channel | None = None
 
     def write(self, text: str) -> int:
         text = str(text)
@@ -249,6 +252,8 @@ class Capture:
             text = text[:max(room, 0)]
         self.parts.append(text)
         self.size += len(text)
+        if self.eager is not None and text:
+            _flush(self.eager)
         return len(text)
 
     def flush(self) -> None:
@@ -261,7 +266,10 @@ class Capture:
         text = "".join(self.parts)
         if self.dropped:
             text += f"\n[oomkit: {self.dropped} more characters of policy output dropped]\n"
-        self.parts, self.size, self.dropped = [], 0, 0
+        # While loading, OUTPUT_MAX bounds the whole load, not each write.
+        self.parts, self.dropped = [], 0
+        if self.eager is None:
+            self.size = 0
         return text
 
 
@@ -326,6 +334,7 @@ def main(chan: Channel, request: dict[str, Any]) -> None:
         from oomkit.policies.loader import make_policy
         from oomkit.policy import policy_label
 
+        _out.eager = _err.eager = chan
         try:
             policy = make_policy(request["ref"], request["params"], request["base_dir"])
         except PolicyLoadError as exc:
@@ -336,6 +345,8 @@ def main(chan: Channel, request: dict[str, Any]) -> None:
             _flush(chan)
             chan.send(["load_error", f"policy {request['ref']!r} failed to load: {type(exc).__name__}: {exc}"])
             os._exit(0)
+        _out.eager = _err.eager = None
+        _out.size = _err.size = 0
         if not request.get("early"):
             missing += drop(request["uid"], request["gid"])
         _flush(chan)
