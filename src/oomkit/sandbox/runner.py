@@ -376,6 +376,10 @@ class WorkerRunner:
                 # Time the machine kept the worker (or this thread, answering it) waiting
                 # for a CPU is not the policy's own: it counts as oomkit's, up to io_cap.
                 ran, waited = (a - b for a, b in zip(_sched(worker.pid), rq0, strict=True))
+                if ran <= 0:
+                    # Not run at all yet (seen on a loaded machine: tens of ms asleep with
+                    # the call on its socket, not even on a run queue): none of it is the policy's.
+                    waited = now - start
                 allowed = self.deadline + min(io[0] + waited, self.io_cap)
                 if now - start >= allowed:
                     return Outcome(timed_out=True, note=f"{(now - start) * 1000:.0f} ms in all: the worker "
