@@ -61,9 +61,6 @@ class DaemonSpec(_Strict):
     global_pressure: str = "full 150ms 2s"
     host: str | None = None         # written into every record (a fleet's logs merged); default the hostname
     # Where policies run: "worker" (a sandboxed process each) or "inprocess" (UNSAFE: debugging).
-    # TEMPORARY default "inprocess" for the daemon only: the live worker path still fails
-    # tests/kernel_v1 (watchdog helpers count the zygote as a child; a 50 ms wall deadline
-    # missed under load); simulate and replay use workers by default.
     policy_runner: str = "worker"
     policy_user: str = "nobody"     # the workers' uid and gid
     policy_memory: Size = "256M"    # each worker's address-space cap (RLIMIT_AS)
