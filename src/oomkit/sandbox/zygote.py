@@ -96,7 +96,10 @@ def serve(fd: int) -> None:
     control = socket.socket(fileno=fd)
     _preload()
     while True:
-        got = recv_request(control)
+        try:
+            got = recv_request(control)
+        except OSError:     # the daemon is gone (ECONNRESET when it died): so are we
+            return
         if got is None:
             return
         request, fds = got
