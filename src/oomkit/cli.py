@@ -40,8 +40,19 @@ def _parse_attach(values: tuple[str, ...]) -> dict[str, str]:
         cgroup, sep, policy = value.partition("=")
         if not sep or not cgroup.startswith("/") or not policy:
             _fail(f"--attach {value!r}: write CGROUP=POLICY, e.g. --attach /=largest-task")
-        out[cgroup] = policy
+        out[cgroup] = from_shell(policy)
     return out
+
+
+def from_shell(policy: str) -> str:
+    """A policy file named on the command line (``./p.py:Class``) is relative to the
+    shell's directory, not the scenario's: made absolute here."""
+    import os
+
+    where, sep, name = policy.rpartition(":")
+    if sep and (where.endswith(".py") or "/" in where) and not os.path.isabs(where):
+        return f"{os.path.abspath(where)}:{name}"
+    return policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -338,6 +349,33 @@ def list_policies() -> None:
     for name, cls in BUILTINS.items():
         doc = (cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         click.echo(f"{name:18} {' '.join(doc.split())}")
+        params = _params_of(cls)
+        if params:
+            click.echo(f"{'':18}   params: {params}")
+
+
+def _params_of(cls: type) -> str:
+    """``avoid = [], step = "64M"``: a policy's params and their defaults, as TOML would write them."""
+    import inspect
+    import json
+
+    def toml(v: object) -> str:
+        if v is None:
+            return "unset"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (tuple, list)):
+            return "[" + ", ".join(toml(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {toml(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v) if isinstance(v, str) else str(v)
+
+    out = []
+    for p in inspect.signature(cls).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out.append(p.name + ("" if p.default is p.empty else f" = {toml(p.default)}"))
+    return ", ".join(out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -199,6 +199,9 @@ def test_raise_limit_resolves_without_kill(sandbox, oomkit_daemon):
     assert sandbox.fs.limit(a) == 64 * MiB
     assert sandbox.fs.oom_control(a)["oom_kill"] == 0
     assert len(d.events()) == 1
+    # raise_limit has its own warning line on stderr (as a kill has).
+    line = d.wait_line(f"oomkit: raised the limit of {a} from 32M to 64M, by raise-limit at {a}: ", 10)
+    assert line is not None, d.stderr()
     print(f"raise-limit: latency_ms {ev['latency_ms']}")
 
 

@@ -37,6 +37,12 @@ def expand(fs: CgroupFS, attach: list[Attach], warned: set[tuple[str, str]] | No
     return out
 
 
+def unmatched(attach: list[Attach], wanted: dict[str, Attach]) -> list[str]:
+    """The attachments that took no cgroup (none exists, or each was an earlier one's)."""
+    taken = list(wanted.values())
+    return [spec.cgroup for spec in attach if spec not in taken]
+
+
 def matches(fs: CgroupFS, pattern: str) -> list[str]:
     parts = [p for p in pattern.split("/") if p]
     found = ["/"]

@@ -191,5 +191,22 @@ def release_line(r: Release, policy: str, attached: str, reason: str, dry_run: b
             f"relief {format_size(r.relief)}, by {who}: {reason}")
 
 
+def raise_lines(record: Any, dry_run: bool = False) -> list[str]:
+    """``oomkit: raised the limit of /apps/web from 2G to 2.5G, by raise-limit at /apps/web:
+    REASON``: one line per limit a policy raised in this OOM (a kill has its own line)."""
+    verb = "would raise" if dry_run else "raised"
+    old = {c.cgroup: c.old for c in record.limits}
+    out = []
+    for h in record.handlers:
+        for a in h.actions:
+            if a.action != "raise_limit" or a.result < 0 or a.error:
+                continue
+            cgroup, _, new = a.target.partition(" -> ")
+            was = format_size(old[cgroup]) if old.get(cgroup) is not None else "?"
+            out.append(f"oomkit: {verb} the limit of {cgroup} from {was} to {new}, by {h.policy} at "
+                       f"{h.cgroup}: {a.reason or 'no reason given'}")
+    return out
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")

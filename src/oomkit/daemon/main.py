@@ -35,7 +35,7 @@ from oomkit.config.check import check_policies
 from oomkit.config.daemon import Attach, DaemonConfig, load_daemon_config
 from oomkit.context import Level, is_within
 from oomkit.daemon import attachments, status
-from oomkit.daemon.eventlog import EventLog, now_iso, release_line
+from oomkit.daemon.eventlog import EventLog, now_iso, raise_lines, release_line
 from oomkit.daemon.pressure import PolicyPressure
 from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
@@ -144,9 +144,7 @@ class Daemon:
         wanted = attachments.expand(self.fs, self.config.attach, self._warned)
         for path, spec in sorted(wanted.items()):
             log.debug("oomkit: %s: policy %s %s", path, spec.policy, spec.params or "")
-        if self.config.attach and not wanted:
-            log.warning("oomkit: no cgroup matches any attachment yet (%s)",
-                        ", ".join(a.cgroup for a in self.config.attach))
+        self._say_unmatched(wanted)
         log.info("oomkit: running on cgroup %s at %s: %d attachments, %d cgroups managed%s",
                  self.version, self.fs.mount, len(self.engine.attachments), len(self.managed),
                  " (dry run)" if self.config.dry_run else "")
@@ -248,6 +246,8 @@ class Daemon:
         record.latency_ms, record.dry_run = latency_ms, self.config.dry_run
         record.host = self.config.host or None
         self.events.write(record.to_dict())
+        for line in raise_lines(record, self.config.dry_run):
+            log.warning(line)       # raise_limit's own line (kills have theirs: _on_release)
         self.book.record(record)        # after the record: status shows what happened
         self.publish()
 
@@ -528,8 +528,16 @@ class Daemon:
             self._global_source(False)
         self.reconcile()
         self.engine.drop_spares()
+        self._say_unmatched(self.attached_specs)
         log.info("oomkit: reloaded %s: %d attachments", self.config_path, len(self.engine.attachments))
         return True
+
+    def _say_unmatched(self, wanted: dict[str, Attach]) -> None:
+        """At start and reload: each attachment that took no cgroup (a typo starts silently
+        otherwise); it is still watched for, and taken when such a cgroup is made."""
+        for pattern in attachments.unmatched(self.config.attach, wanted):
+            log.warning("oomkit: attachment %s matches no cgroup yet (it is taken when one is made)",
+                        pattern)
 
     def _check_reloadable(self, config: DaemonConfig) -> None:
         """What the running daemon cannot change without a restart."""
