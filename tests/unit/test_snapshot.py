@@ -33,10 +33,14 @@ def test_the_snapshot_shows_the_victim_as_the_policy_saw_it():
     assert "hog" not in {t.name for t in sim.backend.tasks(oom, "/a") if not t.exiting}
 
 
-def test_what_no_policy_read_is_read_after_and_says_so():
+def test_what_no_policy_read_is_read_before_the_kernels_kill():
+    """The policy looked at nothing and passed: the OOMing memcg's tasks are
+    read before the kernel's killer acts, so its victim is in the snapshot."""
     sim, oom, record = handle_one(FuncPolicy(Verdict.PASS))      # looked at nothing
     snap = record.snapshot
-    assert snap.read == "after"
+    assert snap.read == "before"
+    assert [k.name for k in record.killed] == ["hog"]
+    assert {t.name for t in snap.tasks} == {"hog", "small"}
     assert snap.cgroups["/a"].limit == 100 * M
 
 
@@ -102,3 +106,33 @@ def test_a_copy_of_a_snapshot_backend_is_on_its_own():
     for other in (two, base):     # neither the other copy nor the original moved
         assert not other.task(1).exiting and not other.condition_gone(oom)
         assert other.cgroups(oom, "/a")["/a"].limit == 100
+
+
+def test_a_policy_above_that_kills_by_pid_leaves_its_victim_in_the_snapshot():
+    """A policy attached above the OOMing memcg kills by pid: the victim is in
+    the snapshot as the policy's view had it before the kill."""
+    sim = make_sim(**TREE)
+    engine = Engine(sim.backend, EngineSettings(snapshot=True))
+    hog = sim._by_name["hog"]
+    engine.attach("/", FuncPolicy(lambda oc, k: Verdict.HANDLED if k.kill_task(hog.pid, "by pid") > 0
+                                  else Verdict.PASS))
+    oom = sim.machine.check(hog, 20 * M)
+    record = engine.handle(oom)
+    assert [k.name for k in record.killed] == ["hog"]
+    snap = record.snapshot
+    assert {t.name for t in snap.tasks} == {"hog", "small"}, snap.tasks
+    assert next(t for t in snap.tasks if t.name == "hog").rss == 60 * M
+
+
+def test_tasks_read_after_the_chain_get_its_victims_back():
+    from oomkit.context import TaskInfo
+    from oomkit.engine.snapshot import _with_victims
+
+    def t(pid, cgroup, rss, exiting=False):
+        return TaskInfo(pid, f"t{pid}", (), cgroup, rss, 0, 0, 0, 0, 0.0, exiting)
+
+    after = (t(1, "/a", 5), t(2, "/a", 60, exiting=True))      # 2 killed, still exiting
+    victims = [t(2, "/a", 60), t(9, "/b", 7)]                  # 9 outside the OOM's scope
+    assert _with_victims(after, victims, "/a") == (t(1, "/a", 5), t(2, "/a", 60))
+    assert _with_victims(None, victims[:1], "/a") == (t(2, "/a", 60),)
+    assert _with_victims(after, [], "/a") == after

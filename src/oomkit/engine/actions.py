@@ -64,6 +64,7 @@ class Actions:
         self._on_release = on_release
         self._revoked: str | None = None
         self._raised: dict[str, int] = {}   # limits this call set: newer than the context's
+        self.victims: list[TaskInfo] = []   # each task killed, as seen before the kill (the snapshot's)
 
     # -- what policies call ------------------------------------------------------
 
@@ -180,6 +181,8 @@ class Actions:
 
     def _kill(self, kill: oom_kill.KillSet, reason: str) -> int:
         released = self._backend.kill(kill.victims, self._oom, cgroup=kill.group)
+        dead = {r.pid for r in released}
+        self.victims += [t for t in kill.victims if t.pid in dead]
         shared = {t.pid for t in kill.sharers}
         if shared:
             # One address space comes back once: counted with the task that held the kill.

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from oomkit.backends.base import Backend, OOMEvent, Release
-from oomkit.context import CgroupInfo, Level, OOMContext, ancestors, is_within
+from oomkit.context import CgroupInfo, Level, OOMContext, TaskInfo, ancestors, is_within
 from oomkit.engine import snapshot
 from oomkit.engine.actions import Actions
 from oomkit.engine.attachment import Attachment, Recipe
@@ -84,6 +84,7 @@ class Engine:
         self.ejected: list[str] = []
         self.on_release = on_release
         self.busy = False                # a chain is running: no OOM may be declared
+        self._victims: list[TaskInfo] = []   # killed in this chain, as seen before (the snapshot)
         self._triggers: dict[str, tuple[PressureTrigger, ...]] = {}   # attachment -> its triggers
         # ``tick`` (the live daemon's watchdog heartbeat) goes on while a handler runs.
         self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
@@ -177,9 +178,10 @@ class Engine:
         self.busy = True
         try:
             frozen = snapshot.freeze(self.backend, oom) if self.settings.snapshot else None
+            self._victims.clear()
             first = self._run_chain(oom, record, frozen)
             if self.settings.snapshot:
-                record.snapshot = snapshot.take(self.backend, oom, first, frozen)
+                record.snapshot = snapshot.take(self.backend, oom, first, frozen, self._victims)
         finally:
             self.busy = False
         return record
@@ -210,6 +212,8 @@ class Engine:
         if self._condition_gone(oom, record):
             self._gone(record)
         else:
+            if self.settings.snapshot and first is not None:
+                snapshot.preload(first, oom)    # the kernel's victim, before the kernel kills it
             self.fall_back(oom, record)
         return first
 
@@ -268,6 +272,7 @@ class Engine:
             assert policy is not None
             outcome = self._guard.call(lambda: policy.handle_out_of_memory(oc, k),
                                        on_timeout=lambda: k.revoke("the handler's deadline passed"))
+        self._victims.extend(k.victims)     # the snapshot's, if it reads the tasks after the chain
         if self.settings.record_timing:
             h.ms = round(outcome.elapsed * 1000, 3)
         failure = self._failure(outcome)

@@ -15,9 +15,10 @@ snapshot says so (``"read": "after"``): a victim is then missing from it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from oomkit.context import CgroupInfo, Level, OOMContext, TaskInfo
+from oomkit.context import CgroupInfo, Level, OOMContext, TaskInfo, is_within
 from oomkit.errors import KernelError
 from oomkit.schema import CgroupState, Snapshot, TaskState
 
@@ -48,17 +49,33 @@ def freeze(backend: Backend, oom: OOMEvent) -> dict[str, CgroupInfo] | None:
     return out
 
 
+def preload(first: OOMContext, oom: OOMEvent) -> None:
+    """Before the kernel's killer acts on a memcg OOM no policy resolved: read
+    the tasks the first handler did not, so that the snapshot holds the
+    kernel's victim as it was (a read on the way to the kernel's kill, the
+    price of a replayable record)."""
+    if oom.level != Level.MEMCG or first.tasks.loaded(oom.memcg) is not None:
+        return
+    try:
+        first.tasks.in_cgroup(oom.memcg)    # the OOMing memcg's subtree only, kept by the context
+    except KernelError as exc:
+        log.debug("oomkit: snapshot: tasks of %s not read before the kernel's kill: %s",
+                  oom.memcg, exc)
+
+
 def take(backend: Backend, oom: OOMEvent, first: OOMContext | None,
-         frozen: dict[str, CgroupInfo] | None) -> Snapshot:
+         frozen: dict[str, CgroupInfo] | None, victims: Sequence[TaskInfo] = ()) -> Snapshot:
     """The snapshot: ``frozen`` and what the first handler's context ``first``
     had read; the rest read now.  For a global or numa OOM the tasks only if a
-    policy read them: reading every task on the machine for the log is not worth it."""
+    policy read them: reading every task on the machine for the log is not worth it.
+    Tasks read now miss the chain's victims: ``victims`` (as the actions saw each
+    before killing it) are put back, so a replay still has them."""
     after = frozen is None
     cgroups = frozen if frozen is not None else _cgroups_after(backend, oom, first)
     totalpages = first.totalpages if first is not None else backend.totalpages(oom)
     tasks = first.tasks.loaded(oom.memcg) if first is not None else None
     if tasks is None and oom.level == Level.MEMCG:
-        tasks, after = _tasks_after(backend, oom), True
+        tasks, after = _with_victims(_tasks_after(backend, oom), victims, oom.memcg), True
     return Snapshot(scope=oom.memcg, totalpages=totalpages,
                     cgroups={p: CgroupState.of(c) for p, c in cgroups.items()},
                     read="after" if after else "before",
@@ -81,6 +98,17 @@ def _cgroups_after(backend: Backend, oom: OOMEvent, first: OOMContext | None) ->
         except KernelError as exc:
             log.debug("oomkit: snapshot: %s left out, gone after the chain: %s", path, exc)
     return out
+
+
+def _with_victims(tasks: tuple[TaskInfo, ...] | None, victims: Sequence[TaskInfo],
+                  scope: str) -> tuple[TaskInfo, ...] | None:
+    """Tasks read after the chain, with its victims as they were before it (a
+    killed task may still be listed, exiting: the earlier view replaces it)."""
+    mine = {t.pid: t for t in victims if is_within(t.cgroup, scope)}
+    if not mine:
+        return tasks
+    rest = [t for t in tasks or () if t.pid not in mine]
+    return tuple(sorted([*rest, *mine.values()]))
 
 
 def _tasks_after(backend: Backend, oom: OOMEvent) -> tuple[TaskInfo, ...] | None:
