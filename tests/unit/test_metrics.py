@@ -183,3 +183,15 @@ def test_metrics_without_the_extra_is_one_line_at_start(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout == ("[daemon] metrics and metrics_textfile need the prometheus_client library "
                         "(pip install 'oomkit[metrics]')\n"), r.stderr
+
+
+def test_the_daemon_path_never_imports_rich_matplotlib_or_the_fleet_libraries():
+    """`oomkit run`'s imports (the CLI, the composition root, both stacks, the status
+    and metrics modules) pull in none of the report's or the extras' libraries."""
+    code = ("import sys, oomkit.cli, oomkit.daemon.main, oomkit.daemon.metrics, oomkit.daemon.status\n"
+            "import oomkit.backends.cgroup_v1, oomkit.backends.cgroup_v2\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('rich', 'matplotlib', 'dask', 'distributed', 'pyarrow'))\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
