@@ -306,7 +306,10 @@ def test_executor_kernel_the_kernel_kills_the_policys_choice(sandbox, oomkit_dae
     for name, hog in hogs.items():
         if name != victim:
             assert hog.alive(), f"{name} was killed too"
-            assert ProcFS().oom_score_adj(hog.pid) == (1000 if name == "small" else 0)
-    assert sandbox.fs.oom_control(cgs[victim])["oom_kill"] == 1      # the kernel's kill
+            # its own value back once the OOM is settled (a loaded machine may see a
+            # second, short OOM meanwhile, with its own mark for a moment)
+            own = 1000 if name == "small" else 0
+            assert until(lambda: ProcFS().oom_score_adj(hog.pid) == own, 10), name
+    assert sandbox.fs.oom_control(cgs[victim])["oom_kill"] >= 1      # the kernel's kill
     assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True      # interception taken back
     print(f"executor kernel, {policy}: latency_ms {ev['latency_ms']}")
