@@ -102,7 +102,7 @@ def test_reads_exactly_our_subtree_as_proc_shows_it(sandbox, bpf, sleepers):
     s_top = sleepers(top, 2)
     s_leaf = sleepers(leaf, 1)
     sleepers(other, 2)
-    hog = sandbox.hog(leaf, 20, wait_allocated=20)
+    hog = sandbox.hog(leaf, 20, wait_allocated=60)
     ProcFS().set_oom_score_adj(s_top[0].pid, 500)
     ProcFS().set_oom_score_adj(s_leaf[0].pid, 300)   # raising needs no CAP_SYS_RESOURCE
 
@@ -247,7 +247,7 @@ def test_either_program_reads_the_same_subtree(sandbox, both, sleepers):
     for cg in (top, x, deep, y):
         sleepers(cg, 2)
     sleepers(b, 3)
-    hog = sandbox.hog(y, 8, wait_allocated=20)
+    hog = sandbox.hog(y, 8, wait_allocated=60)
     for cg in (top, x, deep, b, sandbox.root):
         k = key(sandbox, cg)
 

@@ -36,8 +36,8 @@ def task_tree(sandbox):
 
 
 def start_task_tree(sandbox, cgs):
-    old = sandbox.hog(cgs["old"], 24, wait_allocated=20)
-    small = sandbox.hog(cgs["small"], 8, wait_allocated=20)
+    old = sandbox.hog(cgs["old"], 24, wait_allocated=60)
+    small = sandbox.hog(cgs["small"], 8, wait_allocated=60)
     set_adj(small.pid, 1000)
     young = sandbox.hog(cgs["young"], 24)
     return {"old": old, "small": small, "young": young}
@@ -83,11 +83,11 @@ def selftest_tree(sandbox, with_protected: bool):
     t = sandbox.cg("t", limit=128 * MiB)
     cg = {"c1": sandbox.cg("t/c1"), "n": sandbox.cg("t/n")}
     cg["c3"], cg["c4"] = sandbox.cg("t/n/c3"), sandbox.cg("t/n/c4")
-    hogs = {"c1": sandbox.hog(cg["c1"], 5, wait_allocated=20)}
+    hogs = {"c1": sandbox.hog(cg["c1"], 5, wait_allocated=60)}
     set_adj(hogs["c1"].pid, 1000)
     if with_protected:
         cg["c2"] = sandbox.cg("t/c2")
-        hogs["c2"] = sandbox.hog(cg["c2"], 20, wait_allocated=20)
+        hogs["c2"] = sandbox.hog(cg["c2"], 20, wait_allocated=60)
         try:
             set_adj(hogs["c2"].pid, -1000)
         except (KernelError, TaskGone) as exc:
@@ -95,7 +95,7 @@ def selftest_tree(sandbox, with_protected: bool):
                 pytest.skip("lowering oom_score_adj to -1000 needs CAP_SYS_RESOURCE, which this "
                             f"sandbox lacks even as root ({exc})")
             raise
-    hogs["c3"] = sandbox.hog(cg["c3"], 15, wait_allocated=20)
+    hogs["c3"] = sandbox.hog(cg["c3"], 15, wait_allocated=60)
     sandbox.fs.set_limit(t, sandbox.fs.usage(t) + 5 * MiB)
     return t, cg, hogs
 
@@ -135,7 +135,7 @@ def test_pass_hands_oom_to_parent_policy(sandbox, oomkit_daemon):
     # wait-for-exiting PASSes (nothing is exiting); largest-task at the parent acts
     d = oomkit_daemon([{"cgroup": c, "policy": "wait-for-exiting"},
                        {"cgroup": p, "policy": "largest-task"}])
-    big = sandbox.hog(c, 20, wait_allocated=20)
+    big = sandbox.hog(c, 20, wait_allocated=60)
     trigger = sandbox.hog(c, 20)
     ev = d.wait_events(1)[0]
     check_record(ev, c, "policy")
@@ -258,7 +258,7 @@ def test_dry_run_decides_then_hands_to_kernel(sandbox, oomkit_daemon):
     a = sandbox.cg("a", limit=48 * MiB)
     d = oomkit_daemon([{"cgroup": a, "policy": "largest-task"}], dry_run=True)
     assert "(dry run)" in d.wait_line("oomkit: running", 0)
-    big = sandbox.hog(a, 32, wait_allocated=20)
+    big = sandbox.hog(a, 32, wait_allocated=60)
     trigger = sandbox.hog(a, 24)
     ev = d.wait_events(1)[0]
     check_record(ev, a, "kernel")

@@ -65,7 +65,7 @@ def test_memcg_create_and_limit(sandbox):
 def test_hog_is_charged_to_our_memcg(sandbox):
     fs = sandbox.fs
     cg = sandbox.cg("a", limit=64 * MiB)
-    hog = sandbox.hog(cg, 16, wait_allocated=20)
+    hog = sandbox.hog(cg, 16, wait_allocated=60)
     assert fs.procs(cg) == [hog.pid]
     assert ProcFS().cgroup(hog.pid, "v1") == cg
     assert 16 * MiB <= fs.usage(cg) < 40 * MiB
@@ -165,7 +165,7 @@ def test_eventfd_fires_on_rmdir_and_then_cgroup_is_gone(sandbox):
 def test_process_mrelease_after_sigkill(sandbox):
     fs = sandbox.fs
     cg = sandbox.cg("a", limit=64 * MiB)
-    hog = sandbox.hog(cg, 24, wait_allocated=20)
+    hog = sandbox.hog(cg, 24, wait_allocated=60)
     with pytest.raises(KernelError) as info:  # not dying yet: EINVAL
         process_mrelease(hog.pidfd)
     assert info.value.errno == errno.EINVAL
@@ -185,7 +185,7 @@ def test_process_mrelease_after_sigkill(sandbox):
 
 def test_kill_pid_safely_refuses_another_start_time(sandbox):
     cg = sandbox.cg("a", limit=64 * MiB)
-    hog = sandbox.hog(cg, 1, wait_allocated=20)
+    hog = sandbox.hog(cg, 1, wait_allocated=60)
     assert kill_pid_safely(hog.pid, hog.starttime + 1) is False
     assert hog.alive()
     assert kill_pid_safely(hog.pid, hog.starttime) is True
