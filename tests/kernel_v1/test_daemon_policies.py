@@ -232,7 +232,7 @@ libc.pthread_exit(None)
 def test_backoff_while_victim_exits(sandbox, oomkit_daemon):
     a = sandbox.cg("a", limit=28 * MiB)
     d = oomkit_daemon([{"cgroup": a, "policy": "wait-for-exiting"}], backoff_wait="3s")
-    exiting = sandbox.hog(a, 16, wait_allocated=20, script=EXITING_HOG)
+    exiting = sandbox.hog(a, 16, wait_allocated=60, script=EXITING_HOG)
     assert until(lambda: ProcFS().stat(exiting.pid)["state"] == "Z", 5)
     hog = sandbox.hog(a, 20)
     assert until(lambda: sandbox.fs.oom_control(a)["under_oom"], 10)
