@@ -135,10 +135,17 @@ def test_daemon_stopped_watchdog_hands_back(sandbox, oomkit_daemon):
     assert d.wait_line("replaced by pid", 5), d.stderr()
     assert until(lambda: sandbox.fs.oom_control(a)["oom_kill_disable"], 5), d.stderr()
     assert d.alive(), d.stderr()
+    # The kernel's kill while the daemon was stopped is in the log too (its
+    # oom_kill count moved with no record of ours), then hog2's, the policy's.
+    events = d.wait_events(1)
+    assert events and events[0]["resolved_by"] == "kernel", events
+    assert "handed the OOM back" in events[0]["note"], events[0]
+    assert killed_pids(events[0]) == {hog.pid}, events[0]
     hog2 = sandbox.hog(a, 40)
     assert hog2.wait_exit(10)
-    events = d.wait_events(1)
-    assert events and killed_pids(events[0]) == {hog2.pid}, d.stderr()
+    events = d.wait_events(2)
+    assert len(events) == 2 and killed_pids(events[1]) == {hog2.pid}, d.stderr()
+    assert events[1]["resolved_by"] == "policy", events[1]
     assert "Traceback" not in d.stderr(), d.stderr()
 
 

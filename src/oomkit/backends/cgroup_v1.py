@@ -38,14 +38,13 @@ from oomkit.backends.live import (
 from oomkit.context import Level, TaskInfo, ancestors, is_within, parent_of
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import notify, parse
-from oomkit.schema import Killed, ResolvedBy
+from oomkit.schema import Killed, OOMRecord, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.engine.chain import Engine
     from oomkit.linux.bpftasks import BpfTasks
     from oomkit.linux.cgroupfs import CgroupFS
     from oomkit.linux.procfs import ProcFS
-    from oomkit.schema import OOMRecord
 
 log = logging.getLogger("oomkit")
 
@@ -251,6 +250,7 @@ class _Held:
     # Children that existed before this memcg was at 1 because of us: their own 1, if
     # they have one, is not inherited from us (v1 copies the parent's value at mkdir).
     preexisting: frozenset[str] = frozenset()
+    kills: int = 0               # its oom_kill count as last accounted for (kernel kills we recorded)
 
 
 class V1Events:
@@ -271,6 +271,7 @@ class V1Events:
         self._notified: set[str] = set()
         self._foreign: set[str] = set()     # left alone, said once
         self._nets: list[_Net] = []         # claimed releases the safety net still watches
+        self._kmsg_fd: int | None = None    # for kernel kills we did not ask for (a hand-back)
 
     def bind(self, engine: Engine) -> None:
         """v1 needs no engine of its own: the OOM waits for the daemon's chain."""
@@ -289,6 +290,8 @@ class V1Events:
         if self.backend.dry_run and record.resolved_by != "kernel":
             record.note = "dry run: nothing released; handed to the kernel"
             engine.fall_back(oom, record)
+        if record.resolved_by in (ResolvedBy.KERNEL, ResolvedBy.UNRESOLVED) and oom.level == Level.MEMCG:
+            self._accounted(oom.memcg)      # the kernel's kills here are this record's
         elif record.resolved_by in (ResolvedBy.POLICY, ResolvedBy.BACKOFF) and oom.level == Level.MEMCG:
             net = _Net(oom, record, engine, commit, self.backend.clock.now() + self.backend.VICTIM_EXIT)
             if self._check(net) is None:
@@ -321,6 +324,7 @@ class V1Events:
         if paused:
             claimed = net.record.resolved_by
             net.engine.fall_back(oom, net.record)
+            self._accounted(oom.memcg)
             why = (f"still under OOM {backend.GRACE:g}s after the {claimed} release "
                    "(its memory did not come back): handed to the kernel")
             net.record.note = f"{why}; {net.record.note}" if net.record.note else why
@@ -385,6 +389,8 @@ class V1Events:
                 # Listed before the write: a child made after it inherits our 1.
                 held.preexisting = frozenset(self.fs.children(path))
                 self.fs.set_oom_kill_disable(path, True)
+            held.kills = self.fs.oom_control(path)["oom_kill"]
+            self._kmsg()
             held.eventfd = notify.register_oom_eventfd(self.fs, path)
             self.hub.register(held.eventfd.fileno(), self._on_eventfd, path)
         except CgroupGone:
@@ -401,13 +407,59 @@ class V1Events:
 
     def rearm(self) -> None:
         """The watchdog put every setting back (it heard nothing from us for its
-        timeout) and was replaced: pause OOMs again where we hold them."""
+        timeout) and was replaced: pause OOMs again where we hold them, and
+        record what the kernel's killer did meanwhile (no record is lost that
+        could be written: the kernel counted each kill in oom_kill)."""
         for held in self.held.values():
             if held.flipped:
                 try:
                     self.fs.set_oom_kill_disable(held.path, True)
                 except KernelError as exc:
                     log.debug("oomkit: %s not re-armed: %s", held.path, exc)
+        self._record_unseen_kills("the watchdog handed the OOM back (the daemon was silent past "
+                                  "watchdog_timeout); the kernel's OOM killer acted")
+
+    def _accounted(self, top: str) -> None:
+        """The kernel kills below ``top`` so far are in a record (our fallback's)."""
+        for path, held in self.held.items():
+            if is_within(path, top):
+                try:
+                    held.kills = self.fs.oom_control(path)["oom_kill"]
+                except CgroupGone:
+                    log.debug("oomkit: %s gone before its kill count was read", path)
+
+    def _record_unseen_kills(self, why: str) -> None:
+        """One record per memcg whose oom_kill moved with no record of ours."""
+        moved: dict[str, int] = {}
+        for path, held in self.held.items():
+            try:
+                now = self.fs.oom_control(path)["oom_kill"]
+            except CgroupGone:
+                continue
+            if now > held.kills:
+                moved[path], held.kills = now - held.kills, now
+        if not moved:
+            return
+        fd = self._kmsg()
+        victims = victims_from_kmsg(notify.read_kmsg(fd)) if fd is not None else []
+        for path, count in sorted(moved.items()):
+            here = [v for v in victims if v.cgroup == path]
+            record = OOMRecord.new(self.backend.clock.now(), Level.MEMCG, path)
+            record.resolved_by = ResolvedBy.KERNEL
+            record.killed = [Killed(name=v.name, pid=v.pid, cgroup=v.cgroup, by="kernel") for v in here]
+            record.note = f"{why} ({count} oom_kill in {path})"
+            log.warning("oomkit: %s: %s", path, record.note)
+            self.hub.write(record, OOMEvent(Level.MEMCG, path))
+
+    def _kmsg(self) -> int | None:
+        """/dev/kmsg, read from where it stood when we first held a memcg."""
+        if self._kmsg_fd is None:
+            try:
+                self._kmsg_fd = notify.open_kmsg()
+            except KernelError as exc:
+                log.debug("oomkit: /dev/kmsg unavailable (%s): kernel victims unnamed", exc)
+                self._kmsg_fd = -1
+        return self._kmsg_fd if self._kmsg_fd >= 0 else None
 
     def release(self, path: str) -> None:
         held = self.held.pop(path, None)
@@ -433,6 +485,9 @@ class V1Events:
         return str(self.fs.path(path, "memory.oom_control"))
 
     def close(self) -> None:
+        if self._kmsg_fd is not None and self._kmsg_fd >= 0:
+            os.close(self._kmsg_fd)
+            self._kmsg_fd = None
         for net in self._nets:              # no record is lost: committed as they stand
             net.record.note = ((net.record.note + "; ") if net.record.note else "") + \
                 "the daemon stopped before the safety net's last look"
