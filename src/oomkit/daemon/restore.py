@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import select
 import stat
@@ -268,7 +269,8 @@ class _Watchdog:
                 log.debug("oomkit: the watchdog took no %r (%s): gone", line, exc)
                 return False
             left = deadline - self.clock()
-            if left <= 0 or not select.select([], [self.w], [], left)[1]:
+            # poll, not select: the daemon's fds run past FD_SETSIZE (1,024)
+            if left <= 0 or not _ready(self.w, select.POLLOUT, left):
                 return False
         return True
 
@@ -468,3 +470,9 @@ def _unlink(path: Path) -> None:
     except OSError as exc:
         log.debug("oomkit: could not remove %s: %s", path, exc)
 
+
+def _ready(fd: int, events: int, timeout: float) -> bool:
+    """Is ``fd`` ready for ``events`` within ``timeout`` seconds?"""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(1, math.ceil(timeout * 1000))))

@@ -8,6 +8,7 @@ the shapes :mod:`oomkit.sandbox.runner` expects ends the worker.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -108,7 +109,8 @@ class Channel:
                 return message[0]
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                # poll, not select: the daemon's fds run past FD_SETSIZE (1,024)
+                if left <= 0 or not _ready(self.sock.fileno(), select.POLLIN, left):
                     raise TimeoutError
             try:
                 chunk = self.sock.recv(1 << 20)
@@ -138,3 +140,10 @@ class Channel:
             self.sock.close()
         except OSError:
             pass        # closing a socket only fails for a bad fd: nothing left to release
+
+
+def _ready(fd: int, events: int, timeout: float) -> bool:
+    """Is ``fd`` ready for ``events`` within ``timeout`` seconds?"""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(1, math.ceil(timeout * 1000))))
