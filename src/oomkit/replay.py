@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import msgspec
 from oomkit.backends.base import OOMEvent
 from oomkit.backends.snapshot import SnapshotBackend
 from oomkit.config.attach_arg import AttachArg
+from oomkit.config.files import open_log
 from oomkit.context import ancestors
 from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
@@ -54,12 +54,12 @@ def log_records(path: str | Path) -> list[OOMRecord]:
 def _records(path: str | Path) -> Iterator[OOMRecord]:
     """The log's records with a snapshot (the kernel's own kills, recorded without one, are skipped).
     A gzip log (rotated) or a Parquet file of ``oomkit export`` is read too."""
-    with _open_log(path) as raw:
+    with open_log(path) as raw:
         head = raw.peek(4)[:4]
     if head == b"PAR1" or head[:2] == b"\x1f\x8b":
         yield from _fleet_records(path)
         return
-    with _open_log(path) as lines:
+    with open_log(path) as lines:
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -87,19 +87,6 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return "nested too deeply"
     return str(exc).replace("`", "")
-
-
-def _open_log(path: str | Path):
-    """The log, opened for reading if it is a regular file (not a FIFO that would
-    block forever, nor /dev/zero that never ends)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError("cannot be read: not a regular file", file=str(path))
-    return open(fd, "rb")
 
 
 def oom_event(record: OOMRecord) -> OOMEvent:

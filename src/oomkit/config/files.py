@@ -139,3 +139,16 @@ def _insecure_parents(path: str) -> str | None:
 def _above(path: Path) -> list[Path]:
     """The directories above ``path``, from ``/`` down."""
     return list(reversed(path.parents))
+
+
+def open_log(path: str | Path):
+    """The log, opened for reading if it is a regular file (not a FIFO that would
+    block forever, nor /dev/zero that never ends)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError("cannot be read: not a regular file", file=str(path))
+    return open(fd, "rb")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import glob
 import gzip
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from oomkit.config.files import open_log
 from oomkit.errors import ConfigError
 from oomkit.schema import OOMRecord
 
@@ -70,7 +71,7 @@ def expand(args: Sequence[str]) -> list[str]:
 
 def kind_of(path: str) -> str:
     """``parquet``, ``gzip`` or ``jsonl``, by the file's first bytes (not its name)."""
-    with _open(path) as f:
+    with open_log(path) as f:
         head = f.read(4)
     if head == PARQUET:
         return "parquet"
@@ -123,23 +124,11 @@ def records(piece: Piece) -> Iterator[tuple[OOMRecord | str, int]]:
     if piece.row_group is not None:
         yield from _parquet_records(piece)
         return
-    index = piece.first
-    with _open(piece.path) as raw:
+    with open_log(piece.path) as raw:
         f = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP else raw
         try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = _decoder.decode(line)
-                except (msgspec.DecodeError, RecursionError) as exc:
-                    yield f"{piece.path}:{n}: not an OOM record: {_why(exc)}", -1
-                    continue
-                if record.snapshot is not None:
-                    yield record, index
-                    index += 1
-                else:
-                    yield record, -1
+            lines = ((f"{piece.path}:{n}", line) for n, line in enumerate(f, 1) if line.strip())
+            yield from _decoded(lines, piece.first)
         except (OSError, EOFError) as exc:      # a truncated gzip (a log being rotated)
             yield f"{piece.path}: cannot be read to its end: {exc}", -1
 
@@ -152,11 +141,18 @@ def _parquet_records(piece: Piece) -> Iterator[tuple[OOMRecord | str, int]]:
     batches = pq.ParquetFile(piece.path).iter_batches(batch_size=1000, row_groups=[piece.row_group],
                                                        columns=["record"])
     blobs = (blob for batch in batches for blob in batch.column(0).to_pylist())
-    for n, blob in enumerate(blobs):
+    yield from _decoded(((f"{piece.path}:row group {piece.row_group}:{n}", blob)
+                         for n, blob in enumerate(blobs)), index)
+
+
+def _decoded(items: Iterator[tuple[str, Any]], index: int) -> Iterator[tuple[OOMRecord | str, int]]:
+    """Each (where, JSON) decoded as a record with its replay index (-1 without a
+    snapshot), or the line ``"where: not an OOM record: why"``."""
+    for where, blob in items:
         try:
             record = _decoder.decode(blob)
         except (msgspec.DecodeError, RecursionError) as exc:
-            yield f"{piece.path}:row group {piece.row_group}:{n}: not an OOM record: {_why(exc)}", -1
+            yield f"{where}: not an OOM record: {_why(exc)}", -1
             continue
         if record.snapshot is not None:
             yield record, index
@@ -167,19 +163,6 @@ def _parquet_records(piece: Piece) -> Iterator[tuple[OOMRecord | str, int]]:
 
 def _why(exc: Exception) -> str:
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).replace("`", "")
-
-
-def _open(path: str):
-    """Opened for reading if it is a regular file (not a FIFO that would block
-    forever, nor a device that never ends)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError("cannot be read: not a regular file", file=str(path))
-    return open(fd, "rb")
 
 
 def is_parquet(path: str | Path) -> bool:
