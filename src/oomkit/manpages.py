@@ -126,7 +126,9 @@ def oomkit_1(group: click.Group) -> str:
         usage = " ".join(cmd.collect_usage_pieces(sub))
         lines += [".SS " + esc(f"oomkit {name} {usage}".strip()), *_para(cmd.help or "")]
         for param in cmd.params:
-            record = param.get_help_record(sub)
+            # Options only: arguments are in the usage line (click 8.5 also gives
+            # them a help record, empty; 8.4 did not: one page for both)
+            record = param.get_help_record(sub) if isinstance(param, click.Option) else None
             if record is None:
                 continue
             opts, help_text = record
