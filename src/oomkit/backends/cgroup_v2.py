@@ -206,9 +206,10 @@ class Rehearsal:
         self.clock = live.clock
         self.zone_size = 0
         self.chosen: list[tuple[list[TaskInfo], str | None]] = []
+        self.sharers: dict[int, tuple[int, ...]] = {}    # a chosen pid -> the pids sharing its mm
 
     def begin(self, zone_size: int) -> None:
-        self.zone_size, self.chosen = zone_size, []
+        self.zone_size, self.chosen, self.sharers = zone_size, [], {}
 
     def cgroups(self, oom, scope):
         return self.live.cgroups(oom, scope)
@@ -246,6 +247,8 @@ class Rehearsal:
         chosen = [t for t in marked if not self.live.protected(t.pid)]
         if chosen:
             self.chosen.append((chosen, cgroup))
+            if cgroup is None:      # the kernel kills these with it, and reports either
+                self.sharers[chosen[0].pid] = tuple(t.pid for t in tasks[1:])
         return [Release(t.pid, t.name, t.cgroup, t.rss, relief_for(oom, t.cgroup, t.rss))
                 for t in tasks if not self.live.protected(t.pid)] if chosen else []
 
@@ -296,6 +299,10 @@ class Episode:
     local_kills: int = 0                                   # memory.events.local oom_kill
     high: str | None = None          # the memory.high we replaced with a wake-up point
     armed: set[int] = field(default_factory=set)          # pids of the decision
+    # pid -> the processes sharing its mm: the kernel writes their oom_score_adj
+    # with it (fs/proc/base.c __set_oom_adj), may report any of them as its
+    # victim, and kills them all (mm/oom_kill.c __oom_kill_process).
+    companions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)  # cgroup -> original memory.oom.group
     record: OOMRecord | None = None  # the rehearsal that made the decision
     decided_at: str | None = None
@@ -707,6 +714,7 @@ class V2Stack:
         for pid, t in want.items():
             self._mark(t, ep.memcg, by.get(pid) or f"policy:{record.handlers[-1].cgroup}")
         ep.armed = {pid for pid in want if pid in self.armed}
+        ep.companions = {pid: self.rehearsal.sharers.get(pid, ()) for pid in ep.armed}
         self._set_groups(ep, groups)
         if ep.record is None or ep.armed != set(self._armed_pids(ep.record)):
             names = ", ".join(f"pid {p} ({self.armed[p].name})" for p in sorted(ep.armed))
@@ -808,7 +816,9 @@ class V2Stack:
             if ep is None:
                 continue
             if ep.record is not None:
-                self._gone[pid] = _Gone(armed.by, ep.record, ep.decided_at, ep.level, ep.memcg, now)
+                gone = _Gone(armed.by, ep.record, ep.decided_at, ep.level, ep.memcg, now)
+                for p in (pid, *ep.companions.get(pid, ())):
+                    self._gone[p] = gone
             ep.armed.discard(pid)
             ep.next_take = now
 
@@ -928,6 +938,8 @@ class V2Stack:
                      path: str) -> tuple[OOMRecord, OOMEvent]:
         decided = {pid: self.armed[pid].by if pid in self.armed else None for pid in
                    (ep.armed if ep else ())}
+        for pid, by in list(decided.items()):
+            decided.update((c, by) for c in (ep.companions.get(pid, ()) if ep else ()))
         in_groups = set(ep.groups) if ep else set()
         killed, ours = [], 0
         for v in victims:
