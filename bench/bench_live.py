@@ -293,6 +293,9 @@ class Forker:
         self.popen.wait(timeout=5)
 
 
+RUNNER: str | None = None       # --runner
+
+
 class DaemonProc:
     """One ``oomkit run`` we started; stopped by pidfd (SIGTERM, then SIGKILL)."""
 
@@ -304,6 +307,8 @@ class DaemonProc:
         self.event_log = bench.tmp / f"{name}-events.jsonl"
         self.stderr_path = bench.tmp / f"{name}.stderr"
         lines = ["[daemon]", 'cgroup = "v1"', f"event_log = {json.dumps(str(self.event_log))}"]
+        if RUNNER is not None:      # --runner: where the policies run (the daemon's default: worker)
+            opts.setdefault("policy_runner", RUNNER)
         lines += [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
         for cg, policy in attach:
             lines += ["", "[[attach]]", f"cgroup = {json.dumps(cg)}", f"policy = {json.dumps(policy)}"]
@@ -971,7 +976,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="storm: storms in a row on one daemon, "
                     "its RSS read after each (1; 10 for 1,000 OOMs)")
     ap.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
+    ap.add_argument("--runner", choices=["worker", "inprocess"], default=None,
+                    help="[daemon] policy_runner of the daemons started (default: the daemon's, worker)")
     args = ap.parse_args(argv)
+    global RUNNER
+    RUNNER = args.runner
     if os.geteuid() != 0:
         print("bench_live: needs root (real cgroup v1 memcgs)", file=sys.stderr)
         return 2
