@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from oomkit.daemon.files import replace_file
 from oomkit.daemon.status import BUCKETS, DaemonStatus, Timings
 from oomkit.errors import ConfigError
 from oomkit.text import for_record
@@ -172,25 +173,10 @@ def write_textfile(path: str | Path, data: bytes) -> None:
     node_exporter; never followed through a symlink.  An error is logged, not
     raised: handling OOMs does not depend on it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # not *.prom: node_exporter skips it
-    try:
-        try:
-            os.unlink(tmp)      # one a killed daemon with our pid left
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.fchmod(fd, 0o644)    # whatever the umask (the unit's is 0077)
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+    try:    # 0644 whatever the umask (the unit's is 0077); not *.prom: node_exporter skips it
+        replace_file(path, data, 0o644, f".{path.name}.{os.getpid()}.tmp")
     except OSError as exc:
         log.warning("oomkit: could not write the metrics textfile %s (%s)", path, exc.strerror or exc)
-        try:
-            os.unlink(tmp)
-        except OSError as exc2:
-            log.debug("oomkit: %s not removed: %s", tmp, exc2)
 
 
 def remove_textfile(path: str | Path) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oomkit.daemon import watchdog as watchdog_module
+from oomkit.daemon.files import replace_file
 from oomkit.errors import ConfigError, KernelError
 from oomkit.linux import pidfd
 
@@ -209,15 +210,8 @@ class Restorer:
         items += [e.line() for e in self.held.values()]
         data = b"".join(json.dumps(i).encode() + b"\n" for i in items)
         state = self.state_dir / STATE
-        tmp = self.state_dir / f".{STATE}.{os.getpid()}"
-        _unlink(tmp)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.rename(tmp, state)
+            replace_file(state, data, 0o600, f".{STATE}.{os.getpid()}")
             journal = os.open(state, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise KernelError(f"cannot write the state file {state}: {exc.strerror}",

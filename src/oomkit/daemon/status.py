@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from oomkit.daemon.files import replace_file
 from oomkit.errors import ConfigError, OOMKitError
 from oomkit.schema import OOMRecord
 
@@ -169,24 +170,14 @@ def write_status(state_dir: str | Path, status: DaemonStatus) -> None:
     from oomkit.text import record_safe
 
     path = Path(state_dir) / STATUS
-    tmp = path.with_name(f".{STATUS}.{os.getpid()}")
     try:
         data = msgspec.json.encode(status)
     except UnicodeEncodeError:      # a name that was not UTF-8: \xNN, as the event log
         data = msgspec.json.encode(record_safe(msgspec.to_builtins(status)))
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_file(path, data, 0o600, f".{STATUS}.{os.getpid()}")
     except OSError as exc:
         log.warning("oomkit: could not write %s (%s): `oomkit status` shows older state", path, exc.strerror)
-        try:
-            os.unlink(tmp)
-        except OSError as exc2:
-            log.debug("oomkit: %s not removed: %s", tmp, exc2)
 
 
 def remove_status(state_dir: str | Path) -> None:
