@@ -230,6 +230,22 @@ def cg_write(path: Path, name: str, text: str) -> None:
     (path / name).write_text(text)
 
 
+def remove_cgroup(path: Path, tries: int = 100) -> None:
+    """Kill what is left in ``path`` (ours) and remove it, waiting for the dying."""
+    try:
+        cg_write(path, "cgroup.kill", "1")
+    except OSError:
+        pass
+    for _ in range(tries):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def cg_read(path: Path, name: str) -> str:
     return (path / name).read_text()
 
@@ -388,18 +404,7 @@ class Guest:
                 time.sleep(0.1)
             return
         for path in list(self.groups.values()) + [self.lim]:
-            try:
-                cg_write(path, "cgroup.kill", "1")
-            except OSError:
-                pass
-            for _ in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            remove_cgroup(path)
 
     # -- system mode: leave BUDGET MiB above the tool's threshold -------------------------
 

@@ -54,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench_peers  # noqa: E402  (the hog's C source)
+from bench_peers import cg_write, now, remove_cgroup  # noqa: E402  (one copy of each)
 
 VM = Path(os.environ.get("OOMKIT_VM", "/work/shared/vm")) / "run-in-vm.sh"
 LOCK = os.environ.get("OOMKIT_VM_LOCK", "/tmp/oomkit-vm.lock")
@@ -203,10 +204,6 @@ def build() -> None:
 # ======================================================================================
 # Guest side
 
-def now() -> float:
-    return time.monotonic()
-
-
 class Kmsg:
     """/dev/kmsg from now on, with its clock mapped to time.monotonic()."""
 
@@ -293,10 +290,6 @@ class Proc:
         if self.role == "thrash":
             return False            # runs until the trial's bound
         return self.rss >= self.target - 2 * MiB
-
-
-def cg_write(path: Path, name: str, text: str) -> None:
-    (path / name).write_text(text)
 
 
 def memory_events(path: Path) -> dict[str, int]:
@@ -513,18 +506,7 @@ def run_trial(row: str, wl: str) -> dict:
         if holder is not None:
             systemd_teardown(box, holder)
         for path in (w, box) if holder is None else ():
-            try:
-                cg_write(path, "cgroup.kill", "1")
-            except OSError:
-                pass
-            for _ in range(200):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            remove_cgroup(path, tries=200)
         shutil.rmtree(tmp, ignore_errors=True)
     return res
 
