@@ -407,7 +407,7 @@ def write_section(name: str, text: str) -> None:
         "# oomkit on real cgroup v1 memcgs: benchmark results\n\n"
         "Written by `bench/bench_live.py` (each section by its own subcommand; see\n"
         "bench/README.md). The peers' comparison is in RESULTS-peers.md.\n\n")
-    order = ["latency", "idle", "scaling", "storm", "storm-notes"]
+    order = ["latency", "idle", "scaling", "runners", "storm", "storm-notes"]
     if begin in content and end in content:
         a, b = content.index(begin), content.index(end) + len(end) + 1
         content = content[:a] + block + content[b:]
@@ -788,6 +788,123 @@ def scaling_cold(bench: Bench, top: str, oom: OOMEvent, runs: int) -> dict:
     return summary(t)
 
 
+# -- 3b. scaling through the policy worker (issue 11) ------------------------------------------
+
+RUNNERS = ("inprocess", "worker")
+
+
+def bench_runners(args) -> None:
+    """Context + decision with the BPF reader, the policy in process and in its
+    sandboxed worker, the runs of both interleaved (the same load)."""
+    from oomkit.daemon.main import raise_nofile
+    from oomkit.linux.bpftasks import BpfTasks
+    raise_nofile()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    info = header()
+    bench = Bench()
+    rows: dict[tuple[int, str, str], dict] = {}
+    notes = []
+    try:
+        for n in sizes:
+            top = bench.mk(f"r{n}")
+            leaves = [bench.mk(f"r{n}/c{j:04d}") for j in range(max(1, n // 10))]
+            bench.sleepers(leaves, n // len(leaves))
+            oom = OOMEvent("memcg", top)
+            backend = CgroupV1Backend(bench.fs, ProcFS(), dry_run=True, bpf=BpfTasks.open(mode="css"))
+            try:
+                backend.warm(top)
+                for name in POLICIES:
+                    got = runners_interleaved(backend, top, oom, name, args.repeat)
+                    for runner, row in got.items():
+                        rows[(n, name, runner)] = row
+            finally:
+                backend.close()
+            print(f"runners: {n} done", file=sys.stderr)
+    finally:
+        bench.cleanup_or_warn()
+    end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    lines = ["## 3b. Scaling through the policy worker: worker vs in-process (issue 11)", "",
+             machine_line(info, end_load), "",
+             f"`python bench/bench_live.py runners --repeat {args.repeat}`. As section 3's live rows "
+             "(N sleeping tasks in N/10 cgroups of our own, `CgroupV1Backend` warm, the **bpf** "
+             "reader, `Engine.handle()` of a memcg OOM at the subtree's top, dry run), the policy "
+             "built from the same recipe either **in process** or in its **worker** (the daemon's "
+             "default: `oomkit.sandbox`, forked by the zygote, unprivileged, seccomp-filtered, "
+             "the context crossing the socket). The two engines share one backend and their "
+             "runs alternate (in turn first), so both see the same load. Times in ms, wall, per "
+             "OOM: *handle* is `Engine.handle()` whole (context, decision, the dry-run kill); "
+             "*mm-sharer search* is the part of it the kill spends looking for processes that "
+             "share the victim's mm (`linux/kcmp.py`: one kcmp(2) per task of the OOMing memcg, "
+             "the same in both runners); *without it* is handle minus that search, per run.", "",
+             "| tasks | policy | runner | runs | handle median | p95 | max | mm-sharer search median "
+             "| without it: median | p95 | target | |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    targets = {1000: 5.0, 10000: 50.0}
+    for (n, name, runner), r in rows.items():
+        target = targets.get(n)
+        verdict = "" if target is None else ("**met**" if r["median"] <= target else "**missed**" + (
+            " (met without the mm-sharer search)" if r["rest"] <= target else ""))
+        lines.append(f"| {n:,} | {name} | {runner} | {r['n']} | {r['median']:.2f} | {r['p95']:.2f} | "
+                     f"{r['max']:.2f} | {r['kcmp']:.2f} | {r['rest']:.2f} | {r['rest_p95']:.2f} | "
+                     f"{'' if target is None else f'<= {target:g}'} | {verdict} |")
+    lines.append("")
+    for n in sizes:
+        for name in POLICIES:
+            w, i = rows[(n, name, "worker")], rows[(n, name, "inprocess")]
+            lines.append(f"- {n:,} tasks, {name}: the worker costs {w['median'] - i['median']:+.2f} ms "
+                         f"(median of handle; {w['rest'] - i['rest']:+.2f} ms without the mm-sharer "
+                         f"search) over in process; decided: {w['resolved_by']}, {w['killed']} "
+                         "(dry-run) kill each")
+    lines += [f"- {note}" for note in notes]
+    text = "\n".join(lines)
+    print(text)
+    write_section("runners", text)
+
+
+def runners_interleaved(backend, top: str, oom: OOMEvent, name: str, repeat: int) -> dict[str, dict]:
+    from oomkit.engine.attachment import Recipe
+    spent = [0.0]
+    sharers = backend.mm_sharers
+
+    def timed_sharers(*a):
+        s = time.perf_counter()
+        try:
+            return sharers(*a)
+        finally:
+            spent[0] += time.perf_counter() - s
+
+    backend.mm_sharers = timed_sharers      # the kill's mm-sharer search (kcmp), timed apart
+    engines = {}
+    for runner in RUNNERS:
+        engine = Engine(backend, EngineSettings(handler_deadline=60.0, runner=runner))
+        engine.attach(top, Recipe(name, {}, str(HERE)))
+        engines[runner] = (engine, engine.handle(oom))      # warm-up, and check it decides
+    times: dict[str, list[float]] = {r: [] for r in RUNNERS}
+    kcmp: dict[str, list[float]] = {r: [] for r in RUNNERS}
+    try:
+        for i in range(repeat):
+            for runner in (RUNNERS if i % 2 == 0 else RUNNERS[::-1]):
+                engine = engines[runner][0]
+                spent[0] = 0.0
+                s = time.perf_counter()
+                engine.handle(oom)
+                times[runner].append((time.perf_counter() - s) * 1000)
+                kcmp[runner].append(spent[0] * 1000)
+    finally:
+        for engine, _rec in engines.values():
+            engine.close()
+        del backend.mm_sharers
+    out = {}
+    for runner in RUNNERS:
+        rec = engines[runner][1]
+        t, k = times[runner], kcmp[runner]
+        rest = [a - b for a, b in zip(t, k)]
+        out[runner] = {**summary(t), "p95": pctl(t, 0.95), "kcmp": statistics.median(k),
+                       "rest": statistics.median(rest), "rest_p95": pctl(rest, 0.95),
+                       "resolved_by": rec.resolved_by, "killed": len(rec.killed)}
+    return out
+
+
 def plot(sizes, readers, sim, cold) -> None:
     try:
         import matplotlib
@@ -962,7 +1079,7 @@ def _on_signal(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["latency", "idle", "scaling", "storm", "all"])
+    ap.add_argument("what", choices=["latency", "idle", "scaling", "runners", "storm", "all"])
     ap.add_argument("--trials", type=int, default=30, help="latency: trials per side and size (30)")
     ap.add_argument("--sizes", default=None, help="latency: managed memcgs (1,100,1000); scaling: tasks")
     ap.add_argument("--attach", default="each,parent", help="latency: each, parent or both (each,parent)")
@@ -986,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    todo = ["latency", "idle", "scaling", "storm"] if args.what == "all" else [args.what]
+    todo = ["latency", "idle", "scaling", "runners", "storm"] if args.what == "all" else [args.what]
     for what in todo:
         a = argparse.Namespace(**vars(args))
         if what == "latency":
@@ -1004,6 +1121,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 a.repeat, a.events = 5, 0
             bench_scaling(a)
+        elif what == "runners":
+            a.sizes = args.sizes or "1000,10000"
+            if args.quick:
+                a.repeat = 5
+            bench_runners(a)
         elif what == "storm":
             a.memcgs = args.memcgs or 100
             bench_storm(a)

@@ -232,3 +232,60 @@ def test_in_process_is_still_available_for_debugging(tmp_path):
                 return Verdict.PASS
     """, runner="inprocess")
     assert sim.engine.attachments["/a"].worker is None and sim.engine.attachments["/a"].policy is not None
+
+
+def test_tasks_cross_as_columns_and_come_back_the_same_rows(tmp_path):
+    """The context's tasks cross the channel as columns (issue 11, Cost); the
+    worker rebuilds the same TaskInfo rows; an argv the live backend has not
+    read crosses as None and is asked for only when the policy looks."""
+    from oomkit.backends.live import Cmdline
+    from oomkit.context import TaskInfo
+    from oomkit.linux.procfs import ProcFS
+    from oomkit.sandbox import channel, worker
+    from oomkit.sandbox.runner import task_columns
+
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cmdline").write_bytes(b"job\0--late\0")
+    read = Cmdline(ProcFS(tmp_path), 8)
+    read._argv = ("seen", "before")
+    rows = [TaskInfo(7, "lazy", Cmdline(ProcFS(tmp_path), 7), "/a", 1 * M, 0, 4096, 0, 0, 1.5, False),
+            TaskInfo(8, "read", read, "/a/b", 2 * M, 3, 0, -1000, 1000, 2.0, True, (0, 1)),
+            TaskInfo(9, "caf\udce9", ("x",), "/a/\udcff", 0, 0, 0, 500, 65534, 3.25, False)]
+
+    class FakeRemote:
+        asked: list = []
+
+        def ask(self, *request):
+            self.asked.append(request)
+            return ["job", "--late"] if request == ("cmdline", 7) else None
+
+    remote = FakeRemote()
+    got = worker.tasks(remote, channel._decoder.decode(channel.encode(["ok", task_columns(rows)]))[1])
+    assert remote.asked == []                   # nothing read yet
+    assert [type(t) for t in got] == [TaskInfo] * 3
+    assert got[1] == rows[1] and got[2] == rows[2] and got[2].name == "caf\udce9"
+    assert got[0][:2] == rows[0][:2] and got[0][3:] == rows[0][3:]
+    assert list(got[0].cmdline) == ["job", "--late"] and remote.asked == [("cmdline", 7)]
+    assert got[1].nodes == (0, 1) and got[0].nodes is None and got[1].exiting is True
+    assert worker.tasks(remote, channel._decoder.decode(channel.encode(task_columns([])))) == []
+
+
+def test_a_cgroup_lookup_in_the_worker_answers_as_in_process(tmp_path):
+    body = """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                assert oc.cgroups["/a"].limit == 100 << 20 and "/a" in oc.cgroups
+                assert oc.cgroups.get("/b") is None and "/b" not in oc.cgroups   # outside /a
+                try:
+                    oc.cgroups["/nowhere"]
+                except KeyError:
+                    pass
+                else:
+                    raise AssertionError("no KeyError")
+                hog = max(oc.tasks.in_cgroup("/a"), key=lambda t: t.rss)
+                return Verdict.HANDLED if k.kill_task(hog) > 0 else Verdict.PASS
+    """
+    for runner in ("worker", "inprocess"):
+        record = sim_with(tmp_path, body, runner=runner).engine.handle(OOM_A)
+        assert record.handlers[0].error is None and record.handlers[0].verdict == "HANDLED", runner
+        assert [k.name for k in record.killed] == ["hog"]

@@ -27,31 +27,13 @@ WORKER_MESSAGE_MAX = 64 * 1024
 _EXT_SURROGATES = 1
 
 
-#: A task's argv not read yet (the live backend reads /proc/PID/cmdline only when
-#: a policy looks): crosses as its pid; the worker asks for it on first use.
-_EXT_LAZY_ARGV = 2
-#: The worker's factory for a lazy argv (set by oomkit.sandbox.worker).
-lazy_argv: Any = None
-
-
 def _ext_hook(code: int, data: memoryview) -> Any:
     if code == _EXT_SURROGATES:
         return bytes(data).decode("utf-8", "surrogateescape")
-    if code == _EXT_LAZY_ARGV and lazy_argv is not None:
-        return lazy_argv(int.from_bytes(data, "little"))
     raise ValueError(f"unknown msgpack extension {code}")
 
 
-def _enc_hook(obj: Any) -> Any:
-    """oomkit.backends.live.Cmdline: its pid if not read yet, else its argv."""
-    if type(obj).__name__ == "Cmdline" and hasattr(obj, "_argv"):
-        if obj._argv is None:
-            return msgspec.msgpack.Ext(_EXT_LAZY_ARGV, int(obj._pid).to_bytes(8, "little"))
-        return list(obj._argv)
-    raise NotImplementedError(f"cannot send a {type(obj).__name__}")
-
-
-_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 
 
@@ -64,8 +46,6 @@ def _escaped(value: Any) -> Any:
         except UnicodeEncodeError:
             return msgspec.msgpack.Ext(_EXT_SURROGATES, value.encode("utf-8", "surrogateescape"))
         return value
-    if type(value).__name__ == "Cmdline" and hasattr(value, "_argv"):
-        return _escaped(_enc_hook(value))
     if isinstance(value, (list, tuple)):
         return [_escaped(v) for v in value]
     if isinstance(value, dict):

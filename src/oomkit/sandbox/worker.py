@@ -27,6 +27,7 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, OOMContext, TaskInfo
@@ -82,18 +83,42 @@ class RemoteArgv(Sequence):
         return repr(self._get())
 
 
-def _task(row: list) -> TaskInfo:
-    if not isinstance(row[2], RemoteArgv):
-        row[2] = tuple(row[2])
-    if row[11] is not None:
-        row[11] = tuple(row[11])
-    return TaskInfo(*row)
+def tasks(remote: Remote, columns: list) -> list[TaskInfo]:
+    """The daemon's task columns (:func:`oomkit.sandbox.runner.task_columns`) as
+    TaskInfo rows; an argv sent as None is asked for on first use."""
+    if not columns:
+        return []
+    pids, argvs, (paths, index), nodes = columns[0], columns[2], columns[3], columns[11]
+    columns[2] = [RemoteArgv(remote, pid) if argv is None else tuple(argv)
+                  for pid, argv in zip(pids, argvs, strict=True)]
+    columns[3] = list(map(paths.__getitem__, index))
+    if any(n is not None for n in nodes):
+        columns[11] = [None if n is None else tuple(n) for n in nodes]
+    # tuple.__new__ on the named tuple: each row built in C (its __new__ is Python).
+    return list(map(tuple.__new__, repeat(TaskInfo), zip(*columns, strict=True)))
 
 
 def _cgroup(row: list | None) -> CgroupInfo:
     if row is None:
         raise KeyError
     return CgroupInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5]), tuple(row[6]), row[7])
+
+
+class RemoteCgroups(LazyMapping[CgroupInfo]):
+    """``oc.cgroups`` in the worker: a lookup is one request (the daemon answers
+    None for a cgroup its context does not have: KeyError here), not a ``has``
+    and then a read, two round trips; ``in`` still asks only ``has``."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> CgroupInfo:
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        if not isinstance(key, str):
+            raise KeyError(key)
+        value = cache[key] = self._load(key)
+        return value
 
 
 def context(remote: Remote, h: dict[str, Any]) -> OOMContext:
@@ -104,9 +129,9 @@ def context(remote: Remote, h: dict[str, Any]) -> OOMContext:
     return OOMContext(
         level=h["level"], memcg=h["memcg"], attached_to=h["attached_to"], nodes=tuple(h["nodes"]),
         requested=h["requested"], totalpages=h["totalpages"],
-        cgroups=LazyMapping(lambda: remote.ask("cgroups"), load, lambda p: remote.ask("has", p)),
-        tasks=LazyTasks(lambda: [_task(r) for r in remote.ask("tasks")],
-                        lambda p: [_task(r) for r in remote.ask("subtree", p)]),
+        cgroups=RemoteCgroups(lambda: remote.ask("cgroups"), load, lambda p: remote.ask("has", p)),
+        tasks=LazyTasks(lambda: tasks(remote, remote.ask("tasks")),
+                        lambda p: tasks(remote, remote.ask("subtree", p))),
         freed=lambda: remote.ask("freed"), in_flight=lambda: tuple(remote.ask("in_flight")))
 
 
@@ -205,10 +230,7 @@ def _run(fn, budget: int | None) -> list:
 
 
 def serve(chan: Channel, policy: Any) -> None:
-    from oomkit.sandbox import channel
-
     remote = Remote(chan)
-    channel.lazy_argv = lambda pid: RemoteArgv(remote, pid)
     while True:
         msg = chan.recv()
         if msg[0] == "call":
