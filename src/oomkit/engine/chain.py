@@ -22,7 +22,6 @@ a policy can reach everything the daemon can: for debugging only.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from oomkit.policy import OOMPolicy, PressureEvent, PressureTrigger, Refused, Ve
 from oomkit.schema import HandlerRecord, Killed, OOMRecord, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from oomkit.sandbox.runner import WorkerRunner
+    from oomkit.sandbox.runner import Worker, WorkerRunner
 
 log = logging.getLogger("oomkit")
 
@@ -265,13 +264,9 @@ class Engine:
         record.handlers.append(h)
         k = Actions(backend=self.backend, oom=oom, attachment=att, oc=oc, handler=h,
                     record=record, by=f"policy:{att.cgroup}", on_release=self.on_release)
-        if att.worker is not None:
-            outcome, att.worker = self.workers.handle(att.worker, oc, k)
-        else:
-            policy = att.policy
-            assert policy is not None
-            outcome = self._guard.call(lambda: policy.handle_out_of_memory(oc, k),
-                                       on_timeout=lambda: k.revoke("the handler's deadline passed"))
+        outcome = self._callback(att, lambda p: p.handle_out_of_memory(oc, k),
+                                 lambda w: self.workers.handle(w, oc, k),
+                                 on_timeout=lambda: k.revoke("the handler's deadline passed"))
         self._victims.extend(k.victims)     # the snapshot's, if it reads the tasks after the chain
         if self.settings.record_timing:
             h.ms = round(outcome.elapsed * 1000, 3)
@@ -330,13 +325,22 @@ class Engine:
             record.note = outcome.note
         record.resolved_by = ResolvedBy.KERNEL if outcome.resolved else ResolvedBy.UNRESOLVED
 
-    def _notify_offline(self, att: Attachment, path: str) -> None:
+    def _callback(self, att: Attachment, here: Callable[[OOMPolicy], object],
+                  there: Callable[[Worker], tuple[Outcome, Worker]],
+                  on_timeout: Callable[[], None] = lambda: None) -> Outcome:
+        """One of ``att``'s policy's callbacks, where the policy lives: ``there`` in
+        its worker (which the runner may replace), else ``here`` on the guard's
+        thread, under the same deadline either way."""
         if att.worker is not None:
-            outcome, att.worker = self.workers.offline(att.worker, path)
-        else:
-            policy = att.policy
-            assert policy is not None
-            outcome = self._guard.call(lambda: policy.handle_cgroup_offline(path))
+            outcome, att.worker = there(att.worker)
+            return outcome
+        policy = att.policy
+        assert policy is not None
+        return self._guard.call(lambda: here(policy), on_timeout=on_timeout)
+
+    def _notify_offline(self, att: Attachment, path: str) -> None:
+        outcome = self._callback(att, lambda p: p.handle_cgroup_offline(path),
+                                 lambda w: self.workers.offline(w, path))
         if outcome.error is not None or outcome.timed_out:
             log.warning("oomkit: %s.handle_cgroup_offline(%s) failed: %s", att.label, path,
                         describe(outcome.error) if outcome.error is not None else "deadline")
@@ -354,12 +358,8 @@ class Engine:
         return out
 
     def _ask_triggers(self, att: Attachment) -> tuple[PressureTrigger, ...]:
-        if att.worker is not None:
-            outcome, att.worker = self.workers.triggers(att.worker)
-        else:
-            policy = att.policy
-            assert policy is not None
-            outcome = self._guard.call(lambda: tuple(policy.psi_triggers()))
+        # In process the triggers are listed on the guard's thread (a generator is policy code).
+        outcome = self._callback(att, lambda p: tuple(p.psi_triggers()), self.workers.triggers)
         if self._callback_failed(att, "psi_triggers", outcome):
             return ()
         good = []
@@ -380,13 +380,9 @@ class Engine:
         if self.attachments.get(att.cgroup) is not att:
             return []       # detached or ejected since the trigger was taken
         k = PressureCalls(self, att, "handle_psi_event")
-        if att.worker is not None:
-            outcome, att.worker = self.workers.psi_event(att.worker, event, k)
-        else:
-            policy = att.policy
-            assert policy is not None
-            outcome = self._guard.call(lambda: policy.handle_psi_event(event, k),
-                                       on_timeout=lambda: k.revoke("the callback's deadline passed"))
+        outcome = self._callback(att, lambda p: p.handle_psi_event(event, k),
+                                 lambda w: self.workers.psi_event(w, event, k),
+                                 on_timeout=lambda: k.revoke("the callback's deadline passed"))
         k.revoke("the callback returned")
         if self._callback_failed(att, "handle_psi_event", outcome):
             return []
@@ -400,12 +396,8 @@ class Engine:
             if not is_within(path, cg):
                 continue
             self._triggers.pop(cg, None)
-            if att.worker is not None:
-                outcome, att.worker = self.workers.online(att.worker, path)
-            else:
-                policy = att.policy
-                assert policy is not None
-                outcome = self._guard.call(functools.partial(policy.handle_cgroup_online, path))
+            outcome = self._callback(att, lambda p: p.handle_cgroup_online(path),
+                                     lambda w: self.workers.online(w, path))
             self._callback_failed(att, "handle_cgroup_online", outcome)
 
     def _callback_failed(self, att: Attachment, name: str, outcome: Outcome) -> bool:
