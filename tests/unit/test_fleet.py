@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from oomkit.cli import main
 from oomkit.config.daemon import resolve as resolve_daemon
+from oomkit.config.scenario import resolve as resolve_scenario
 from oomkit.fleet import run, sources
 from oomkit.fleet.evaluate import HAPPENED, KERNEL, Attachment, Candidate, Evaluator, kernel_alone
-from oomkit.fleet.generate import generate, host_records
+from oomkit.fleet.generate import _resolved, generate, host_records, host_scenario
 from oomkit.schema import CgroupState, Killed, OOMRecord, ResolvedBy, Snapshot, TaskState
 
 M = 1024 * 1024
@@ -103,6 +104,16 @@ def test_the_generator_is_deterministic_whatever_the_workers(tmp_path):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
     c = dict(generate(tmp_path / "c", 120, seed=4, workers=1))
     assert [p.read_bytes() for p in c] != [p.read_bytes() for p in a]    # another seed, another fleet
+
+
+def test_the_generator_s_shortcuts_change_nothing():
+    # Its events made directly are resolve()'s, and its policies run in process
+    # give the records the sandbox's workers give.
+    for index in (0, 5):
+        data = host_scenario(index, 2, days=10)
+        assert _resolved(data, "<h>") == resolve_scenario(data, "<h>")
+        host, lines = host_records(index, 2, days=10)
+        assert lines and (host, lines) == host_records(index, 2, days=10, runner="worker")
 
 
 def test_generated_records_are_the_daemon_s_with_host_and_snapshot():

@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import itertools
 import os
 import random
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 import msgspec
 
 from oomkit.backends.sim.simulator import Simulator
-from oomkit.config.scenario import Scenario, resolve
+from oomkit.config.scenario import Event, Scenario, Task, resolve
 
 M = 1024 * 1024
 G = 1024 * M
@@ -150,15 +152,38 @@ def _batch_jobs(rng: random.Random, cgroups: list, events: list, limit: int, end
         events.append({"at": round(t + rng.uniform(10, 600), 3), "task": task, "exit": True})
 
 
-def host_records(index: int, seed: int, days: int = 30) -> tuple[str, list[bytes]]:
+def host_records(index: int, seed: int, days: int = 30, runner: str = "inprocess") -> tuple[str, list[bytes]]:
     """Host ``index``'s event log: its name and one JSON line per OOM, as the daemon writes them."""
     host = host_name(index, seed)
-    scenario = resolve(host_scenario(index, seed, days), f"<{host}>")
+    scenario = _resolved(host_scenario(index, seed, days), f"<{host}>")
     # Snapshots on, as the daemon; a wall deadline far off, so a loaded machine
     # makes the same logs (the simulator's default 50 ms would depend on it).
+    # The built-in policies run in this process ("inprocess", as `simulate
+    # --in-process`): the sandbox's "worker" gives the same records, but its
+    # start and a socket round trip per OOM cost as much as the rest of the
+    # host's simulation (tests/unit/test_fleet.py checks the records are the same).
     scenario = dataclasses.replace(scenario, settings=dataclasses.replace(
-        scenario.settings, snapshot=True, handler_deadline=30.0))
+        scenario.settings, snapshot=True, handler_deadline=30.0, runner=runner))
     return host, _lines(Simulator(scenario).run().ooms, host, random.Random(f"latency:{seed}:{index}"))
+
+
+def _resolved(data: dict[str, Any], file: str) -> Scenario:
+    """``resolve(data)``, its thousands of events made directly: the generic
+    path parses each "at" and size as a config file's text (a third of the
+    host's time); the generator's events are three plain shapes of numbers.
+    The result is equal to resolve()'s (tests/unit/test_fleet.py)."""
+    scenario = resolve({**data, "event": []}, file)
+    return dataclasses.replace(scenario, events=[_event(e) for e in data["event"]])
+
+
+def _event(e: dict[str, Any]) -> Event:
+    spawn = e.get("spawn")
+    if spawn is not None:
+        return Event(float(e["at"]), spawn["name"], "spawn", spawn["rss"],
+                     Task(spawn["name"], spawn["cgroup"], spawn["rss"]))
+    if "alloc" in e:
+        return Event(float(e["at"]), e["task"], "alloc", e["alloc"])
+    return Event(float(e["at"]), e["task"], "exit")
 
 
 def _lines(ooms: list, host: str, rng: random.Random) -> list[bytes]:
@@ -188,27 +213,47 @@ def generate(out: Path, records: int, seed: int = 0, *, days: int = 30, workers:
     out.mkdir(parents=True, exist_ok=True)
     left = records
     workers = workers or os.cpu_count() or 1
+    # A window of hosts in flight, taken in the hosts' order (so the output is
+    # the same whatever finishes first), refilled as each is written: bounded
+    # memory, and no core waits for the slowest host of a batch.
+    window = 4 * workers if workers > 1 else 1
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        index = 0
+        hosts = itertools.count()
+        pending: deque[Future[tuple[str, list[bytes], bytes]]] = deque()
         while left > 0:
-            # A batch of hosts at a time: bounded memory, and the order (so the
-            # output) is the hosts' order whatever finishes first.
-            batch = range(index, index + max(1, workers * 4))
-            index += len(batch)
-            for host, lines in pool.map(host_records, batch, [seed] * len(batch), [days] * len(batch)):
-                if left <= 0 or not lines:
-                    continue
+            while len(pending) < window:
+                pending.append(pool.submit(_host_file, next(hosts), seed, days, compress))
+            host, lines, data = pending.popleft().result()
+            if not lines:
+                continue
+            if len(lines) > left:        # the last host, cut
                 lines = lines[:left]
-                left -= len(lines)
-                path = out / f"{host}.jsonl{'.gz' if compress else ''}"
-                # mtime 0: the same seed gives byte-identical files
-                with open(path, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
-                                               if compress else _Plain(raw)) as f:
-                    f.write(b"".join(lines))
-                yield path, len(lines)
+                data = _file_bytes(lines, compress)
+            left -= len(lines)
+            path = out / f"{host}.jsonl{'.gz' if compress else ''}"
+            path.write_bytes(data)
+            yield path, len(lines)
+        for f in pending:
+            f.cancel()
+
+
+def _host_file(index: int, seed: int, days: int, compress: bool) -> tuple[str, list[bytes], bytes]:
+    """What a worker makes: the host's name, its lines, and its file's bytes
+    (compressed here, on the worker's core, not in the process writing them)."""
+    host, lines = host_records(index, seed, days)
+    return host, lines, _file_bytes(lines, compress)
+
+
+def _file_bytes(lines: list[bytes], compress: bool) -> bytes:
+    data = b"".join(lines)
+    # mtime 0: the same seed gives byte-identical files; level 6 (gzip's own
+    # default): 9 costs twice the CPU for a file 10 % smaller.
+    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
 
 
 class _Serial:
+    """The pool's submit, run here and now (one worker)."""
+
     def __enter__(self) -> _Serial:
         return self
 
@@ -216,19 +261,10 @@ class _Serial:
         pass
 
     @staticmethod
-    def map(fn, *iterables):
-        return map(fn, *iterables)
-
-
-class _Plain:
-    def __init__(self, f):
-        self.f = f
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+    def submit(fn: Callable[..., Any], *args: Any) -> Future:
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
 
 
 def main(argv: list[str] | None = None) -> int:
