@@ -166,6 +166,27 @@ def test_a_dask_local_cluster_gives_the_same_result(fleet):
     assert _plain(on_dask) == _plain(run.run_serial(units, CANDIDATES))
 
 
+def test_a_unit_is_evaluated_as_a_stream(tmp_path):
+    # Five times the records, the same peak (give or take): a unit's records are
+    # decoded, replayed and dropped one at a time, never held (~27 KB each).
+    import tracemalloc
+
+    _, lines = host_records(1, 0, days=10)
+    peaks = []
+    for copies in (2, 10):
+        log = tmp_path / f"{copies}.jsonl.gz"
+        log.write_bytes(gzip.compress(b"".join(lines * copies)))
+        [unit] = sources.plan([str(log)])
+        run.evaluate_unit(unit, [kernel_alone()])      # policies loaded, caches warm
+        tracemalloc.start()
+        try:
+            assert run.evaluate_unit(unit, [kernel_alone()]).records == copies * len(lines)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert len(lines) >= 10 and peaks[1] - peaks[0] < 1_000_000, peaks
+
+
 def test_export_to_parquet_and_evaluate_it(fleet, tmp_path):
     pytest.importorskip("pyarrow", reason="the fleet extra (pyarrow) is not installed")
     out = tmp_path / "pq"
