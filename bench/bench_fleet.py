@@ -2,7 +2,8 @@
 ``oomkit evaluate`` against two candidates (and the kernel alone, always a
 column), on one process, on every core (ProcessPoolExecutor), and on a Dask
 LocalCluster of 2 workers; 10^4, 10^5 and 10^6 records of the synthetic
-fleet; the peak memory (RSS) of each worker.
+fleet; the peak memory (RSS) of each worker (and of the main process, which
+plans the units and merges their summaries).
 
     python bench/bench_fleet.py                      # 10^4 and 10^5
     nice -n 10 python bench/bench_fleet.py 1000000 --modes cores,dask
@@ -109,6 +110,7 @@ def one(mode: str, data: str) -> dict:
     wall = time.perf_counter() - start - setup
     return {"mode": mode, "workers": workers, "records": summary.records, "replayed": summary.replayed,
             "wall": wall, "setup": setup, "rate": summary.records / wall, "cpu": cpu, "peak_kib": peaks,
+            "main_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "columns": {k: v.processes_killed for k, v in summary.columns.items()}}
 
 
@@ -133,13 +135,16 @@ def main() -> None:
             print(f"made {size:,} records in {made:.0f} s ({size / made:,.0f} records/s)", file=sys.stderr)
         results = {}
         for mode in args.modes.split(","):
+            load0 = os.getloadavg()[0]
             out = subprocess.run([sys.executable, __file__, "--_one", mode, str(data)], check=True,
                                  capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
+            r["load"] = (load0, os.getloadavg()[0])
             results[mode] = r
             print(f"{size:>9,} {mode:7} {r['wall']:8.1f} s {r['rate']:9,.0f} records/s "
                   f"{r['records'] / r['cpu']:7,.0f} per CPU-s "
-                  f"peak {max(r['peak_kib']) / 1024:.0f} MiB", file=sys.stderr)
+                  f"peak {max(r['peak_kib']) / 1024:.0f} MiB (main {r['main_kib'] / 1024:.0f}) "
+                  f"load {r['load'][0]:.1f} → {r['load'][1]:.1f}", file=sys.stderr, flush=True)
         same = len({json.dumps(r["columns"], sort_keys=True) for r in results.values()}) == 1
         for mode, r in results.items():
             what = f"{size:,}" + (f" ({args.copies} copies of {size // args.copies:,})" if args.copies > 1 else "")
@@ -147,15 +152,17 @@ def main() -> None:
                         + (f" (+{r['setup']:.1f} s start)" if r["setup"] else "")
                         + f" | {r['rate']:,.0f} | {r['records'] / r['cpu']:,.0f} | "
                         f"{r['replayed'] * len(CANDIDATES):,} | "
-                        f"{', '.join(f'{k / 1024:.0f}' for k in r['peak_kib'])} | {'yes' if same else 'NO'} |")
+                        f"{', '.join(f'{k / 1024:.0f}' for k in r['peak_kib'])} | {r['main_kib'] / 1024:.0f} | "
+                        f"{'yes' if same else 'NO'} | "
+                        f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
     load = os.getloadavg()
     head = (f"\n## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}, load average "
             f"{load[0]:.1f} at the end (a machine shared with other agents)\n\n"
             "Against two candidates (prefer-avoid, newest-task) and the kernel alone: 3 replays per record.\n\n"
             "| records | run (workers) | wall | records/s | records per CPU-second | replays | "
-            "peak RSS per worker, MiB | same result |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+            "peak RSS per worker, MiB | main process, MiB | same result | load average (1 min), start → end |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     table = head + "\n".join(rows) + "\n"
     print(table)
     with open(args.out, "a") as f:
