@@ -60,6 +60,9 @@ KEYS: dict[str, tuple[str, str | None]] = {
     "headroom": ('v2: within this of memory.max the chain\'s choice is marked for the kernel; "auto" '
                  "is 1/8 of memory.max.", "auto: 4M to 1G"),
     "rearm": ("v2: how often a standing decision is taken again.", _dur_range(common.REARM)),
+    "depth": ("v2: how many of the chain's choices stand at once: its victim (oom_score_adj 1000) and "
+              "the successors it would choose next, graded below it.",
+              f"{common.DEPTH[0]} to {common.DEPTH[1]}"),
     "pressure": ('A PSI trigger ("some 150ms 2s") that runs the chain early; "off" by default.',
                  "window 500ms to 10s, stall within it"),
     "tripwire": ("Before 0.2 (memory.high as a throttle); ignored now.", None),

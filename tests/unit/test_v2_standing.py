@@ -80,13 +80,16 @@ def started(tree, tmp_path):
 
 def test_near_its_limit_the_policys_choice_is_armed_and_others_get_a_wake_point(tree, started):
     """/box/a holds 57 of 64 MiB (within auto's 8 MiB): largest-task's choice,
-    the 50 MiB hog, is marked 1000 for the kernel; /box/job (10 of 64) gets
-    memory.high = 56 MiB as its wake-up; all held for a crash first."""
+    the 50 MiB hog, is marked 1000 for the kernel, and its successor (the
+    choice once the hog is gone: the 1 MiB sleeper) just under it; /box/job
+    (10 of 64) gets memory.high = 56 MiB as its wake-up; all held for a crash
+    first."""
     mount, proc = tree
     d = started()
-    assert adj(proc, PID_A) == 1000 and adj(proc, PID_B) == 0
+    assert adj(proc, PID_A) == 1000 and adj(proc, PID_B) == 999
     held = d.restorer.held
     assert held[str(proc / str(PID_A) / "oom_score_adj")] == ("0", PID_A)
+    assert held[str(proc / str(PID_B) / "oom_score_adj")] == ("0", PID_B)
     assert val(mount, "/box/a", "memory.high") == "max"          # armed: no throttle
     assert val(mount, "/box/job", "memory.high") == f"{56 * MiB}"
     assert held[str(mount / "box" / "job" / "memory.high")] == ("max", None)
@@ -117,7 +120,7 @@ def test_a_new_decision_moves_the_mark(tree, started):
     task(proc, PID_A + 10, "late", 1024, adj=300)
     (proc / str(PID_A + 10) / "stat").write_text(
         (proc / str(PID_A + 10) / "stat").read_text().replace(" 52831 ", " 99999999 ", 1))
-    d = started(policy="newest-task")
+    d = started(policy="newest-task", depth=1)
     first = {p for p in (PID_A, PID_B) if adj(proc, p) == 1000}
     assert len(first) == 1
     cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, PID_A + 10])
@@ -266,14 +269,15 @@ def test_near_a_global_oom_the_root_attachments_decision_alone_stands(tree, star
 
 def test_two_kernel_kills_between_two_looks_are_two_records(tree, started, tmp_path, monkeypatch):
     """The kernel killed twice (two OOMs) before the daemon looked: one record
-    each, the marked hog's as the policy's, the other as the kernel's own."""
+    each, the marked hog's as the policy's, the other (with a decision one
+    deep, nothing marked it) as the kernel's own."""
     import json
 
     from oomkit.linux import notify
 
     mount, proc = tree
     monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
-    d = started()
+    d = started(depth=1)
 
     def kill_lines(seq, pid, name):
         return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
@@ -372,3 +376,125 @@ def test_a_marked_task_seen_exiting_before_its_kill_is_read_is_still_the_policys
     assert len(records) == 1, records
     assert records[0]["resolved_by"] == "policy" and records[0]["executed_by"] == "kernel"
     assert [(k["pid"], k["by"]) for k in records[0]["killed"]] == [(PID_A, "policy:/box")]
+
+
+# -- a decision several deep ----------------------------------------------------------------
+
+
+def _t(pid, rss_mib, adj=0):
+    from oomkit.context import TaskInfo
+    return TaskInfo(pid, f"t{pid}", (), "/w", rss_mib * MiB, 0, 0, adj, 0, 0.0, False)
+
+
+PAGES_96M = 96 * MiB // 4096            # totalpages of a 96 MiB memcg: 24 pages per adj unit
+
+
+def test_grade_places_successors_under_the_victim_and_over_the_rest():
+    """A fork burst in 96 MiB: the victim (a worker just forked, 0 MiB) at 1000
+    (24000 pages of badness), then a 4 MiB worker as high as it can stand below
+    it after growing by the 16 MiB of room: (24000 - 1024 - 4096 - 1) // 24 =
+    786; the next worker would have to sit at 615 or lower, where the old
+    48 MiB task grown by 16 MiB (16384 pages) outranks it (1024 + 615 * 24 =
+    15784): the decision is two deep."""
+    from oomkit.backends.cgroup_v2 import grade
+    from oomkit.oom_kill import badness
+    victim, w1, w2, old = _t(1, 0), _t(2, 4), _t(3, 4), _t(9, 48)
+    adjs = grade([victim, w1, w2], [old], PAGES_96M, 16 * MiB)
+    assert adjs == [1000, 786]
+    grown = 16 * MiB
+    v, s1 = victim._replace(oom_score_adj=1000), w1._replace(oom_score_adj=786)
+    assert badness(v, PAGES_96M) > badness(s1._replace(rss=s1.rss + grown), PAGES_96M)
+    assert badness(s1, PAGES_96M) > badness(old._replace(rss=old.rss + grown), PAGES_96M)
+    assert grade([victim, w1, w2], [_t(9, 20)], PAGES_96M, 16 * MiB) == [1000, 786, 615]
+
+
+@pytest.mark.parametrize("chain,others,slack,want", [
+    # a 60 MiB successor under a 2 MiB victim (24512 pages): (24512 - 15360 - 1) // 24
+    ([_t(1, 2), _t(2, 60)], [], 0, [1000, 381]),
+    # a 4 MiB successor over a 60 MiB task, both grown by 16 MiB: 1024 + 807 * 24 > 15360 + 4096
+    ([_t(1, 2), _t(2, 4)], [_t(9, 60)], 16 * MiB, [1000, 807]),
+    ([_t(1, 2), _t(2, 4)], [_t(9, 70)], 16 * MiB, [1000]),    # ...not over a 70 MiB one
+    ([_t(1, 2), _t(2, 4, adj=900)], [], 16 * MiB, [1000]),    # its own 900 is already higher
+    ([_t(1, 2), _t(2, 4)], [_t(9, 3, adj=1000)], 0, [1000]),  # a user's 1000 (3 MiB) over 978 (the most)
+    ([_t(1, 2)], [_t(9, 30)], 0, [1000]),
+    ([], [], 0, []),
+])
+def test_grade_stops_where_the_kernel_could_pick_otherwise(chain, others, slack, want):
+    from oomkit.backends.cgroup_v2 import grade
+    assert grade(chain, others, PAGES_96M, slack) == want
+
+
+def test_grade_below_1000_pages_is_one_deep():
+    from oomkit.backends.cgroup_v2 import grade
+    assert grade([_t(1, 0), _t(2, 0)], [], 999, 0) == [1000]    # totalpages/1000 == 0: adj moves nothing
+
+
+def test_the_successors_kill_after_the_victims_is_the_policys_too(tree, started, tmp_path,
+                                                                monkeypatch):
+    """The kernel killed the hog (1000) and then, before the daemon looked, the
+    sleeper (its successor): two records, each the policy's, each from its own
+    rehearsal (the successor's saw no hog)."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    assert adj(proc, PID_A) == 1000 and 0 < adj(proc, PID_B) < 1000
+
+    def kill_lines(seq, pid, name, score):
+        return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+                f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task={name},pid={pid},uid=0",
+                f"3,{seq + 1},2,-;Memory cgroup out of memory: Killed process {pid} ({name}) "
+                "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+                f"pgtables:200kB oom_score_adj:{score}"]
+
+    kmsg = kill_lines(1, PID_A, "hog", 1000) + kill_lines(3, PID_B, "sleep", adj(proc, PID_B))
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    ev = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"
+    (mount / "box" / "a" / "memory.events").write_text(ev)
+    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [
+        [(PID_A, "policy:/box")], [(PID_B, "policy:/box")]], records
+    assert [r["resolved_by"] for r in records] == ["policy", "policy"]
+    assert [r["armed"] for r in records] == [[PID_A], [PID_B]]
+    first, second = ({t["pid"] for t in r["snapshot"]["tasks"]} for r in records)
+    assert PID_A in first and PID_A not in second        # the successor's rehearsal: no hog
+
+
+def test_a_successor_becomes_the_victim_at_the_next_take(tree, started):
+    """newest-task: the newest is the victim, the one before it its successor;
+    when the victim exits, the next take moves the successor up to 1000."""
+    mount, proc = tree
+    d = started(policy="newest-task")
+    ep = d.stack.episodes["/box/a"]
+    victim = max(ep.armed, key=lambda p: d.stack.armed[p].value)
+    successor = (ep.armed - {victim}).pop()
+    assert adj(proc, victim) == 1000 and 0 < adj(proc, successor) < 1000
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[successor])
+    d.stack._on_exit(victim, 0)
+    d.stack.on_timer()
+    assert adj(proc, successor) == 1000
+    d.stop()
+    assert adj(proc, successor) == 0 and d.restorer.held == {}
+
+
+def test_a_successors_rehearsal_never_raises_a_limit(tree, started):
+    """What a successor's rehearsal decides is hypothetical: no headroom to raise
+    into, and a raise that got through anyway is refused, not done."""
+    from oomkit.errors import KernelError
+    mount, _proc = tree
+    d = started()
+    r = d.stack.rehearsal
+    r.begin(8 * MiB, {PID_A})
+    assert r.headroom("/box/a") == 0
+    with pytest.raises(KernelError):
+        r.set_limit("/box/a", 96 * MiB)
+    assert val(mount, "/box/a", "memory.max") == f"{64 * MiB}"
+    assert [t.pid for t in r.tasks(None, "/box/a")] == [PID_B]
+    r.begin(8 * MiB)
+    assert r.headroom("/box/a") > 0

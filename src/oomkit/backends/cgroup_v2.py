@@ -59,6 +59,7 @@ from oomkit.backends.live import (
     LiveBackend,
     LiveSettings,
     mark_for_kernel,
+    remark,
     unmark,
     victims_from_kmsg,
 )
@@ -66,6 +67,7 @@ from oomkit.context import LazyTasks, Level, TaskInfo, ancestors, is_within
 from oomkit.engine.chain import Engine
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
+from oomkit.oom_kill import PAGE_SIZE, badness
 from oomkit.schema import Killed, OOMRecord, ResolvedBy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,6 +124,39 @@ def classify(look: Look, zone_size: int, in_zone: bool) -> Wakeup:
     if in_zone and not near:
         return Wakeup.LEFT_ZONE
     return Wakeup.NONE
+
+
+def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int,
+          slack: int) -> list[int]:
+    """The ``oom_score_adj`` of each task of a decision several deep: ``chain[0]``
+    (the chain's victim) at 1000, then each successor (the victim the chain
+    chooses once those before it are gone) as high as it can stand while the
+    kernel's ``oom_badness()`` (mm/oom_kill.c, :func:`oomkit.oom_kill.badness`)
+    still ranks every task before it higher, and it higher than every task of
+    ``others`` (at their own values), even after any one task grows by ``slack``
+    bytes.  The list stops at the first successor that cannot be placed so (too
+    large, or its own value already as high: a mark only raises).  Pure."""
+    if not chain:
+        return []
+    out = [OOM_SCORE_ADJ_MAX]
+    unit = totalpages // 1000           # badness(): adj * (totalpages / 1000), integer division
+    if unit <= 0:
+        return out
+    grow = -(-slack // PAGE_SIZE)
+    points = [badness(chain[0]._replace(oom_score_adj=OOM_SCORE_ADJ_MAX), totalpages) or 0]
+    rivals = [b for t in others if (b := badness(t, totalpages)) is not None]
+    best_other = max(rivals, default=None)
+    for t in chain[1:]:
+        base = badness(t._replace(oom_score_adj=0), totalpages) or 0
+        # below every earlier one, grown by slack: base + grow + adj * unit < min(points)
+        adj = min(out[-1] - 1, (min(points) - base - grow - 1) // unit)
+        if adj <= t.oom_score_adj or adj <= 0:
+            break
+        if best_other is not None and base + adj * unit <= best_other + grow:
+            break
+        out.append(adj)
+        points.append(base + adj * unit)
+    return out
 
 
 # -- the backend ----------------------------------------------------------------------
@@ -207,15 +242,24 @@ class Rehearsal:
         self.zone_size = 0
         self.chosen: list[tuple[list[TaskInfo], str | None]] = []
         self.sharers: dict[int, tuple[int, ...]] = {}    # a chosen pid -> the pids sharing its mm
+        self.gone: frozenset[int] = frozenset()          # a successor's rehearsal: these are dead
 
-    def begin(self, zone_size: int) -> None:
+    def begin(self, zone_size: int, gone: Iterable[int] = ()) -> None:
+        """A new rehearsal; with ``gone``, of the OOM that follows their deaths
+        (a successor's): they are not in the context, and nothing real is done."""
         self.zone_size, self.chosen, self.sharers = zone_size, [], {}
+        self.gone = frozenset(gone)
 
     def cgroups(self, oom, scope):
         return self.live.cgroups(oom, scope)
 
     def tasks(self, oom, scope) -> LazyTasks:
-        return self.live.tasks(oom, scope)
+        tasks = self.live.tasks(oom, scope)
+        gone = self.gone
+        if not gone:
+            return tasks
+        return LazyTasks(lambda: [t for t in tasks if t.pid not in gone],
+                         lambda path: [t for t in tasks.in_cgroup(path) if t.pid not in gone])
 
     def task(self, pid):
         return self.live.task(pid)
@@ -224,7 +268,8 @@ class Rehearsal:
         return self.live.totalpages(oom)
 
     def headroom(self, path) -> int:
-        return self.live.headroom(path)
+        """None in a successor's rehearsal: a raise there would be real, now."""
+        return 0 if self.gone else self.live.headroom(path)
 
     def protected(self, pid) -> str | None:
         return self.live.protected(pid)
@@ -233,6 +278,8 @@ class Rehearsal:
         return self.live.in_flight()
 
     def set_limit(self, path, limit) -> None:
+        if self.gone:       # refused before this (no headroom): never raise for a hypothesis
+            raise KernelError(f"{path}: no raise in a successor's rehearsal")
         self.live.set_limit(path, limit)         # a raise at the headroom is real
 
     def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
@@ -284,7 +331,9 @@ class Armed:
     original: int            # its oom_score_adj before us
     starttime: int           # clock ticks, /proc/PID/stat field 22 (pid reuse guard)
     by: str                  # "policy:<attached cgroup>"
-    owners: set[str] = field(default_factory=set)   # the memcgs whose decision it is
+    value: int = OOM_SCORE_ADJ_MAX                  # what we wrote
+    # the memcgs whose decision it is -> the value each wants (the highest stands)
+    owners: dict[str, int] = field(default_factory=dict)
     fd: int | None = None    # pidfd: readable when it exits
 
 
@@ -304,14 +353,48 @@ class Episode:
     # victim, and kills them all (mm/oom_kill.c __oom_kill_process).
     companions: dict[int, tuple[int, ...]] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)  # cgroup -> original memory.oom.group
-    record: OOMRecord | None = None  # the rehearsal that made the decision
+    # The decision, several deep: the rehearsal that chose the victim, then each
+    # successor's (the chain's choice once those before it are dead).
+    ranks: list[OOMRecord] = field(default_factory=list)
+    records: dict[int, OOMRecord] = field(default_factory=dict)  # a marked pid (or sharer) -> its rank
     decided_at: str | None = None
     next_take: float | None = None   # when to look again (in the zone; always for "/")
     in_zone: bool = False            # usage was near the limit at the last look
 
     @property
+    def record(self) -> OOMRecord | None:
+        """The victim's rank: what the kernel's next OOM here carries out."""
+        return self.ranks[0] if self.ranks else None
+
+    @property
     def is_armed(self) -> bool:
-        return self.record is not None
+        return bool(self.ranks)
+
+    def retire(self, rec: OOMRecord) -> None:
+        """``rec``'s rank was carried out (its record written): the next one leads."""
+        self.ranks = [r for r in self.ranks if r is not rec]
+        self.records = {p: r for p, r in self.records.items() if r is not rec}
+
+
+@dataclass
+class Rank:
+    """One rehearsal's outcome: its record and what it chose."""
+
+    record: OOMRecord
+    chosen: list[tuple[list[TaskInfo], str | None]]
+    sharers: dict[int, tuple[int, ...]]
+
+    @property
+    def victim(self) -> TaskInfo | None:
+        """The one task it chose (None: a group, several, or none)."""
+        if len(self.chosen) == 1 and self.chosen[0][1] is None and len(self.chosen[0][0]) == 1:
+            return self.chosen[0][0][0]
+        return None
+
+    def dying(self) -> set[int]:
+        """Who dies when the kernel carries it out: its tasks and their mm sharers."""
+        pids = {t.pid for tasks, _cg in self.chosen for t in tasks}
+        return pids.union(*self.sharers.values())
 
 
 @dataclass(frozen=True)
@@ -662,22 +745,39 @@ class V2Stack:
     # -- deciding and arming ----------------------------------------------------------------
 
     def _decide(self, ep: Episode, size: int) -> None:
-        """Rehearse the chain for ``ep.memcg`` and arm what it chose."""
+        """Rehearse the chain for ``ep.memcg`` and arm what it chose, then its
+        successors: a victim that frees little (a task just forked) leaves the
+        memcg at its limit, and the kernel's next OOM can come microseconds
+        later, before any re-take: the next choice must stand already."""
         oom = OOMEvent(ep.level, ep.memcg)
         ep.next_take = self.backend.clock.now() + self.settings.rearm
         if self.decider is None or not self.decider.chain(oom) or self._suspended(ep):
             self._unarm(ep)
             return
-        self.rehearsal.begin(size)
-        record = self.decider.handle(oom)
-        if record.limits and not self.rehearsal.chosen:
-            self._raised(ep, oom, record)
+        first = self._rehearse(oom, size, ())
+        if first.record.limits and not first.chosen:
+            self._raised(ep, oom, first.record)
             return
-        if not self.rehearsal.chosen or record.resolved_by != "policy":
-            log.debug("oomkit: %s: no standing decision (%s)", ep.memcg, record.resolved_by)
+        if not first.chosen or first.record.resolved_by != "policy":
+            log.debug("oomkit: %s: no standing decision (%s)", ep.memcg, first.record.resolved_by)
             self._unarm(ep)
             return
-        self._arm(ep, record)
+        ranks = [first]
+        # The machine's decision stays one deep: its successors would be global
+        # favourites across every memcg for as long as it stands.
+        depth = self.settings.depth if ep.level is Level.MEMCG else 1
+        while len(ranks) < depth and ranks[-1].victim is not None:
+            nxt = self._rehearse(oom, size, set().union(*(r.dying() for r in ranks)))
+            if nxt.victim is None or nxt.record.resolved_by != "policy":
+                break
+            ranks.append(nxt)
+        self._arm(ep, ranks)
+
+    def _rehearse(self, oom: OOMEvent, size: int, gone: Iterable[int]) -> Rank:
+        assert self.decider is not None
+        self.rehearsal.begin(size, gone)
+        record = self.decider.handle(oom)
+        return Rank(record, self.rehearsal.chosen, self.rehearsal.sharers)
 
     def _suspended(self, ep: Episode) -> bool:
         """While the machine is near its own OOM, the root attachment's decision
@@ -697,63 +797,112 @@ class V2Stack:
         self.daemon.write(record, oom)
         self._unarm(ep)
 
-    def _arm(self, ep: Episode, record: OOMRecord) -> None:
-        by = {pid: h_by for h_by, pid in self._choosers(record)}
-        want: dict[int, TaskInfo] = {}
+    def _arm(self, ep: Episode, ranks: list[Rank]) -> None:
+        """Mark the victim 1000 (a group: its largest task, and oom.group) and each
+        successor as :func:`grade` places it; put back what no longer stands."""
+        before = {p: self.armed[p].value for p in ep.armed if p in self.armed}
+        want: dict[int, tuple[TaskInfo, int, Rank]] = {}
         groups: set[str] = set()
-        for tasks, cgroup in self.rehearsal.chosen:
+        for tasks, cgroup in ranks[0].chosen:
             if cgroup is not None:
                 groups.add(cgroup)
                 tasks = [max(tasks, key=lambda t: t.rss + t.swap)]   # the kernel's pick, then its group
             for t in tasks:
                 if t.oom_score_adj > OOM_SCORE_ADJ_MIN:
-                    want[t.pid] = t
+                    want[t.pid] = (t, OOM_SCORE_ADJ_MAX, ranks[0])
+        placed = ranks[:1]
+        if len(ranks) > 1:
+            values = self._grades(ep, ranks)
+            placed = ranks[:len(values)]
+            for rank, value in zip(placed[1:], values[1:], strict=True):
+                successor = rank.victim
+                assert successor is not None        # only one-task ranks have successors
+                want.setdefault(successor.pid, (successor, value, rank))
         self._fix_strays(ep)
         for pid in ep.armed - set(want):
             self._unmark(pid, ep.memcg)
-        for pid, t in want.items():
-            self._mark(t, ep.memcg, by.get(pid) or f"policy:{record.handlers[-1].cgroup}")
+        for pid, (t, value, rank) in want.items():
+            by = dict((p, b) for b, p in self._choosers(rank.record))
+            self._mark(t, ep.memcg, by.get(pid) or f"policy:{rank.record.handlers[-1].cgroup}", value)
         ep.armed = {pid for pid in want if pid in self.armed}
-        ep.companions = {pid: self.rehearsal.sharers.get(pid, ()) for pid in ep.armed}
+        ep.companions = {pid: want[pid][2].sharers.get(pid, ()) for pid in ep.armed}
+        ep.records = {}
+        for pid in ep.armed:
+            for p in (pid, *ep.companions[pid]):
+                ep.records.setdefault(p, want[pid][2].record)
+        ep.ranks, ep.decided_at = [r.record for r in placed], _now_iso()
+        for rank in placed:
+            rank.record.armed = sorted(p for p in ep.armed if want[p][2] is rank)
         self._set_groups(ep, groups)
-        if ep.record is None or ep.armed != set(self._armed_pids(ep.record)):
-            names = ", ".join(f"pid {p} ({self.armed[p].name})" for p in sorted(ep.armed))
+        now_armed = {p: self.armed[p].value for p in ep.armed}
+        if now_armed != before:
+            names = ", ".join(f"pid {p} ({self.armed[p].name}) at {v}" for p, v in now_armed.items())
             log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
-                     ep.memcg, names or "nobody", record.handlers[-1].policy)
-        ep.record, ep.decided_at = record, _now_iso()
+                     ep.memcg, names or "nobody", ranks[0].record.handlers[-1].policy)
         if ep.level is Level.GLOBAL:
             for other in self.episodes.values():
                 if other.is_armed:
                     self._unarm(other)      # the machine's decision alone stands now
-        ep.record.armed = sorted(ep.armed)
 
-    @staticmethod
-    def _armed_pids(record: OOMRecord) -> list[int]:
-        return list(record.armed or [])
+    def _grades(self, ep: Episode, ranks: list[Rank]) -> list[int]:
+        """:func:`grade` over the memcg as it is now: the others at the values they
+        have (another memcg's mark included), room to grow = the limit less every
+        task's memory (growth past it reclaims page cache, not rss)."""
+        oom = OOMEvent(Level.MEMCG, ep.memcg)
+        chain = [r.victim for r in ranks]
+        dying = set().union(*(r.dying() for r in ranks))
+        try:
+            tasks = list(self.backend.tasks(oom, ep.memcg))
+            limit = self.fs.limit(ep.memcg)
+            pages = self.backend.totalpages(oom)
+        except CgroupGone:
+            return [OOM_SCORE_ADJ_MAX]
+        if limit is None or any(t is None for t in chain):
+            return [OOM_SCORE_ADJ_MAX]
+        others = [self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying]
+        slack = max(0, limit - sum(t.rss + t.swap for t in tasks))
+        return grade([t for t in chain if t is not None], others, pages, slack)
+
+    def _as_is(self, t: TaskInfo, memcg: str) -> TaskInfo:
+        """``t`` at the oom_score_adj it will have: another memcg's mark stays."""
+        armed = self.armed.get(t.pid)
+        if armed is None:
+            return t
+        value = max((v for m, v in armed.owners.items() if m != memcg), default=armed.original)
+        return t._replace(oom_score_adj=value)
 
     @staticmethod
     def _choosers(record: OOMRecord) -> list[tuple[str, int]]:
         return [(k.by, k.pid) for k in record.killed]
 
-    def _mark(self, t: TaskInfo, memcg: str, by: str) -> None:
-        """oom_score_adj 1000 for ``t`` (held first, with its start time against pid reuse)."""
+    def _mark(self, t: TaskInfo, memcg: str, by: str, value: int = OOM_SCORE_ADJ_MAX) -> None:
+        """oom_score_adj ``value`` for ``t`` (held first, with its start time
+        against pid reuse); a task several memcgs chose stands at the highest."""
         armed = self.armed.get(t.pid)
         if armed is not None:
-            armed.owners.add(memcg)
+            armed.owners[memcg], armed.by = value, by
+            self._revalue(armed)
             return
         if self.backend.dry_run:
-            log.info("oomkit: would arm pid %d (%s) in %s (dry run)", t.pid, t.name, t.cgroup)
+            log.info("oomkit: would arm pid %d (%s) in %s at %d (dry run)", t.pid, t.name,
+                     t.cgroup, value)
             return
-        marked = mark_for_kernel(self.backend.proc, self.restorer, t.pid)
+        marked = mark_for_kernel(self.backend.proc, self.restorer, t.pid, value)
         if marked is None:
             return
         original, starttime = marked
         fd = self._exit_fd(t.pid)
-        self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, {memcg}, fd)
+        self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, value,
+                                  {memcg: value}, fd)
         self.backend.adj_overlay[t.pid] = original
 
+    def _revalue(self, armed: Armed) -> None:
+        value = max(armed.owners.values())
+        if value != armed.value and remark(self.backend.proc, armed.pid, armed.starttime, value):
+            armed.value = value
+
     def _fix_strays(self, ep: Episode) -> None:
-        """A task forked by a marked one inherits its 1000 (kernel/fork.c copies
+        """A task forked by a marked one inherits its mark (kernel/fork.c copies
         signal->oom_score_adj): put each such child back to its marked ancestor's
         own value, so nothing of ours outlives the decision."""
         if not ep.armed or self.backend.dry_run:
@@ -764,15 +913,15 @@ class V2Stack:
         except CgroupGone:
             return
         for t in tasks:
-            if t.oom_score_adj != OOM_SCORE_ADJ_MAX or t.pid in self.armed:
+            if t.oom_score_adj <= 0 or t.pid in self.armed:
                 continue
             parent = self._marked_ancestor(t.pid)
-            if parent is None:
-                continue        # the user's own 1000: not ours to change
+            if parent is None or t.oom_score_adj <= parent.original:
+                continue        # the user's own value: not ours to change
             try:
                 proc.set_oom_score_adj(t.pid, parent.original)
-                log.debug("oomkit: pid %d inherited 1000 from armed pid %d: put back to %d",
-                          t.pid, parent.pid, parent.original)
+                log.debug("oomkit: pid %d inherited %d from armed pid %d: put back to %d",
+                          t.pid, t.oom_score_adj, parent.pid, parent.original)
             except TaskGone:
                 log.debug("oomkit: pid %d (a marked task's child) exited meanwhile", t.pid)
 
@@ -815,8 +964,9 @@ class V2Stack:
             ep = self.episodes.get(memcg) if memcg != "/" else self.global_ep
             if ep is None:
                 continue
-            if ep.record is not None:
-                gone = _Gone(armed.by, ep.record, ep.decided_at, ep.level, ep.memcg, now)
+            rec = ep.records.get(pid, ep.record)
+            if rec is not None:
+                gone = _Gone(armed.by, rec, ep.decided_at, ep.level, ep.memcg, now)
                 for p in (pid, *ep.companions.get(pid, ())):
                     self._gone[p] = gone
             ep.armed.discard(pid)
@@ -826,8 +976,9 @@ class V2Stack:
         armed = self.armed.get(pid)
         if armed is None:
             return
-        armed.owners.discard(memcg)
+        armed.owners.pop(memcg, None)
         if armed.owners:
+            self._revalue(armed)
             return
         unmark(self.backend.proc, self.restorer, pid, armed.original, armed.starttime)
         self._forget(armed)
@@ -871,9 +1022,9 @@ class V2Stack:
             self._unmark(pid, ep.memcg)
         ep.armed.clear()
         self._set_groups(ep, set())
-        if ep.record is not None:
+        if ep.is_armed:
             log.debug("oomkit: %s: standing decision dropped", ep.memcg)
-        ep.record, ep.decided_at = None, None
+        ep.ranks, ep.records, ep.decided_at = [], {}, None
 
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
@@ -951,8 +1102,10 @@ class V2Stack:
             log.warning("oomkit: the kernel's OOM killer killed pid %d (%s) in %s, rss %d KiB%s",
                         v.pid, v.name, v.cgroup, v.rss // 1024,
                         " (armed by the policy)" if decided.get(v.pid) else "")
-        if ep is not None and ep.record is not None and ours and ours == len(victims):
-            rec, ep.record = ep.record, None     # written once; the next look decides again
+        rec = next((ep.records[v.pid] for v in victims if v.pid in ep.records), ep.record) \
+            if ep is not None else None
+        if ep is not None and rec is not None and ours and ours == len(victims):
+            ep.retire(rec)          # written once; its successor leads until the next take
             return self._executed(rec, killed, ep.level, ep.memcg, ep.decided_at)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
         if ep is not None and ep.armed:

@@ -66,6 +66,7 @@ class LiveSettings:
     headroom: int | None = None          # v2: the standing decision's zone; None: auto
     pressure: PSITrigger | None = None   # v2: a PSI trigger that runs the chain early; None: off
     rearm: float = 0.5                   # v2: seconds between two takes of a standing decision
+    depth: int = 4                       # v2: the chain's victim and its successors, marked at once
     executor: str = "daemon"             # v1: who kills the chain's victim, "daemon" or "kernel"
 
 
@@ -497,23 +498,37 @@ OOM_SCORE_ADJ_MAX = 1000      # include/uapi/linux/oom.h
 OOM_SCORE_ADJ_MIN = -1000
 
 
-def mark_for_kernel(proc: ProcFS, holder: Holder, pid: int) -> tuple[int, int] | None:
-    """Mark ``pid`` for the kernel's OOM killer: ``oom_score_adj`` 1000, so that
-    oom_badness() (mm/oom_kill.c: ``points += adj * totalpages / 1000``) ranks it
-    above every task at 0 or below.  The original is held first (with the start
-    time, against pid reuse).  (original, starttime), or None: gone, or -1000
-    (never touched: the kernel never picks it)."""
+def mark_for_kernel(proc: ProcFS, holder: Holder, pid: int,
+                    value: int = OOM_SCORE_ADJ_MAX) -> tuple[int, int] | None:
+    """Mark ``pid`` for the kernel's OOM killer: ``oom_score_adj`` ``value`` (1000
+    by default, so that oom_badness(), mm/oom_kill.c ``points += adj *
+    totalpages / 1000``, ranks it above every task at 0 or below).  The original
+    is held first (with the start time, against pid reuse).  (original,
+    starttime), or None: gone, -1000 (never touched: the kernel never picks
+    it), or already above ``value`` (a mark only ever raises)."""
     try:
         starttime = proc.stat(pid)["starttime"]
         original = proc.oom_score_adj(pid)
-        if original <= OOM_SCORE_ADJ_MIN:
+        if original <= OOM_SCORE_ADJ_MIN or original > value:
             return None
         holder.hold(str(proc.root / str(pid) / "oom_score_adj"), str(original),
                     pid=pid, starttime=starttime)
-        proc.set_oom_score_adj(pid, OOM_SCORE_ADJ_MAX)
+        proc.set_oom_score_adj(pid, value)
     except TaskGone:
         return None
     return original, starttime
+
+
+def remark(proc: ProcFS, pid: int, starttime: int, value: int) -> bool:
+    """Move a marked task's ``oom_score_adj`` to ``value`` (its original stays
+    held); False if it is gone (or its pid reused)."""
+    try:
+        if proc.stat(pid)["starttime"] != starttime:
+            return False
+        proc.set_oom_score_adj(pid, value)
+    except TaskGone:
+        return False
+    return True
 
 
 def unmark(proc: ProcFS, holder: Holder, pid: int, original: int, starttime: int) -> None:

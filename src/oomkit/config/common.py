@@ -162,6 +162,7 @@ BACKOFF_BUDGET = (0, 1000)
 HANDLER_BUDGET = (1, 10 ** 9)        # Python lines per handler call (simulator)
 WATCHDOG_TIMEOUT = (0.2, 300.0)      # the daemon beats 4 times per timeout
 PROC_CACHE = (0, 1_000_000)
+DEPTH = (1, 16)                      # v2: the chain's victim and its successors
 REARM = (0.05, 60.0)                 # v2: seconds between two takes of a standing decision
 EXIT_DELAY = (0.0, 3600.0)
 EVENT_AT = (0.0, 365 * 24 * 3600.0)  # simulated seconds

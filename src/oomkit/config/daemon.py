@@ -14,6 +14,7 @@ from oomkit.config.common import (
     BACKOFF_BUDGET,
     BACKOFF_WAIT,
     BACKOFF_WINDOW,
+    DEPTH,
     HANDLER_DEADLINE,
     PROC_CACHE,
     REARM,
@@ -54,6 +55,7 @@ class DaemonSpec(_Strict):
     # cgroup v2: a standing decision for each managed memcg within `headroom` of memory.max
     headroom: Size = "auto"         # "auto": 1/8 of memory.max, 4 MiB to 1 GiB
     rearm: Duration = "500ms"       # how often a standing decision is taken again
+    depth: int = 4                  # the chain's victim and up to depth-1 successors stand at once
     pressure: str = "off"           # a PSI trigger that runs the chain (and kills) early: opt-in
     tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
     executor: str = "daemon"        # v1: who kills the chain's victim: "daemon" (pidfd) or "kernel"
@@ -121,6 +123,7 @@ class DaemonConfig:
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
     host: str = ""                 # written into every record; "" until resolved (the hostname)
     executor: str = "daemon"       # v1: "daemon" kills by pidfd, "kernel" kills what the chain marked
+    depth: int = 4                 # v2: how many of the chain's choices stand at once
     metrics: tuple[str, int] | None = None     # (host, port) to serve /metrics on
     metrics_textfile: str | None = None
 
@@ -148,6 +151,7 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
     text_at(d.policy_user, "daemon.policy_user", file)
     int_at(d.backoff_budget, "daemon.backoff_budget", file, *BACKOFF_BUDGET)
     int_at(d.proc_cache, "daemon.proc_cache", file, *PROC_CACHE, " tasks")
+    int_at(d.depth, "daemon.depth", file, *DEPTH, " decisions")
     for key in ("mount", "proc", "event_log"):
         if getattr(d, key) is not None:
             text_at(getattr(d, key), f"daemon.{key}", file)
@@ -166,6 +170,7 @@ def resolve(data: dict[str, Any], file: str = "<config>", base_dir: Path | None 
         headroom=None if d.headroom == "auto" else size_at(d.headroom, "daemon.headroom", file),
         pressure=None if d.pressure == "off" else psi_at(d.pressure, "daemon.pressure", file),
         rearm=duration_at(d.rearm, "daemon.rearm", file, REARM), executor=d.executor,
+        depth=d.depth,
         state_dir=_state_dir(d.state_dir, file),
         mem_available_min=size_at(d.mem_available_min, "daemon.mem_available_min", file,
                                   allow_none=True),

@@ -58,7 +58,7 @@ def live_settings(config: DaemonConfig) -> LiveSettings:
     """The typed settings a live stack is opened (and reconfigured) from."""
     return LiveSettings(dry_run=config.dry_run, proc_cache=config.proc_cache,
                         headroom=config.headroom, pressure=config.pressure,
-                        rearm=config.rearm, executor=config.executor)
+                        rearm=config.rearm, executor=config.executor, depth=config.depth)
 
 
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Daemon,
