@@ -223,3 +223,34 @@ def test_kernel_oom_kill_without_a_decision_is_reported(box, daemon):
     assert [(k["pid"], k["cgroup"], k["by"]) for k in rec["killed"]] == [(hog.pid, cg, "kernel")]
     assert parent
     assert d.stop() == 0
+
+
+def test_small_newcomers_die_in_the_policys_order_never_the_old_task(box, daemon):
+    """newest-task on 64 MiB: an old task holds 40 MiB, then small workers
+    (moved in one after another, each allocating 6 MiB over ~0.3 s) push the
+    memcg over its limit again and again.  The kernel's OOMs come in bursts
+    (a victim's memory is not back before the next charge fails), faster than
+    the daemon takes its decision again: the successors (the chain's next
+    choices) already stand, and every kill is a worker, the policy's, never
+    the old task the kernel would pick."""
+    cg = box.cg("a", limit=64 * MiB)
+    bystander = box.sleeper(cg)
+    old = box.hog(cg, 40)
+    assert old.wait_line("allocated", 60)
+    d = daemon(box, "newest-task")
+    workers = [box.hog(cg, 6, step=1, delay=0.05) for _ in range(8)]
+    assert until(lambda: sum(not w.alive() for w in workers) >= 3, 180), \
+        f"fewer than 3 workers killed:\n{d.log}"
+    time.sleep(3)
+    dead = {w.pid for w in workers if not w.alive()}
+    assert old.alive(), f"the old task died (the kernel's own choice):\n{d.log}"
+    assert bystander.alive()
+    assert until(lambda: sum(len(r["killed"]) for r in d.records()) >= len(dead), 30), d.log
+    records = d.records()
+    seen = [(r["resolved_by"], r.get("executed_by"), [(k["pid"], k["by"]) for k in r["killed"]],
+             r.get("note")) for r in records]
+    assert {k["pid"] for r in records for k in r["killed"]} == dead, seen
+    assert all(r["resolved_by"] == "policy" and r["executed_by"] == "kernel" for r in records), \
+        f"{seen}\n{d.log}"
+    assert d.stop() == 0
+    assert adj(old.pid) == 0 and all(adj(w.pid) in (0, None) for w in workers)

@@ -498,3 +498,24 @@ def test_a_successors_rehearsal_never_raises_a_limit(tree, started):
     assert [t.pid for t in r.tasks(None, "/box/a")] == [PID_B]
     r.begin(8 * MiB)
     assert r.headroom("/box/a") > 0
+
+
+def test_a_task_moved_into_the_zone_is_decided_on_within_a_poll(tree, started):
+    """A task moved into /box/a (no fork event there: systemd scopes, runc,
+    docker exec) is seen at the next read of cgroup.procs (MEMBERS_POLL), not
+    the next rearm: newest-task's mark moves to it at once."""
+    from oomkit.backends import cgroup_v2
+    mount, proc = tree
+    late = PID_A + 10
+    task(proc, late, "late", 1024)
+    (proc / str(late) / "stat").write_text(
+        (proc / str(late) / "stat").read_text().replace(" 52831 ", " 99999999 ", 1))
+    d = started(policy="newest-task")
+    ep = d.stack.episodes["/box/a"]
+    assert adj(proc, late) == 0 and ep.next_poll is not None
+    now = d.backend.clock.now()
+    assert ep.next_take > now + cgroup_v2.MEMBERS_POLL          # the rearm is far off
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, late])
+    ep.next_poll = now                                          # the poll is due
+    d.stack.on_timer()                          # reads cgroup.procs: a new pid, decides now
+    assert adj(proc, late) == 1000

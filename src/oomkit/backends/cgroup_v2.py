@@ -80,6 +80,7 @@ log = logging.getLogger("oomkit")
 MiB = 1 << 20
 GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of the zone
 FORK_DELAY = 0.01             # a new task in the zone: decide again this soon (a burst coalesces)
+MEMBERS_POLL = 0.05           # in the zone: how often cgroup.procs is read for tasks moved in
 RECENT_MARKS = 10.0           # seconds a marked task's decision is kept after it exited
 
 
@@ -360,6 +361,11 @@ class Episode:
     decided_at: str | None = None
     next_take: float | None = None   # when to look again (in the zone; always for "/")
     in_zone: bool = False            # usage was near the limit at the last look
+    # In the zone: its processes at the last read, and when to read them again.
+    # A task moved in (systemd scopes, runc, docker exec) makes no fork event
+    # there, and may be the policy's new choice.
+    members: frozenset[int] = frozenset()
+    next_poll: float | None = None
 
     @property
     def record(self) -> OOMRecord | None:
@@ -475,7 +481,8 @@ class V2Stack:
         commit()
 
     def next_timer(self) -> float | None:
-        times = [e.next_take for e in self._all_episodes() if e.next_take is not None]
+        times = [t for e in self._all_episodes() for t in (e.next_take, e.next_poll)
+                 if t is not None]
         return max(0.0, min(times) - self.backend.clock.now()) if times else None
 
     def on_timer(self) -> None:
@@ -485,8 +492,25 @@ class V2Stack:
         if g is not None and g.next_take is not None and g.next_take <= now:
             self._look_global()
         for ep in list(self.episodes.values()):
+            if ep.in_zone and ep.next_poll is not None and ep.next_poll <= now:
+                self._poll_members(ep, now)
             if ep.next_take is not None and ep.next_take <= now:
                 self._look(ep.memcg)
+
+    def _poll_members(self, ep: Episode, now: float) -> None:
+        """A task moved into a memcg in its zone: take the decision again now."""
+        ep.next_poll = now + MEMBERS_POLL
+        before, pids = ep.members, self._members(ep)
+        if pids - before:
+            log.debug("oomkit: %s: new tasks %s: deciding again", ep.memcg, sorted(pids - before))
+            ep.next_take = now
+
+    def _members(self, ep: Episode) -> frozenset[int]:
+        try:
+            ep.members = frozenset(p for _cg, pids in self.fs.subtree_procs(ep.memcg) for p in pids)
+        except CgroupGone:
+            log.debug("oomkit: %s gone while its tasks were read", ep.memcg)
+        return ep.members
 
     # -- new tasks in the zone: the decision may change -----------------------------------
 
@@ -750,10 +774,14 @@ class V2Stack:
         memcg at its limit, and the kernel's next OOM can come microseconds
         later, before any re-take: the next choice must stand already."""
         oom = OOMEvent(ep.level, ep.memcg)
-        ep.next_take = self.backend.clock.now() + self.settings.rearm
+        now = self.backend.clock.now()
+        ep.next_take = now + self.settings.rearm
         if self.decider is None or not self.decider.chain(oom) or self._suspended(ep):
             self._unarm(ep)
             return
+        if ep.level is Level.MEMCG:
+            self._members(ep)           # what this decision saw; a newcomer retakes it
+            ep.next_poll = now + MEMBERS_POLL
         first = self._rehearse(oom, size, ())
         if first.record.limits and not first.chosen:
             self._raised(ep, oom, first.record)
@@ -1029,7 +1057,7 @@ class V2Stack:
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
         self._unarm(ep)
-        ep.next_take, ep.in_zone = None, False
+        ep.next_take, ep.next_poll, ep.in_zone, ep.members = None, None, False, frozenset()
 
     # -- the kernel's kills -------------------------------------------------------------
 
