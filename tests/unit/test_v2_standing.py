@@ -519,3 +519,21 @@ def test_a_task_moved_into_the_zone_is_decided_on_within_a_poll(tree, started):
     ep.next_poll = now                                          # the poll is due
     d.stack.on_timer()                          # reads cgroup.procs: a new pid, decides now
     assert adj(proc, late) == 1000
+
+
+def test_a_victim_on_its_way_out_does_not_block_the_successors(tree, started):
+    """The kernel just killed a marked task: it still shows our 1000 while it
+    exits, but the kernel never picks it again, so the next decision still
+    places a successor over it (it is no rival)."""
+    mount, proc = tree
+    dying = PID_A + 30
+    task(proc, dying, "victim", 30 * 1024, adj=1000)
+    stat = proc / str(dying) / "stat"
+    fields = stat.read_text().split(" ")
+    fields[8] = str(int(fields[8]) | 0x4)           # PF_EXITING: in do_exit()
+    stat.write_text(" ".join(fields))
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, dying])
+    d = started()
+    t = d.backend.tasks(None, "/box/a").by_pid(dying)
+    assert t is not None and t.exiting, t
+    assert adj(proc, PID_A) == 1000 and 0 < adj(proc, PID_B) < 1000

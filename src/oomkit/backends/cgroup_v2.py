@@ -873,9 +873,9 @@ class V2Stack:
                     self._unarm(other)      # the machine's decision alone stands now
 
     def _grades(self, ep: Episode, ranks: list[Rank]) -> list[int]:
-        """:func:`grade` over the memcg as it is now: the others at the values they
-        have (another memcg's mark included), room to grow = the limit less every
-        task's memory (growth past it reclaims page cache, not rss)."""
+        """:func:`grade` over the memcg as it is now: the others (not exiting) at the
+        values they have (another memcg's mark included), room to grow = the
+        limit less every task's memory (growth past it reclaims page cache, not rss)."""
         oom = OOMEvent(Level.MEMCG, ep.memcg)
         chain = [r.victim for r in ranks]
         dying = set().union(*(r.dying() for r in ranks))
@@ -887,7 +887,11 @@ class V2Stack:
             return [OOM_SCORE_ADJ_MAX]
         if limit is None or any(t is None for t in chain):
             return [OOM_SCORE_ADJ_MAX]
-        others = [self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying]
+        # An exiting task is never the kernel's pick again: it waits for an OOM
+        # victim on its way out, then skips it (oom_evaluate_task(), MMF_OOM_SKIP);
+        # one it just killed still shows the 1000 we gave it, and no successor
+        # would stand over that.
+        others = [self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying and not t.exiting]
         slack = max(0, limit - sum(t.rss + t.swap for t in tasks))
         return grade([t for t in chain if t is not None], others, pages, slack)
 
