@@ -537,3 +537,42 @@ def test_a_victim_on_its_way_out_does_not_block_the_successors(tree, started):
     t = d.backend.tasks(None, "/box/a").by_pid(dying)
     assert t is not None and t.exiting, t
     assert adj(proc, PID_A) == 1000 and 0 < adj(proc, PID_B) < 1000
+
+
+@pytest.mark.parametrize("reported,by", [(1000, "policy:/box"), (0, "kernel")])
+def test_a_kill_of_a_task_just_put_back_is_judged_by_the_kernels_report(
+        tree, started, tmp_path, monkeypatch, reported, by):
+    """newest-task moves its mark to a newcomer and puts the first victim back;
+    the kernel's report of killing that victim comes after: at the value we had
+    set (1000) the kernel picked it before the put-back, and the record is the
+    decision's; at its own value (0) the choice was the kernel's."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: [])
+    d = started(policy="newest-task", depth=1)
+    first = next(p for p in (PID_A, PID_B) if adj(proc, p) == 1000)
+    late = PID_A + 10
+    task(proc, late, "late", 1024)
+    (proc / str(late) / "stat").write_text(
+        (proc / str(late) / "stat").read_text().replace(" 52831 ", " 99999999 ", 1))
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, late])
+    d.stack.episodes["/box/a"].next_take = 0
+    d.stack.on_timer()
+    assert adj(proc, late) == 1000 and adj(proc, first) == 0          # put back
+    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=x,pid={first},uid=0",
+            f"3,2,2,-;Memory cgroup out of memory: Killed process {first} (x) "
+            "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+            f"pgtables:200kB oom_score_adj:{reported}"]
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    ev = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"
+    (mount / "box" / "a" / "memory.events").write_text(ev)
+    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(first, by)]], records

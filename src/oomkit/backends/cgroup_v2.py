@@ -405,7 +405,7 @@ class Rank:
 
 @dataclass(frozen=True)
 class _Gone:
-    """A marked task that exited, and the decision that marked it."""
+    """A marked task that exited or was put back, and the decision that marked it."""
 
     by: str
     record: OOMRecord
@@ -413,6 +413,9 @@ class _Gone:
     level: Level
     memcg: str
     at: float
+    # Put back (not exited): the decision's only if the kernel's report shows the
+    # value we had set, i.e. it picked the task before we put it back.
+    value: int | None = None
 
 
 def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Dispatcher,
@@ -847,11 +850,13 @@ class V2Stack:
                 assert successor is not None        # only one-task ranks have successors
                 want.setdefault(successor.pid, (successor, value, rank))
         self._fix_strays(ep)
-        for pid in ep.armed - set(want):
-            self._unmark(pid, ep.memcg)
+        # The new victim first, the stale marks last: the kernel may OOM between
+        # two writes, and must find the chain's choice at 1000 at every instant.
         for pid, (t, value, rank) in want.items():
             by = dict((p, b) for b, p in self._choosers(rank.record))
             self._mark(t, ep.memcg, by.get(pid) or f"policy:{rank.record.handlers[-1].cgroup}", value)
+        for pid in ep.armed - set(want):
+            self._unmark(pid, ep.memcg)
         ep.armed = {pid for pid in want if pid in self.armed}
         ep.companions = {pid: want[pid][2].sharers.get(pid, ()) for pid in ep.armed}
         ep.records = {}
@@ -911,6 +916,7 @@ class V2Stack:
         """oom_score_adj ``value`` for ``t`` (held first, with its start time
         against pid reuse); a task several memcgs chose stands at the highest."""
         armed = self.armed.get(t.pid)
+        self._gone.pop(t.pid, None)        # marked again: the current decision is its
         if armed is not None:
             armed.owners[memcg], armed.by = value, by
             self._revalue(armed)
@@ -923,6 +929,7 @@ class V2Stack:
         if marked is None:
             return
         original, starttime = marked
+        log.debug("oomkit: pid %d marked %d (its own value %d)", t.pid, value, original)
         fd = self._exit_fd(t.pid)
         self.armed[t.pid] = Armed(t.pid, t.name, t.cgroup, original, starttime, by, value,
                                   {memcg: value}, fd)
@@ -930,8 +937,12 @@ class V2Stack:
 
     def _revalue(self, armed: Armed) -> None:
         value = max(armed.owners.values())
-        if value != armed.value and remark(self.backend.proc, armed.pid, armed.starttime, value):
+        if value == armed.value:
+            return
+        if remark(self.backend.proc, armed.pid, armed.starttime, value):
             armed.value = value
+        else:
+            log.debug("oomkit: pid %d not moved to %d: gone", armed.pid, value)
 
     def _fix_strays(self, ep: Episode) -> None:
         """A task forked by a marked one inherits its mark (kernel/fork.c copies
@@ -988,21 +999,31 @@ class V2Stack:
         armed = self.armed.get(pid)
         if armed is None:
             return
+        log.debug("oomkit: marked pid %d exited", pid)
         owners = set(armed.owners)
         self._forget(armed)
         now = self.backend.clock.now()
-        self._gone = {p: g for p, g in self._gone.items() if now - g.at < RECENT_MARKS}
         for memcg in owners:
-            ep = self.episodes.get(memcg) if memcg != "/" else self.global_ep
-            if ep is None:
-                continue
-            rec = ep.records.get(pid, ep.record)
-            if rec is not None:
-                gone = _Gone(armed.by, rec, ep.decided_at, ep.level, ep.memcg, now)
-                for p in (pid, *ep.companions.get(pid, ())):
-                    self._gone[p] = gone
-            ep.armed.discard(pid)
-            ep.next_take = now
+            ep = self._remember(armed, memcg, None)
+            if ep is not None:
+                ep.armed.discard(pid)
+                ep.next_take = now
+
+    def _remember(self, armed: Armed, memcg: str, value: int | None) -> Episode | None:
+        """Keep the decision that marked ``armed`` a while (RECENT_MARKS): the
+        kernel's kill of it may be read after its exit (``value`` None), or after
+        we put it back (then it is the decision's only at ``value``)."""
+        now = self.backend.clock.now()
+        self._gone = {p: g for p, g in self._gone.items() if now - g.at < RECENT_MARKS}
+        ep = self.episodes.get(memcg) if memcg != "/" else self.global_ep
+        if ep is None:
+            return None
+        rec = ep.records.get(armed.pid, ep.record)
+        if rec is not None:
+            gone = _Gone(armed.by, rec, ep.decided_at, ep.level, ep.memcg, now, value)
+            for p in (armed.pid, *ep.companions.get(armed.pid, ())):
+                self._gone[p] = gone
+        return ep
 
     def _unmark(self, pid: int, memcg: str) -> None:
         armed = self.armed.get(pid)
@@ -1012,7 +1033,9 @@ class V2Stack:
         if armed.owners:
             self._revalue(armed)
             return
+        self._remember(armed, memcg, armed.value)
         unmark(self.backend.proc, self.restorer, pid, armed.original, armed.starttime)
+        log.debug("oomkit: pid %d put back to %d", pid, armed.original)
         self._forget(armed)
 
     def _forget(self, armed: Armed) -> None:
@@ -1069,7 +1092,7 @@ class V2Stack:
         """The kernel OOM-killed in ``path``: one record per kill (two OOMs between
         two looks are two records), the decision's if its victim was marked (the
         policy decided, the kernel executed)."""
-        victims, oom_memcgs = self._kernel_victims(path)
+        victims, oom_memcgs, adjs = self._kernel_victims(path)
         now = self.backend.clock.now()
         self._reported = {p: t for p, t in self._reported.items() if now - t < 10.0}
         ours = [v for v in victims if self.backend.killed_lately(v.pid)]
@@ -1088,6 +1111,8 @@ class V2Stack:
             self._reported[v.pid] = now
         for v in [v for v in fresh if v.pid in self._gone]:
             gone = self._gone.pop(v.pid)
+            if gone.value is not None and adjs.get(v.pid) != gone.value:
+                continue        # put back before the kernel chose it: its own choice
             fresh.remove(v)
             self.daemon.write(*self._executed(gone.record, [self._killed(v, gone.by)], gone.level,
                                               gone.memcg, gone.decided_at))
@@ -1168,13 +1193,14 @@ class V2Stack:
             return "?"
         return ep.record.handlers[-1].cgroup
 
-    def _kernel_victims(self, path: str, wait: float = 0.5) -> tuple[list[Release], dict[int, str]]:
-        """The kernel's victims in ``path`` from /dev/kmsg, and for each the memcg
-        whose limit was hit (absent for a global OOM); the log lines may trail the
-        counter a little, so wait up to ``wait``."""
+    def _kernel_victims(self, path: str, wait: float = 0.5
+                        ) -> tuple[list[Release], dict[int, str], dict[int, int]]:
+        """The kernel's victims in ``path`` from /dev/kmsg, for each the memcg whose
+        limit was hit (absent for a global OOM), and the oom_score_adj its report
+        shows; the log lines may trail the counter a little, so wait up to ``wait``."""
         fd = self._kmsg()
         if fd is None:
-            return [], {}
+            return [], {}, {}
         clock, records = self.backend.clock, self._kmsg_backlog
         deadline = clock.now() + wait
         while True:
@@ -1186,10 +1212,13 @@ class V2Stack:
             clock.sleep(0.01)
         parsed = [(r, f) for r in records if (f := parse.kmsg_oom_kill(r)) is not None]
         memcgs = {f["pid"]: f.get("memcg") for _r, f in parsed if f["kind"] == "summary"}
+        adjs = {f["pid"]: f["oom_score_adj"] for _r, f in parsed
+                if f["kind"] == "killed" and f.get("oom_score_adj") is not None}
         # Lines of kills elsewhere (a sibling's, reported next) stay for their report.
         taken = {v.pid for v in victims}
         self._kmsg_backlog = [r for r, f in parsed if f.get("pid") not in taken][-200:]
-        return victims, {v.pid: m for v in victims if (m := memcgs.get(v.pid))}
+        return (victims, {v.pid: m for v in victims if (m := memcgs.get(v.pid))},
+                {v.pid: a for v in victims if (a := adjs.get(v.pid)) is not None})
 
     def _kmsg(self) -> int | None:
         if self._kmsg_fd is None:
