@@ -262,3 +262,14 @@ def test_fuzzed_daemon_configs_check_cleanly(doc):
 def test_mutated_files_check_and_simulate_cleanly(doc):
     clean_exit(["check"], doc)
     clean_exit(["simulate"], doc)
+
+
+def test_params_past_64_bits_are_one_line_and_exit_2(tmp_path):
+    """Found by the fuzzer: a policy param the worker's wire format cannot
+    carry (an int past 2**64) was a traceback; now one line, exit 2."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[daemon]\ncgroup = "auto"\nevent_log = "-"\n[[attach]]\ncgroup = "/"\n'
+                   'policy = "largest-task"\nparams = {"" = 18446744073709551616}\n')
+    r = CliRunner().invoke(main, ["check", str(cfg)])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "params cannot be passed to a policy worker" in r.output

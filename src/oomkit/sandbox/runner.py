@@ -181,6 +181,10 @@ class Worker:
         except OSError as exc:
             ours.close()
             raise PolicyLoadError(f"cannot start a policy worker: {exc}") from None
+        except (OverflowError, msgspec.EncodeError) as exc:
+            # params the worker's wire format cannot carry (an int past 64 bits)
+            ours.close()
+            raise PolicyLoadError(f"params cannot be passed to a policy worker: {exc}") from None
         finally:
             theirs.close()
         self.chan = Channel(ours, limit=WORKER_MESSAGE_MAX)
