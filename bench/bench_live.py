@@ -35,6 +35,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -407,7 +408,7 @@ def write_section(name: str, text: str) -> None:
         "# oomkit on real cgroup v1 memcgs: benchmark results\n\n"
         "Written by `bench/bench_live.py` (each section by its own subcommand; see\n"
         "bench/README.md). The peers' comparison is in RESULTS-peers.md.\n\n")
-    order = ["latency", "idle", "scaling", "runners", "storm", "storm-notes"]
+    order = ["latency", "idle", "scaling", "runners", "roundtrip", "storm", "storm-notes"]
     if begin in content and end in content:
         a, b = content.index(begin), content.index(end) + len(end) + 1
         content = content[:a] + block + content[b:]
@@ -898,11 +899,121 @@ def runners_interleaved(backend, top: str, oom: OOMEvent, name: str, repeat: int
     for runner in RUNNERS:
         rec = engines[runner][1]
         t, k = times[runner], kcmp[runner]
-        rest = [a - b for a, b in zip(t, k)]
+        rest = [a - b for a, b in zip(t, k, strict=True)]
         out[runner] = {**summary(t), "p95": pctl(t, 0.95), "kcmp": statistics.median(k),
                        "rest": statistics.median(rest), "rest_p95": pctl(rest, 0.95),
                        "resolved_by": rec.resolved_by, "killed": len(rec.killed)}
     return out
+
+
+# -- 3c. round trips to a policy worker on this (loaded) machine -------------------------------
+
+NOOP_POLICY = ("from oomkit import OOMPolicy, Verdict\n"
+               "class Noop(OOMPolicy):\n"
+               "    def handle_out_of_memory(self, oc, k):\n"
+               "        return Verdict.PASS\n"
+               "    def handle_cgroup_online(self, path):\n"
+               "        return None\n")
+
+
+def bench_roundtrip(args) -> None:
+    """Where a late answer from a worker comes from: N round trips each to a real
+    policy worker (``handle_cgroup_online``, nothing to do) and to a forked echo
+    child (no oomkit, no Python on its path: recv, send), alternating, with the
+    state of the one awaited (``/proc/PID/stat``) sampled every 5 ms of waiting
+    and its schedstat before and after."""
+    from oomkit.engine.attachment import Recipe
+    from oomkit.sandbox.runner import Confinement, Worker, _recv
+    info = header()
+    tmp = Path(tempfile.mkdtemp(prefix="oomkit-bench-"))
+    (tmp / "noop.py").write_text(NOOP_POLICY)
+    worker = Worker(Recipe("noop.py:Noop", {}, str(tmp)), Confinement())
+    worker.wait_ready(time.monotonic() + 30)
+    ours, theirs = socket.socketpair()
+    echo = os.fork()
+    if echo == 0:                       # the echo child: dies with its pipe
+        ours.close()
+        while True:
+            data = theirs.recv(64)
+            if not data:
+                os._exit(0)
+            theirs.sendall(data)
+    theirs.close()
+    echo_fd = _pidfd.open_pidfd(echo)
+    rows: list[dict] = []
+    try:
+        for _ in range(args.trials):
+            for kind, pid in (("worker", worker.pid), ("echo", echo)):
+                rows.append(one_roundtrip(kind, pid, worker, ours, _recv))
+            time.sleep(0.01)
+    finally:
+        worker.kill()
+        ours.close()
+        end_by_pidfd(echo_fd, 5)
+        os.close(echo_fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+    end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    lines = ["## 3c. Round trips to a policy worker (issue 11: late answers under load)", "",
+             machine_line(info, end_load), "",
+             f"`python bench/bench_live.py roundtrip --trials {args.trials}`: round trips, alternating, "
+             "to a policy worker (`handle_cgroup_online` of a policy that does nothing: the call, "
+             "the answer) and to a forked echo child (no oomkit on its path: `recv`, `send`). "
+             "*Runnable* = the awaited process was seen in state R (running or on a run queue) while "
+             "this one waited; *ran* = its CPU time in the round trip; *run-queue wait* = the "
+             "schedstat counter's growth, which the kernel adds only when the task next runs "
+             "(`sched_info_arrive()`, kernel/sched/stats.h). Times in ms.", "",
+             "| to | n | median | p95 | p99 | max | over 20 ms | of those, seen runnable | "
+             "the slowest: ran / run-queue wait |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for kind in ("worker", "echo"):
+        r = [x for x in rows if x["kind"] == kind]
+        ms = [x["ms"] for x in r]
+        late = [x for x in r if x["ms"] > 20]
+        worst = max(r, key=lambda x: x["ms"])
+        lines.append(f"| {kind} | {len(ms)} | {statistics.median(ms):.2f} | {pctl(ms, 0.95):.2f} | "
+                     f"{pctl(ms, 0.99):.2f} | {max(ms):.2f} | {len(late)} | "
+                     f"{sum(1 for x in late if 'R' in x['states'])} | "
+                     f"{worst['ran']:.2f} / {worst['rq']:.1f} |")
+    text = "\n".join(lines)
+    print(text)
+    write_section("roundtrip", text)
+
+
+def one_roundtrip(kind: str, pid: int, worker, sock, recv) -> dict:
+    def stat_state() -> str:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+            return text[text.rindex(")") + 2]
+        except OSError:
+            return "?"
+
+    def sched() -> tuple[int, int]:
+        with open(f"/proc/{pid}/schedstat") as f:
+            a = f.read().split()
+        return int(a[0]), int(a[1])
+
+    s0 = sched()
+    t0 = time.perf_counter()
+    if kind == "worker":
+        worker.chan.send(["online", "/x"])
+        fd = worker.chan.fileno()
+    else:
+        sock.sendall(b"x")
+        fd = sock.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    states = set()
+    while not poller.poll(5):
+        states.add(stat_state())
+    if kind == "worker":
+        recv(worker.chan, time.monotonic() + 60)
+    else:
+        sock.recv(64)
+    ms = (time.perf_counter() - t0) * 1000
+    s1 = sched()
+    return {"kind": kind, "ms": ms, "ran": (s1[0] - s0[0]) / 1e6, "rq": (s1[1] - s0[1]) / 1e6,
+            "states": "".join(sorted(states))}
 
 
 def plot(sizes, readers, sim, cold) -> None:
@@ -1079,7 +1190,7 @@ def _on_signal(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["latency", "idle", "scaling", "runners", "storm", "all"])
+    ap.add_argument("what", choices=["latency", "idle", "scaling", "runners", "roundtrip", "storm", "all"])
     ap.add_argument("--trials", type=int, default=30, help="latency: trials per side and size (30)")
     ap.add_argument("--sizes", default=None, help="latency: managed memcgs (1,100,1000); scaling: tasks")
     ap.add_argument("--attach", default="each,parent", help="latency: each, parent or both (each,parent)")
@@ -1126,6 +1237,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 a.repeat = 5
             bench_runners(a)
+        elif what == "roundtrip":
+            a.trials = 1000 if args.trials == 30 else args.trials
+            if args.quick:
+                a.trials = 50
+            bench_roundtrip(a)
         elif what == "storm":
             a.memcgs = args.memcgs or 100
             bench_storm(a)
