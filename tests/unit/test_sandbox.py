@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
+import time
 
 import pytest
 
@@ -289,3 +290,25 @@ def test_a_cgroup_lookup_in_the_worker_answers_as_in_process(tmp_path):
         record = sim_with(tmp_path, body, runner=runner).engine.handle(OOM_A)
         assert record.handlers[0].error is None and record.handlers[0].verdict == "HANDLED", runner
         assert [k.name for k in record.killed] == ["hog"]
+
+
+def test_the_watchdog_s_heartbeat_goes_on_while_a_worker_loads_its_policy(tmp_path):
+    """A worker started on the loop's thread (the daemon's start, a respawn) ticks
+    the watchdog while its policy imports: a slow import (or a zygote starting on
+    a loaded machine) must not look like a hung daemon (seen: the watchdog handed
+    the memcgs back during a daemon's start at load 33)."""
+    from oomkit.engine.attachment import Recipe
+    from oomkit.sandbox.runner import WorkerRunner
+
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(1.2)\n" + HEAD +
+                                      "class P(OOMPolicy):\n"
+                                      "    def handle_out_of_memory(self, oc, k):\n"
+                                      "        return Verdict.PASS\n")
+    ticks = []
+    runner = WorkerRunner(0.05, tick=lambda: ticks.append(time.monotonic()))
+    worker = runner.start(Recipe("slow.py:P", {}, str(tmp_path)))
+    try:
+        assert worker.ready and len(ticks) >= 3, ticks
+        assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 1.0      # never a second's silence
+    finally:
+        runner.stop(worker)

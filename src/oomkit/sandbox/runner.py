@@ -22,6 +22,7 @@ import array
 import atexit
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -40,7 +41,7 @@ from oomkit.engine.attachment import Recipe
 from oomkit.engine.guard import Outcome, RemoteError
 from oomkit.errors import PolicyLoadError
 from oomkit.policy import PressureEvent, PressureTrigger, Refused, Verdict
-from oomkit.sandbox.channel import WORKER_MESSAGE_MAX, Channel, ChannelClosed
+from oomkit.sandbox.channel import WORKER_MESSAGE_MAX, Channel, ChannelClosed, _ready
 
 if TYPE_CHECKING:  # pragma: no cover
     from oomkit.context import OOMContext, TaskInfo
@@ -56,6 +57,10 @@ REASON_MAX = 1000
 RESPAWN_WAIT = 2.0
 #: With the CPU-time deadline (the simulator's), the most wall time beyond it.
 CPU_CLOCK_WALL_CAP = 2.0
+#: While a worker starts or loads on the loop's thread, the watchdog's heartbeat
+#: goes on this often (its silence timeout: 1 s by default).
+TICK_EVERY = 0.25
+Tick = Callable[[], None] | None
 
 
 @dataclass(frozen=True)
@@ -113,13 +118,19 @@ class Zygote:
                 z = cls._instance = Zygote()
             return z
 
-    def spawn(self, request: dict[str, Any], worker_end: socket.socket, stdout: int) -> tuple[int, int]:
-        """Fork a worker; its pid and a pidfd for it."""
+    def spawn(self, request: dict[str, Any], worker_end: socket.socket, stdout: int,
+              tick: Tick = None) -> tuple[int, int]:
+        """Fork a worker; its pid and a pidfd for it.  The first waits for the
+        zygote's start (an interpreter and oomkit's imports: seconds on a loaded
+        machine), with ``tick`` (the watchdog's heartbeat) called meanwhile."""
         body = msgspec.msgpack.encode(request)
         fds = array.array("i", [worker_end.fileno(), stdout])
         with self._lock:
             self.sock.sendmsg([len(body).to_bytes(4, "big"), body],
                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            if tick is not None:
+                while not _ready(self.sock.fileno(), select.POLLIN, TICK_EVERY):
+                    tick()
             return self._reply()
 
     def _reply(self) -> tuple[int, int]:
@@ -163,7 +174,8 @@ def _close_zygote() -> None:
 class Worker:
     """One policy worker process and its pipe."""
 
-    def __init__(self, recipe: Recipe, confinement: Confinement, label: str | None = None):
+    def __init__(self, recipe: Recipe, confinement: Confinement, label: str | None = None,
+                 tick: Tick = None):
         self.recipe, self.confinement = recipe, confinement
         self.label = label          # the policy's name (a replacement keeps its predecessor's)
         self.ready = False
@@ -177,7 +189,7 @@ class Worker:
                    "early": early}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.pid, self.pidfd = Zygote.get().spawn(request, theirs, _stdout_fd())
+            self.pid, self.pidfd = Zygote.get().spawn(request, theirs, _stdout_fd(), tick)
         except OSError as exc:
             ours.close()
             raise PolicyLoadError(f"cannot start a policy worker: {exc}") from None
@@ -191,12 +203,20 @@ class Worker:
         # A worker forgotten with its engine (a simulation done) ends: EOF on its pipe.
         self._finalizer = weakref.finalize(self, _release, self.pidfd, ours)
 
-    def wait_ready(self, until: float) -> None:
-        """Until the policy is built; PolicyLoadError if it could not be."""
+    def wait_ready(self, until: float, tick: Tick = None) -> None:
+        """Until the policy is built; PolicyLoadError if it could not be.  ``tick``
+        (the watchdog's heartbeat, from the loop's thread only) is called meanwhile."""
         if self.ready:
             return
         try:
-            msg = _recv(self.chan, until)
+            while True:
+                try:
+                    msg = _recv(self.chan, min(until, time.monotonic() + TICK_EVERY) if tick else until)
+                    break
+                except TimeoutError:
+                    if tick is None or time.monotonic() >= until:
+                        raise
+                    tick()
         except TimeoutError:
             self.kill()
             raise PolicyLoadError(f"policy {self.recipe.ref!r} was not loaded in time") from None
@@ -290,8 +310,8 @@ class WorkerRunner:
         for i, spare in enumerate(self.spares):
             if spare.recipe == recipe and spare.confinement == self.confinement and spare.ready:
                 return self.spares.pop(i)
-        worker = Worker(recipe, self.confinement)
-        worker.wait_ready(time.monotonic() + LOAD_TIMEOUT)
+        worker = Worker(recipe, self.confinement, tick=self.tick)
+        worker.wait_ready(time.monotonic() + LOAD_TIMEOUT, self.tick)
         return worker
 
     def drop_spares(self) -> None:
@@ -335,7 +355,7 @@ class WorkerRunner:
         outcome = Outcome()
         try:
             # A replacement still building its policy: oomkit's wait, not the policy's time.
-            worker.wait_ready(time.monotonic() + max(self.deadline, RESPAWN_WAIT))
+            worker.wait_ready(time.monotonic() + max(self.deadline, RESPAWN_WAIT), self.tick)
         except PolicyLoadError as exc:
             return Outcome(error=WorkerFailed(f"worker: {exc}")), self._replace(worker)
         start = time.perf_counter()
@@ -357,7 +377,7 @@ class WorkerRunner:
         """Kill ``worker`` and start another (it builds its policy while the daemon goes on)."""
         worker.kill()
         try:
-            return Worker(worker.recipe, worker.confinement, worker.label)
+            return Worker(worker.recipe, worker.confinement, worker.label, tick=self.tick)
         except PolicyLoadError as exc:
             log.warning("oomkit: %s", exc)
             return worker       # dead: the next call fails, and counts
