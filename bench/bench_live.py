@@ -401,6 +401,12 @@ def machine_line(info: dict, end_load: str | None = None) -> str:
             f"{info['python']}; {info['date']}; {load}.")
 
 
+def head(title: str, info: dict) -> list[str]:
+    """A section's title and its machine line (the load now, at its end)."""
+    end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return [title, "", machine_line(info, end_load), ""]
+
+
 def write_section(name: str, text: str) -> None:
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
@@ -823,9 +829,7 @@ def bench_runners(args) -> None:
             print(f"runners: {n} done", file=sys.stderr)
     finally:
         bench.cleanup_or_warn()
-    end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    lines = ["## 3b. Scaling through the policy worker: worker vs in-process (issue 11)", "",
-             machine_line(info, end_load), "",
+    lines = head("## 3b. Scaling through the policy worker: worker vs in-process (issue 11)", info) + [
              f"`python bench/bench_live.py runners --repeat {args.repeat}`. As section 3's live rows "
              "(N sleeping tasks in N/10 cgroups of our own, `CgroupV1Backend` warm, the **bpf** "
              "reader, `Engine.handle()` of a memcg OOM at the subtree's top, dry run), the policy "
@@ -971,9 +975,7 @@ def bench_roundtrip(args) -> None:
         end_by_pidfd(echo_fd, 5)
         os.close(echo_fd)
         shutil.rmtree(tmp, ignore_errors=True)
-    end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    lines = ["## 3c. Round trips to a policy worker (issue 11: late answers under load)", "",
-             machine_line(info, end_load), "",
+    lines = head("## 3c. Round trips to a policy worker (issue 11: late answers under load)", info) + [
              f"`python bench/bench_live.py roundtrip --trials {args.trials}`: round trips, alternating, "
              "to a policy worker (`handle_cgroup_online` of a policy that does nothing: the call, "
              "the answer) and to a forked echo child (no oomkit on its path: `recv`, `send`). "
