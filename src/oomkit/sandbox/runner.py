@@ -399,12 +399,13 @@ class WorkerRunner:
                 allowed = now - start + max(self.deadline - own, 0.002)
             elif now - start >= allowed:
                 ran, waited = (a - b for a, b in zip(_sched(worker.pid), rq0, strict=True))
-                runnable = _runnable(worker.pid)
-                allowed = wall_allowance(self.deadline, self.io_cap, now - start, io[0], ran, waited, runnable)
+                state = _state(worker.pid)
+                allowed = wall_allowance(self.deadline, self.io_cap, now - start, io[0], ran, waited,
+                                         state.startswith("R"))
                 if now - start >= allowed:
                     return Outcome(timed_out=True, note=f"{(now - start) * 1000:.0f} ms in all: the worker "
-                                   f"ran {ran * 1000:.1f} ms, waited {waited * 1000:.1f} ms for a CPU"
-                                   f"{', runnable at the end' if runnable else ''}")
+                                   f"ran {ran * 1000:.1f} ms, waited {waited * 1000:.1f} ms for a CPU, "
+                                   f"state {state} at the end")
             until = start + allowed
             if self.tick:
                 if now >= next_tick:
@@ -473,15 +474,27 @@ def wall_allowance(deadline: float, io_cap: float, elapsed: float, io: float, ra
     return allowed
 
 
-def _runnable(pid: int) -> bool:
-    """Is ``pid`` running or on a run queue (state R in ``/proc/PID/stat``)?"""
+def _state(pid: int) -> str:
+    """``pid``'s state letter from ``/proc/PID/stat`` (R: running or on a run
+    queue) and, if it sleeps, where: the top of its kernel stack
+    (``/proc/PID/stack``, root only; ``wchan`` reads 0 on recent kernels).
+    What a missed deadline's record says; "?" for what cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
+        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3].decode("ascii", "replace")
     except (OSError, ValueError) as exc:
         log.debug("oomkit: /proc/%d/stat unread (%s): the worker is taken as not runnable", pid, exc)
-        return False
+        return "?"
+    if state in ("R", ""):
+        return state or "?"
+    try:
+        with open(f"/proc/{pid}/stack", "rb") as f:
+            top = f.readline().decode("ascii", "replace").split()
+    except OSError as exc:
+        log.debug("oomkit: /proc/%d/stack unread (%s)", pid, exc)
+        top = []
+    return f"{state} in {top[-1].split('+')[0]}" if top else state
 
 
 def _sched(pid: int) -> tuple[float, float]:
