@@ -68,6 +68,7 @@ THRASH_FILE = CACHE / "thrash.bin"
 THRASH_MIB = 96
 CGROOT = Path("/sys/fs/cgroup")
 MiB = 1 << 20
+TCG_SCALE = 20               # the emulated CPU's slowdown the daemon's time limits are scaled by
 CAP = 256 * MiB
 
 # A file-backed working set: map FILE, read one byte of every page, over and over,
@@ -147,7 +148,8 @@ WORKLOADS: dict[str, dict] = {
     },
 }
 ROWS = {
-    "oomkit": "oomkit run, shipped defaults, newest-task attached at the box",
+    "oomkit": "oomkit run, shipped defaults (handler_deadline and watchdog_timeout x20 for the "
+              "emulated CPU), newest-task attached at the box",
     "kernel": "memory.max alone, no daemon",
     "earlyoom": "earlyoom 1.7, bench/peers/earlyoom.args; no memory.max, the machine shrunk "
                 "so that the limit remains above its 10 % threshold",
@@ -378,10 +380,16 @@ def peer_start(row: str, box: str, tmp: Path) -> tuple[subprocess.Popen | None, 
 
 def daemon_start(box: str, tmp: Path) -> tuple[subprocess.Popen, Path]:
     config = tmp / "oomkit.toml"
+    # The shipped defaults, but for the two limits that say how long is too long:
+    # a TCG guest runs Python 10-25x slower, so a 50 ms handler deadline and a 1 s
+    # watchdog fire on healthy work there (rehearsals failed, the watchdog put every
+    # mark back); both are scaled by TCG_SCALE, as tests/kernel_v2 does.
     config.write_text(f"""[daemon]
 cgroup = "v2"
 event_log = "{tmp / 'events.jsonl'}"
 state_dir = "{tmp / 'state'}"
+handler_deadline = "{50 * TCG_SCALE}ms"
+watchdog_timeout = "{TCG_SCALE}s"
 
 [[attach]]
 cgroup = "{box}"
