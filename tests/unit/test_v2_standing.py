@@ -63,6 +63,25 @@ def adj(proc, pid) -> int:
     return int((proc / str(pid) / "oom_score_adj").read_text())
 
 
+def kill_lines(seq, pid, name, score, anon_kb=1024):
+    """The kernel's two lines for one memcg OOM kill in /box/a (mm/oom_kill.c)."""
+    return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task={name},pid={pid},uid=0",
+            f"3,{seq + 1},2,-;Memory cgroup out of memory: Killed process {pid} ({name}) "
+            f"total-vm:60000kB, anon-rss:{anon_kb}kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
+            f"pgtables:200kB oom_score_adj:{score}"]
+
+
+def kernel_killed(mount, monkeypatch, kmsg, kills):
+    """/dev/kmsg says ``kmsg`` (a list: clear it to say nothing more) and
+    /box/a's memory.events count ``kills`` OOM kills."""
+    from oomkit.linux import notify
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
+    ev = f"low 0\nhigh 0\nmax 3\noom {kills}\noom_kill {kills}\noom_group_kill 0\n"
+    (mount / "box" / "a" / "memory.events").write_text(ev)
+    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+
+
 @pytest.fixture
 def started(tree, tmp_path):
     made = []
@@ -194,15 +213,8 @@ def test_the_kernels_kill_of_the_armed_task_is_the_policys_one_record(tree, star
     mount, proc = tree
     monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
     d = started()
-    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
-            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=hog,pid={PID_A},uid=0",
-            f"3,2,2,-;Memory cgroup out of memory: Killed process {PID_A} (hog) "
-            "total-vm:60000kB, anon-rss:51200kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
-            "pgtables:200kB oom_score_adj:1000"]
-    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
-    ev = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"
-    (mount / "box" / "a" / "memory.events").write_text(ev)
-    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    kmsg = kill_lines(1, PID_A, "hog", 1000, anon_kb=51200)
+    kernel_killed(mount, monkeypatch, kmsg, 1)
     d.stack._look("/box/a")
     kmsg.clear()
     d.stack._look("/box/a")                                   # nothing new: no second record
@@ -278,19 +290,7 @@ def test_two_kernel_kills_between_two_looks_are_two_records(tree, started, tmp_p
     mount, proc = tree
     monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
     d = started(depth=1)
-
-    def kill_lines(seq, pid, name):
-        return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
-                f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task={name},pid={pid},uid=0",
-                f"3,{seq + 1},2,-;Memory cgroup out of memory: Killed process {pid} ({name}) "
-                "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
-                "pgtables:200kB oom_score_adj:0"]
-
-    kmsg = kill_lines(1, PID_A, "hog") + kill_lines(3, PID_B, "sleep")
-    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
-    ev = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"
-    (mount / "box" / "a" / "memory.events").write_text(ev)
-    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    kernel_killed(mount, monkeypatch, kill_lines(1, PID_A, "hog", 0) + kill_lines(3, PID_B, "sleep", 0), 2)
     d.stack._look("/box/a")
     d.events.close()
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
@@ -358,11 +358,7 @@ def test_a_marked_task_seen_exiting_before_its_kill_is_read_is_still_the_policys
     monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
     d = started()
     assert adj(proc, PID_A) == 1000
-    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
-            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=hog,pid={PID_A},uid=0",
-            f"3,2,2,-;Memory cgroup out of memory: Killed process {PID_A} (hog) "
-            "total-vm:60000kB, anon-rss:51200kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
-            "pgtables:200kB oom_score_adj:1000"]
+    kmsg = kill_lines(1, PID_A, "hog", 1000, anon_kb=51200)
     monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
     import shutil
     shutil.rmtree(proc / str(PID_A))                       # the hog is gone
@@ -442,19 +438,8 @@ def test_the_successors_kill_after_the_victims_is_the_policys_too(tree, started,
     monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
     d = started()
     assert adj(proc, PID_A) == 1000 and 0 < adj(proc, PID_B) < 1000
-
-    def kill_lines(seq, pid, name, score):
-        return [f"6,{seq},1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
-                f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task={name},pid={pid},uid=0",
-                f"3,{seq + 1},2,-;Memory cgroup out of memory: Killed process {pid} ({name}) "
-                "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
-                f"pgtables:200kB oom_score_adj:{score}"]
-
-    kmsg = kill_lines(1, PID_A, "hog", 1000) + kill_lines(3, PID_B, "sleep", adj(proc, PID_B))
-    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
-    ev = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"
-    (mount / "box" / "a" / "memory.events").write_text(ev)
-    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    kernel_killed(mount, monkeypatch, kill_lines(1, PID_A, "hog", 1000)
+                  + kill_lines(3, PID_B, "sleep", adj(proc, PID_B)), 2)
     d.stack._look("/box/a")
     d.events.close()
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
@@ -563,15 +548,7 @@ def test_a_kill_of_a_task_just_put_back_is_judged_by_the_kernels_report(
     d.stack.episodes["/box/a"].next_take = 0
     d.stack.on_timer()
     assert adj(proc, late) == 1000 and adj(proc, first) == 0          # put back
-    kmsg = [f"6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
-            f"mems_allowed=0,oom_memcg=/box/a,task_memcg=/box/a,task=x,pid={first},uid=0",
-            f"3,2,2,-;Memory cgroup out of memory: Killed process {first} (x) "
-            "total-vm:60000kB, anon-rss:1024kB, file-rss:0kB, shmem-rss:0kB, UID:0 "
-            f"pgtables:200kB oom_score_adj:{reported}"]
-    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: kmsg[:] if kmsg else [])
-    ev = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n"
-    (mount / "box" / "a" / "memory.events").write_text(ev)
-    (mount / "box" / "a" / "memory.events.local").write_text(ev)
+    kernel_killed(mount, monkeypatch, kill_lines(1, first, "x", reported), 1)
     d.stack._look("/box/a")
     d.events.close()
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
