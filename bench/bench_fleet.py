@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--modes", default="serial,cores,dask")
     p.add_argument("--copies", type=int, default=1,
                    help="make each size from this many copies of a fleet of size/copies (generating 10^6 "
-                        "distinct records takes ~15 CPU-minutes)")
+                        "distinct records takes ~13 CPU-minutes)")
     p.add_argument("--data", type=Path, default=Path("/tmp/oomkit-fleet-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-fleet.md")
     p.add_argument("--_one", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
