@@ -403,9 +403,21 @@ class LiveBackend:
     def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
         """The tasks of ``pool`` sharing an mm with one of ``dying`` (kcmp(2)).
         The kernel looks at every process of the machine; we at ``pool``, the
-        OOM's own tasks: a sharer outside the OOMing memcg is not found."""
+        OOM's own tasks: a sharer outside the OOMing memcg is not found.
+
+        With the BPF reader, kcmp looks only at the tasks its last read cannot
+        clear (``BpfTasks.mm_candidates``: the dying ones' mm keys, and every
+        task it does not vouch for), not at each task of the memcg: one kcmp
+        per task was 51-65 ms at 10,000 tasks (bench/RESULTS.md 3b).  The
+        keys only narrow the search; kcmp still confirms each sharer."""
         if not dying or not pool:
             return []
+        if self.bpf is not None:
+            narrowed = self.bpf.mm_candidates(dying, pool)
+            if narrowed is not None:
+                pool = narrowed
+                if not pool:
+                    return []
         found = kcmp.sharers((t.pid for t in dying), (t.pid for t in pool))
         return [t for t in pool if t.pid in found]
 

@@ -73,7 +73,8 @@ class _Config(ctypes.Structure):
                 ("page_shift", ctypes.c_uint32), ("ns_per_tick", ctypes.c_uint64),
                 ("count", ctypes.c_uint64), ("tasks_seen", ctypes.c_uint64),
                 ("cgroups_seen", ctypes.c_uint64), ("top_level", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32)]
+                ("pad", ctypes.c_uint32), ("read_start", ctypes.c_uint64),
+                ("mm_cookie", ctypes.c_uint64)]
 
 
 CONFIG = Layout.of("config", _Config)
@@ -296,6 +297,9 @@ class Loaded:
         g = self.cfg = _Config.from_buffer(bss)
         g.page_shift = (os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
         g.ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        # The records' mm_key is the mm's address xor this: equal for equal mms,
+        # and no kernel address in our memory (or in what prints it by mistake).
+        g.mm_cookie = int.from_bytes(os.urandom(8), "little")
 
     def _load(self) -> mmap.mmap:
         """Load the program of :attr:`mode` and map its maps; the globals' mapping."""

@@ -24,6 +24,12 @@ runs (:attr:`BpfTasks.mode`):
 Each read makes a fresh iterator fd (``bpf_iter_create()``: an iterator fd
 reads its sequence once).
 
+Each record also says which mm the process has (``mm_key``, obfuscated, never
+shown): the kill's search for processes sharing the victim's mm asks kcmp(2)
+only about those whose key of the last read is the victim's, or that the read
+cannot vouch for (:func:`mm_candidates`; ``tasks.bpf.c`` ``mm_key_of()`` says
+why that never misses one).
+
 The object is loaded by :mod:`.bpfload` (libbpf through ctypes), which checks
 the record's layout declared here (:data:`REC`) against the object's BTF.
 :meth:`BpfTasks.open` raises :class:`KernelError` saying why when BPF cannot be
@@ -48,7 +54,8 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import compress, repeat
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,17 +66,19 @@ from oomkit.linux.bpfload import OBJECT, Layout, LayoutMismatch, Loaded
 from oomkit.linux.taskcache import TaskSample
 
 # struct rec in tasks.bpf.c, member -> struct format, little-endian (x86, arm64):
-# 72 bytes, no padding.  Declared once: RECORD unpacks it, and the loader
+# 80 bytes, no padding.  Declared once: RECORD unpacks it, and the loader
 # refuses an object whose BTF says otherwise.
 REC_FORMATS = {"pid": "I", "oom_score_adj": "i", "memcg_id": "Q", "rss": "Q", "swap": "Q",
-               "pgtables": "Q", "starttime": "Q", "uid": "I", "exiting": "I", "comm": "16s"}
+               "pgtables": "Q", "starttime": "Q", "uid": "I", "exiting": "I", "comm": "16s",
+               "mm_key": "Q"}
 REC = Layout.packed("rec", REC_FORMATS)
 RECORD = struct.Struct("<" + "".join(REC_FORMATS.values()))
 ANY_LEVEL = 0xFFFFFFFF
 R = TypeVar("R")
+T = TypeVar("T")
 _READ = 1 << 20     # bytes asked per read(); the seq_file hands out up to its buffer (8 pages) each time
 LINKS = 64          # "css" mode: cgroup iterator links kept, one per subtree top read lately
-CAPACITY = 16384    # "css" mode: records the array map holds at first (72 bytes each); grows
+CAPACITY = 16384    # "css" mode: records the array map holds at first (80 bytes each); grows
 FILEID_KERNFS = 0xFE    # include/linux/exportfs.h: a kernfs file handle is the node's u64 id
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -81,8 +90,38 @@ def parse(data: bytes | bytearray | memoryview) -> list[tuple[int, int, TaskSamp
     new = TaskSample._make
     return [(pid, memcg, new((comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
                               rss, swap, pgtables, adj, uid, start, exiting != 0)))
-            for pid, adj, memcg, rss, swap, pgtables, start, uid, exiting, comm
+            for pid, adj, memcg, rss, swap, pgtables, start, uid, exiting, comm, _mm
             in RECORD.iter_unpack(data)]
+
+
+def mm_keys(data: bytes | bytearray | memoryview) -> list[int]:
+    """The ``mm_key`` of each record of ``data``, in order (0: not vouched for).
+    A column of the records read as u64 words (native order: keys are only
+    compared with each other and with 0)."""
+    words, at = RECORD.size // 8, REC.members["mm_key"][0] // 8
+    return memoryview(data).cast("B").cast("Q")[at::words].tolist() if len(data) else []
+
+
+def mm_candidates(made: Sequence[object], keys: Sequence[int], dying: Iterable[T],
+                  pool: Sequence[T]) -> list[T] | None:
+    """The tasks of ``pool`` that may share an mm with one of ``dying``, given the
+    objects ``made`` of one read and their records' ``keys``: those whose key is
+    a dying one's, and those the read does not vouch for (not one of ``made``,
+    or key 0).  None when a dying one is not vouched for: then any may.
+
+    Matched by identity: an object of ``made`` was made from its record, so it
+    is the very process (pid and start time) whose mm that read saw; a task
+    read again since, or rebuilt (``_replace``), is another object and is not
+    vouched for.  Keys of one read only: ``tasks.bpf.c`` ``mm_key_of()`` says
+    why equal keys of one read are then the only sharers possible."""
+    by_id = dict(zip(map(id, made), keys, strict=True))
+    want = {0}
+    for t in dying:
+        key = by_id.get(id(t), 0)
+        if not key:
+            return None
+        want.add(key)
+    return list(compress(pool, map(want.__contains__, map(by_id.get, map(id, pool), repeat(0)))))
 
 
 def cgroup_key(path: str | os.PathLike, mount: str | os.PathLike) -> tuple[int, int]:
@@ -143,6 +182,7 @@ class BpfTasks:
         self._links: OrderedDict[int, tuple[int, int]] = OrderedDict()    # cgroup id -> (link, fd)
         self._make: Callable | None = None
         self._made: dict[bytes, object] = {}    # record -> what read() made of it
+        self._last: tuple[list, bytes] | None = None    # the last read(): what it returned, its records
         self.lock = threading.Lock()
 
     @classmethod
@@ -208,7 +248,19 @@ class BpfTasks:
                         out[i] = made[k] = m if make is None else make(*m)
             if len(made) > 2 * len(keys) + 1024:     # forget records no read returns any more
                 self._made = dict(zip(keys, out, strict=True))
+            self._last = (out, bytes(data))
         return out
+
+    def mm_candidates(self, dying: Iterable[T], pool: Sequence[T]) -> list[T] | None:
+        """:func:`mm_candidates` over the last :meth:`read`: the tasks of ``pool``
+        kcmp(2) must still look at for sharing a mm with one of ``dying``; None if
+        there is no read to go by, or it does not vouch for a dying one."""
+        with self.lock:
+            last = self._last
+        if last is None:
+            return None
+        made, data = last
+        return mm_candidates(made, mm_keys(data), dying, pool)
 
     def read_raw(self, cgroup_id: int, level: int | None = None, *,
                  path: str | os.PathLike | None = None) -> bytes:
@@ -219,13 +271,14 @@ class BpfTasks:
             if self.mode == "task":
                 self._s.cfg.target_id = cgroup_id
                 self._s.cfg.target_level = ANY_LEVEL if level is None else level
+                self._s.cfg.read_start = 0      # the program takes the time at its first call
                 return self._iterate(self._s.link_fd, True)
             while True:
                 link_fd = self._link(cgroup_id, path)
                 if link_fd < 0:
                     return b""          # the cgroup is gone
                 g = self._s.cfg
-                g.count = g.tasks_seen = g.cgroups_seen = 0
+                g.count = g.tasks_seen = g.cgroups_seen = g.read_start = 0
                 self._iterate(link_fd, False)
                 count = g.count
                 del g           # a view of the globals' mapping, which _grow() unmaps
@@ -330,6 +383,7 @@ class BpfTasks:
 
     def close(self) -> None:
         with self.lock:
+            self._last = None
             if self._s.obj is not None:
                 self._drop_links()
                 self._s.close()

@@ -12,20 +12,29 @@ import pytest
 
 from oomkit.errors import CgroupGone, KernelError
 from oomkit.linux import bpfload
-from oomkit.linux.bpftasks import RECORD, BpfTasks, cgroup_key, memcg_mount, parse
+from oomkit.linux.bpftasks import (
+    RECORD,
+    BpfTasks,
+    cgroup_key,
+    memcg_mount,
+    mm_candidates,
+    mm_keys,
+    parse,
+)
 from oomkit.linux.taskcache import TaskSample
 
 MiB = 1 << 20
 
 
 def rec(pid=4587, adj=0, memcg=1018052, rss=20 * MiB, swap=0, pgtables=81920, start=791195,
-        uid=0, exiting=0, comm=b"python3"):
-    return RECORD.pack(pid, adj, memcg, rss, swap, pgtables, start, uid, exiting, comm)
+        uid=0, exiting=0, comm=b"python3", mm=0x5EED):
+    return RECORD.pack(pid, adj, memcg, rss, swap, pgtables, start, uid, exiting, comm, mm)
 
 
 def test_record_is_the_c_struct():
-    # u32 pid, s32 adj, 5 x u64, u32 uid, u32 exiting, char comm[16]: no padding anywhere
-    assert RECORD.size == 72
+    # u32 pid, s32 adj, 5 x u64, u32 uid, u32 exiting, char comm[16], u64 mm_key:
+    # no padding anywhere, and mm_key 8-aligned (mm_keys() reads it as a column of u64)
+    assert RECORD.size == 80
     assert RECORD.size % 8 == 0
 
 
@@ -109,7 +118,7 @@ class FakeReader(BpfTasks):
     def __init__(self):
         import threading
         self.lock = threading.Lock()
-        self._make, self._made = None, {}
+        self._make, self._made, self._last = None, {}, None
         self.data = b""
 
     def read_raw(self, cgroup_id, level=None):
@@ -193,7 +202,7 @@ def test_link_info_is_the_kernels_layout():
     import ctypes
     assert ctypes.sizeof(bpfload._CgroupLinkInfo) == 16
     assert ctypes.sizeof(bpfload._IterAttachOpts) == 24
-    assert ctypes.sizeof(bpfload._Config) == 56
+    assert ctypes.sizeof(bpfload._Config) == 72
 
 
 def _libbpf_or_skip():
@@ -208,8 +217,9 @@ def test_the_committed_object_has_the_layouts_read_here():
     _libbpf_or_skip()
     from oomkit.linux.bpftasks import REC
     bpfload.check_object(bpfload.OBJECT, (REC, bpfload.CONFIG))
-    assert REC.size == RECORD.size == 72
-    assert REC.members["comm"] == (56, 16) and bpfload.CONFIG.members["pad"] == (52, 4)
+    assert REC.size == RECORD.size == 80
+    assert REC.members["comm"] == (56, 16) and REC.members["mm_key"] == (72, 8)
+    assert bpfload.CONFIG.members["pad"] == (52, 4) and bpfload.CONFIG.members["mm_cookie"] == (64, 8)
 
 
 def test_a_record_read_otherwise_than_the_object_writes_it_is_refused():
@@ -220,7 +230,7 @@ def test_a_record_read_otherwise_than_the_object_writes_it_is_refused():
         bpfload.check_object(bpfload.OBJECT, (wide_pid,))
     msg = str(err.value)
     assert "tasks.bpf.o does not match this oomkit" in msg and "make -B -C" in msg
-    assert "struct rec is 72 bytes, oomkit reads 76" in msg
+    assert "struct rec is 80 bytes, oomkit reads 84" in msg
     assert "struct rec.pid is 4 bytes, oomkit reads 8" in msg
     assert "struct rec.oom_score_adj is at byte 4, oomkit reads it at 8" in msg
     renamed = {("cmd" if k == "comm" else k): v for k, v in REC_FORMATS.items()}
@@ -249,3 +259,62 @@ def test_open_refuses_an_object_whose_records_differ(monkeypatch, caplog):
     assert open_task_reader("auto", "/proc") is None
     assert "reading tasks from /proc (BPF unavailable: " in caplog.text
     assert "does not match this oomkit" in caplog.text
+
+
+# -- the mm keys: which tasks the kill's sharer search must still ask kcmp about --
+
+def test_mm_keys_is_the_column_of_each_records_key():
+    assert mm_keys(rec(pid=1, mm=7) + rec(pid=2, mm=0) + rec(pid=3, mm=2**64 - 1)) == [7, 0, 2**64 - 1]
+    assert mm_keys(b"") == []
+
+
+class T:
+    """A task object (identity is what counts, not its fields)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def __repr__(self):
+        return f"T({self.pid})"
+
+
+def test_only_the_victims_key_and_tasks_not_vouched_for_are_candidates():
+    victim, sharer, other, other2, new, nomm = (T(p) for p in (10, 11, 12, 13, 14, 15))
+    made = [victim, sharer, other, other2, new, nomm]
+    keys = [0xA, 0xA, 0xB, 0xC, 0, 0]      # new: started after the read began; nomm: no mm
+    assert mm_candidates(made, keys, [victim], made) == [victim, sharer, new, nomm]
+
+
+def test_a_task_the_read_did_not_make_is_a_candidate():
+    # read again since (or rebuilt by _replace()): another object, whatever its pid
+    victim, other = T(10), T(12)
+    again = T(12)
+    assert mm_candidates([victim, other], [0xA, 0xB], [victim], [victim, other, again]) == [victim, again]
+
+
+def test_a_dying_task_not_vouched_for_leaves_every_task_to_kcmp():
+    victim, other = T(10), T(12)
+    assert mm_candidates([victim, other], [0, 0xB], [victim], [victim, other]) is None
+    assert mm_candidates([other], [0xB], [T(10)], [other]) is None
+    # several dying: the keys of each, and None as soon as one is unknown
+    a, b, c, d = T(1), T(2), T(3), T(4)
+    assert mm_candidates([a, b, c, d], [1, 2, 1, 3], [a, b], [a, b, c, d]) == [a, b, c]
+    assert mm_candidates([a, b, c, d], [1, 2, 1, 3], [a, T(2)], [a, b, c, d]) is None
+
+
+def test_the_reader_goes_by_its_last_read_only():
+    r = FakeReader()
+    r.data = rec(pid=1, mm=0xA) + rec(pid=2, mm=0xA) + rec(pid=3, mm=0xB)
+    assert r.mm_candidates([], []) is None          # no read yet
+
+    def make(pid, memcg, sample):
+        return T(pid)
+
+    first = r.read(5, make=make)
+    assert [t.pid for t in r.mm_candidates(first[:1], first)] == [1, 2]
+    r.data = rec(pid=1, mm=0xA) + rec(pid=3, mm=0xB, rss=1)   # pid 2 gone, pid 3 changed
+    second = r.read(5, make=make)
+    assert second[0] is first[0]                     # unchanged record: the same object
+    # pid 2's object is not of this read, nor is the first object of pid 3: both candidates
+    assert [t.pid for t in r.mm_candidates(first[:1], first)] == [1, 2, 3]
+    assert [t.pid for t in r.mm_candidates(second[:1], second)] == [1]

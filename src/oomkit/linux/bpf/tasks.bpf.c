@@ -33,6 +33,10 @@
  *            (fs/proc/array.c do_task_stat: nsec_to_clock_t(start_boottime)),
  *            without a time namespace's boot-time offset
  *   exiting  PF_EXITING (in do_exit()) or exit_state set (zombie, dead)
+ *   mm_key   which address space the process has, for finding an OOM victim's
+ *            mm sharers without one kcmp(2) per task (bpftasks.mm_candidates):
+ *            task->mm xor cfg.mm_cookie, so that user space holds no kernel
+ *            address; 0 when this read cannot vouch for it (see fill())
  *
  * The rss counters are the kernel's own approximate ones: since 6.2 (commit
  * f1a7941243c1, "mm: convert mm's rss stats into percpu_counter") each is a
@@ -62,7 +66,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define ANY_LEVEL 0xffffffffu
 #define MAX_LEVEL 64           /* deeper targets are not found */
 
-/* One record per process; keep in step with bpftasks.RECORD ("<IiQQQQQII16s"). */
+/* One record per process; keep in step with bpftasks.REC_FORMATS ("<IiQQQQQII16sQ"). */
 struct rec {
 	__u32 pid;              /* tgid, in the initial pid namespace */
 	__s32 oom_score_adj;
@@ -74,6 +78,7 @@ struct rec {
 	__u32 uid;
 	__u32 exiting;
 	char comm[16];          /* TASK_COMM_LEN, NUL-padded */
+	__u64 mm_key;           /* the mm, obfuscated; 0: not vouched for (fill()) */
 };
 
 /* Set by user space through the mmap()ed .bss before each read (bpftasks._Config).
@@ -89,6 +94,8 @@ struct config {
 	__u64 cgroups_seen;     /* cgroups the cgroup iterator visited */
 	__u32 top_level;        /* depth of the first cgroup visited: the subtree's top */
 	__u32 pad;
+	__u64 read_start;       /* boot-time ns of this read's first call (user space zeroes it) */
+	__u64 mm_cookie;        /* random, set by user space at load: mm_key = mm ^ mm_cookie */
 } cfg;
 
 /*
@@ -201,6 +208,31 @@ static __always_inline struct cgroup *memcg_of(struct task_struct *task)
 }
 
 /*
+ * The mm's identity, for a process that started before this read did; else 0.
+ *
+ * Why two processes with equal non-zero keys of one read are the only ones
+ * that may share an mm afterwards (user space still confirms with kcmp(2)):
+ * a process's mm changes only at execve() (exec_mmap(), fs/exec.c), to a fresh
+ * mm; and a process that shares an mm made after this read began
+ * (cfg.read_start) was cloned from one of its users after that, so its
+ * start_boottime, set in copy_process() after copy_mm() (kernel/fork.c), is
+ * later too, and it is left at 0 (not vouched for).  So two processes that
+ * both started earlier and share an mm later shared it when each was read:
+ * the same pointer.  A leader with no mm (exited before its threads) reads 0.
+ * The pointer is read as a number (bpf_core_read): arithmetic on a BTF pointer
+ * is refused by the verifier.
+ */
+static __always_inline __u64 mm_key_of(struct task_struct *task, struct mm_struct *mm)
+{
+	__u64 key = 0;
+
+	if (!mm || task->start_boottime >= cfg.read_start)
+		return 0;
+	bpf_core_read(&key, sizeof(key), &task->mm);
+	return key ? key ^ cfg.mm_cookie : 0;
+}
+
+/*
  * The record of process task (a thread-group leader, not a kernel thread),
  * charged to memcg; false if it is to be left out.
  *
@@ -246,6 +278,7 @@ static __always_inline bool fill(struct rec *r, struct task_struct *task, struct
 		r->uid = cred->uid.val;
 	r->exiting = (flags & PF_EXITING) || task->exit_state || !mm;
 	__builtin_memcpy(r->comm, task->comm, sizeof(r->comm));
+	r->mm_key = mm_key_of(task, mm);
 	return true;
 }
 
@@ -258,6 +291,8 @@ int dump_tasks(struct bpf_iter__task *ctx)
 
 	if (!task)
 		return 0;       /* the end of the iteration */
+	if (!cfg.read_start)
+		cfg.read_start = bpf_ktime_get_boot_ns();
 	/* processes only: cgroup.procs lists thread-group leaders */
 	if (task->pid != task->tgid)
 		return 0;
@@ -299,6 +334,8 @@ int dump_subtree(struct bpf_iter__cgroup *ctx)
 
 	if (!cgrp)
 		return 0;       /* the end of the iteration */
+	if (!cfg.read_start)
+		cfg.read_start = bpf_ktime_get_boot_ns();
 	if (ctx->meta->seq_num == 0)
 		cfg.top_level = cgrp->level;
 	cfg.cgroups_seen++;
