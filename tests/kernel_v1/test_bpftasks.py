@@ -349,3 +349,121 @@ def test_a_leader_gone_before_its_threads_is_listed_exiting(sandbox, bpf):
         assert s.exiting is True and (s.rss, s.swap, s.pgtables) == (0, 0, 0)
     finally:
         p.reap()
+
+
+# -- the mm keys: the kill's search for the victim's mm sharers (issue 11 "Cost") --
+
+@pytest.fixture
+def shared_hog(sandbox):
+    """``start(cg)``: a 1 MiB hog in ``cg`` and the process it clone()d with
+    CLONE_VM (tests/helpers/procs.py SHARED_HOG): (hog pid, sharer pid).  The
+    sharer is killed afterwards through its pidfd (the hog with the sandbox)."""
+    from helpers.procs import SHARED_HOG
+    from oomkit.errors import TaskGone
+    from oomkit.linux import pidfd
+    fds: list[int] = []
+
+    def start(cg: str) -> tuple[int, int]:
+        hog = sandbox.hog(cg, 1, script=SHARED_HOG)
+        line = hog.read_line(30) or ""
+        assert line.startswith("sharer "), line
+        sharer = int(line.split()[1])
+        fds.append(pidfd.open_pidfd(sharer))
+        return hog.pid, sharer
+
+    try:
+        yield start
+    finally:
+        for fd in fds:
+            try:
+                pidfd.send_signal(fd, 9)
+            except TaskGone:
+                pass
+            os.close(fd)
+
+
+def test_a_clone_vm_sharer_has_its_victims_key_and_no_other_task_does(sandbox, bpf, sleepers, shared_hog):
+    top = sandbox.cg("a")
+    sleeping = sleepers(top, 3)
+    hog, sharer = shared_hog(top)
+    raw = bpf.read_raw(*key(sandbox, top))
+    keys = dict(zip([pid for pid, _, _ in bpftasks.parse(raw)], bpftasks.mm_keys(raw), strict=True))
+    assert set(keys) == {hog, sharer, *(p.pid for p in sleeping)}
+    assert keys[hog] == keys[sharer] != 0
+    assert len({keys[p.pid] for p in sleeping} | {keys[hog]}) == 4       # one mm each
+
+
+def sharer_search(sandbox, bpf, top):
+    """A backend reading through ``bpf``, and the pid lists kcmp.sharers() is asked about."""
+    from oomkit.backends.cgroup_v1 import CgroupV1Backend
+    from oomkit.linux import kcmp
+    asked: list[tuple[list[int], list[int]]] = []
+    real = kcmp.sharers
+
+    def sharers(dying, others):
+        dying, others = list(dying), list(others)
+        asked.append((dying, others))
+        return real(dying, others)
+
+    backend = CgroupV1Backend(sandbox.fs, ProcFS(), dry_run=True, bpf=bpf)
+    return backend, asked, sharers
+
+
+def test_the_sharer_is_found_through_the_key_with_kcmp_asked_about_it_alone(
+        sandbox, bpf, sleepers, shared_hog, monkeypatch):
+    from oomkit.linux import kcmp
+    top = sandbox.cg("a")
+    sleepers(sandbox.cg("a/x"), 5)
+    hog, sharer = shared_hog(top)
+    backend, asked, sharers = sharer_search(sandbox, bpf, top)
+    monkeypatch.setattr(kcmp, "sharers", sharers)
+    try:
+        pool = backend._read_tasks(top)
+        victim = next(t for t in pool if t.pid == hog)
+        found = backend.mm_sharers([victim], pool)
+        assert sorted(t.pid for t in found) == sorted([hog, sharer])
+        assert asked == [([hog], sorted([hog, sharer]))]      # not the 5 sleepers
+        # the sharer as the dying one finds the hog the same way
+        asked.clear()
+        assert {t.pid for t in backend.mm_sharers([t for t in pool if t.pid == sharer], pool)} == {hog, sharer}
+        assert len(asked[0][1]) == 2
+    finally:
+        backend.bpf = None          # the fixture closes the reader
+        backend.close()
+
+
+def test_tasks_the_last_read_cannot_vouch_for_are_all_asked(sandbox, bpf, sleepers, shared_hog, monkeypatch):
+    """Keys go stale: the pool of an earlier read (another subtree read since),
+    and a read whose every task started after it began (its keys are 0), leave
+    every task to kcmp, which still finds the sharer."""
+    from oomkit.linux import kcmp
+    top = sandbox.cg("a")
+    other = sandbox.cg("b")
+    sleepers(top, 4)
+    sleepers(other, 1)
+    hog, sharer = shared_hog(top)
+    backend, asked, sharers = sharer_search(sandbox, bpf, top)
+    monkeypatch.setattr(kcmp, "sharers", sharers)
+    try:
+        pool = backend._read_tasks(top)
+        victim = next(t for t in pool if t.pid == hog)
+        backend._read_tasks(other)          # the last read is another subtree's now
+        assert {t.pid for t in backend.mm_sharers([victim], pool)} == {hog, sharer}
+        assert sorted(asked[-1][1]) == sorted(t.pid for t in pool)      # all 6 asked
+        # every task "started after the read began": the program's clock start set
+        # to 1 ns after boot right before it runs, as if the read had begun then
+        iterator = bpf._s.iterator
+
+        def early(link_fd):
+            bpf._s.cfg.read_start = 1
+            return iterator(link_fd)
+
+        monkeypatch.setattr(bpf._s, "iterator", early)
+        assert set(bpftasks.mm_keys(bpf.read_raw(*key(sandbox, top)))) == {0}
+        pool = backend._read_tasks(top)
+        victim = next(t for t in pool if t.pid == hog)
+        assert {t.pid for t in backend.mm_sharers([victim], pool)} == {hog, sharer}
+        assert sorted(asked[-1][1]) == sorted(t.pid for t in pool)
+    finally:
+        backend.bpf = None
+        backend.close()

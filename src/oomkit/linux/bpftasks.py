@@ -182,7 +182,7 @@ class BpfTasks:
         self._links: OrderedDict[int, tuple[int, int]] = OrderedDict()    # cgroup id -> (link, fd)
         self._make: Callable | None = None
         self._made: dict[bytes, object] = {}    # record -> what read() made of it
-        self._last: tuple[list, bytes] | None = None    # the last read(): what it returned, its records
+        self._last: tuple[tuple, bytes] | None = None    # the last read(): what it returned, its records
         self.lock = threading.Lock()
 
     @classmethod
@@ -248,7 +248,8 @@ class BpfTasks:
                         out[i] = made[k] = m if make is None else make(*m)
             if len(made) > 2 * len(keys) + 1024:     # forget records no read returns any more
                 self._made = dict(zip(keys, out, strict=True))
-            self._last = (out, bytes(data))
+            # A tuple: callers sort the list they get, and it must stay in the records' order.
+            self._last = (tuple(out), bytes(data))
         return out
 
     def mm_candidates(self, dying: Iterable[T], pool: Sequence[T]) -> list[T] | None:
