@@ -393,8 +393,10 @@ def test_a_clone_vm_sharer_has_its_victims_key_and_no_other_task_does(sandbox, b
     assert len({keys[p.pid] for p in sleeping} | {keys[hog]}) == 4       # one mm each
 
 
-def sharer_search(sandbox, bpf, top):
-    """A backend reading through ``bpf``, and the pid lists kcmp.sharers() is asked about."""
+@pytest.fixture
+def searching(sandbox, bpf, monkeypatch):
+    """A backend reading through ``bpf``, and the (dying, others) pid lists
+    kcmp.sharers() is asked about (it still answers)."""
     from oomkit.backends.cgroup_v1 import CgroupV1Backend
     from oomkit.linux import kcmp
     asked: list[tuple[list[int], list[int]]] = []
@@ -405,65 +407,59 @@ def sharer_search(sandbox, bpf, top):
         asked.append((dying, others))
         return real(dying, others)
 
-    backend = CgroupV1Backend(sandbox.fs, ProcFS(), dry_run=True, bpf=bpf)
-    return backend, asked, sharers
-
-
-def test_the_sharer_is_found_through_the_key_with_kcmp_asked_about_it_alone(
-        sandbox, bpf, sleepers, shared_hog, monkeypatch):
-    from oomkit.linux import kcmp
-    top = sandbox.cg("a")
-    sleepers(sandbox.cg("a/x"), 5)
-    hog, sharer = shared_hog(top)
-    backend, asked, sharers = sharer_search(sandbox, bpf, top)
     monkeypatch.setattr(kcmp, "sharers", sharers)
+    backend = CgroupV1Backend(sandbox.fs, ProcFS(), dry_run=True, bpf=bpf)
     try:
-        pool = backend._read_tasks(top)
-        victim = next(t for t in pool if t.pid == hog)
-        found = backend.mm_sharers([victim], pool)
-        assert sorted(t.pid for t in found) == sorted([hog, sharer])
-        assert asked == [([hog], sorted([hog, sharer]))]      # not the 5 sleepers
-        # the sharer as the dying one finds the hog the same way
-        asked.clear()
-        assert {t.pid for t in backend.mm_sharers([t for t in pool if t.pid == sharer], pool)} == {hog, sharer}
-        assert len(asked[0][1]) == 2
+        yield backend, asked
     finally:
-        backend.bpf = None          # the fixture closes the reader
+        backend.bpf = None          # the fixture bpf closes the reader
         backend.close()
 
 
-def test_tasks_the_last_read_cannot_vouch_for_are_all_asked(sandbox, bpf, sleepers, shared_hog, monkeypatch):
+def sharers_of(backend, top: str, pid: int) -> set[int]:
+    """Read ``top``'s tasks, and the pids of those sharing ``pid``'s mm (itself included)."""
+    pool = backend._read_tasks(top)
+    return {t.pid for t in backend.mm_sharers([t for t in pool if t.pid == pid], pool)}
+
+
+def test_the_sharer_is_found_through_the_key_with_kcmp_asked_about_it_alone(
+        sandbox, sleepers, shared_hog, searching):
+    backend, asked = searching
+    top = sandbox.cg("a")
+    sleepers(sandbox.cg("a/x"), 5)
+    hog, sharer = shared_hog(top)
+    assert sharers_of(backend, top, hog) == {hog, sharer}
+    assert asked == [([hog], sorted([hog, sharer]))]      # not the 5 sleepers
+    # the sharer as the dying one finds the hog the same way
+    assert sharers_of(backend, top, sharer) == {hog, sharer}
+    assert asked[1] == ([sharer], sorted([hog, sharer]))
+
+
+def test_tasks_the_last_read_cannot_vouch_for_are_all_asked(sandbox, bpf, sleepers, shared_hog,
+                                                             searching, monkeypatch):
     """Keys go stale: the pool of an earlier read (another subtree read since),
     and a read whose every task started after it began (its keys are 0), leave
     every task to kcmp, which still finds the sharer."""
-    from oomkit.linux import kcmp
+    backend, asked = searching
     top = sandbox.cg("a")
     other = sandbox.cg("b")
     sleepers(top, 4)
     sleepers(other, 1)
     hog, sharer = shared_hog(top)
-    backend, asked, sharers = sharer_search(sandbox, bpf, top)
-    monkeypatch.setattr(kcmp, "sharers", sharers)
-    try:
-        pool = backend._read_tasks(top)
-        victim = next(t for t in pool if t.pid == hog)
-        backend._read_tasks(other)          # the last read is another subtree's now
-        assert {t.pid for t in backend.mm_sharers([victim], pool)} == {hog, sharer}
-        assert sorted(asked[-1][1]) == sorted(t.pid for t in pool)      # all 6 asked
-        # every task "started after the read began": the program's clock start set
-        # to 1 ns after boot right before it runs, as if the read had begun then
-        iterator = bpf._s.iterator
+    pool = backend._read_tasks(top)
+    victim = next(t for t in pool if t.pid == hog)
+    backend._read_tasks(other)          # the last read is another subtree's now
+    assert {t.pid for t in backend.mm_sharers([victim], pool)} == {hog, sharer}
+    assert sorted(asked[-1][1]) == sorted(t.pid for t in pool)      # all 6 asked
+    # every task "started after the read began": the program's clock start set
+    # to 1 ns after boot right before it runs, as if the read had begun then
+    iterator = bpf._s.iterator
 
-        def early(link_fd):
-            bpf._s.cfg.read_start = 1
-            return iterator(link_fd)
+    def early(link_fd):
+        bpf._s.cfg.read_start = 1
+        return iterator(link_fd)
 
-        monkeypatch.setattr(bpf._s, "iterator", early)
-        assert set(bpftasks.mm_keys(bpf.read_raw(*key(sandbox, top)))) == {0}
-        pool = backend._read_tasks(top)
-        victim = next(t for t in pool if t.pid == hog)
-        assert {t.pid for t in backend.mm_sharers([victim], pool)} == {hog, sharer}
-        assert sorted(asked[-1][1]) == sorted(t.pid for t in pool)
-    finally:
-        backend.bpf = None
-        backend.close()
+    monkeypatch.setattr(bpf._s, "iterator", early)
+    assert set(bpftasks.mm_keys(bpf.read_raw(*key(sandbox, top)))) == {0}
+    assert sharers_of(backend, top, hog) == {hog, sharer}
+    assert len(asked[-1][1]) == 6

@@ -254,7 +254,7 @@ class BpfTasks:
 
     def mm_candidates(self, dying: Iterable[T], pool: Sequence[T]) -> list[T] | None:
         """:func:`mm_candidates` over the last :meth:`read`: the tasks of ``pool``
-        kcmp(2) must still look at for sharing a mm with one of ``dying``; None if
+        kcmp(2) must still look at for sharing an mm with one of ``dying``; None if
         there is no read to go by, or it does not vouch for a dying one."""
         with self.lock:
             last = self._last

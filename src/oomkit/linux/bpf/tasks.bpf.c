@@ -36,7 +36,7 @@
  *   mm_key   which address space the process has, for finding an OOM victim's
  *            mm sharers without one kcmp(2) per task (bpftasks.mm_candidates):
  *            task->mm xor cfg.mm_cookie, so that user space holds no kernel
- *            address; 0 when this read cannot vouch for it (see fill())
+ *            address; 0 when this read cannot vouch for it (see mm_key_of())
  *
  * The rss counters are the kernel's own approximate ones: since 6.2 (commit
  * f1a7941243c1, "mm: convert mm's rss stats into percpu_counter") each is a
@@ -78,7 +78,7 @@ struct rec {
 	__u32 uid;
 	__u32 exiting;
 	char comm[16];          /* TASK_COMM_LEN, NUL-padded */
-	__u64 mm_key;           /* the mm, obfuscated; 0: not vouched for (fill()) */
+	__u64 mm_key;           /* the mm, obfuscated; 0: not vouched for (mm_key_of()) */
 };
 
 /* Set by user space through the mmap()ed .bss before each read (bpftasks._Config).
