@@ -300,7 +300,8 @@ RUNNER: str | None = None       # --runner
 class DaemonProc:
     """One ``oomkit run`` we started; stopped by pidfd (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, bench: Bench, attach: list[tuple[str, str]], name: str = "oomkit", **opts):
+    def __init__(self, bench: Bench, attach: list[tuple[str, str]], name: str = "oomkit",
+                 env: dict[str, str] | None = None, **opts):
         for cg, _policy in attach:
             bench.mine(cg.rstrip("*").rstrip("/"))
         self.bench = bench
@@ -318,6 +319,7 @@ class DaemonProc:
         self.pidfd = -1
         self.watchdog_pid: int | None = None
         self.startup_s = 0.0
+        self.env = {**os.environ, **(env or {})}
         bench.daemons.append(self)
 
     @property
@@ -329,7 +331,7 @@ class DaemonProc:
         self._err = open(self.stderr_path, "w")
         self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=self._err, cwd=self.bench.tmp)
+                                      stderr=self._err, cwd=self.bench.tmp, env=self.env)
         self.pidfd = _pidfd.open_pidfd(self.popen.pid)
         if wait_for_line(lambda: self.stderr().splitlines(), "oomkit: running", timeout - (time.monotonic() - t0),
                          done=lambda: self.popen.poll() is not None, step=0.02) is None:
@@ -1142,15 +1144,121 @@ def one_storm(bench: Bench, cgs: list[str], limit: int, hog_mib: int, args):
     return notified, relieved, hogs, stalls, t_go, t_go_end
 
 
+class HeapProbe:
+    """The daemon's own account of its memory after each storm (daemon/memdebug.py,
+    asked for by $OOMKIT_TRACEMALLOC, one dump per SIGUSR2): OOMs recorded, VmRSS,
+    the Python heap tracemalloc traces (``--heap trace`` only), pymalloc's and
+    glibc's heaps, gc's objects by type."""
+
+    def __init__(self, bench: Bench, mode: str):
+        self.dir = bench.tmp / "heap"
+        self.mode = mode
+        self.docs: list[dict] = []
+        self.snapshots: list[Path] = []
+
+    def env(self) -> dict[str, str]:
+        return {"OOMKIT_TRACEMALLOC": str(self.dir),
+                "OOMKIT_TRACEMALLOC_FRAMES": "16" if self.mode == "trace" else "0"}
+
+    def take(self, d: DaemonProc, timeout: float = 120.0) -> dict:
+        path = self.dir / f"heap-{d.pid}-{len(self.docs)}.json"
+        signal_pidfd(d.pidfd, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline or d.popen.poll() is not None:
+                raise RuntimeError(f"the daemon wrote no {path.name}:\n" + d.stderr()[-2000:])
+            time.sleep(0.05)
+        doc = json.loads(path.read_text())
+        self.docs.append(doc)
+        self.snapshots.append(path.with_suffix(".pickle"))
+        return doc
+
+    def report(self, base: int) -> list[str]:
+        """The lines of the section: a row per storm (some of them), the growth from
+        storm ``base`` on, and with tracemalloc what grew, by line and by type."""
+        docs, last = self.docs, len(self.docs) - 1
+        show = sorted({0, 1, base, last} | {round(i * last / 10) for i in range(11)})
+        cols = ("OOMs recorded", "VmRSS", "RssAnon", "traced heap", "pymalloc in use", "pymalloc arenas",
+                "glibc in use", "glibc free", "gc objects")
+        lines = ["| after storm | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
+        for i in show:
+            x = docs[i]
+            lines.append(f"| {i + 1} | " + " | ".join(heap_cells(x)) + " |")
+        lines.append("")
+        if last > base:
+            d0, d1 = docs[base], docs[last]
+            ooms = d1["ooms"] - d0["ooms"]
+            mid = base + (last - base) // 2
+            lines.append(f"Growth per OOM from storm {base + 1} to storm {last + 1} ({ooms:,} OOMs), "
+                         f"and in its second half (storms {mid + 1} to {last + 1}):")
+            for name, key in (("VmRSS", ("rss",)), ("RssAnon", ("rss_anon",)), ("traced heap", ("traced",)),
+                              ("pymalloc in use", ("pymalloc", "bytes_in_allocated_blocks")),
+                              ("pymalloc arenas", ("pymalloc", "arena_bytes")),
+                              ("glibc in use", ("glibc", "uordblks")), ("gc objects", ("gc_objects",))):
+                if self.mode != "trace" and key == ("traced",):
+                    continue
+                lines.append(f"- {name}: {slope(docs[base:], key):+.0f} "
+                             f"/ {slope(docs[mid:], key):+.0f} {'objects' if key == ('gc_objects',) else 'bytes'}"
+                             " per OOM (least squares)")
+            grew = [(t, d1["types"].get(t, 0) - d0["types"].get(t, 0)) for t in set(d0["types"]) | set(d1["types"])]
+            grew = sorted([g for g in grew if g[1]], key=lambda g: -abs(g[1]))[:8]
+            lines.append("- gc objects by type, storm " f"{base + 1} to {last + 1}: "
+                         + (", ".join(f"{t} {n:+d}" for t, n in grew) or "no change"))
+            if self.mode == "trace":
+                lines += self.traced_diff(base, last)
+        return lines
+
+    def traced_diff(self, a: int, b: int, top: int = 8) -> list[str]:
+        import tracemalloc
+
+        old, new = (tracemalloc.Snapshot.load(str(self.snapshots[i])) for i in (a, b))
+        ours = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        stats = new.filter_traces(ours).compare_to(old.filter_traces(ours), "lineno")
+        stats = [s for s in stats if s.size_diff][:top]
+        out = [f"- tracemalloc, storm {a + 1} to {b + 1}, the lines whose allocations changed most "
+               "(size diff, blocks diff, size now):"]
+        for s in stats:
+            f = s.traceback[0]
+            where = f.filename.split("/src/", 1)[-1].split("/lib/python", 1)[-1]
+            out.append(f"  - {where}:{f.lineno}: {s.size_diff:+,} B, {s.count_diff:+,} blocks, {s.size:,} B")
+        return out
+
+
+def heap_cells(x: dict) -> list[str]:
+    m = lambda v: f"{v / MiB:.2f}"      # noqa: E731
+    return [f"{x['ooms']:,}", m(x["rss"]), m(x["rss_anon"]), m(x["traced"]) if x["traced"] else "-",
+            *((m(x["pymalloc"]["bytes_in_allocated_blocks"]), m(x["pymalloc"]["arena_bytes"]))
+              if x["pymalloc"] else ("-", "-")),       # none under tracemalloc (its hooks replace pymalloc's)
+            m(x["glibc"].get("uordblks", 0)), m(x["glibc"].get("fordblks", 0)), f"{x['gc_objects']:,}"]
+
+
+def slope(docs: list[dict], key: tuple[str, ...]) -> float:
+    """Least-squares growth of ``key`` per OOM recorded over ``docs``."""
+    xs = [d["ooms"] for d in docs]
+    ys = []
+    for d in docs:
+        v = d
+        for k in key:
+            v = v.get(k, 0) if isinstance(v, dict) else 0
+        ys.append(v)
+    if len(xs) < 2 or max(xs) == min(xs):
+        return float("nan")
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
 def bench_storm(args) -> None:
     info = header()
     bench = Bench()
     n, limit, hog_mib = args.memcgs, 8 * MiB, 16
     notes = []
+    heap = HeapProbe(bench, args.heap) if args.heap != "none" else None
+    opts = {"task_reader": args.task_reader} if args.task_reader else {}
     try:
         top = bench.mk("storm")
         cgs = [bench.mk(f"storm/c{i:03d}", limit) for i in range(n)]
-        d = DaemonProc(bench, [(top, "largest-task")], name="storm").start()
+        d = DaemonProc(bench, [(top, "largest-task")], name="storm", env=heap.env() if heap else None,
+                       **opts).start()
         time.sleep(1.0)
         rss = [vm(d.pid)["VmRSS"]]          # before the first storm, then after each
         events = []
@@ -1166,8 +1274,16 @@ def bench_storm(args) -> None:
             if r < args.rounds - 1:
                 for h in hogs:
                     h.reap()
+            if heap is not None:
+                heap.take(d)
+                if args.rounds > 12:
+                    print(f"storm {r + 1}/{args.rounds}: {heap_cells(heap.docs[-1])}", file=sys.stderr)
         all_events, events = events, events[before:]          # the table: the last storm's
         d.stop()
+        heap_lines = []
+        if heap is not None and heap.docs:      # before the cleanup: the dumps are in bench.tmp
+            base = min(len(heap.docs) - 1, max(1, args.heap_base - 1))
+            heap_lines = heap.report(base)
     finally:
         bench.cleanup_or_warn()
     end_load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -1208,12 +1324,22 @@ def bench_storm(args) -> None:
              f"| records for memcgs not in the storm | {len(strangers)} |",
              f"| hogs still alive at the end | {alive} |", ""]
     later = len(all_events) - first_round_n
-    lines += [f"Daemon RSS (VmRSS): {rss[0] / MiB:.1f} MiB before the first storm, "
-              + ", ".join(f"{x / MiB:.1f}" for x in rss[1:]) + f" MiB after each of {args.rounds} "
-              f"storm(s) ({len(all_events)} OOMs in all; the table is the last storm's).", ""]
+    series = ", ".join(f"{x / MiB:.1f}" for x in rss[1:])
+    if len(rss) > 13:
+        series = ", ".join(f"{x / MiB:.1f}" for x in rss[1:6]) + ", ..., " + \
+            ", ".join(f"{x / MiB:.1f}" for x in rss[-5:])
+    lines += [f"Daemon RSS (VmRSS): {rss[0] / MiB:.1f} MiB before the first storm, {series} MiB after "
+              f"each of {args.rounds} storm(s) ({len(all_events)} OOMs in all; the table is the last storm's)"
+              + (f"; task reader {args.task_reader}" if args.task_reader else "") + ".", ""]
     if args.rounds > 1 and later > 0:
         lines += [f"- RSS growth after the first storm (warm-up: caches and the handler thread): "
                   f"{(rss[-1] - rss[1]) / later:.0f} bytes per OOM over {later} OOMs", ""]
+    if heap_lines:
+        lines += [f"The daemon's memory after each storm (`--heap {args.heap}`: its own dump on SIGUSR2, "
+                  "daemon/memdebug.py, $OOMKIT_TRACEMALLOC" + (", tracemalloc 16 frames deep (its own "
+                  f"bookkeeping, {heap.docs[-1]['tracemalloc_self'] / MiB:.1f} MiB at the end, is in VmRSS)"
+                  if args.heap == "trace" else ", without tracemalloc") + "; MiB):", "",
+                  *heap_lines, ""]
     ok = one == n and not twice and not missing and not alive
     lines.append(f"- every OOM resolved and recorded exactly once, none lost: **{'yes' if ok else 'NO'}**; "
                  f"by the policy: {by_policy} of {n}" + ("" if by_policy == n else
@@ -1245,6 +1371,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="storm: give up after (60 s)")
     ap.add_argument("--rounds", type=int, default=1, help="storm: storms in a row on one daemon, "
                     "its RSS read after each (1; 10 for 1,000 OOMs)")
+    ap.add_argument("--heap", choices=["none", "stats", "trace"], default="none",
+                    help="storm: the daemon's memory after each storm from its own dumps ($OOMKIT_TRACEMALLOC): "
+                    "stats (gc, pymalloc, glibc) or trace (and tracemalloc: slower handlers)")
+    ap.add_argument("--heap-base", type=int, default=5, help="storm --heap: growth measured from this "
+                    "storm on (5: the caches warm)")
+    ap.add_argument("--task-reader", choices=["auto", "bpf", "proc"], default=None,
+                    help="storm: [daemon] task_reader of the daemon (default: the daemon's, auto)")
     ap.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
     ap.add_argument("--runner", choices=["worker", "inprocess"], default=None,
                     help="[daemon] policy_runner of the daemons started (default: the daemon's, worker)")

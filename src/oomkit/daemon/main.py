@@ -74,6 +74,7 @@ def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Daemo
 class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | None = None, *,
                  restorer: Restorer | None = None):
+        self.heap = open_heap_dumps()   # first: what is built from here on is traced
         self.config, self.config_path = config, config_path
         version, mount = detect(config.hierarchy, config.mount, config.proc)
         self.fs = CgroupFS(mount, version)
@@ -170,12 +171,16 @@ class Daemon:
             self.stack.on_timer()
             self.stack.flush()
             self._reload_step()
+            if self.heap is not None and self.heap.asked:
+                self.heap.dump(self.book.ooms)
 
     def stop(self) -> None:
         """Put back every setting we changed, then let the watchdog go (once)."""
         if self._stopped:
             return
         self._stopped = True
+        if self.heap is not None:
+            self.heap.dump(self.book.ooms)
         self.notifier.stopping()
         self.engine.close()
         self.pressure.close()
@@ -198,11 +203,16 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        if self.heap is not None:
+            signal.signal(signal.SIGUSR2, self._on_signal)
         self.register(self._wake_r.fileno(), self._drain_wakeups)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
+        elif signum == signal.SIGUSR2:
+            if self.heap is not None:
+                self.heap.asked = True
         else:
             self.running = False
 
@@ -563,6 +573,16 @@ def open_exporter(config: DaemonConfig) -> Any:
     from oomkit.daemon.metrics import Exporter
 
     return Exporter(config.metrics, config.metrics_textfile)
+
+
+def open_heap_dumps() -> Any:
+    """The heap dumps (daemon/memdebug.py) if $OOMKIT_TRACEMALLOC asks for them, else
+    None: tracemalloc and the module are not even imported then."""
+    if not os.environ.get("OOMKIT_TRACEMALLOC"):
+        return None
+    from oomkit.daemon.memdebug import HeapDumps
+
+    return HeapDumps.from_env()
 
 
 def open_task_reader(choice: str, proc: str) -> BpfTasks | None:
