@@ -1205,23 +1205,28 @@ class HeapProbe:
             lines.append("- gc objects by type, storm " f"{base + 1} to {last + 1}: "
                          + (", ".join(f"{t} {n:+d}" for t, n in grew) or "no change"))
             if self.mode == "trace":
-                lines += self.traced_diff(base, last)
+                lines += self.traced_diff(0, base) + self.traced_diff(base, last)
         return lines
 
-    def traced_diff(self, a: int, b: int, top: int = 8) -> list[str]:
+    def traced_diff(self, a: int, b: int, top: int = 6) -> list[str]:
         import tracemalloc
 
         old, new = (tracemalloc.Snapshot.load(str(self.snapshots[i])) for i in (a, b))
         ours = [tracemalloc.Filter(False, tracemalloc.__file__)]
-        stats = new.filter_traces(ours).compare_to(old.filter_traces(ours), "lineno")
+        stats = new.filter_traces(ours).compare_to(old.filter_traces(ours), "traceback")
         stats = [s for s in stats if s.size_diff][:top]
-        out = [f"- tracemalloc, storm {a + 1} to {b + 1}, the lines whose allocations changed most "
-               "(size diff, blocks diff, size now):"]
+        out = [f"- tracemalloc, storm {a + 1} to {b + 1}: the allocations that changed most (size diff, "
+               "blocks diff, size now; where, and oomkit's innermost frame above it):"]
         for s in stats:
-            f = s.traceback[0]
-            where = f.filename.split("/src/", 1)[-1].split("/lib/python", 1)[-1]
-            out.append(f"  - {where}:{f.lineno}: {s.size_diff:+,} B, {s.count_diff:+,} blocks, {s.size:,} B")
+            frames = list(reversed(s.traceback))      # innermost first (tracemalloc: oldest first)
+            mine = next((f for f in frames if "/oomkit/" in f.filename), None)
+            where = " from ".join(f"{short(f.filename)}:{f.lineno}" for f in dict.fromkeys((frames[0], mine or frames[0])))
+            out.append(f"  - {s.size_diff:+,} B, {s.count_diff:+,} blocks, {s.size:,} B: {where}")
         return out
+
+
+def short(filename: str) -> str:
+    return filename.split("/src/", 1)[-1].split("/lib/python", 1)[-1].lstrip("/")
 
 
 def heap_cells(x: dict) -> list[str]:
@@ -1300,7 +1305,7 @@ def bench_storm(args) -> None:
     strangers = [e["memcg"] for e in events if e["memcg"] not in pids]
     first_n, last_n = min(notified.values()), max(notified.values())
     total = (max(relieved.values()) - first_n) / 1e6 if relieved else float("nan")
-    daemon_ms = summary([e["latency_ms"] for e in events])
+    daemon_ms = summary([e["latency_ms"] for e in events if e.get("latency_ms") is not None])   # not in a kernel kill taken back
     stall_unc = summary([(relieved[i] - stalls[i]) / 1e6 for i in relieved if stalls[i]])
     s = summary(per)
     lines = ["## 4. OOM storm", "", machine_line(info, end_load), "",

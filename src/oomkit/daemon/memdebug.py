@@ -6,11 +6,19 @@ default; 0: not started, the JSON only) before it builds anything, and on
 SIGUSR2 and at exit writes ``DIR/heap-PID-N.pickle`` (a
 ``tracemalloc.Snapshot``: ``Snapshot.load()``, then ``compare_to()`` another
 one by ``"traceback"`` or ``"lineno"``) and ``DIR/heap-PID-N.json``: the OOMs
-recorded so far, VmRSS and RssAnon, the Python heap tracemalloc traces, gc's
-objects (containers) by type, pymalloc's arenas (not under tracemalloc, whose
-hooks replace pymalloc's) and glibc's heap (in use and free).  RSS growing
-while the traced heap stays flat is the allocators keeping pages, not a leak;
-a traced line growing with the OOMs is one.
+recorded so far, VmRSS and RssAnon, the Python heap tracemalloc traces (now,
+and its peak since the dump before), gc's objects (containers) by type,
+pymalloc's arenas (not under tracemalloc, whose hooks replace pymalloc's) and
+glibc's heap (in use and free).
+
+How to read them: the daemon is ``mlockall``'d (``main.lock_memory``), so a
+page it touched stays resident until it is unmapped, and glibc cannot hand
+back the free pages inside its heap (``malloc_trim``'s ``MADV_DONTNEED`` is
+refused on ``VM_LOCKED`` memory, mm/madvise.c; only the heap's top is given
+back): VmRSS is the high-water mark of the heaps.  VmRSS growing in steps
+while what is in use (pymalloc's blocks, glibc's ``uordblks``, the traced
+heap) stays flat is a bigger peak than before, not a leak; a traced line
+that grows with the OOMs is one.
 
 Without the variable nothing here runs and nothing is traced (tracemalloc
 costs about twice the allocation time and a few MiB).  The dumps are written
@@ -91,6 +99,7 @@ def stats(ooms: int) -> dict[str, Any]:
     """What the JSON dump holds (also without tracemalloc: its figures are then 0)."""
     gc.collect()
     traced, peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()        # the next dump's peak is that of the time between the two
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     vm = vm_status()
     return {"ooms": ooms, "rss": vm.get("VmRSS", 0), "rss_anon": vm.get("RssAnon", 0),
