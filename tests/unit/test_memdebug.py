@@ -67,12 +67,40 @@ def test_the_daemon_dumps_on_sigusr2_from_its_loop_and_at_exit(tree, tmp_path, m
     try:
         assert d.heap is not None
         d._on_signal(signal.SIGUSR2, None)          # the handler only asks
-        assert d.heap.asked and not (tmp_path / "heap").exists()
-        d.running = True
-        monkeypatch.setattr(d.stack, "on_timer", lambda: setattr(d, "running", False))
-        d.loop()                                    # one turn: the loop writes it
-        assert not d.heap.asked
+        assert not (tmp_path / "heap").exists()
+        one_turn(d, monkeypatch)                    # the loop writes it
         assert [p.name for p in (tmp_path / "heap").iterdir()] == [f"heap-{os.getpid()}-0.json"]
     finally:
         d.stop()
     assert len(list((tmp_path / "heap").iterdir())) == 2
+
+
+def test_without_the_variable_sigusr2_says_dumps_are_off_and_the_daemon_goes_on(tree, tmp_path, monkeypatch,  # noqa: F811
+                                                                                 caplog):
+    monkeypatch.delenv(memdebug.ENV, raising=False)
+    d = make_daemon(tree, tmp_path, [{"cgroup": "/box", "policy": "largest-task"}])
+    try:
+        assert d.heap is None
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                        signal.SIGUSR2)}
+        try:
+            d._signals()
+            os.kill(os.getpid(), signal.SIGUSR2)    # a real one: handled, not its default (death)
+            assert d._dump_asked
+        finally:
+            signal.set_wakeup_fd(-1)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        with caplog.at_level("WARNING", logger="oomkit"):
+            one_turn(d, monkeypatch)
+        assert "SIGUSR2: heap dumps are off" in caplog.text
+        assert not tracemalloc.is_tracing()
+    finally:
+        d.stop()
+
+
+def one_turn(d, monkeypatch) -> None:
+    """One turn of the daemon's loop."""
+    d.running = True
+    monkeypatch.setattr(d.stack, "on_timer", lambda: setattr(d, "running", False))
+    d.loop()

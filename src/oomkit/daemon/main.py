@@ -75,6 +75,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | None = None, *,
                  restorer: Restorer | None = None):
         self.heap = open_heap_dumps()   # first: what is built from here on is traced
+        self._dump_asked = False        # SIGUSR2
         self.config, self.config_path = config, config_path
         version, mount = detect(config.hierarchy, config.mount, config.proc)
         self.fs = CgroupFS(mount, version)
@@ -171,8 +172,8 @@ class Daemon:
             self.stack.on_timer()
             self.stack.flush()
             self._reload_step()
-            if self.heap is not None and self.heap.asked:
-                self.heap.dump(self.book.ooms)
+            if self._dump_asked:
+                self._dump_heap()
 
     def stop(self) -> None:
         """Put back every setting we changed, then let the watchdog go (once)."""
@@ -203,18 +204,26 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        if self.heap is not None:
-            signal.signal(signal.SIGUSR2, self._on_signal)
+        # SIGUSR2: a heap dump, or a line saying they are off (never its default: death)
+        signal.signal(signal.SIGUSR2, self._on_signal)
         self.register(self._wake_r.fileno(), self._drain_wakeups)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
         elif signum == signal.SIGUSR2:
-            if self.heap is not None:
-                self.heap.asked = True
+            self._dump_asked = True
         else:
             self.running = False
+
+    def _dump_heap(self) -> None:
+        """SIGUSR2, from the loop (never in the signal handler)."""
+        self._dump_asked = False
+        if self.heap is None:
+            log.warning("oomkit: SIGUSR2: heap dumps are off (start the daemon with "
+                        "OOMKIT_TRACEMALLOC=DIR in its environment)")
+            return
+        self.heap.dump(self.book.ooms)
 
     def _drain_wakeups(self, mask: int) -> None:
         try:

@@ -21,7 +21,8 @@ heap) stays flat is a bigger peak than before, not a leak; a traced line
 that grows with the OOMs is one.
 
 Without the variable nothing here runs and nothing is traced (tracemalloc
-costs about twice the allocation time and a few MiB).  The dumps are written
+costs about twice the allocation time and a few MiB), and SIGUSR2 only logs
+that the dumps are off.  The dumps are written
 from the daemon's loop, never from the signal handler, each file whole
 (:func:`oomkit.daemon.files.replace_file`: no symlink followed) in a
 directory the daemon creates 0700 if it is not there.
@@ -58,7 +59,6 @@ class HeapDumps:
     def __init__(self, directory: str, frames: int = 16):
         self.dir = Path(directory)
         self.n = 0
-        self.asked = False      # set by SIGUSR2's handler; the loop dumps
         if frames > 0 and not tracemalloc.is_tracing():
             tracemalloc.start(frames)
 
@@ -75,7 +75,6 @@ class HeapDumps:
 
     def dump(self, ooms: int) -> Path | None:
         """Write the next pair of files; the JSON's path, or None (said why)."""
-        self.asked = False
         snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         doc = stats(ooms)
         name = f"heap-{os.getpid()}-{self.n}"
