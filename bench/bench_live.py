@@ -309,6 +309,9 @@ class DaemonProc:
         self.event_log = bench.tmp / f"{name}-events.jsonl"
         self.stderr_path = bench.tmp / f"{name}.stderr"
         lines = ["[daemon]", 'cgroup = "v1"', f"event_log = {json.dumps(str(self.event_log))}"]
+        # Its own lock and runtime state (the default, /run/oomkit, is one per machine:
+        # another bench's or test's daemon would hold it).
+        opts.setdefault("state_dir", str(bench.tmp / f"{name}-state"))
         if RUNNER is not None:      # --runner: where the policies run (the daemon's default: worker)
             opts.setdefault("policy_runner", RUNNER)
         lines += [f"{k} = {json.dumps(v)}" for k, v in opts.items()]

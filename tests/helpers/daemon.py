@@ -27,12 +27,13 @@ from .procs import end_by_pidfd, signal_pidfd, until, wait_for_line, watchdogs_o
 
 
 def read_event_log(path: Path) -> list[dict]:
-    """The records of a daemon's JSON-lines event log so far ([] before it exists)."""
+    """The records of a daemon's JSON-lines event log so far ([] before it exists):
+    whole lines only (one being written may be read in part)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
 
 def wait_event_log(path: Path, n: int, timeout: float = 10.0, step: float = 0.01) -> list[dict]:
