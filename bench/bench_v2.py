@@ -695,6 +695,8 @@ def cell(trials: list[dict], wl: str) -> dict:
     return {"n": len(ts), "errors": errors, "hits": sum(v["hit"] for v in verdicts),
             "first_hits": sum(v["hit"] for v in firsts), "firsts": len(firsts),
             "kills": len(verdicts), "ambiguous": sum(v["ambiguous"] for v in verdicts),
+            # the old task: the kernel's own pick while anything newer lives
+            "old": sum("oldjob" in v.get("roles", [v["role"]]) for v in verdicts),
             "ooms": ooms, "victims": victims, "relief": relief,
             "not_by_kernel": sum(len(t.get("not_by_kernel", [])) for t in ts),
             "trials_with_victims": sum(1 for t in ts if t.get("n_victims")),
@@ -709,8 +711,9 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
     oom_wls = [w for w in workloads if w not in ("hold", "thrash")]
     lines = ["| kernel | row | policy's choice died (fast / slow / fork burst / many small) | "
              "needless kills, holding still | victims per OOM | time to relief, median (emulated) "
-             "| first OOM of each trial: policy's choice died | thrash: OOMs / victims |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| first OOM of each trial: policy's choice died | the old task died (kills) "
+             "| thrash: OOMs / victims |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in all_data:
         trials = d.get("trials", [])
         cells = {w: cell(trials, w) for w in workloads}
@@ -729,7 +732,8 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
         lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {share}; all: "
                      f"**{pct(tot_h, tot_k)}** | {needless} | {vpo} | {rel} | "
                      f"{pct(sum(cells[w]['first_hits'] for w in oom_wls), sum(cells[w]['firsts'] for w in oom_wls))} "
-                     f"| {thr} |")
+                     f"| {' / '.join(str(cells[w]['old']) for w in oom_wls)} of "
+                     f"{' / '.join(str(cells[w]['kills']) for w in oom_wls)} | {thr} |")
     return "\n".join(lines)
 
 

@@ -553,3 +553,37 @@ def test_a_kill_of_a_task_just_put_back_is_judged_by_the_kernels_report(
     d.events.close()
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(first, by)]], records
+
+
+def test_a_rehearsal_that_chose_two_tasks_is_the_policys_at_each_kill(tree, started, tmp_path,
+                                                                       monkeypatch):
+    """newest-task's newest is a task just forked with no memory: killing it frees
+    nothing, so the handler kills the next newest too, and the rehearsal marks
+    both at 1000.  The kernel kills one at an OOM and the other at the next,
+    before any new take: both kills are that decision's."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    monkeypatch.setattr(notify, "read_kmsg", lambda fd, limit=1000: [])
+    fresh = PID_A + 40
+    task(proc, fresh, "fresh", 0)
+    (proc / str(fresh) / "stat").write_text(
+        (proc / str(fresh) / "stat").read_text().replace(" 52831 ", " 99999999 ", 1))
+    cgroup(mount, "/box/a", current=57 * MiB, limit=64 * MiB, procs=[PID_A, PID_B, fresh])
+    d = started(policy="newest-task")
+    both = {p for p in (PID_A, PID_B, fresh) if adj(proc, p) == 1000}
+    assert fresh in both and len(both) == 2, {p: adj(proc, p) for p in (PID_A, PID_B, fresh)}
+    other = (both - {fresh}).pop()
+    kmsg = kill_lines(1, other, "x", 1000)
+    kernel_killed(mount, monkeypatch, kmsg, 1)
+    d.stack._look("/box/a")
+    kmsg[:] = kill_lines(3, fresh, "fresh", 1000)
+    kernel_killed(mount, monkeypatch, kmsg, 2)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [
+        [(other, "policy:/box")], [(fresh, "policy:/box")]], records

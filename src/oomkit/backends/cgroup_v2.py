@@ -50,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
 from oomkit.backends.live import (
     OOM_SCORE_ADJ_MAX,
@@ -374,12 +376,16 @@ class Episode:
 
     @property
     def is_armed(self) -> bool:
-        return bool(self.ranks)
+        """Some task stands marked by a decision of this memcg's."""
+        return bool(self.ranks or self.records)
 
-    def retire(self, rec: OOMRecord) -> None:
-        """``rec``'s rank was carried out (its record written): the next one leads."""
+    def retire(self, rec: OOMRecord, pids: Iterable[int]) -> None:
+        """``rec``'s rank was carried out on ``pids`` (its record written): the next
+        rank leads.  Another task the same rehearsal chose (a handler that killed
+        two) stays marked, and a kill of it later is that decision's again."""
         self.ranks = [r for r in self.ranks if r is not rec]
-        self.records = {p: r for p, r in self.records.items() if r is not rec}
+        for pid in pids:
+            self.records.pop(pid, None)
 
 
 @dataclass
@@ -1162,7 +1168,7 @@ class V2Stack:
         rec = next((ep.records[v.pid] for v in victims if v.pid in ep.records), ep.record) \
             if ep is not None else None
         if ep is not None and rec is not None and ours and ours == len(victims):
-            ep.retire(rec)          # written once; its successor leads until the next take
+            ep.retire(rec, [v.pid for v in victims])   # its successor leads until the next take
             return self._executed(rec, killed, ep.level, ep.memcg, ep.decided_at)
         note = f"the kernel's OOM killer acted in {path} ({count} oom_kill in memory.events.local)"
         if ep is not None and ep.armed:
@@ -1180,7 +1186,9 @@ class V2Stack:
     @staticmethod
     def _executed(rec: OOMRecord, killed: list[Killed], level: Level, memcg: str,
                   decided_at: str | None) -> tuple[OOMRecord, OOMEvent]:
-        """The decision's record, now that the kernel's OOM killer carried it out."""
+        """The decision's record, now that the kernel's OOM killer carried it out
+        (a copy: a rehearsal that chose two tasks may be carried out twice)."""
+        rec = msgspec.structs.replace(rec)
         rec.killed, rec.resolved_by = killed, ResolvedBy.POLICY
         where = "the machine's OOM" if level is Level.GLOBAL else f"memory.max of {memcg}"
         rec.note = f"the policy's standing decision, carried out by the kernel's OOM killer at {where}"
