@@ -282,3 +282,36 @@ def test_the_journal_is_compacted(restorers, state, tmp_path):
         r.drop(a)
     assert len((state / "state").read_text().splitlines()) < 300
     assert read_state(state)[0] == []
+
+
+def test_a_new_watchdog_too_slow_to_take_our_settings_is_replaced_not_fatal(
+        restorers, state, tmp_path, caplog, monkeypatch):
+    """On a machine loaded enough that a new watchdog does not read its pipe within
+    the timeout, the replacement used to raise KernelError and end the daemon.
+    Now it is logged and replaced at the next heartbeat, and the one that took
+    everything restores everything."""
+    paths = files(tmp_path, text="0")
+    now = [0.0]
+    r = started(restorers, state, timeout=0.5, clock=lambda: now[0])
+    for p in paths:
+        r.hold(p, "0")
+        Path(p).write_text("1")
+    old = r.watchdog_pid
+    real_send, refused = R._Watchdog.send, []
+
+    def slow_send(self, line):         # the first new watchdog takes nothing
+        if self.pid != old and not refused or refused == [self.pid]:
+            refused[:] = [self.pid]
+            return False
+        return real_send(self, line)
+
+    monkeypatch.setattr(R._Watchdog, "send", slow_send)
+    os.kill(old, signal.SIGSTOP)
+    with caplog.at_level(logging.ERROR, logger="oomkit"):
+        for _ in range(20):             # no exception: the daemon goes on
+            now[0] += 0.1
+            r.heartbeat()
+    assert refused and r.watchdog_pid not in (old, refused[0])
+    assert any("did not take" in rec.getMessage() for rec in caplog.records)
+    r._link.proc.stdin.close()
+    assert until(lambda: [Path(p).read_text() for p in paths] == ["0", "0", "0"], 10)

@@ -76,6 +76,7 @@ class Restorer:
         self._journal: int | None = None
         self._lines = 0
         self._link: _Watchdog | None = None
+        self._untold = False       # the current watchdog missed some of what we hold: replace it
 
     # -- life ---------------------------------------------------------------------
 
@@ -144,7 +145,9 @@ class Restorer:
             return
         now = self.clock()
         state = link.poll(now)
-        if state == "exited":
+        if self._untold:
+            self._replace(handed_back=state == "exited")
+        elif state == "exited":
             log.error("oomkit: the watchdog (pid %s) exited%s; starting another",
                       self.watchdog_pid, link.why())
             self._replace(handed_back=True)
@@ -158,19 +161,32 @@ class Restorer:
     # -- the watchdog ---------------------------------------------------------------------
 
     def _spawn(self) -> None:
+        """A watchdog told everything we hold; KernelError if it does not take it
+        (at the daemon's start: it fails to start, with nothing changed yet)."""
+        if not self._spawn_told():
+            raise KernelError(f"the new watchdog (pid {self.watchdog_pid}) does not read its pipe")
+
+    def _spawn_told(self) -> bool:
         link = self._link = _Watchdog(self.timeout, self.clock)
         self.watchdog_pid = link.pid
         self._append(["watchdog", link.pid, link.starttime])
-        for entry in self.held.values():
-            if not link.send("+" + json.dumps(entry.line()[1:])):
-                raise KernelError(f"the new watchdog (pid {link.pid}) does not read its pipe")
+        return all(link.send("+" + json.dumps(entry.line()[1:])) for entry in self.held.values())
 
     def _replace(self, handed_back: bool) -> None:
+        """A new watchdog for one gone or stuck.  One too slow to take what we hold
+        (a machine so loaded that it does not read its pipe within the timeout) is
+        no reason to stop handling OOMs: it is replaced again at the next heartbeat,
+        and meanwhile the state file still records every setting for a restart."""
         old = self._link
         if old is None:
             return
         old.kill()
-        self._spawn()
+        self._untold = not self._spawn_told()
+        if self._untold:        # it may hold a torn line: never trusted, replaced
+            log.error("oomkit: the new watchdog (pid %s) did not take the %d settings we hold "
+                      "within %gs; trying another at the next heartbeat", self.watchdog_pid,
+                      len(self.held), self.timeout)
+            return
         log.error("oomkit: watchdog pid %s replaced by pid %s, holding %d settings",
                   old.pid, self.watchdog_pid, len(self.held))
         if handed_back:
