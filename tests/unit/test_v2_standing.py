@@ -587,3 +587,12 @@ def test_a_rehearsal_that_chose_two_tasks_is_the_policys_at_each_kill(tree, star
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [
         [(other, "policy:/box")], [(fresh, "policy:/box")]], records
+
+
+def test_grade_a_victims_rank_of_two_stands_at_1000_and_its_successor_below_both():
+    """A handler that killed two (the first, just forked, freed nothing): both at
+    1000, and the successor graded under the smaller of them, as for one."""
+    from oomkit.backends.cgroup_v2 import grade
+    fresh, w1, w2, old = _t(1, 0), _t(2, 4), _t(3, 4), _t(9, 48)
+    assert grade([fresh, w1, w2], [old], PAGES_96M, 16 * MiB, head=2) == [1000, 1000, 786]
+    assert grade([fresh, w1], [old], PAGES_96M, 16 * MiB, head=2) == [1000, 1000]

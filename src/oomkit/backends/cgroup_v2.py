@@ -130,7 +130,7 @@ def classify(look: Look, zone_size: int, in_zone: bool) -> Wakeup:
 
 
 def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int,
-          slack: int) -> list[int]:
+          slack: int, head: int = 1) -> list[int]:
     """The ``oom_score_adj`` of each task of a decision several deep: ``chain[0]``
     (the chain's victim) at 1000, then each successor (the victim the chain
     chooses once those before it are gone) as high as it can stand while the
@@ -138,18 +138,21 @@ def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int
     still ranks every task before it higher, and it higher than every task of
     ``others`` (at their own values), even after any one task grows by ``slack``
     bytes.  The list stops at the first successor that cannot be placed so (too
-    large, or its own value already as high: a mark only raises).  Pure."""
+    large, or its own value already as high: a mark only raises).  The first
+    ``head`` tasks are all the victim's rank (a handler that killed two, the
+    first freeing nothing), all at 1000.  Pure."""
     if not chain:
         return []
-    out = [OOM_SCORE_ADJ_MAX]
+    out = [OOM_SCORE_ADJ_MAX] * min(head, len(chain))
     unit = totalpages // 1000           # badness(): adj * (totalpages / 1000), integer division
     if unit <= 0:
         return out
     grow = -(-slack // PAGE_SIZE)
-    points = [badness(chain[0]._replace(oom_score_adj=OOM_SCORE_ADJ_MAX), totalpages) or 0]
+    points = [badness(t._replace(oom_score_adj=OOM_SCORE_ADJ_MAX), totalpages) or 0
+              for t in chain[:len(out)]]
     rivals = [b for t in others if (b := badness(t, totalpages)) is not None]
     best_other = max(rivals, default=None)
-    for t in chain[1:]:
+    for t in chain[len(out):]:
         base = badness(t._replace(oom_score_adj=0), totalpages) or 0
         # below every earlier one, grown by slack: base + grow + adj * unit < min(points)
         adj = min(out[-1] - 1, (min(points) - base - grow - 1) // unit)
@@ -397,11 +400,17 @@ class Rank:
     sharers: dict[int, tuple[int, ...]]
 
     @property
+    def victims(self) -> list[TaskInfo]:
+        """The tasks it chose one by one ([] if it chose a group, or none)."""
+        if not self.chosen or any(cg is not None or len(ts) != 1 for ts, cg in self.chosen):
+            return []
+        return [ts[0] for ts, _cg in self.chosen]
+
+    @property
     def victim(self) -> TaskInfo | None:
         """The one task it chose (None: a group, several, or none)."""
-        if len(self.chosen) == 1 and self.chosen[0][1] is None and len(self.chosen[0][0]) == 1:
-            return self.chosen[0][0][0]
-        return None
+        victims = self.victims
+        return victims[0] if len(victims) == 1 else None
 
     def dying(self) -> set[int]:
         """Who dies when the kernel carries it out: its tasks and their mm sharers."""
@@ -803,7 +812,7 @@ class V2Stack:
         # The machine's decision stays one deep: its successors would be global
         # favourites across every memcg for as long as it stands.
         depth = self.settings.depth if ep.level is Level.MEMCG else 1
-        while len(ranks) < depth and ranks[-1].victim is not None:
+        while len(ranks) < depth and ranks[-1].victims:
             nxt = self._rehearse(oom, size, set().union(*(r.dying() for r in ranks)))
             if nxt.victim is None or nxt.record.resolved_by != "policy":
                 break
@@ -849,9 +858,10 @@ class V2Stack:
                     want[t.pid] = (t, OOM_SCORE_ADJ_MAX, ranks[0])
         placed = ranks[:1]
         if len(ranks) > 1:
+            head = len(ranks[0].victims)
             values = self._grades(ep, ranks)
-            placed = ranks[:len(values)]
-            for rank, value in zip(placed[1:], values[1:], strict=True):
+            placed = ranks[:1 + max(0, len(values) - head)]
+            for rank, value in zip(placed[1:], values[head:], strict=True):
                 successor = rank.victim
                 assert successor is not None        # only one-task ranks have successors
                 want.setdefault(successor.pid, (successor, value, rank))
@@ -888,7 +898,7 @@ class V2Stack:
         values they have (another memcg's mark included), room to grow = the
         limit less every task's memory (growth past it reclaims page cache, not rss)."""
         oom = OOMEvent(Level.MEMCG, ep.memcg)
-        chain = [r.victim for r in ranks]
+        chain = [*ranks[0].victims, *(r.victim for r in ranks[1:])]
         dying = set().union(*(r.dying() for r in ranks))
         try:
             tasks = list(self.backend.tasks(oom, ep.memcg))
@@ -904,7 +914,8 @@ class V2Stack:
         # would stand over that.
         others = [self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying and not t.exiting]
         slack = max(0, limit - sum(t.rss + t.swap for t in tasks))
-        return grade([t for t in chain if t is not None], others, pages, slack)
+        return grade([t for t in chain if t is not None], others, pages, slack,
+                     head=len(ranks[0].victims))
 
     def _as_is(self, t: TaskInfo, memcg: str) -> TaskInfo:
         """``t`` at the oom_score_adj it will have: another memcg's mark stays."""
