@@ -210,13 +210,19 @@ def test_a_start_after_both_died_kills_a_stopped_watchdog_first(restorers, state
             pass
 
 
-def test_a_stopped_watchdog_is_replaced_and_told_everything(restorers, state, tmp_path, caplog):
+def holding(restorers, state, tmp_path, now):
+    """A started restorer on the clock ``now[0]``, holding three files it changed to "1"."""
     paths = files(tmp_path, text="0")
-    now = [0.0]
     r = started(restorers, state, timeout=0.5, clock=lambda: now[0])
     for p in paths:
         r.hold(p, "0")
         Path(p).write_text("1")
+    return r, paths
+
+
+def test_a_stopped_watchdog_is_replaced_and_told_everything(restorers, state, tmp_path, caplog):
+    now = [0.0]
+    r, paths = holding(restorers, state, tmp_path, now)
     old = r.watchdog_pid
     os.kill(old, signal.SIGSTOP)
     with caplog.at_level(logging.ERROR, logger="oomkit"):
@@ -290,12 +296,8 @@ def test_a_new_watchdog_too_slow_to_take_our_settings_is_replaced_not_fatal(
     the timeout, the replacement used to raise KernelError and end the daemon.
     Now it is logged and replaced at the next heartbeat, and the one that took
     everything restores everything."""
-    paths = files(tmp_path, text="0")
     now = [0.0]
-    r = started(restorers, state, timeout=0.5, clock=lambda: now[0])
-    for p in paths:
-        r.hold(p, "0")
-        Path(p).write_text("1")
+    r, paths = holding(restorers, state, tmp_path, now)
     old = r.watchdog_pid
     real_send, refused = R._Watchdog.send, []
 
