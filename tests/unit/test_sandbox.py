@@ -312,3 +312,20 @@ def test_the_watchdog_s_heartbeat_goes_on_while_a_worker_loads_its_policy(tmp_pa
         assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 1.0      # never a second's silence
     finally:
         runner.stop(worker)
+
+
+def test_a_worker_whose_cpu_clock_is_gone_is_a_dead_worker_not_a_crash(tmp_path, monkeypatch):
+    """A worker that died before the call's first look has an unreadable CPU clock
+    (inf): inf - inf made the simulator's deadline NaN and poll() raised
+    ValueError (seen once in CI with the segfaulting policy).  Now its pipe is
+    read, and the death counts as a failure like any other."""
+    from oomkit.sandbox import runner
+    monkeypatch.setattr(runner.Worker, "cpu", lambda self: float("inf"))
+    sim = sim_with(tmp_path, """
+        class P(OOMPolicy):
+            def handle_out_of_memory(self, oc, k):
+                import ctypes; ctypes.string_at(0)
+                return Verdict.PASS
+    """, engine={"handler_deadline": "100ms"})
+    records = three_ooms(sim)
+    assert_failed_and_ejected(records, "worker")

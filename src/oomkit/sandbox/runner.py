@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import atexit
 import logging
+import math
 import os
 import select
 import signal
@@ -393,7 +394,10 @@ class WorkerRunner:
                 # The simulator's: the policy's CPU time, so a loaded machine never
                 # fails a policy (results stay the same run to run); a policy that
                 # blocks instead of computing meets the wall cap.
-                own = worker.cpu() - cpu0
+                cpu_now = worker.cpu()
+                # A worker gone (its CPU clock unreadable: inf) has no time to count:
+                # its pipe says so at once; inf - inf would make every bound NaN.
+                own = cpu_now - cpu0 if math.isfinite(cpu_now) and math.isfinite(cpu0) else 0.0
                 if own >= self.deadline or now - start >= allowed + CPU_CLOCK_WALL_CAP:
                     return Outcome(timed_out=True)
                 allowed = now - start + max(self.deadline - own, 0.002)
