@@ -342,7 +342,13 @@ def test_a_leader_gone_before_its_threads_is_listed_exiting(sandbox, bpf):
         # leader is moving to its css_set's dying tasks (kernel/cgroup/cgroup.c
         # cgroup_exit, css_task_iter_advance); wait for the listing, then check it.
         got: list = []
-        assert until(lambda: bool(got.extend(bpf.read(*k)) or got), 10), "never listed"
+        ok = until(lambda: bool(got.extend(bpf.read(*k)) or got), 10)
+        if not ok:
+            import glob
+            info = {t: open(t + "/cgroup").read().strip().replace("\n", " | ") for t in glob.glob(f"/proc/{p.pid}/task/*")}
+            info["stat"] = [open(t + "/stat").read().split(")")[1].split()[:1] for t in glob.glob(f"/proc/{p.pid}/task/*")]
+            info["procs"] = sandbox.fs.subtree_procs(cg)
+            assert ok, f"never listed: {info}"
         assert [pid for pid, _, _ in got] == [p.pid]
         assert sorted(pid for _, pids in sandbox.fs.subtree_procs(cg) for pid in pids) == [p.pid]
         s = got[0][2]
