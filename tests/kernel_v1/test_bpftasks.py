@@ -345,8 +345,10 @@ def test_a_leader_gone_before_its_threads_is_listed_exiting(sandbox, bpf):
         ok = until(lambda: bool(got.extend(bpf.read(*k)) or got), 10)
         if not ok:
             import glob
-            info = {t: open(t + "/cgroup").read().strip().replace("\n", " | ") for t in glob.glob(f"/proc/{p.pid}/task/*")}
-            info["stat"] = [open(t + "/stat").read().split(")")[1].split()[:1] for t in glob.glob(f"/proc/{p.pid}/task/*")]
+            from pathlib import Path
+            threads = glob.glob(f"/proc/{p.pid}/task/*")
+            info: dict = {t: Path(t, "cgroup").read_text().strip().replace("\n", " | ") for t in threads}
+            info["stat"] = [Path(t, "stat").read_text().split(")")[1].split()[:1] for t in threads]
             info["procs"] = sandbox.fs.subtree_procs(cg)
             assert ok, f"never listed: {info}"
         assert [pid for pid, _, _ in got] == [p.pid]
