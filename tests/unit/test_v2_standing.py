@@ -596,3 +596,26 @@ def test_grade_a_victims_rank_of_two_stands_at_1000_and_its_successor_below_both
     fresh, w1, w2, old = _t(1, 0), _t(2, 4), _t(3, 4), _t(9, 48)
     assert grade([fresh, w1, w2], [old], PAGES_96M, 16 * MiB, head=2) == [1000, 1000, 786]
     assert grade([fresh, w1], [old], PAGES_96M, 16 * MiB, head=2) == [1000, 1000]
+
+
+def test_two_kills_read_at_one_count_make_no_empty_record_at_the_next(tree, started, tmp_path,
+                                                                     monkeypatch):
+    """memory.events.local counted one kill, but /dev/kmsg already held two (the
+    second counted a moment later): both are reported at once, and the next
+    count, with no new lines, is theirs, not a record of a kill with no victim."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    kmsg = kill_lines(1, PID_A, "hog", 1000) + kill_lines(3, PID_B, "sleep", adj(proc, PID_B))
+    kernel_killed(mount, monkeypatch, kmsg, 1)
+    d.stack._look("/box/a")
+    kmsg.clear()
+    kernel_killed(mount, monkeypatch, kmsg, 2)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[k["pid"] for k in r["killed"]] for r in records] == [[PID_A], [PID_B]], records

@@ -461,6 +461,9 @@ class V2Stack:
         self._kmsg_backlog: list[str] = []
         self._kmsg_fd: int | None = None
         self._reported: dict[int, float] = {}       # victim pid -> when reported (6.1 counts twice)
+        # cgroup -> kills reported ahead of memory.events.local's count (their
+        # kmsg lines were read with an earlier count's): later counts use them up
+        self._ahead: dict[str, int] = {}
         self._forks: notify.ProcEvents | None = None   # new processes, while a memcg is in its zone
         self._gone: dict[int, _Gone] = {}           # marked tasks that exited: their decision
         self._forks_failed = False
@@ -1120,12 +1123,19 @@ class V2Stack:
                      ", ".join(f"pid {v.pid}" for v in ours), path)
             return
         fresh = [v for v in victims if v.pid not in self._reported and v not in ours]
-        if victims and not fresh:
-            log.debug("oomkit: kill of %s in %s already reported (6.1 counts some twice)",
-                      [v.pid for v in victims], path)
+        ahead = self._ahead.pop(path, 0)
+        if not fresh and (victims or ahead):
+            # Reported already: 6.1 counts some kills twice, and two kills' lines
+            # may be read at one count (both reported then), the second counted next.
+            log.debug("oomkit: kill of %s in %s already reported (%d ahead)",
+                      [v.pid for v in victims], path, ahead)
+            if ahead > count:
+                self._ahead[path] = ahead - count
             return
         for v in fresh:
             self._reported[v.pid] = now
+        if ahead + len(fresh) > count:
+            self._ahead[path] = ahead + len(fresh) - count
         for v in [v for v in fresh if v.pid in self._gone]:
             gone = self._gone.pop(v.pid)
             if gone.value is not None and adjs.get(v.pid) != gone.value:
