@@ -29,6 +29,7 @@ from oomkit.backends.live import (
     POLL,
     Dispatcher,
     Holder,
+    KernelLog,
     LiveBackend,
     LiveSettings,
     mark_for_kernel,
@@ -271,7 +272,7 @@ class V1Events:
         self._notified: set[str] = set()
         self._foreign: set[str] = set()     # left alone, said once
         self._nets: list[_Net] = []         # claimed releases the safety net still watches
-        self._kmsg_fd: int | None = None    # for kernel kills we did not ask for (a hand-back)
+        self.kmsg = KernelLog()             # for kernel kills we did not ask for (a hand-back)
 
     def bind(self, engine: Engine) -> None:
         """v1 needs no engine of its own: the OOM waits for the daemon's chain."""
@@ -390,7 +391,7 @@ class V1Events:
                 held.preexisting = frozenset(self.fs.children(path))
                 self.fs.set_oom_kill_disable(path, True)
             held.kills = self.fs.oom_control(path)["oom_kill"]
-            self._kmsg()
+            self.kmsg.fd()
             held.eventfd = notify.register_oom_eventfd(self.fs, path)
             self.hub.register(held.eventfd.fileno(), self._on_eventfd, path)
         except CgroupGone:
@@ -440,7 +441,7 @@ class V1Events:
                 moved[path], held.kills = now - held.kills, now
         if not moved:
             return
-        fd = self._kmsg()
+        fd = self.kmsg.fd()
         victims = victims_from_kmsg(notify.read_kmsg(fd)) if fd is not None else []
         for path, count in sorted(moved.items()):
             here = [v for v in victims if v.cgroup == path]
@@ -450,16 +451,6 @@ class V1Events:
             record.note = f"{why} ({count} oom_kill in {path})"
             log.warning("oomkit: %s: %s", path, record.note)
             self.hub.write(record, OOMEvent(Level.MEMCG, path))
-
-    def _kmsg(self) -> int | None:
-        """/dev/kmsg, read from where it stood when we first held a memcg."""
-        if self._kmsg_fd is None:
-            try:
-                self._kmsg_fd = notify.open_kmsg()
-            except KernelError as exc:
-                log.debug("oomkit: /dev/kmsg unavailable (%s): kernel victims unnamed", exc)
-                self._kmsg_fd = -1
-        return self._kmsg_fd if self._kmsg_fd >= 0 else None
 
     def release(self, path: str) -> None:
         held = self.held.pop(path, None)
@@ -485,9 +476,7 @@ class V1Events:
         return str(self.fs.path(path, "memory.oom_control"))
 
     def close(self) -> None:
-        if self._kmsg_fd is not None and self._kmsg_fd >= 0:
-            os.close(self._kmsg_fd)
-            self._kmsg_fd = None
+        self.kmsg.close()
         for net in self._nets:              # no record is lost: committed as they stand
             net.record.note = ((net.record.note + "; ") if net.record.note else "") + \
                 "the daemon stopped before the safety net's last look"

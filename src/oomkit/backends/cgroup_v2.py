@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import select
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from oomkit.backends.live import (
     OOM_SCORE_ADJ_MIN,
     Dispatcher,
     Holder,
+    KernelLog,
     LiveBackend,
     LiveSettings,
     mark_for_kernel,
@@ -459,7 +459,7 @@ class V2Stack:
         self.watches: dict[int, str] = {}           # memory.events watch -> cgroup
         self._psi: dict[str, int] = {}              # cgroup -> PSI trigger fd (opt-in)
         self._kmsg_backlog: list[str] = []
-        self._kmsg_fd: int | None = None
+        self.kmsg = KernelLog()
         self._reported: dict[int, float] = {}       # victim pid -> when reported (6.1 counts twice)
         # cgroup -> kills reported ahead of memory.events.local's count (their
         # kmsg lines were read with an earlier count's): later counts use them up
@@ -654,16 +654,14 @@ class V2Stack:
             self.daemon.unregister(self.inotify.fileno(), close=False)
             self._registered = False
         self.inotify.close()
-        if self._kmsg_fd is not None:
-            os.close(self._kmsg_fd)
-            self._kmsg_fd = None
+        self.kmsg.close()
 
     # -- taking and releasing a cgroup --------------------------------------------------
 
     def _take(self, path: str) -> None:
         # /dev/kmsg is read from where it stood when we started watching: a kernel
         # kill's "Killed process" line is written before we wake for it.
-        self._kmsg()
+        self.kmsg.fd()
         self.watched.add(path)
         ep = Episode(path, events=self.fs.events(path),
                      local_kills=self.fs.events(path, local=True).get("oom_kill", 0))
@@ -1227,7 +1225,7 @@ class V2Stack:
         """The kernel's victims in ``path`` from /dev/kmsg, for each the memcg whose
         limit was hit (absent for a global OOM), and the oom_score_adj its report
         shows; the log lines may trail the counter a little, so wait up to ``wait``."""
-        fd = self._kmsg()
+        fd = self.kmsg.fd()
         if fd is None:
             return [], {}, {}
         clock, records = self.backend.clock, self._kmsg_backlog
@@ -1248,15 +1246,6 @@ class V2Stack:
         self._kmsg_backlog = [r for r, f in parsed if f.get("pid") not in taken][-200:]
         return (victims, {v.pid: m for v in victims if (m := memcgs.get(v.pid))},
                 {v.pid: a for v in victims if (a := adjs.get(v.pid)) is not None})
-
-    def _kmsg(self) -> int | None:
-        if self._kmsg_fd is None:
-            try:
-                self._kmsg_fd = notify.open_kmsg()
-            except KernelError as exc:
-                log.debug("oomkit: /dev/kmsg unavailable (%s): kernel victims unnamed", exc)
-                return None
-        return self._kmsg_fd
 
     # -- the opt-in pressure path -------------------------------------------------------
 

@@ -36,8 +36,8 @@ from oomkit.context import (
     parent_of,
 )
 from oomkit.engine.clock import Clock, MonotonicClock
-from oomkit.errors import CgroupGone, TaskGone
-from oomkit.linux import kcmp, parse, pidfd
+from oomkit.errors import CgroupGone, KernelError, TaskGone
+from oomkit.linux import kcmp, notify, parse, pidfd
 from oomkit.linux.bpftasks import BpfTasks, cgroup_key
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
@@ -551,6 +551,30 @@ def unmark(proc: ProcFS, holder: Holder, pid: int, original: int, starttime: int
     except TaskGone:
         log.debug("oomkit: marked pid %d exited before it was put back", pid)
     holder.drop(str(proc.root / str(pid) / "oom_score_adj"))
+
+
+class KernelLog:
+    """/dev/kmsg, for the kernel's own reports of its kills: opened on first use
+    (from where it stood then: a kill's lines are written before we wake for it)
+    and, if it cannot be, not tried again (kernel victims go unnamed)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._failed = False
+
+    def fd(self) -> int | None:
+        if self._fd is None and not self._failed:
+            try:
+                self._fd = notify.open_kmsg()
+            except KernelError as exc:
+                log.debug("oomkit: /dev/kmsg unavailable (%s): kernel victims unnamed", exc)
+                self._failed = True
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def victims_from_kmsg(records: list[str]) -> list[Release]:
