@@ -619,3 +619,17 @@ def test_two_kills_read_at_one_count_make_no_empty_record_at_the_next(tree, star
     d.events.close()
     records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [[k["pid"] for k in r["killed"]] for r in records] == [[PID_A], [PID_B]], records
+
+
+def test_a_take_reads_the_tasks_once_for_all_its_rehearsals(tree, started, monkeypatch):
+    """The victim's rehearsal, its successors' and their grading all see one read
+    of the tasks: one /proc (or BPF) pass per take, whatever the depth."""
+    mount, proc = tree
+    d = started(policy="newest-task")
+    ep = d.stack.episodes["/box/a"]
+    reads = []
+    real = d.backend._read_tasks
+    monkeypatch.setattr(d.backend, "_read_tasks", lambda scope: reads.append(scope) or real(scope))
+    d.stack._decide(ep, 8 * MiB)
+    assert len(ep.armed) == 2                      # the victim and a successor
+    assert reads == ["/box/a"], reads

@@ -249,18 +249,24 @@ class Rehearsal:
         self.chosen: list[tuple[list[TaskInfo], str | None]] = []
         self.sharers: dict[int, tuple[int, ...]] = {}    # a chosen pid -> the pids sharing its mm
         self.gone: frozenset[int] = frozenset()          # a successor's rehearsal: these are dead
+        self._read: dict[str, LazyTasks] = {}            # this take's tasks, by scope: read once
 
     def begin(self, zone_size: int, gone: Iterable[int] = ()) -> None:
         """A new rehearsal; with ``gone``, of the OOM that follows their deaths
-        (a successor's): they are not in the context, and nothing real is done."""
+        (a successor's, in the same take): they are not in the context, nothing
+        real is done, and the tasks are the ones the take's first rehearsal read."""
         self.zone_size, self.chosen, self.sharers = zone_size, [], {}
         self.gone = frozenset(gone)
+        if not self.gone:
+            self._read = {}
 
     def cgroups(self, oom, scope):
         return self.live.cgroups(oom, scope)
 
     def tasks(self, oom, scope) -> LazyTasks:
-        tasks = self.live.tasks(oom, scope)
+        tasks = self._read.get(scope)
+        if tasks is None:
+            tasks = self._read[scope] = self.live.tasks(oom, scope)
         gone = self.gone
         if not gone:
             return tasks
@@ -269,6 +275,13 @@ class Rehearsal:
 
     def task(self, pid):
         return self.live.task(pid)
+
+    def read(self, oom: OOMEvent, memcg: str) -> tuple[TaskInfo, ...]:
+        """``memcg``'s tasks as this take's rehearsals read them (read now if none did)."""
+        for scope, tasks in self._read.items():
+            if is_within(memcg, scope):
+                return tasks.in_cgroup(memcg)
+        return tuple(self.live.tasks(oom, memcg))
 
     def totalpages(self, oom) -> int:
         return self.live.totalpages(oom)
@@ -866,7 +879,10 @@ class V2Stack:
                 successor = rank.victim
                 assert successor is not None        # only one-task ranks have successors
                 want.setdefault(successor.pid, (successor, value, rank))
-        self._fix_strays(ep)
+        try:
+            self._fix_strays(ep, self.rehearsal.read(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg))
+        except CgroupGone:
+            log.debug("oomkit: %s gone while its strays were looked for", ep.memcg)
         # The new victim first, the stale marks last: the kernel may OOM between
         # two writes, and must find the chain's choice at 1000 at every instant.
         for pid, (t, value, rank) in want.items():
@@ -895,14 +911,14 @@ class V2Stack:
                     self._unarm(other)      # the machine's decision alone stands now
 
     def _grades(self, ep: Episode, ranks: list[Rank]) -> list[int]:
-        """:func:`grade` over the memcg as it is now: the others (not exiting) at the
+        """:func:`grade` over the memcg as this take read it: the others (not exiting) at the
         values they have (another memcg's mark included), room to grow = the
         limit less every task's memory (growth past it reclaims page cache, not rss)."""
         oom = OOMEvent(Level.MEMCG, ep.memcg)
         chain = [*ranks[0].victims, *(r.victim for r in ranks[1:])]
         dying = set().union(*(r.dying() for r in ranks))
         try:
-            tasks = list(self.backend.tasks(oom, ep.memcg))
+            tasks = self.rehearsal.read(oom, ep.memcg)
             limit = self.fs.limit(ep.memcg)
             pages = self.backend.totalpages(oom)
         except CgroupGone:
@@ -962,17 +978,19 @@ class V2Stack:
         else:
             log.debug("oomkit: pid %d not moved to %d: gone", armed.pid, value)
 
-    def _fix_strays(self, ep: Episode) -> None:
+    def _fix_strays(self, ep: Episode, tasks: Iterable[TaskInfo] | None = None) -> None:
         """A task forked by a marked one inherits its mark (kernel/fork.c copies
         signal->oom_score_adj): put each such child back to its marked ancestor's
-        own value, so nothing of ours outlives the decision."""
+        own value, so nothing of ours outlives the decision.  ``tasks``: the
+        memcg's, as a take just read them (else read now)."""
         if not ep.armed or self.backend.dry_run:
             return
         proc = self.backend.proc
-        try:
-            tasks = self.backend.tasks(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg)
-        except CgroupGone:
-            return
+        if tasks is None:
+            try:
+                tasks = self.backend.tasks(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg)
+            except CgroupGone:
+                return
         for t in tasks:
             if t.oom_score_adj <= 0 or t.pid in self.armed:
                 continue
