@@ -35,3 +35,13 @@ def replace_file(path: Path, data: bytes, mode: int, tmp_name: str) -> None:
         except OSError as exc:
             log.debug("oomkit: %s not removed: %s", tmp, exc)
         raise
+
+
+def remove_file(path: str | Path, what: str) -> None:
+    """Remove ``path`` if it is there; a failure is logged (``what`` names it), not raised."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.debug("oomkit: %s %s not removed: %s", what, path, exc)

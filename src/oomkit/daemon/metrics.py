@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from oomkit.daemon.files import replace_file
+from oomkit.daemon.files import remove_file, replace_file
 from oomkit.daemon.status import BUCKETS, DaemonStatus, Timings
 from oomkit.errors import ConfigError
 from oomkit.text import for_record
@@ -165,7 +165,7 @@ class Exporter:
             self._server.server_close()
             self._server = None
         if self.textfile is not None and self.latest is not None:
-            remove_textfile(self.textfile)
+            remove_file(self.textfile, "the metrics textfile")
 
 
 def write_textfile(path: str | Path, data: bytes) -> None:
@@ -179,10 +179,3 @@ def write_textfile(path: str | Path, data: bytes) -> None:
         log.warning("oomkit: could not write the metrics textfile %s (%s)", path, exc.strerror or exc)
 
 
-def remove_textfile(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.debug("oomkit: metrics textfile %s not removed at exit: %s", path, exc)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oomkit.daemon import watchdog as watchdog_module
-from oomkit.daemon.files import replace_file
+from oomkit.daemon.files import remove_file, replace_file
 from oomkit.errors import ConfigError, KernelError
 from oomkit.linux import pidfd
 
@@ -108,7 +108,7 @@ class Restorer:
         if self._journal is not None:
             os.close(self._journal)
             self._journal = None
-            _unlink(self.state_dir / STATE)
+            remove_file(self.state_dir / STATE, "the state file")
         if self._lock_fd is not None:
             os.close(self._lock_fd)     # releases the flock
             self._lock_fd = None
@@ -459,7 +459,7 @@ def _restore_locked(state_dir: Path) -> list[str]:
         lines.append(f"{done}: {_show(entry.path)} (back to {_show(entry.restore)})")
     if bad:
         lines.append(f"{bad} lines of {state_dir / STATE} not understood, skipped")
-    _unlink(state_dir / STATE)
+    remove_file(state_dir / STATE, "the state file")
     return lines
 
 
@@ -470,15 +470,6 @@ def _opt_int(v) -> bool:
 def _show(text: str) -> str:
     """A path or value from hostile names, printable on one line."""
     return text if text.isprintable() else ascii(text)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.debug("oomkit: could not remove %s: %s", path, exc)
 
 
 def _ready(fd: int, events: int, timeout: float) -> bool:
