@@ -193,3 +193,10 @@ def check_record(ev: dict, memcg: str, resolved_by: str | None = None) -> None:
 
 def killed_pids(ev: dict) -> set[int]:
     return {k["pid"] for k in ev["killed"]}
+
+
+def brief(events: list[dict]) -> list[str]:
+    """One line per record, for an assertion's message: what ended it, who died, why."""
+    return [f"{e.get('resolved_by')} killed={[(k.get('pid'), k.get('by')) for k in e.get('killed', [])]} "
+            f"errors={[h.get('error') for h in e.get('handlers', [])]} note={e.get('note')!r} "
+            f"at={e.get('detected_at')}" for e in events]

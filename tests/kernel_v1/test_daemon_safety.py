@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import check_record, killed_pids
+from helpers.daemon import brief, check_record, killed_pids
 from helpers.procs import until, watchdogs_of
 from oomkit.linux.pidfd import send_signal
 
@@ -204,7 +204,7 @@ def test_bad_policy_kernel_takes_over_then_ejected(sandbox, oomkit_daemon, tmp_p
         hog = sandbox.hog(a, 40)
         assert hog.wait_exit(5), f"OOM {i + 1}: nobody killed the hog"
         events = d.wait_events(i + 1)
-        assert len(events) == i + 1, d.stderr()
+        assert len(events) == i + 1, (d.stderr(), brief(events))
         ev = events[-1]
         check_record(ev, a, "kernel")
         assert sandbox.fs.oom_control(a)["oom_kill"] == i + 1

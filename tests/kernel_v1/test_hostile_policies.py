@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.daemon import check_record
+from helpers.daemon import brief, check_record
 from helpers.procs import end_by_pidfd
 from oomkit.linux import pidfd as _pidfd
 
@@ -128,7 +128,7 @@ def test_hostile_policy_rule_intact(sandbox, oomkit_daemon, tmp_path: Path, byst
         hog = sandbox.hog(a, 40)
         assert hog.wait_exit(10), f"{policy}: OOM {i + 1} stayed paused"
         events = d.wait_events(i + 1)
-        assert len(events) == i + 1, d.stderr()
+        assert len(events) == i + 1, (d.stderr(), brief(events))
         ev = events[-1]
         check_record(ev, a, "kernel")           # no relief that did not happen
         assert [k["by"] for k in ev["killed"]] == ["kernel"], ev

@@ -244,3 +244,41 @@ def test_the_proc_connector_reports_a_new_process():
         assert (os.getpid(), child.pid) in seen, seen[:20]
     finally:
         events.close()
+
+
+def test_a_waiter_woken_then_paused_again_is_still_the_same_oom(sandbox, monkeypatch):
+    """A paused memcg's tasks are woken by any uncharge in it (another task's
+    exit, a dead task's kernel memory freed after RCU) or a raised limit
+    (memcg1_oom_recover, mm/memcontrol-v1.c); the woken hog drops ``under_oom``
+    while it retries, and raises it again when the retry fails.  That dip is
+    not the OOM's end: ``condition_gone`` must not say so while the hog still
+    waits (the daemon wrote a second record, "cleared without a release", for
+    one OOM when it read the dip).  Here the wake is a 64 KiB raise of the
+    limit: too little for the hog, and less than any charge's margin."""
+    from oomkit.backends.base import OOMEvent
+    from oomkit.backends.cgroup_v1 import CgroupV1Backend
+
+    fs = sandbox.fs
+    cg, ev, _hog = paused_oom(sandbox)
+    ev.read()
+    backend = CgroupV1Backend(fs, ProcFS(), dry_run=True)
+    oom = OOMEvent("memcg", cg)
+    assert not backend.condition_gone(oom)
+    read, seen = fs.oom_control, []
+
+    def oom_control(path: str) -> dict:
+        seen.append(read(path)["under_oom"])      # every read, condition_gone's too
+        return {"under_oom": seen[-1]}
+
+    monkeypatch.setattr(fs, "oom_control", oom_control)
+    fs.set_limit(cg, 32 * MiB + 64 * 1024)
+    # Sampled from the raise on: the dip comes and goes within a few ms, then
+    # the hog pauses again and says so.
+    gone = 0
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        gone += backend.condition_gone(oom)
+    assert ev.read() >= 1, "the woken hog did not OOM again"
+    assert read(cg)["under_oom"], "the hog is no longer paused"
+    assert not all(seen), "no dip of under_oom was seen: this test saw nothing to judge"
+    assert gone == 0, f"condition_gone said the paused OOM ended {gone} times"

@@ -70,6 +70,7 @@ class CgroupV1Backend(LiveBackend):
     SETTLE = 0.5
     VICTIM_EXIT = 1.0       # the safety net: how long our victims may take to exit,
     GRACE = 0.25            # then how long a released OOM may take to clear
+    CLEAR_FOR = 0.03        # under_oom must stay 0 this long to end an OOM (_stays_clear)
 
     def _swap(self, path: str) -> int:
         try:
@@ -81,11 +82,33 @@ class CgroupV1Backend(LiveBackend):
     def condition_gone(self, oom: OOMEvent) -> bool:
         if oom.level == "memcg":
             try:
-                if not self.fs.oom_control(oom.memcg)["under_oom"]:
-                    return True
+                if not self._under_oom(oom.memcg):
+                    return self._stays_clear(oom.memcg)
             except CgroupGone:
                 return True
         return super().condition_gone(oom)
+
+    def _under_oom(self, path: str) -> bool:
+        return bool(self.fs.oom_control(path)["under_oom"])
+
+    def _stays_clear(self, path: str) -> bool:
+        """``under_oom`` 0 and still 0 ``CLEAR_FOR`` later.  One 0 is not the OOM's
+        end: any uncharge in the memcg (another task's exit, a dead task's kernel
+        memory freed after RCU) or a raised limit wakes the paused tasks
+        (memcg1_oom_recover), and a
+        woken task drops ``under_oom`` while it retries its charge, raising it again
+        and re-notifying when the retry fails (memcg1_oom_synchronize,
+        mm/memcontrol-v1.c).  Measured on 6.18: a 4 MiB uncharge under a paused
+        hog left ``under_oom`` 0 for ~3 ms before it paused again."""
+        deadline = self.clock.now() + self.CLEAR_FOR
+        while self.clock.now() < deadline:
+            self.clock.sleep(POLL)
+            try:
+                if self._under_oom(path):
+                    return False
+            except CgroupGone:
+                return True
+        return True
 
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
         """Hand the OOM back (``oom_kill_disable 0``: the kernel kills at once),
