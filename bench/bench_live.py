@@ -419,7 +419,7 @@ def write_section(name: str, text: str) -> None:
         "# oomkit on real cgroup v1 memcgs: benchmark results\n\n"
         "Written by `bench/bench_live.py` (each section by its own subcommand; see\n"
         "bench/README.md). The peers' comparison is in RESULTS-peers.md.\n\n")
-    order = ["latency", "idle", "scaling", "runners", "roundtrip", "storm", "storm-notes"]
+    order = ["latency", "executor", "idle", "scaling", "runners", "roundtrip", "storm", "storm-notes"]
     if begin in content and end in content:
         a, b = content.index(begin), content.index(end) + len(end) + 1
         content = content[:a] + block + content[b:]
@@ -586,6 +586,103 @@ def bench_latency(args) -> None:
     text = "\n".join(lines)
     print(text)
     write_section("latency", text)
+
+
+# -- 1b. who executes the kill on v1: the daemon or the kernel ---------------------------------
+
+EXECUTORS = ("daemon", "kernel")
+
+
+def executor_trial(bench: Bench, d: DaemonProc, cg: str, efd: notify.OOMEventFD, usage: int,
+                   limit: int, executor: str, bad: list[str], i: int) -> tuple[dict, float | None]:
+    """One OOM in ``cg``, managed by ``d``: its timings, and the daemon's own latency_ms."""
+    before = len(d.events())
+    r = one_trial(bench, cg, efd, usage, limit, 64)
+    ev = d.wait_events(before + 1, 5)
+    if len(ev) != before + 1:
+        bad.append(f"{executor} trial {i}: {len(ev) - before} records")
+        return r, None
+    e = ev[-1]
+    if e["resolved_by"] != "policy" or [k["pid"] for k in e["killed"]] != [r["pid"]]:
+        bad.append(f"{executor} trial {i}: {e['resolved_by']} {e['killed']}")
+    if (e.get("executed_by") == "kernel") != (executor == "kernel"):
+        bad.append(f"{executor} trial {i}: executed by {e.get('executed_by')}")
+    return r, e.get("latency_ms")
+
+
+def bench_executor(args) -> None:
+    """issue 9 on v1: ``executor = "kernel"`` (the paused OOM handed back with the
+    chain's victim marked, the kernel kills it) against the daemon's own kill
+    (pidfd) and the kernel alone, one memcg each, trials interleaved."""
+    n = args.trials
+    info = header()
+    bench = Bench()
+    limit = 32 * MiB
+    res: dict[str, list[dict]] = {w: [] for w in (*EXECUTORS, "alone")}
+    daemon_ms: dict[str, list[float]] = {w: [] for w in EXECUTORS}
+    bad: list[str] = []
+    try:
+        groups = [bench.mk(f"sleep/g{i:02d}") for i in range(50)] if bench.mk("sleep") else []
+        bench.sleepers(groups, args.sleepers // 50)
+        sides = {}
+        for w in EXECUTORS:
+            cg = bench.mk(f"x-{w}", limit)
+            d = DaemonProc(bench, [(cg, "largest-task")], name=f"executor-{w}", executor=w).start()
+            sides[w] = (cg, d, notify.register_oom_eventfd(bench.fs, cg), bench.fs.open(cg, "memory.usage_in_bytes"))
+        alone = bench.mk("x-alone", limit)
+        alone_efd = notify.register_oom_eventfd(bench.fs, alone)
+        alone_usage = bench.fs.open(alone, "memory.usage_in_bytes")
+        order = [*EXECUTORS, "alone"]
+        for i in range(n):
+            for who in order[i % 3:] + order[:i % 3]:
+                if who == "alone":
+                    kills = bench.fs.oom_control(alone)["oom_kill"]
+                    res[who].append(one_trial(bench, alone, alone_efd, alone_usage, limit, 64))
+                    if bench.fs.oom_control(alone)["oom_kill"] != kills + 1:
+                        bad.append(f"kernel-alone trial {i}: oom_kill did not move by one")
+                    continue
+                cg, d, efd, usage = sides[who]
+                r, ms = executor_trial(bench, d, cg, efd, usage, limit, who, bad, i)
+                res[who].append(r)
+                if ms is not None:
+                    daemon_ms[who].append(ms)
+        for _cg, d, efd, usage in sides.values():
+            d.stop()
+            efd.close()
+            os.close(usage)
+        alone_efd.close()
+        os.close(alone_usage)
+    finally:
+        bench.cleanup_or_warn()
+    label = {"daemon": "oomkit, `executor = \"daemon\"` (default): the daemon kills by pidfd",
+             "kernel": "oomkit, `executor = \"kernel\"`: handed back, the kernel kills the marked task",
+             "alone": "the kernel alone (not managed)"}
+    lines = head("## 1b. Who executes the kill on v1: the daemon or the kernel (issue 9)", info) + [
+        f"`python bench/bench_live.py executor` (n = {n} trials each, the three sides in turn, "
+        f"{args.sleepers} sleeping tasks elsewhere). As section 1 (a Python hog touching 64 MiB "
+        "in a 32 MiB memcg, `largest-task` attached to it, the policy in its worker), with two "
+        "daemons side by side, one per executor, each managing its own memcg, and a third "
+        "memcg left to the kernel. With `executor = \"kernel\"` the chain's victim is marked "
+        "(`oom_score_adj` 1000) and the paused OOM handed back (`oom_kill_disable 0`): the "
+        "kernel's own killer kills it (its report, its `oom_kill` count, the OOM reaper), and "
+        "the OOM is taken back. Times in ms, as section 1.", "",
+        "| who | n | notify→uncharged median | p99 | stall→uncharged median | p99 | "
+        "notify→exit median | daemon latency_ms median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for who in (*EXECUTORS, "alone"):
+        rs = res[who]
+        nu = summary([r["notify_unc"] for r in rs if r["notify_unc"] is not None])
+        su = summary([r["stall_unc"] for r in rs if r["stall_unc"] is not None])
+        ne = summary([r["notify_exit"] for r in rs if r["notify_exit"] is not None])
+        dm = summary(daemon_ms[who]) if who in daemon_ms else {"n": 0}
+        lines.append(f"| {label[who]} | {len(rs)} | {fmt(nu)} | {fmt(nu, 'p99')} | {fmt(su)} | "
+                     f"{fmt(su, 'p99')} | {fmt(ne)} | {fmt(dm)} |")
+    lines.append("")
+    if bad:
+        lines.append("- problems: " + "; ".join(bad[:8]))
+    text = "\n".join(lines)
+    print(text)
+    write_section("executor", text)
 
 
 # -- 2. idle cost ----------------------------------------------------------------------------
@@ -1366,7 +1463,8 @@ def _on_signal(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["latency", "idle", "scaling", "runners", "roundtrip", "storm", "all"])
+    ap.add_argument("what", choices=["latency", "executor", "idle", "scaling", "runners", "roundtrip",
+                                     "storm", "all"])
     ap.add_argument("--trials", type=int, default=30, help="latency: trials per side and size (30)")
     ap.add_argument("--sizes", default=None, help="latency: managed memcgs (1,100,1000); scaling: tasks")
     ap.add_argument("--attach", default="each,parent", help="latency: each, parent or both (each,parent)")
@@ -1405,6 +1503,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 a.trials, a.sleepers = min(args.trials, 5), min(args.sleepers, 500)
             bench_latency(a)
+        elif what == "executor":
+            if args.quick:
+                a.trials, a.sleepers = min(args.trials, 5), min(args.sleepers, 500)
+            bench_executor(a)
         elif what == "idle":
             a.memcgs = args.memcgs or 1000
             if args.quick:

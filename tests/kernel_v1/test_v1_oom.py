@@ -253,7 +253,7 @@ def test_a_waiter_woken_then_paused_again_is_still_the_same_oom(sandbox, monkeyp
     while it retries, and raises it again when the retry fails.  That dip is
     not the OOM's end: ``condition_gone`` must not say so while the hog still
     waits (the daemon wrote a second record, "cleared without a release", for
-    one OOM when it read the dip).  Here the wake is a 64 KiB raise of the
+    one OOM when it read the dip).  Here the wake is a 1 MiB raise of the
     limit: too little for the hog, and less than any charge's margin."""
     from oomkit.backends.base import OOMEvent
     from oomkit.backends.cgroup_v1 import CgroupV1Backend
@@ -271,7 +271,7 @@ def test_a_waiter_woken_then_paused_again_is_still_the_same_oom(sandbox, monkeyp
         return {"under_oom": seen[-1]}
 
     monkeypatch.setattr(fs, "oom_control", oom_control)
-    fs.set_limit(cg, 32 * MiB + 64 * 1024)
+    fs.set_limit(cg, 33 * MiB)
     # Sampled from the raise on: the dip comes and goes within a few ms, then
     # the hog pauses again and says so.
     gone = 0

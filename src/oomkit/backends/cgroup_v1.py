@@ -83,7 +83,7 @@ class CgroupV1Backend(LiveBackend):
         if oom.level == "memcg":
             try:
                 if not self._under_oom(oom.memcg):
-                    return self._stays_clear(oom.memcg)
+                    return self._stays_clear(oom)
             except CgroupGone:
                 return True
         return super().condition_gone(oom)
@@ -91,20 +91,23 @@ class CgroupV1Backend(LiveBackend):
     def _under_oom(self, path: str) -> bool:
         return bool(self.fs.oom_control(path)["under_oom"])
 
-    def _stays_clear(self, path: str) -> bool:
-        """``under_oom`` 0 and still 0 ``CLEAR_FOR`` later.  One 0 is not the OOM's
-        end: any uncharge in the memcg (another task's exit, a dead task's kernel
-        memory freed after RCU) or a raised limit wakes the paused tasks
-        (memcg1_oom_recover), and a
-        woken task drops ``under_oom`` while it retries its charge, raising it again
-        and re-notifying when the retry fails (memcg1_oom_synchronize,
-        mm/memcontrol-v1.c).  Measured on 6.18: a 4 MiB uncharge under a paused
-        hog left ``under_oom`` 0 for ~3 ms before it paused again."""
+    def _stays_clear(self, oom: OOMEvent) -> bool:
+        """``under_oom`` 0: over once there is room for the charge (the woken tasks'
+        retry succeeds), or once it stays 0 for ``CLEAR_FOR``.  One 0 alone is not
+        the OOM's end: any uncharge in the memcg (another task's exit, a dead task's
+        kernel memory freed after RCU) or a raised limit wakes the paused tasks
+        (memcg1_oom_recover), and a woken task drops ``under_oom`` while it retries
+        its charge, raising it again and re-notifying when the retry fails
+        (memcg1_oom_synchronize, mm/memcontrol-v1.c).  Measured on 6.18: a 4 MiB
+        uncharge under a paused hog left ``under_oom`` 0 for ~3 ms before it paused
+        again."""
         deadline = self.clock.now() + self.CLEAR_FOR
-        while self.clock.now() < deadline:
+        while not super().condition_gone(oom):
+            if self.clock.now() >= deadline:
+                return True
             self.clock.sleep(POLL)
             try:
-                if self._under_oom(path):
+                if self._under_oom(oom.memcg):
                     return False
             except CgroupGone:
                 return True
