@@ -329,3 +329,55 @@ def test_a_worker_whose_cpu_clock_is_gone_is_a_dead_worker_not_a_crash(tmp_path,
     """, engine={"handler_deadline": "100ms"})
     records = three_ooms(sim)
     assert_failed_and_ejected(records, "worker")
+
+
+def test_tasks_the_daemon_read_already_come_with_the_call_and_others_are_asked_for():
+    """A context whose tasks the daemon holds read (a standing decision's
+    successors) sends them in the call's header: the worker's oc.tasks has
+    them without a request; a context nobody read sends none (nothing is read
+    for it), and the worker asks on first use, as before."""
+    from oomkit.context import LazyTasks, OOMContext, TaskInfo
+    from oomkit.sandbox import channel, worker
+    from oomkit.sandbox.runner import read_already
+
+    rows = [TaskInfo(7, "a", ("a",), "/box/w", 1 * M, 0, 0, 0, 0, 1.0, False),
+            TaskInfo(8, "b", ("b",), "/box/v", 2 * M, 0, 0, 0, 0, 2.0, False)]
+    reads: list = []
+
+    def ctx(memcg, tasks):
+        return OOMContext(level="memcg", memcg=memcg, attached_to="/box", nodes=(), requested=0,
+                          cgroups={}, tasks=tasks, totalpages=1000, freed=lambda: 0,
+                          in_flight=lambda: ())
+
+    def lazy():
+        return LazyTasks(lambda: reads.append("all") or rows,
+                         lambda p: reads.append(p) or [t for t in rows if t.cgroup == p])
+
+    class Asked:
+        def __init__(self):
+            self.asked: list = []
+
+        def ask(self, *request):
+            self.asked.append(request)
+            return [] if request[0] in ("tasks", "subtree") else None
+
+    def crossed(header):        # as the channel carries it
+        return channel._decoder.decode(channel.encode(header))
+
+    assert read_already(ctx("/box/w", lazy())) == {} and reads == []
+    whole = lazy()
+    len(whole)
+    remote = Asked()
+    oc = worker.context(remote, {"level": "memcg", "memcg": "/box/w", "attached_to": "/box",
+                                 "nodes": [], "requested": 0, "totalpages": 1000,
+                                 **crossed(read_already(ctx("/box/w", whole)))})
+    assert list(oc.tasks) == rows and oc.tasks.in_cgroup("/box/v") == (rows[1],)
+    assert remote.asked == []
+    part = lazy()
+    part.in_cgroup("/box/w")
+    remote = Asked()
+    oc = worker.context(remote, {"level": "memcg", "memcg": "/box/w", "attached_to": "/box",
+                                 "nodes": [], "requested": 0, "totalpages": 1000,
+                                 **crossed(read_already(ctx("/box/w", part)))})
+    assert oc.tasks.in_cgroup("/box/w") == (rows[0],) and remote.asked == []
+    assert list(oc.tasks) == [] and remote.asked == [("tasks",)]    # not sent: asked for

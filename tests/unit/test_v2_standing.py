@@ -633,3 +633,55 @@ def test_a_take_reads_the_tasks_once_for_all_its_rehearsals(tree, started, monke
     d.stack._decide(ep, 8 * MiB)
     assert len(ep.armed) == 2                      # the victim and a successor
     assert reads == ["/box/a"], reads
+
+
+def test_a_take_reads_totalpages_and_cgroups_once_and_asks_its_worker_for_tasks_once(
+        tree, started, monkeypatch):
+    """A take's successors use the victim's rehearsal's totalpages and cgroups (a
+    take blocks the loop: under emulation each read costs milliseconds), and
+    their policy worker gets the tasks with the call instead of asking for them."""
+    from oomkit.sandbox import runner
+
+    mount, proc = tree
+    task(proc, PID_A + 10, "late", 1024)            # a third task in /box/a: depth 3
+    (mount / "box" / "a" / "cgroup.procs").write_text(f"{PID_A}\n{PID_B}\n{PID_A + 10}\n")
+    d = started(policy="newest-task")
+    ep = d.stack.episodes["/box/a"]
+    pages, infos, asked = [], [], []
+    real_pages, real_info, real_answer = d.backend.totalpages, d.backend.cgroup_info, runner._Server.answer
+    monkeypatch.setattr(d.backend, "totalpages", lambda oom: pages.append(oom) or real_pages(oom))
+    monkeypatch.setattr(d.backend, "cgroup_info", lambda p: infos.append(p) or real_info(p))
+    monkeypatch.setattr(runner._Server, "answer",
+                        lambda self, req: asked.append(req[0]) or real_answer(self, req))
+    rehearsals = []
+    real_handle = d.stack.decider.handle
+    monkeypatch.setattr(d.stack.decider, "handle", lambda oom: rehearsals.append(oom) or real_handle(oom))
+    d.stack._decide(ep, 8 * MiB)
+    assert len(ep.ranks) == 2 and len(rehearsals) == 4    # late, sleep (placed), hog, nobody
+    assert len(pages) == 1 and infos == ["/box/a"], (pages, infos)
+    assert asked.count("subtree") + asked.count("tasks") == 1, asked
+    assert asked.count("kill_task") == 3, asked
+
+
+def test_a_takes_ranks_and_marks_are_the_same_in_a_worker_and_in_process(tree, started):
+    """The successors' tasks sent with the call change nothing a worker's policy
+    decides: the same ranks, records (snapshots included) and marks as in process."""
+    import msgspec
+
+    mount, proc = tree
+    task(proc, PID_A + 10, "late", 1024)
+    (mount / "box" / "a" / "cgroup.procs").write_text(f"{PID_A}\n{PID_B}\n{PID_A + 10}\n")
+    out = {}
+    for runner in ("worker", "inprocess"):
+        d = started(policy="newest-task", policy_runner=runner)
+        ep = d.stack.episodes["/box/a"]
+        d.stack._decide(ep, 8 * MiB)
+        records = [msgspec.to_builtins(r) for r in ep.ranks]
+        for r in records:
+            r.pop("t", None)
+            for h in r["handlers"]:
+                h.pop("ms", None)
+        out[runner] = (records, {p: a.value for p, a in d.stack.armed.items()})
+        d.stop()
+    assert len(out["worker"][0]) == 2 and out["worker"][0][1]["snapshot"]["read"] == "before"
+    assert out["worker"] == out["inprocess"]

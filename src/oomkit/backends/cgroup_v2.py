@@ -65,7 +65,7 @@ from oomkit.backends.live import (
     unmark,
     victims_from_kmsg,
 )
-from oomkit.context import LazyTasks, Level, TaskInfo, ancestors, is_within
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, ancestors, is_within
 from oomkit.engine.chain import Engine
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
@@ -249,19 +249,30 @@ class Rehearsal:
         self.chosen: list[tuple[list[TaskInfo], str | None]] = []
         self.sharers: dict[int, tuple[int, ...]] = {}    # a chosen pid -> the pids sharing its mm
         self.gone: frozenset[int] = frozenset()          # a successor's rehearsal: these are dead
-        self._read: dict[str, LazyTasks] = {}            # this take's tasks, by scope: read once
+        # What a take reads once, for all its rehearsals (one consistent view, and
+        # a take blocks the loop: under TCG each read of meminfo or a cgroup's
+        # files costs a millisecond or more): its tasks and cgroups by scope, its
+        # totalpages by OOM.  A raise at the headroom (the first rehearsal's, real)
+        # drops the cgroups and totalpages: the limit they hold has moved.
+        self._read: dict[str, LazyTasks] = {}
+        self._cgroups: dict[str, LazyMapping[CgroupInfo]] = {}
+        self._pages: dict[tuple[str, str], int] = {}
 
     def begin(self, zone_size: int, gone: Iterable[int] = ()) -> None:
         """A new rehearsal; with ``gone``, of the OOM that follows their deaths
         (a successor's, in the same take): they are not in the context, nothing
-        real is done, and the tasks are the ones the take's first rehearsal read."""
+        real is done, and the tasks, cgroups and totalpages are the ones the
+        take's first rehearsal read."""
         self.zone_size, self.chosen, self.sharers = zone_size, [], {}
         self.gone = frozenset(gone)
         if not self.gone:
-            self._read = {}
+            self._read, self._cgroups, self._pages = {}, {}, {}
 
-    def cgroups(self, oom, scope):
-        return self.live.cgroups(oom, scope)
+    def cgroups(self, oom, scope) -> LazyMapping[CgroupInfo]:
+        cgroups = self._cgroups.get(scope)
+        if cgroups is None:
+            cgroups = self._cgroups[scope] = self.live.cgroups(oom, scope)
+        return cgroups
 
     def tasks(self, oom, scope) -> LazyTasks:
         tasks = self._read.get(scope)
@@ -270,8 +281,21 @@ class Rehearsal:
         gone = self.gone
         if not gone:
             return tasks
-        return LazyTasks(lambda: [t for t in tasks if t.pid not in gone],
+        # A successor's tasks are the take's read less the dead, given read already
+        # where the victim's rehearsal read them (no I/O: a filter): the same policy
+        # reads them again, and a worker then gets them with the call instead of
+        # asking for them, a round trip saved per successor.
+        whole = tasks.loaded(scope)
+        if whole is not None:
+            view = LazyTasks(tuple(t for t in whole if t.pid not in gone))
+            len(view)
+            return view
+        view = LazyTasks(lambda: [t for t in tasks if t.pid not in gone],
                          lambda path: [t for t in tasks.in_cgroup(path) if t.pid not in gone])
+        memcg = oom.memcg if oom is not None else scope
+        if memcg != scope and is_within(memcg, scope) and tasks.loaded(memcg) is not None:
+            view.in_cgroup(memcg)
+        return view
 
     def task(self, pid):
         return self.live.task(pid)
@@ -284,7 +308,11 @@ class Rehearsal:
         return tuple(self.live.tasks(oom, memcg))
 
     def totalpages(self, oom) -> int:
-        return self.live.totalpages(oom)
+        key = (str(oom.level), oom.memcg)
+        pages = self._pages.get(key)
+        if pages is None:
+            pages = self._pages[key] = self.live.totalpages(oom)
+        return pages
 
     def headroom(self, path) -> int:
         """None in a successor's rehearsal: a raise there would be real, now."""
@@ -300,6 +328,7 @@ class Rehearsal:
         if self.gone:       # refused before this (no headroom): never raise for a hypothesis
             raise KernelError(f"{path}: no raise in a successor's rehearsal")
         self.live.set_limit(path, limit)         # a raise at the headroom is real
+        self._cgroups, self._pages = {}, {}
 
     def mm_sharers(self, dying: Sequence[TaskInfo], pool: Sequence[TaskInfo]) -> list[TaskInfo]:
         return self.live.mm_sharers(dying, pool)
@@ -920,7 +949,7 @@ class V2Stack:
         try:
             tasks = self.rehearsal.read(oom, ep.memcg)
             limit = self.fs.limit(ep.memcg)
-            pages = self.backend.totalpages(oom)
+            pages = self.rehearsal.totalpages(oom)
         except CgroupGone:
             return [OOM_SCORE_ADJ_MAX]
         if limit is None or any(t is None for t in chain):

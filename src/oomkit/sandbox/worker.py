@@ -104,10 +104,14 @@ def ask_tasks(remote: Remote, *request: Any) -> list[TaskInfo]:
     rows are acyclic, and it would only walk them (and every object inherited
     from the zygote) again and again while they are made: a third of the time
     at 10,000 tasks.  The policy's own code runs with it on."""
+    return _built(remote, remote.ask(*request))
+
+
+def _built(remote: Remote, columns: list) -> list[TaskInfo]:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return tasks(remote, remote.ask(*request))
+        return tasks(remote, columns)
     finally:
         if collecting:
             gc.enable()
@@ -145,8 +149,26 @@ def context(remote: Remote, h: dict[str, Any]) -> OOMContext:
         level=h["level"], memcg=h["memcg"], attached_to=h["attached_to"], nodes=tuple(h["nodes"]),
         requested=h["requested"], totalpages=h["totalpages"],
         cgroups=RemoteCgroups(lambda: remote.ask("cgroups"), load, lambda p: remote.ask("has", p)),
-        tasks=LazyTasks(lambda: ask_tasks(remote, "tasks"), lambda p: ask_tasks(remote, "subtree", p)),
+        tasks=_context_tasks(remote, h),
         freed=lambda: remote.ask("freed"), in_flight=lambda: tuple(remote.ask("in_flight")))
+
+
+def _context_tasks(remote: Remote, h: dict[str, Any]) -> LazyTasks:
+    """``oc.tasks``: sent with the call if the daemon had read them already
+    (:func:`oomkit.sandbox.runner.read_already`: every task, or the OOMing
+    memcg's), else asked for on first use."""
+    if "tasks" in h:
+        return LazyTasks(_built(remote, h["tasks"]))      # in_cgroup() filters these, as the daemon's
+    sent: dict[str, list[TaskInfo]] = {}
+    if "subtree" in h:
+        path, columns = h["subtree"]
+        sent[path] = _built(remote, columns)
+
+    def subtree(path: str) -> list[TaskInfo]:
+        part = sent.pop(path, None)
+        return part if part is not None else ask_tasks(remote, "subtree", path)
+
+    return LazyTasks(lambda: ask_tasks(remote, "tasks"), subtree)
 
 
 def _pid(task: Any) -> int:
