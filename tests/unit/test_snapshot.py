@@ -136,3 +136,23 @@ def test_tasks_read_after_the_chain_get_its_victims_back():
     assert _with_victims(after, victims, "/a") == (t(1, "/a", 5), t(2, "/a", 60))
     assert _with_victims(None, victims[:1], "/a") == (t(2, "/a", 60),)
     assert _with_victims(after, [], "/a") == after
+
+
+def test_a_task_seen_again_as_the_same_object_keeps_its_state_and_others_are_converted():
+    """A standing decision's rehearsals snapshot the same read again and again:
+    a TaskInfo seen in the previous snapshot is not converted again; a new
+    object (even an equal one) is, and a state is only ever its own task's."""
+    from oomkit.context import TaskInfo
+    from oomkit.engine.snapshot import _states
+    from oomkit.schema import TaskState
+
+    a = TaskInfo(7, "a", ("a", "-x"), "/w", 1 * M, 0, 0, 0, 0, 1.0, False)
+    b = TaskInfo(8, "b", ("b",), "/w", 2 * M, 0, 0, 300, 0, 2.0, False, (0,))
+    first: dict = {}
+    one = _states([a, b], ({}, first))
+    assert one == [TaskState.of(a), TaskState.of(b)]
+    second: dict = {}
+    b2 = b._replace(oom_score_adj=0)             # another read: another object
+    two = _states([a, b2], (first, second))
+    assert two[0] is one[0] and two[1] is not one[1] and two[1] == TaskState.of(b2)
+    assert set(second) == {id(a), id(b2)}        # only those seen now are kept

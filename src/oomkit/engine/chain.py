@@ -84,6 +84,7 @@ class Engine:
         self.on_release = on_release
         self.busy = False                # a chain is running: no OOM may be declared
         self._victims: list[TaskInfo] = []   # killed in this chain, as seen before (the snapshot)
+        self._states: snapshot.States = {}   # the last snapshot's task states (snapshot.take)
         self._triggers: dict[str, tuple[PressureTrigger, ...]] = {}   # attachment -> its triggers
         # ``tick`` (the live daemon's watchdog heartbeat) goes on while a handler runs.
         self._guard = Guard(self.settings.handler_deadline, self.settings.handler_budget,
@@ -180,7 +181,12 @@ class Engine:
             self._victims.clear()
             first = self._run_chain(oom, record, frozen)
             if self.settings.snapshot:
-                record.snapshot = snapshot.take(self.backend, oom, first, frozen, self._victims)
+                # Each task's state kept from one snapshot to the next (only those seen
+                # again): a standing decision's rehearsals snapshot the same read 4 times.
+                states: snapshot.States = {}
+                record.snapshot = snapshot.take(self.backend, oom, first, frozen, self._victims,
+                                                (self._states, states))
+                self._states = states
         finally:
             self.busy = False
         return record

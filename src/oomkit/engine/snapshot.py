@@ -63,13 +63,20 @@ def preload(first: OOMContext, oom: OOMEvent) -> None:
                   oom.memcg, exc)
 
 
+States = dict[int, tuple[TaskInfo, TaskState]]
+
+
 def take(backend: Backend, oom: OOMEvent, first: OOMContext | None,
-         frozen: dict[str, CgroupInfo] | None, victims: Sequence[TaskInfo] = ()) -> Snapshot:
+         frozen: dict[str, CgroupInfo] | None, victims: Sequence[TaskInfo] = (),
+         states: tuple[States, States] | None = None) -> Snapshot:
     """The snapshot: ``frozen`` and what the first handler's context ``first``
     had read; the rest read now.  For a global or numa OOM the tasks only if a
     policy read them: reading every task on the machine for the log is not worth it.
     Tasks read now miss the chain's victims: ``victims`` (as the actions saw each
-    before killing it) are put back, so a replay still has them."""
+    before killing it) are put back, so a replay still has them.
+    ``states``: (the previous snapshot's task states, this one's), by the
+    TaskInfo's identity: a task seen again as the same object (a standing
+    decision's rehearsals share one read) is not converted again."""
     after = frozen is None
     cgroups = frozen if frozen is not None else _cgroups_after(backend, oom, first)
     totalpages = first.totalpages if first is not None else backend.totalpages(oom)
@@ -79,7 +86,21 @@ def take(backend: Backend, oom: OOMEvent, first: OOMContext | None,
     return Snapshot(scope=oom.memcg, totalpages=totalpages,
                     cgroups={p: CgroupState.of(c) for p, c in cgroups.items()},
                     read="after" if after else "before",
-                    tasks=[TaskState.of(t) for t in tasks] if tasks is not None else None)
+                    tasks=_states(tasks, states) if tasks is not None else None)
+
+
+def _states(tasks: Sequence[TaskInfo], states: tuple[States, States] | None) -> list[TaskState]:
+    if states is None:
+        return [TaskState.of(t) for t in tasks]
+    before, now = states
+    out = []
+    for t in tasks:
+        seen = before.get(id(t)) or now.get(id(t))
+        # the TaskInfo is held with its state: its id cannot be another's meanwhile
+        state = seen[1] if seen is not None and seen[0] is t else TaskState.of(t)
+        now[id(t)] = (t, state)
+        out.append(state)
+    return out
 
 
 def _cgroups_after(backend: Backend, oom: OOMEvent, first: OOMContext | None) -> dict[str, CgroupInfo]:
