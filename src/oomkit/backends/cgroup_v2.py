@@ -130,7 +130,7 @@ def classify(look: Look, zone_size: int, in_zone: bool) -> Wakeup:
 
 
 def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int,
-          slack: int, head: int = 1) -> list[int]:
+          slack: int, head: int = 1, top: Callable[[TaskInfo], int] | None = None) -> list[int]:
     """The ``oom_score_adj`` of each task of a decision several deep: ``chain[0]``
     (the chain's victim) at 1000, then each successor (the victim the chain
     chooses once those before it are gone) as high as it can stand while the
@@ -140,22 +140,24 @@ def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int
     bytes.  The list stops at the first successor that cannot be placed so (too
     large, or its own value already as high: a mark only raises).  The first
     ``head`` tasks are all the victim's rank (a handler that killed two, the
-    first freeing nothing), all at 1000.  Pure."""
+    first freeing nothing), all at 1000.  ``top``: the highest value each task
+    may have (:func:`nest`: under an outer memcg's decision), 1000 without.  Pure."""
     if not chain:
         return []
-    out = [OOM_SCORE_ADJ_MAX] * min(head, len(chain))
+    cap = top or (lambda t: OOM_SCORE_ADJ_MAX)
+    out = [min(OOM_SCORE_ADJ_MAX, cap(t)) for t in chain[:head]]
     unit = totalpages // 1000           # badness(): adj * (totalpages / 1000), integer division
     if unit <= 0:
         return out
     grow = -(-slack // PAGE_SIZE)
-    points = [badness(t._replace(oom_score_adj=OOM_SCORE_ADJ_MAX), totalpages) or 0
-              for t in chain[:len(out)]]
+    points = [badness(t._replace(oom_score_adj=v), totalpages) or 0
+              for t, v in zip(chain, out, strict=False)]
     rivals = [b for t in others if (b := badness(t, totalpages)) is not None]
     best_other = max(rivals, default=None)
     for t in chain[len(out):]:
         base = badness(t._replace(oom_score_adj=0), totalpages) or 0
         # below every earlier one, grown by slack: base + grow + adj * unit < min(points)
-        adj = min(out[-1] - 1, (min(points) - base - grow - 1) // unit)
+        adj = min(min(out) - 1, (min(points) - base - grow - 1) // unit, cap(t))
         if adj <= t.oom_score_adj or adj <= 0:
             break
         if best_other is not None and base + adj * unit <= best_other + grow:
@@ -163,6 +165,75 @@ def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int
         out.append(adj)
         points.append(base + adj * unit)
     return out
+
+
+@dataclass(frozen=True)
+class Stand:
+    """One memcg's standing decision as plain numbers, for :func:`nest`."""
+
+    memcg: str
+    totalpages: int                  # of its OOM: mem_cgroup_get_max() in pages
+    room: int                        # memory.max - memory.current: the smaller OOMs first
+    slack: int                       # bytes any one task may still grow (as for grade())
+    chain: tuple[TaskInfo, ...]      # the tasks it marks, victim(s) first, at their own values
+    head: int                        # how many of chain are the victim's rank
+    values: tuple[int, ...]          # what grade() gives each when it stands alone
+    others: tuple[TaskInfo, ...]     # its OOM's other candidates (not exiting), own values
+
+
+def nest(outer: Stand, inner: Stand) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The values of two standing decisions, ``inner``'s memcg inside ``outer``'s,
+    so that the kernel's pick at each memcg's OOM is that memcg's own choice:
+    one ``oom_score_adj`` per task serves both OOMs, whose ``oom_badness()``
+    differ only in totalpages (mm/oom_kill.c: the OOMing memcg's
+    mem_cgroup_get_max(); only its subtree's tasks are candidates).  The outer
+    stands as alone; the inner is graded under a ceiling per task, so that at
+    the outer's OOM each of its marks, grown by the outer's slack, stays below
+    every outer mark; it must still win its own OOM over every other candidate
+    there (the outer's marks inside it at their values), grown by its slack.
+    Where that cannot hold, the decision whose memcg has the smaller room under
+    its limit (it OOMs first) stands alone and the other is held back (None).
+    Pure."""
+    capped = _under(outer, inner)
+    if capped is not None:
+        return outer.values, capped
+    if inner.room <= outer.room:
+        return None, inner.values
+    return outer.values, None
+
+
+def _under(outer: Stand, inner: Stand) -> tuple[int, ...] | None:
+    """``inner``'s values under ``outer``'s decision, or None if it cannot win there."""
+    unit_p, unit_c = outer.totalpages // 1000, inner.totalpages // 1000
+    if unit_p <= 0 or unit_c <= 0 or not outer.chain or not inner.chain:
+        return None
+    marks = {t.pid: v for t, v in zip(outer.chain, outer.values, strict=False)}
+    floor = min(badness(t._replace(oom_score_adj=v), outer.totalpages) or 0
+                for t, v in zip(outer.chain, outer.values, strict=False))
+    grow_p = -(-outer.slack // PAGE_SIZE)
+
+    def top(t: TaskInfo) -> int:
+        if t.pid in marks:      # the outer's mark already: it stands there, not above
+            return marks[t.pid]
+        base = badness(t._replace(oom_score_adj=0), outer.totalpages) or 0
+        return (floor - base - grow_p - 1) // unit_p
+
+    # A successor the outer marks stands at the outer's value: no successor of
+    # the inner's there; it and the rest are rivals like any other candidate.
+    cut = next((i for i, t in enumerate(inner.chain) if i >= inner.head and t.pid in marks),
+               len(inner.chain))
+    others = [t._replace(oom_score_adj=max(t.oom_score_adj, marks[t.pid])) if t.pid in marks else t
+              for t in (*inner.others, *inner.chain[cut:])]
+    values = grade(inner.chain[:cut], others, inner.totalpages, inner.slack, inner.head, top=top)
+    heads = list(zip(inner.chain, values[:inner.head], strict=False))
+    if len(heads) < min(inner.head, len(inner.chain)) or any(
+            v <= t.oom_score_adj and t.pid not in marks for t, v in heads):
+        return None             # a mark only raises: the victim cannot be placed under it
+    least = min(badness(t._replace(oom_score_adj=v), inner.totalpages) or 0 for t, v in heads)
+    rivals = [b for t in others if (b := badness(t, inner.totalpages)) is not None]
+    if rivals and least <= max(rivals) + -(-inner.slack // PAGE_SIZE):
+        return None             # another candidate of the inner OOM would outrank its victim
+    return tuple(values)
 
 
 # -- the backend ----------------------------------------------------------------------
@@ -413,6 +484,12 @@ class Episode:
     # there, and may be the policy's new choice.
     members: frozenset[int] = frozenset()
     next_poll: float | None = None
+    # Nested managed memcgs (nest()): the decision as numbers, the ranks it was
+    # armed from (re-placed when an outer decision changes), and, while it is
+    # held back for another memcg's that OOMs first, that memcg.
+    stand: Stand | None = None
+    last: list[Rank] | None = None
+    held: str | None = None
 
     @property
     def record(self) -> OOMRecord | None:
@@ -888,26 +965,37 @@ class V2Stack:
 
     def _arm(self, ep: Episode, ranks: list[Rank]) -> None:
         """Mark the victim 1000 (a group: its largest task, and oom.group) and each
-        successor as :func:`grade` places it; put back what no longer stands."""
+        successor as :func:`grade` places it, or, nested with another managed
+        memcg's standing decision, as :func:`nest` places it (or hold it back);
+        put back what no longer stands."""
         before = {p: self.armed[p].value for p in ep.armed if p in self.armed}
-        want: dict[int, tuple[TaskInfo, int, Rank]] = {}
+        firsts: dict[int, TaskInfo] = {}
         groups: set[str] = set()
         for tasks, cgroup in ranks[0].chosen:
             if cgroup is not None:
                 groups.add(cgroup)
                 tasks = [max(tasks, key=lambda t: t.rss + t.swap)]   # the kernel's pick, then its group
-            for t in tasks:
-                if t.oom_score_adj > OOM_SCORE_ADJ_MIN:
-                    want[t.pid] = (t, OOM_SCORE_ADJ_MAX, ranks[0])
-        placed = ranks[:1]
-        if len(ranks) > 1:
-            head = len(ranks[0].victims)
-            values = self._grades(ep, ranks)
-            placed = ranks[:1 + max(0, len(values) - head)]
-            for rank, value in zip(placed[1:], values[head:], strict=True):
-                successor = rank.victim
-                assert successor is not None        # only one-task ranks have successors
-                want.setdefault(successor.pid, (successor, value, rank))
+            firsts.update((t.pid, t) for t in tasks if t.oom_score_adj > OOM_SCORE_ADJ_MIN)
+        replaced = ranks is ep.last            # the same decision, placed anew (an outer changed)
+        stand = self._stand(ep, ranks, list(firsts.values()))
+        ep.stand, ep.last = stand, ranks
+        values: Sequence[int] = [OOM_SCORE_ADJ_MAX] * len(firsts)
+        after: list[tuple[Episode, str]] = []
+        if stand is not None:
+            nested, by, after = self._nested(ep, stand)
+            if nested is None:
+                self._hold(ep, by or "?")
+                self._follow(ep, after)
+                return
+            values = nested
+        ep.held = None
+        want = {pid: (t, v, ranks[0]) for (pid, t), v in zip(firsts.items(), values, strict=False)}
+        head = len(firsts)
+        placed = ranks[:1 + max(0, len(values) - head)]
+        for rank, value in zip(placed[1:], values[head:], strict=True):
+            successor = rank.victim
+            assert successor is not None        # only one-task ranks have successors
+            want.setdefault(successor.pid, (successor, value, rank))
         try:
             self._fix_strays(ep, self.rehearsal.read(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg))
         except CgroupGone:
@@ -915,8 +1003,9 @@ class V2Stack:
         # The new victim first, the stale marks last: the kernel may OOM between
         # two writes, and must find the chain's choice at 1000 at every instant.
         for pid, (t, value, rank) in want.items():
-            by = dict((p, b) for b, p in self._choosers(rank.record))
-            self._mark(t, ep.memcg, by.get(pid) or f"policy:{rank.record.handlers[-1].cgroup}", value)
+            by_pid = dict((p, b) for b, p in self._choosers(rank.record))
+            self._mark(t, ep.memcg, by_pid.get(pid) or f"policy:{rank.record.handlers[-1].cgroup}",
+                       value)
         for pid in ep.armed - set(want):
             self._unmark(pid, ep.memcg)
         ep.armed = {pid for pid in want if pid in self.armed}
@@ -925,7 +1014,8 @@ class V2Stack:
         for pid in ep.armed:
             for p in (pid, *ep.companions[pid]):
                 ep.records.setdefault(p, want[pid][2].record)
-        ep.ranks, ep.decided_at = [r.record for r in placed], _now_iso()
+        ep.ranks = [r.record for r in placed]
+        ep.decided_at = ep.decided_at if replaced and ep.decided_at else _now_iso()
         for rank in placed:
             rank.record.armed = sorted(p for p in ep.armed if want[p][2] is rank)
         self._set_groups(ep, groups)
@@ -934,42 +1024,128 @@ class V2Stack:
             names = ", ".join(f"pid {p} ({self.armed[p].name}) at {v}" for p, v in now_armed.items())
             log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
                      ep.memcg, names or "nobody", ranks[0].record.handlers[-1].policy)
+        self._follow(ep, after)
         if ep.level is Level.GLOBAL:
             for other in self.episodes.values():
                 if other.is_armed:
                     self._unarm(other)      # the machine's decision alone stands now
 
-    def _grades(self, ep: Episode, ranks: list[Rank]) -> list[int]:
-        """:func:`grade` over the memcg as this take read it: the others (not exiting) at the
-        values they have (another memcg's mark included), room to grow = the
-        limit less every task's memory (growth past it reclaims page cache, not rss)."""
+    def _stand(self, ep: Episode, ranks: list[Rank], firsts: list[TaskInfo]) -> Stand | None:
+        """The decision as numbers, over the memcg as this take read it, with
+        :func:`grade`'s values when it stands alone: the others (not exiting)
+        at their own values (a nested memcg's marks are :func:`nest`'s to
+        weigh), room to grow = the limit less every task's memory (growth past
+        it reclaims page cache, not rss).  None: the machine's, or no limit."""
+        if ep.level is not Level.MEMCG or not firsts:
+            return None
         oom = OOMEvent(Level.MEMCG, ep.memcg)
-        chain = [*ranks[0].victims, *(r.victim for r in ranks[1:])]
+        chain = list(firsts)
+        if len(ranks) > 1 and len(firsts) == len(ranks[0].victims):
+            for r in ranks[1:]:
+                if r.victim is None:
+                    break
+                chain.append(r.victim)
         dying = set().union(*(r.dying() for r in ranks))
         try:
             tasks = self.rehearsal.read(oom, ep.memcg)
-            limit = self.fs.limit(ep.memcg)
+            limit, usage = self.fs.limit(ep.memcg), self.fs.usage(ep.memcg)
             pages = self.rehearsal.totalpages(oom)
         except CgroupGone:
-            return [OOM_SCORE_ADJ_MAX]
-        if limit is None or any(t is None for t in chain):
-            return [OOM_SCORE_ADJ_MAX]
+            return None
+        if limit is None:
+            return None
         # An exiting task is never the kernel's pick again: it waits for an OOM
         # victim on its way out, then skips it (oom_evaluate_task(), MMF_OOM_SKIP);
         # one it just killed still shows the 1000 we gave it, and no successor
         # would stand over that.
-        others = [self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying and not t.exiting]
+        others = tuple(self._as_is(t, ep.memcg) for t in tasks if t.pid not in dying and not t.exiting)
         slack = max(0, limit - sum(t.rss + t.swap for t in tasks))
-        return grade([t for t in chain if t is not None], others, pages, slack,
-                     head=len(ranks[0].victims))
+        values = grade(chain, others, pages, slack, head=len(firsts))
+        return Stand(ep.memcg, pages, limit - usage, slack, tuple(chain), len(firsts),
+                     tuple(values), others)
 
     def _as_is(self, t: TaskInfo, memcg: str) -> TaskInfo:
-        """``t`` at the oom_score_adj it will have: another memcg's mark stays."""
+        """``t`` at the oom_score_adj it will have: another memcg's mark stays,
+        unless that memcg is nested with ``memcg`` (:func:`nest` weighs those)."""
         armed = self.armed.get(t.pid)
         if armed is None:
             return t
-        value = max((v for m, v in armed.owners.items() if m != memcg), default=armed.original)
+        value = max((v for m, v in armed.owners.items()
+                     if not is_within(m, memcg) and not is_within(memcg, m)), default=armed.original)
         return t._replace(oom_score_adj=value)
+
+    # -- nested managed memcgs --------------------------------------------------------------
+
+    def _outer(self, ep: Episode) -> Episode | None:
+        """The nearest managed memcg above ``ep``'s with a standing decision (its
+        own, or held back for ``ep``'s)."""
+        for path in list(ancestors(ep.memcg))[1:]:
+            outer = self.episodes.get(path)
+            if outer is not None and outer.stand is not None:
+                return outer if outer.held in (None, ep.memcg) else None
+        return None
+
+    def _inners(self, ep: Episode) -> list[Episode]:
+        """The managed memcgs inside ``ep``'s whose nearest outer decision is ``ep``'s."""
+        return [d for d in self.episodes.values() if d is not ep and d.stand is not None
+                and is_within(d.memcg, ep.memcg) and self._outer(d) is ep]
+
+    def _nested(self, ep: Episode, stand: Stand
+                ) -> tuple[Sequence[int] | None, str | None, list[tuple[Episode, str]]]:
+        """``ep``'s values beside the nested memcgs' decisions (:func:`nest`): None
+        and the memcg whose decision stands instead when ``ep``'s is held back;
+        and what each nested one needs then: "hold" (back), "replace" (its
+        values anew, under ``ep``'s) or "retake" (it was held back: decide again)."""
+        values: Sequence[int] = stand.values
+        after: list[tuple[Episode, str]] = []
+        outer = self._outer(ep)
+        if outer is not None and outer.stand is not None:
+            kept, mine = nest(outer.stand, stand)
+            if mine is None:
+                self._log_hold(ep, outer.memcg, stand, outer.stand)
+                return None, outer.memcg, []
+            if kept is None:
+                self._log_hold(outer, ep.memcg, outer.stand, stand)
+                after.append((outer, "hold"))
+            elif outer.held == ep.memcg:
+                after.append((outer, "retake"))
+            if mine != stand.values:
+                log.debug("oomkit: %s: values %s under %s's decision (alone: %s)", ep.memcg,
+                          list(mine), outer.memcg, list(stand.values))
+            values = mine
+        for inner in self._inners(ep):
+            assert inner.stand is not None
+            kept, theirs = nest(stand, inner.stand)
+            if kept is None:
+                self._log_hold(ep, inner.memcg, stand, inner.stand)
+                return None, inner.memcg, [(inner, "retake")] if inner.held == ep.memcg else []
+            if theirs is None:
+                self._log_hold(inner, ep.memcg, inner.stand, stand)
+            after.append((inner, "hold" if theirs is None else "retake" if inner.held else "replace"))
+        return values, None, after
+
+    @staticmethod
+    def _log_hold(ep: Episode, by: str, mine: Stand, theirs: Stand) -> None:
+        log.debug("oomkit: %s: decision held back: no oom_score_adj values let it and %s's both "
+                  "win their own OOMs, and %s is nearer its limit (%d bytes of room, %d here)",
+                  ep.memcg, by, by, theirs.room, mine.room)
+
+    def _follow(self, ep: Episode, after: list[tuple[Episode, str]]) -> None:
+        """What the nested decisions need once ``ep``'s marks are written."""
+        for other, what in after:
+            if what == "hold":
+                self._hold(other, ep.memcg)
+            elif what == "replace" and other.last is not None:
+                self._arm(other, other.last)
+            else:
+                other.held, other.next_take = None, self.backend.clock.now()
+
+    def _hold(self, ep: Episode, by: str) -> None:
+        """``ep``'s decision is held back for ``by``'s (it OOMs first): no marks,
+        the decision kept as numbers to weigh again when either is retaken."""
+        stand, last = ep.stand, ep.last
+        self._unarm(ep, wake_inners=False)
+        ep.stand, ep.last, ep.held = stand, last, by
 
     @staticmethod
     def _choosers(record: OOMRecord) -> list[tuple[str, int]]:
@@ -1135,8 +1311,10 @@ class V2Stack:
             log.debug("oomkit: %s of %s not restored (%s): gone with its cgroup", name, cg, exc)
         self.restorer.drop(str(self.fs.path(cg, name)))
 
-    def _unarm(self, ep: Episode) -> None:
-        """No standing decision (the chain passed): the kernel decides at the limit."""
+    def _unarm(self, ep: Episode, wake_inners: bool = True) -> None:
+        """No standing decision (the chain passed): the kernel decides at the limit.
+        ``wake_inners``: the decisions placed under it are taken again (not when
+        it is only held back for one of theirs)."""
         self._fix_strays(ep)
         for pid in list(ep.armed):
             self._unmark(pid, ep.memcg)
@@ -1145,6 +1323,15 @@ class V2Stack:
         if ep.is_armed:
             log.debug("oomkit: %s: standing decision dropped", ep.memcg)
         ep.ranks, ep.records, ep.decided_at = [], {}, None
+        if ep.stand is None:
+            return
+        # Nested decisions weighed against this one: decide them again now (one
+        # held back for it comes back; one placed under it may stand higher).
+        now = self.backend.clock.now()
+        inners = self._inners(ep) if wake_inners else []
+        for other in [*inners, *(o for o in self.episodes.values() if o.held == ep.memcg)]:
+            other.held, other.next_take = None, now
+        ep.stand, ep.last, ep.held = None, None, None
 
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
@@ -1210,7 +1397,8 @@ class V2Stack:
             return ep
         for p in ancestors(path):
             ep = self.episodes.get(p)
-            if ep is not None and ep.is_armed:
+            # a decision of a memcg inside the one that OOMed is not for this OOM
+            if ep is not None and ep.is_armed and (p == memcg or not is_within(p, memcg)):
                 return ep
         return None
 

@@ -1,0 +1,61 @@
+"""Nested managed memcgs on a real cgroup v2 kernel (in the VM): an outer
+memcg P and a memcg C inside it, each with its own ``memory.max`` and its own
+attachment, both near their limits.  One ``oom_score_adj`` per task serves both
+OOMs; the task that dies at P's OOM must be P's chain's choice, not C's marked
+task (``nest()`` in backends/cgroup_v2.py).  Python runs 10-25x slower in the
+VM: timeouts are generous and nothing here measures speed.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from helpers.procs import until as _until
+
+MiB = 1 << 20
+until = partial(_until, step=0.05)      # Python in the VM is slow: poll less often
+
+
+def adj(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return int(f.read())
+    except OSError:
+        return None
+
+
+def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, daemon):
+    """P (112 MiB) holds C (72 MiB); largest-task is attached at C, newest-task
+    at P.  In C an old task holds 56 MiB beside a sleeper: C is in its zone and
+    its choice (the 56 MiB task) is marked.  Then a task in P outside C grows
+    fast to P's limit: P's choice is that grower (the newest).  Alone, each
+    decision would mark its victim 1000, and at P's OOM the kernel would kill
+    the larger of the two, C's; nested, C's mark stands under P's victim (and
+    still wins C's own OOM), so the grower dies, by the kernel, in one record."""
+    p = box.cg("p", limit=112 * MiB, subtree=True)
+    c = box.cg("p/c", limit=72 * MiB)
+    x = box.cg("p/x")
+    sleeper = box.sleeper(c)
+    big = box.hog(c, 56)
+    assert big.wait_line("allocated", 60)
+    d = daemon(box, "newest-task", at=p,
+               extra=f'\n[[attach]]\ncgroup = "{c}"\npolicy = "largest-task"\nparams = {{}}\n')
+    assert until(lambda: adj(big.pid) == 1000 or d.popen.poll() is not None, 60), \
+        f"C's choice not marked at usage {box.fs.usage(c)}:\n{d.log}"
+    grower = box.hog(x, 200, step=1)
+    assert grower.wait_exit(120), f"the grower was not killed:\n{d.log}"
+    assert until(lambda: d.records(), 30), f"no event record:\n{d.log}"
+    time.sleep(2)
+    assert big.alive(), f"C's marked task died at P's OOM:\n{d.log}"
+    assert sleeper.alive()
+    assert box.events(p)["oom_kill"] >= 1 and box.events(c)["oom_kill"] == 0, \
+        (box.events(p), box.events(c))
+    records = d.records()
+    assert len(records) == 1, records
+    rec = records[0]
+    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
+    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(grower.pid, f"policy:{p}")], rec
+    assert rec["handlers"][0]["policy"] == "newest-task"
+    assert d.stop() == 0
+    assert adj(big.pid) == 0 and adj(sleeper.pid) == 0
