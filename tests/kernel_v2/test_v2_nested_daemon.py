@@ -27,8 +27,8 @@ def adj(pid: int) -> int | None:
 
 def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, daemon):
     """P (112 MiB) holds C (72 MiB); largest-task is attached at C, newest-task
-    at P.  In C an old task holds 56 MiB beside a sleeper: C is in its zone and
-    its choice (the 56 MiB task) is marked.  Then a task in P outside C grows
+    at P.  In C an old task holds 56 MiB beside a sleeper: C is in its zone (the
+    top 16 MiB) and its choice (the 56 MiB task) is marked.  Then a task in P outside C grows
     fast to P's limit: P's choice is that grower (the newest).  Alone, each
     decision would mark its victim 1000, and at P's OOM the kernel would kill
     the larger of the two, C's; nested, C's mark stands under P's victim (and
@@ -39,8 +39,11 @@ def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, dae
     sleeper = box.sleeper(c)
     big = box.hog(c, 56)
     assert big.wait_line("allocated", 60)
+    # headroom 16M: C (about 64 MiB used) well inside its zone whatever the
+    # interpreter's own size; a second attachment after the fixture's [daemon] keys.
     d = daemon(box, "newest-task", at=p,
-               extra=f'\n[[attach]]\ncgroup = "{c}"\npolicy = "largest-task"\nparams = {{}}\n')
+               extra=f'headroom = "16M"\n\n[[attach]]\ncgroup = "{c}"\npolicy = "largest-task"\n'
+                     'params = {}\n')
     assert until(lambda: adj(big.pid) == 1000 or d.popen.poll() is not None, 60), \
         f"C's choice not marked at usage {box.fs.usage(c)}:\n{d.log}"
     grower = box.hog(x, 200, step=1)
