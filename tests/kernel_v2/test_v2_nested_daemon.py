@@ -62,3 +62,40 @@ def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, dae
     assert rec["handlers"][0]["policy"] == "newest-task"
     assert d.stop() == 0
     assert adj(big.pid) == 0 and adj(sleeper.pid) == 0
+
+
+def test_the_inner_oom_kills_the_inner_chains_choice_not_the_outer_mark_inside_it(box, daemon):
+    """P (144 MiB) holds C (80 MiB); newest-task is attached at C, largest-task
+    at P (zones: the top 32 MiB).  In C an old task m holds 48 MiB (P's choice:
+    the largest in P, beside a 40 MiB holder in P outside C).  A grower moved
+    into C (C's choice: the newest) brings both memcgs into their zones.  Alone,
+    each decision would mark its victim 1000, and at C's OOM the kernel would
+    kill m, the larger; no values let both win here (m at 1000 outranks any
+    grower value at C's OOM), so C, with less room under its limit, decides
+    alone and P's decision is held back: the grower dies at C's OOM, once."""
+    p = box.cg("p", limit=144 * MiB, subtree=True)
+    c = box.cg("p/c", limit=80 * MiB)
+    x = box.cg("p/x")
+    sleeper = box.sleeper(c)
+    m = box.hog(c, 48)
+    holder = box.hog(x, 40)
+    assert m.wait_line("allocated", 60) and holder.wait_line("allocated", 60)
+    d = daemon(box, "largest-task", at=p,
+               extra=f'headroom = "32M"\n\n[[attach]]\ncgroup = "{c}"\npolicy = "newest-task"\n'
+                     'params = {}\n')
+    grower = box.hog(c, 200, step=1, delay=0.1)
+    assert grower.wait_exit(180), f"the grower was not killed:\n{d.log}"
+    assert until(lambda: d.records(), 30), f"no event record:\n{d.log}"
+    time.sleep(2)
+    assert m.alive(), f"P's marked task died at C's OOM:\n{d.log}"
+    assert sleeper.alive() and holder.alive()
+    assert box.events(c)["oom_kill"] >= 1, box.events(c)
+    records = d.records()
+    assert len(records) == 1, records
+    rec = records[0]
+    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
+    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(grower.pid, f"policy:{c}")], rec
+    assert rec["handlers"][0]["policy"] == "newest-task"
+    assert "held back" in d.log, d.log
+    assert d.stop() == 0
+    assert adj(m.pid) == 0 and adj(sleeper.pid) == 0 and adj(holder.pid) == 0
