@@ -271,13 +271,24 @@ def test_a_waiter_woken_then_paused_again_is_still_the_same_oom(sandbox, monkeyp
         return {"under_oom": seen[-1]}
 
     monkeypatch.setattr(fs, "oom_control", oom_control)
-    fs.set_limit(cg, 33 * MiB)
-    # Sampled from the raise on: the dip comes and goes within a few ms, then
-    # the hog pauses again and says so.
-    gone = 0
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:
-        gone += backend.condition_gone(oom)
+    # Sampled from each raise on: the dip comes and goes within a few ms, then the
+    # hog pauses again and says so.  A loaded machine may keep this sampler off
+    # the CPU for a whole dip: raise again (the hog wants 64 MiB; 42 keeps it
+    # paused) until a dip was seen.
+    gone, limit = 0, 32 * MiB
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, -10)     # root: stay on a CPU while the hog dips
+    try:
+        for _ in range(10):
+            limit += MiB
+            fs.set_limit(cg, limit)
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                gone += backend.condition_gone(oom)
+            if not all(seen):
+                break
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     assert ev.read() >= 1, "the woken hog did not OOM again"
     assert read(cg)["under_oom"], "the hog is no longer paused"
     assert not all(seen), "no dip of under_oom was seen: this test saw nothing to judge"
