@@ -150,6 +150,7 @@ WORKLOADS: dict[str, dict] = {
 ROWS = {
     "oomkit": "oomkit run, shipped defaults (handler_deadline and watchdog_timeout x20 for the "
               "emulated CPU), newest-task attached at the box",
+    "oomkit-depth8": "as oomkit, with `depth = 8` (a standing decision 8 deep instead of 4)",
     "kernel": "memory.max alone, no daemon",
     "earlyoom": "earlyoom 1.7, bench/peers/earlyoom.args; no memory.max, the machine shrunk "
                 "so that the limit remains above its 10 % threshold",
@@ -378,7 +379,7 @@ def peer_start(row: str, box: str, tmp: Path) -> tuple[subprocess.Popen | None, 
     return d, log_path
 
 
-def daemon_start(box: str, tmp: Path) -> tuple[subprocess.Popen, Path]:
+def daemon_start(box: str, tmp: Path, extra: str = "") -> tuple[subprocess.Popen, Path]:
     config = tmp / "oomkit.toml"
     # The shipped defaults, but for the two limits that say how long is too long:
     # a TCG guest runs Python 10-25x slower, so a 50 ms handler deadline and a 1 s
@@ -390,7 +391,7 @@ event_log = "{tmp / 'events.jsonl'}"
 state_dir = "{tmp / 'state'}"
 handler_deadline = "{50 * TCG_SCALE}ms"
 watchdog_timeout = "{TCG_SCALE}s"
-
+{extra}
 [[attach]]
 cgroup = "{box}"
 policy = "newest-task"
@@ -458,8 +459,9 @@ def run_trial(row: str, wl: str) -> dict:
         if mode == "system":
             res["system"] = shrink(limit, PEER_MODE[row][1])
         t = now()
-        if row == "oomkit":
-            daemon, log_path = daemon_start("/" + box.name, tmp)
+        if row in ("oomkit", "oomkit-depth8"):
+            daemon, log_path = daemon_start("/" + box.name, tmp,
+                                            "depth = 8\n" if row == "oomkit-depth8" else "")
         elif row in PEER_MODE:
             daemon, log_path = peer_start(row, box.name, tmp)
         res["daemon_start_s"] = round(now() - t, 1)
@@ -750,7 +752,7 @@ def detail(all_data: list[dict], workloads: list[str]) -> str:
             amb = f" ({c['ambiguous']} ambiguous)" if c["ambiguous"] else ""
             lines.append(f"| {d.get('kernel', d.get('kernel_arg'))} | {d['row']} | {w} | {c['n']} "
                          f"({c['errors']}) | {c['kills']} | {pct(c['hits'], c['kills'])}{amb} | "
-                         f"{pct(c['armed'], c['recorded']) if d['row'] == 'oomkit' else '-'} | "
+                         f"{pct(c['armed'], c['recorded']) if d['row'].startswith('oomkit') else '-'} | "
                          f"{c['ooms']} | {c['victims']} | {c['not_by_kernel']} | {rel} | "
                          f"{' '.join(map(str, c['passes'])) or '-'} |")
     return "\n".join(lines)
