@@ -718,8 +718,11 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for d in all_data:
         trials = d.get("trials", [])
-        cells = {w: cell(trials, w) for w in workloads}
-        share = " / ".join(pct(cells[w]["hits"], cells[w]["kills"]) for w in oom_wls)
+        # a workload this row did not run is "not run", not "no OOM"
+        cells = {w: c for w in workloads if (c := cell(trials, w))["n"]}
+        oom_wls = [w for w in workloads if w not in ("hold", "thrash") and w in cells]
+        share = " / ".join(pct(cells[w]["hits"], cells[w]["kills"]) if w in cells else "not run"
+                           for w in workloads if w not in ("hold", "thrash"))
         tot_h = sum(cells[w]["hits"] for w in oom_wls)
         tot_k = sum(cells[w]["kills"] for w in oom_wls)
         hold = cells.get("hold")
@@ -747,6 +750,8 @@ def detail(all_data: list[dict], workloads: list[str]) -> str:
     for d in all_data:
         for w in workloads:
             c = cell(d.get("trials", []), w)
+            if not c["n"]:
+                continue        # not run in this row
             rel = (f"{statistics.median(c['relief']):.2f} / {max(c['relief']):.2f} s"
                    if c["relief"] else "-")
             amb = f" ({c['ambiguous']} ambiguous)" if c["ambiguous"] else ""
