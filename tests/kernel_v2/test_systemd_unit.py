@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.procs import score_adj as adj
 from helpers.procs import until
 
 MiB = 1 << 20
@@ -54,13 +55,6 @@ def journal() -> str:
 
 def prop(name: str) -> str:
     return sh("systemctl", "show", "-p", name, "--value", "oomkit").stdout.strip()
-
-
-def adj(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
-    except OSError:
-        return None
 
 
 def install(config: Path) -> None:

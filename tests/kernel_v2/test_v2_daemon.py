@@ -15,21 +15,12 @@ import os
 import select
 import signal
 import time
-from functools import partial
 
-from helpers.procs import until as _until
+from helpers.procs import score_adj as adj
+from helpers.procs import vm_until as until
 from oomkit.linux import notify
 
 MiB = 1 << 20
-until = partial(_until, step=0.05)      # Python in the VM is slow: poll less often
-
-
-def adj(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/oom_score_adj") as f:
-            return int(f.read())
-    except OSError:
-        return None
 
 
 def armed(d, pid: int, timeout: float = 60) -> bool:

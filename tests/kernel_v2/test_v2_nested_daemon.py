@@ -9,20 +9,11 @@ VM: timeouts are generous and nothing here measures speed.
 from __future__ import annotations
 
 import time
-from functools import partial
 
-from helpers.procs import until as _until
+from helpers.procs import score_adj as adj
+from helpers.procs import vm_until as until
 
 MiB = 1 << 20
-until = partial(_until, step=0.05)      # Python in the VM is slow: poll less often
-
-
-def adj(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/oom_score_adj") as f:
-            return int(f.read())
-    except OSError:
-        return None
 
 
 def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, daemon):
