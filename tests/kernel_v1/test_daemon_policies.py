@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers.daemon import check_record, killed_pids
+from helpers.daemon import brief, check_record, killed_pids
 from helpers.procs import until
 from oomkit.errors import KernelError, TaskGone
 from oomkit.linux.procfs import ProcFS
@@ -299,7 +299,7 @@ def test_executor_kernel_the_kernel_kills_the_policys_choice(sandbox, oomkit_dae
     d = oomkit_daemon([{"cgroup": a, "policy": policy}], executor="kernel")
     hogs = start_task_tree(sandbox, cgs)
     ev = d.wait_events(1)[0]
-    assert ev["resolved_by"] == "policy" and ev["executed_by"] == "kernel", ev
+    assert ev["resolved_by"] == "policy" and ev["executed_by"] == "kernel", (brief([ev]), d.stderr())
     assert killed_pids(ev) == {hogs[victim].pid}, ev["killed"]
     assert ev["killed"][0]["by"] == f"policy:{a}"
     assert hogs[victim].wait_exit(5)

@@ -128,7 +128,7 @@ class CgroupV1Backend(LiveBackend):
                 # Leave the OOM with the kernel until its victim's memory is back:
                 # a charge retried meanwhile then meets the kernel's own wait for
                 # its exiting victim, not a second hand-back that could kill again.
-                self.wait_for_relief(oom, self.SETTLE)
+                self._wait_handed_back(oom)
         finally:
             self._retake(oom.memcg)
         victims = self._ours(self._kmsg_victims(kmsg), threads)
@@ -139,6 +139,24 @@ class CgroupV1Backend(LiveBackend):
                             "(victim not read: /dev/kmsg unavailable)")
         return Fallback(note="handed back to the kernel; no oom_kill seen within "
                              f"{self.HANDBACK_WAIT:g}s")
+
+    def _wait_handed_back(self, oom: OOMEvent) -> None:
+        """Until no task is in the kernel's OOM path (``under_oom`` 0: with
+        ``oom_kill_disable`` 0 the kernel marks it only around its own kill,
+        mem_cgroup_oom()) or the charge has room, at most ``SETTLE``.  Not
+        ``condition_gone``'s 30 ms wait for a dip: handed back, the kernel kills
+        again whenever a charge still fails once its victim is reaped, so the OOM
+        is taken back as soon as the kernel's kill is through (CI's rehearsal saw
+        a second kernel kill, of another task, in that wait)."""
+        deadline = self.clock.now() + self.SETTLE
+        while self.clock.now() < deadline:
+            try:
+                if not self._under_oom(oom.memcg) or self.usage_below_limit(oom):
+                    return
+            except CgroupGone:
+                return
+            self.tick()
+            self.clock.sleep(POLL)
 
     def usage_below_limit(self, oom: OOMEvent) -> bool:
         """The charge fits again by usage alone (``under_oom`` aside)."""
