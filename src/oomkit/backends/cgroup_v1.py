@@ -101,17 +101,18 @@ class CgroupV1Backend(LiveBackend):
         (memcg1_oom_synchronize, mm/memcontrol-v1.c).  Measured on 6.18: a 4 MiB
         uncharge under a paused hog left ``under_oom`` 0 for ~3 ms before it paused
         again."""
-        deadline = self.clock.now() + self.CLEAR_FOR
-        while not super().condition_gone(oom):
-            if self.clock.now() >= deadline:
-                return True
-            self.clock.sleep(POLL)
-            try:
-                if self._under_oom(oom.memcg):
-                    return False
-            except CgroupGone:
-                return True
-        return True
+        paused = False
+
+        def settled() -> bool:
+            nonlocal paused
+            paused = self._under_oom(oom.memcg)
+            return paused or self.usage_below_limit(oom)
+
+        try:
+            self.poll_until(settled, self.CLEAR_FOR)
+        except CgroupGone:
+            return True
+        return not paused
 
     def kernel_fallback(self, oom: OOMEvent) -> Fallback:
         """Hand the OOM back (``oom_kill_disable 0``: the kernel kills at once),
@@ -148,28 +149,18 @@ class CgroupV1Backend(LiveBackend):
         again whenever a charge still fails once its victim is reaped, so the OOM
         is taken back as soon as the kernel's kill is through (CI's rehearsal saw
         a second kernel kill, of another task, in that wait)."""
-        deadline = self.clock.now() + self.SETTLE
-        while self.clock.now() < deadline:
-            try:
-                if not self._under_oom(oom.memcg) or self.usage_below_limit(oom):
-                    return
-            except CgroupGone:
-                return
-            self.tick()
-            self.clock.sleep(POLL)
+        try:
+            self.poll_until(lambda: not self._under_oom(oom.memcg) or self.usage_below_limit(oom),
+                            self.SETTLE)
+        except CgroupGone:
+            log.debug("oomkit: %s removed while handed back: nothing left to wait for", oom.memcg)
 
     def usage_below_limit(self, oom: OOMEvent) -> bool:
         """The charge fits again by usage alone (``under_oom`` aside)."""
         return super().condition_gone(oom)
 
     def _wait_kill(self, oom: OOMEvent, before: int) -> bool:
-        deadline = self.clock.now() + self.HANDBACK_WAIT
-        while self.clock.now() < deadline:
-            if self._oom_kills(oom.memcg) > before:
-                return True
-            self.tick()
-            self.clock.sleep(POLL)
-        return False
+        return self.poll_until(lambda: self._oom_kills(oom.memcg) > before, self.HANDBACK_WAIT)
 
     def _oom_kills(self, top: str) -> int:
         """The v1 ``oom_kill`` count is local to the victim's memcg: sum the subtree."""

@@ -474,8 +474,14 @@ class LiveBackend:
         return tuple(self._in_flight)
 
     def wait_for_relief(self, oom: OOMEvent, timeout: float) -> bool:
+        return self.poll_until(lambda: self.condition_gone(oom), timeout)
+
+    def poll_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Ask ``done`` every ``POLL`` until it says yes (True) or ``timeout`` has
+        passed (False); the heartbeat ticks meanwhile (the watchdog must keep
+        hearing from a daemon that waits on the kernel)."""
         deadline = self.clock.now() + timeout
-        while not self.condition_gone(oom):
+        while not done():
             if self.clock.now() >= deadline:
                 return False
             self.tick()
