@@ -208,6 +208,23 @@ def make_daemon(tree, tmp_path, attach, **daemon):
 
 
 @pytest.fixture
+def daemons(tree, tmp_path):
+    """``start(attach, **daemon)``: a Daemon on the fake tree, reconciled once;
+    every one started is stopped after the test."""
+    made = []
+
+    def start(attach, **daemon):
+        d = make_daemon(tree, tmp_path, attach, **daemon)
+        made.append(d)
+        d.reconcile()
+        return d
+
+    yield start
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture
 def box_daemon(tree, tmp_path):
     """A Daemon on the fake tree, policies on /box and /box/job, not started."""
     d = make_daemon(tree, tmp_path, [{"cgroup": "/box", "policy": "largest-task"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_live_v2_fake import PID_A, PID_B, PID_C, MiB, cgroup, make_daemon, tree  # noqa: F401
+from test_live_v2_fake import PID_A, PID_B, PID_C, MiB, cgroup, daemons, tree  # noqa: F401
 
 from oomkit.backends.cgroup_v2 import Stand, nest
 from oomkit.context import TaskInfo
@@ -98,23 +98,16 @@ def winner(proc, pids, totalpages):
 
 
 @pytest.fixture
-def nested(tree, tmp_path):
+def nested(tree, daemons):
     """/box (256 MiB) near its limit with newest-task, /box/a (64 MiB, 57 used)
     inside it with largest-task: both decide."""
-    made = []
-
     def start(box_policy="newest-task", a_policy="largest-task", box_current=250 * MiB, **kw):
         mount, _proc = tree
         cgroup(mount, "/box", current=box_current, limit=256 * MiB)
-        d = make_daemon(tree, tmp_path, [{"cgroup": "/box", "policy": box_policy},
-                                         {"cgroup": "/box/a", "policy": a_policy}], **kw)
-        made.append(d)
-        d.reconcile()
-        return d
+        return daemons([{"cgroup": "/box", "policy": box_policy},
+                        {"cgroup": "/box/a", "policy": a_policy}], **kw)
 
-    yield start
-    for d in made:
-        d.stop()
+    return start
 
 
 BOX, A = 256 * MiB // 4096, 64 * MiB // 4096

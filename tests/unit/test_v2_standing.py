@@ -16,7 +16,7 @@ from test_live_v2_fake import (  # noqa: F401  (fixtures)
     PID_C,
     MiB,
     cgroup,
-    make_daemon,
+    daemons,
     read,
     task,
     tree,
@@ -83,18 +83,11 @@ def kernel_killed(mount, monkeypatch, kmsg, kills):
 
 
 @pytest.fixture
-def started(tree, tmp_path):
-    made = []
-
+def started(daemons):
     def start(policy="largest-task", at="/box", **daemon):
-        d = make_daemon(tree, tmp_path, [{"cgroup": at, "policy": policy}], **daemon)
-        made.append(d)
-        d.reconcile()
-        return d
+        return daemons([{"cgroup": at, "policy": policy}], **daemon)
 
-    yield start
-    for d in made:
-        d.stop()
+    return start
 
 
 def test_near_its_limit_the_policys_choice_is_armed_and_others_get_a_wake_point(tree, started):
