@@ -661,10 +661,18 @@ def guest(row: str, workloads: list[str], n: int, out: Path) -> None:
 # ======================================================================================
 # Host side
 
-def run_row(kernel: str, row: str, workloads: list[str], n: int) -> dict:
-    out = OUT / f"v2-{kernel}-{row}.json"
+def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = False) -> dict:
+    """One VM boot for ``row`` on ``kernel``, n rounds of ``workloads``.  With
+    ``append`` the trials are added to those of the row's earlier boots (same
+    workloads; each boot's date, main commit, n and wall time kept in ``boots``),
+    so that n can be built up over several boots or sessions."""
+    final = OUT / f"v2-{kernel}-{row}.json"
+    earlier = json.loads(final.read_text()) if append and final.exists() else None
+    out = OUT / f"v2-{kernel}-{row}.part.json"
     out.unlink(missing_ok=True)
-    argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", "3000", "-w", str(REPO), "-w", str(OUT)]
+    # the VM's overall bound: a round of the six workloads takes 1.5-4 min in TCG
+    bound = max(3000, 300 * n * len(workloads) // 6 + 600)
+    argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", str(bound), "-w", str(REPO), "-w", str(OUT)]
     if row == "systemd-oomd":
         argv.append("-s")       # systemd as PID 1
     argv += ["--", "env", f"PYTHONPATH={REPO / 'src'}", sys.executable, str(Path(__file__).resolve()),
@@ -678,8 +686,29 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int) -> dict:
     data["host_wall_s"] = round(time.monotonic() - t, 1)
     data["kernel_arg"] = kernel
     data["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    out.write_text(json.dumps(data, indent=1))
+    data["commit"] = git_head()
+    boot = {k: data.get(k) for k in ("date", "commit", "n", "host_wall_s", "error")}
+    boot["trials"] = len(data["trials"])
+    if earlier is not None:
+        offset = 1 + max((t.get("trial", 0) for t in earlier["trials"]), default=-1)
+        for tr in data["trials"]:
+            tr["trial"] = tr.get("trial", 0) + offset
+        data["trials"] = earlier["trials"] + data["trials"]
+        data["boots"] = earlier.get("boots", [{k: earlier.get(k) for k in boot}]) + [boot]
+        data["n"] = sum(b.get("n") or 0 for b in data["boots"])
+        data["host_wall_s"] = sum(b.get("host_wall_s") or 0 for b in data["boots"])
+    else:
+        data["boots"] = [boot]
+    final.write_text(json.dumps(data, indent=1))
+    out.unlink(missing_ok=True)
     return data
+
+
+def git_head() -> str | None:
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"]).returncode
+    return (proc.stdout.strip() + ("+dirty" if dirty else "")) if proc.returncode == 0 else None
 
 
 def pct(a: int, b: int) -> str:
@@ -785,7 +814,7 @@ def host(args) -> None:
         for k in kernels:
             for r in rows:
                 print(f"== {k} {r}", file=sys.stderr, flush=True)
-                all_data.append(run_row(k, r, workloads, args.n))
+                all_data.append(run_row(k, r, workloads, args.n, args.append))
         run = {"wall_s": round(time.monotonic() - started),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}", "n": args.n}
@@ -800,7 +829,10 @@ def host(args) -> None:
         "* n trials per cell (workload x row x kernel), the workloads interleaved; each row "
         "in its own VM boot: " + "; ".join(
             f"{d.get('kernel', d.get('kernel_arg'))} {d['row']}: n = {d.get('n', '?')}, "
-            f"{d.get('date', run['date'])}, {d.get('host_wall_s', 0) / 60:.1f} min"
+            + (", ".join(f"{b.get('date')} on {b.get('commit') or '?'} (n = {b.get('n')}, "
+                         f"{(b.get('host_wall_s') or 0) / 60:.1f} min)" for b in d["boots"])
+               if d.get("boots") else
+               f"{d.get('date', run['date'])}, {d.get('host_wall_s', 0) / 60:.1f} min")
             for d in all_data),
         "* rows: " + "; ".join(f"`{r}`: {ROWS[r]}" for r in dict.fromkeys(d["row"] for d in all_data)),
         "* times are emulated time (Python runs 10-25x slower than on hardware)", "",
@@ -824,6 +856,8 @@ def main() -> None:
     ap.add_argument("--kernels", default="6.1,6.12", help="comma-separated: 6.1, 6.12")
     ap.add_argument("--rows", default="oomkit,kernel", help=f"comma-separated, of: {', '.join(ROWS)}")
     ap.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
+    ap.add_argument("--append", action="store_true",
+                    help="add this boot's trials to the row's earlier ones (build n up over boots)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-v2.md")
     ap.add_argument("--report-only", action="store_true",
                     help="no VM: rewrite RESULTS-v2.md from the last run's JSON")
