@@ -3,6 +3,7 @@
 
     python bench/bench_v2.py -n 5                       # oomkit + kernel, both kernels
     python bench/bench_v2.py -n 1 --kernels 6.1 --workloads fast   # one trial: how long?
+    python bench/bench_v2.py -n 10 --rows oomkit --append   # add 10 rounds to the row's trials
     python bench/bench_v2.py --report-only              # rewrite RESULTS-v2.md from the JSON
 
 A benchmark, not a test: it measures and prints, asserts nothing.  For each
@@ -11,7 +12,11 @@ always under ``flock /tmp/oomkit-vm.lock``: other agents share the VM and the
 two cores) and runs this file inside as ``--guest ROW``, which runs ``-n``
 trials of every workload, each in a fresh ``/oomkit-test-<random>`` cgroup
 (cap 256M) with a child ``w`` limited by ``memory.max``; the host side then
-writes ``bench/RESULTS-v2.md``.
+writes ``bench/RESULTS-v2.md``.  Each row's trials are kept, gzip'd, in
+``bench/v2-data/`` (committed), so that ``--append`` (another boot's trials added
+to the row's, each boot's date, commit and n listed) and ``--report-only`` go on
+from them on a new machine: a VM round of the six workloads takes 2-4 min (6.1)
+and 6-8 min (6.12) of this 2-core host, so n = 20 per cell is built over boots.
 
 Rows:
 * ``oomkit``: ``oomkit run`` freshly started for each trial with the shipped
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import errno
+import gzip
 import json
 import os
 import platform
@@ -64,6 +70,9 @@ CACHE = Path(os.environ.get("OOMKIT_BENCH_V2_CACHE", "/var/tmp/oomkit-bench-v2")
 BIN = CACHE / "bin"
 OUT = CACHE / "out"          # shared read-write with the guest (-w)
 RESULTS = HERE / "RESULTS-v2.md"
+# Each row's trials, committed (gzip'd JSON): --append and --report-only on a new
+# machine, where OUT starts empty, go on from them.
+DATA = HERE / "v2-data"
 THRASH_FILE = CACHE / "thrash.bin"
 THRASH_MIB = 96
 CGROOT = Path("/sys/fs/cgroup")
@@ -667,7 +676,7 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     workloads; each boot's date, main commit, n and wall time kept in ``boots``),
     so that n can be built up over several boots or sessions."""
     final = OUT / f"v2-{kernel}-{row}.json"
-    earlier = json.loads(final.read_text()) if append and final.exists() else None
+    earlier = load_row(kernel, row) if append else None
     out = OUT / f"v2-{kernel}-{row}.part.json"
     out.unlink(missing_ok=True)
     # the VM's overall bound: a round of the six workloads takes 1.5-4 min in TCG
@@ -700,8 +709,22 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     else:
         data["boots"] = [boot]
     final.write_text(json.dumps(data, indent=1))
+    DATA.mkdir(exist_ok=True)
+    with gzip.open(DATA / f"{final.name}.gz", "wt") as f:
+        f.write(json.dumps(data, separators=(",", ":")))
     out.unlink(missing_ok=True)
     return data
+
+
+def load_row(kernel: str, row: str) -> dict | None:
+    """A row's trials so far: this machine's last run (OUT), else the committed copy."""
+    name = f"v2-{kernel}-{row}.json"
+    if (OUT / name).exists():
+        return json.loads((OUT / name).read_text())
+    if (DATA / f"{name}.gz").exists():
+        with gzip.open(DATA / f"{name}.gz", "rt") as f:
+            return json.loads(f.read())
+    return None
 
 
 def git_head() -> str | None:
@@ -803,10 +826,10 @@ def host(args) -> None:
         if name not in WORKLOADS:
             sys.exit(f"oomkit: unknown workload {name}; one of {', '.join(WORKLOADS)}")
     if args.report_only:
-        run = json.loads((OUT / "v2-run.json").read_text())
         # every (kernel, row) run so far; rows run at different times keep their own date and n
-        all_data = [json.loads((OUT / f"v2-{k}-{r}.json").read_text()) for r in rows for k in kernels
-                    if (OUT / f"v2-{k}-{r}.json").exists()]
+        all_data = [d for r in rows for k in kernels if (d := load_row(k, r)) is not None]
+        run = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}"}
     else:
         build()
         started = time.monotonic()
