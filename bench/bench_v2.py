@@ -679,8 +679,8 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     earlier = load_row(kernel, row) if append else None
     out = OUT / f"v2-{kernel}-{row}.part.json"
     out.unlink(missing_ok=True)
-    # the VM's overall bound: a round of the six workloads takes 1.5-4 min in TCG
-    bound = max(3000, 300 * n * len(workloads) // 6 + 600)
+    # the VM's overall bound: a round of the six workloads takes 2-4 min (6.1), 6-8 (6.12)
+    bound = max(3000, 480 * n * len(workloads) // 6 + 600)
     argv = ["flock", LOCK, str(VM), "-K", kernel, "-t", str(bound), "-w", str(REPO), "-w", str(OUT)]
     if row == "systemd-oomd":
         argv.append("-s")       # systemd as PID 1
