@@ -675,7 +675,6 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     ``append`` the trials are added to those of the row's earlier boots (same
     workloads; each boot's date, main commit, n and wall time kept in ``boots``),
     so that n can be built up over several boots or sessions."""
-    final = OUT / f"v2-{kernel}-{row}.json"
     earlier = load_row(kernel, row) if append else None
     out = OUT / f"v2-{kernel}-{row}.part.json"
     out.unlink(missing_ok=True)
@@ -694,7 +693,7 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
         data["error"] = f"VM rc {proc.returncode}"
     data["host_wall_s"] = round(time.monotonic() - t, 1)
     data["kernel_arg"] = kernel
-    data["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    data["date"] = utc_now()
     data["commit"] = git_head()
     boot = {k: data.get(k) for k in ("date", "commit", "n", "host_wall_s", "error")}
     boot["trials"] = len(data["trials"])
@@ -708,23 +707,24 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
         data["host_wall_s"] = sum(b.get("host_wall_s") or 0 for b in data["boots"])
     else:
         data["boots"] = [boot]
-    final.write_text(json.dumps(data, indent=1))
     DATA.mkdir(exist_ok=True)
-    with gzip.open(DATA / f"{final.name}.gz", "wt") as f:
+    with gzip.open(DATA / f"v2-{kernel}-{row}.json.gz", "wt") as f:
         f.write(json.dumps(data, separators=(",", ":")))
     out.unlink(missing_ok=True)
     return data
 
 
 def load_row(kernel: str, row: str) -> dict | None:
-    """A row's trials so far: this machine's last run (OUT), else the committed copy."""
-    name = f"v2-{kernel}-{row}.json"
-    if (OUT / name).exists():
-        return json.loads((OUT / name).read_text())
-    if (DATA / f"{name}.gz").exists():
-        with gzip.open(DATA / f"{name}.gz", "rt") as f:
-            return json.loads(f.read())
-    return None
+    """A row's trials so far (bench/v2-data, the one copy), or None."""
+    path = DATA / f"v2-{kernel}-{row}.json.gz"
+    if not path.exists():
+        return None
+    with gzip.open(path, "rt") as f:
+        return json.loads(f.read())
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def git_head() -> str | None:
@@ -828,7 +828,7 @@ def host(args) -> None:
     if args.report_only:
         # every (kernel, row) run so far; rows run at different times keep their own date and n
         all_data = [d for r in rows for k in kernels if (d := load_row(k, r)) is not None]
-        run = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        run = {"date": utc_now(),
                "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}"}
     else:
         build()
@@ -839,7 +839,7 @@ def host(args) -> None:
                 print(f"== {k} {r}", file=sys.stderr, flush=True)
                 all_data.append(run_row(k, r, workloads, args.n, args.append))
         run = {"wall_s": round(time.monotonic() - started),
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "date": utc_now(),
                "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}", "n": args.n}
         (OUT / "v2-run.json").write_text(json.dumps(run))
     text = "\n".join([
@@ -883,7 +883,7 @@ def main() -> None:
                     help="add this boot's trials to the row's earlier ones (build n up over boots)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-v2.md")
     ap.add_argument("--report-only", action="store_true",
-                    help="no VM: rewrite RESULTS-v2.md from the last run's JSON")
+                    help="no VM: rewrite RESULTS-v2.md from bench/v2-data")
     ap.add_argument("--guest", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
