@@ -159,7 +159,8 @@ WORKLOADS: dict[str, dict] = {
 ROWS = {
     "oomkit": "oomkit run, shipped defaults (handler_deadline and watchdog_timeout x20 for the "
               "emulated CPU), newest-task attached at the box",
-    "oomkit-depth8": "as oomkit, with `depth = 8` (a standing decision 8 deep instead of 4)",
+    "oomkit-depth4": "as oomkit, with `depth = 4` (the default before 2026-12-07: a standing "
+                     "decision 4 deep instead of 8)",
     "kernel": "memory.max alone, no daemon",
     "earlyoom": "earlyoom 1.7, bench/peers/earlyoom.args; no memory.max, the machine shrunk "
                 "so that the limit remains above its 10 % threshold",
@@ -468,9 +469,9 @@ def run_trial(row: str, wl: str) -> dict:
         if mode == "system":
             res["system"] = shrink(limit, PEER_MODE[row][1])
         t = now()
-        if row in ("oomkit", "oomkit-depth8"):
+        if row in ("oomkit", "oomkit-depth4"):
             daemon, log_path = daemon_start("/" + box.name, tmp,
-                                            "depth = 8\n" if row == "oomkit-depth8" else "")
+                                            "depth = 4\n" if row == "oomkit-depth4" else "")
         elif row in PEER_MODE:
             daemon, log_path = peer_start(row, box.name, tmp)
         res["daemon_start_s"] = round(now() - t, 1)

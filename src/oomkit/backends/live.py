@@ -66,7 +66,7 @@ class LiveSettings:
     headroom: int | None = None          # v2: the standing decision's zone; None: auto
     pressure: PSITrigger | None = None   # v2: a PSI trigger that runs the chain early; None: off
     rearm: float = 0.5                   # v2: seconds between two takes of a standing decision
-    depth: int = 4                       # v2: the chain's victim and its successors, marked at once
+    depth: int = 8                       # v2: the chain's victim and its successors, marked at once
     executor: str = "daemon"             # v1: who kills the chain's victim, "daemon" or "kernel"
 
 

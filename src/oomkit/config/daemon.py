@@ -55,7 +55,7 @@ class DaemonSpec(_Strict):
     # cgroup v2: a standing decision for each managed memcg within `headroom` of memory.max
     headroom: Size = "auto"         # "auto": 1/8 of memory.max, 4 MiB to 1 GiB
     rearm: Duration = "500ms"       # how often a standing decision is taken again
-    depth: int = 4                  # the chain's victim and up to depth-1 successors stand at once
+    depth: int = 8                  # the chain's victim and up to depth-1 successors stand at once
     pressure: str = "off"           # a PSI trigger that runs the chain (and kills) early: opt-in
     tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
     executor: str = "daemon"        # v1: who kills the chain's victim: "daemon" (pidfd) or "kernel"
@@ -123,7 +123,7 @@ class DaemonConfig:
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
     host: str = ""                 # written into every record; "" until resolved (the hostname)
     executor: str = "daemon"       # v1: "daemon" kills by pidfd, "kernel" kills what the chain marked
-    depth: int = 4                 # v2: how many of the chain's choices stand at once
+    depth: int = 8                 # v2: how many of the chain's choices stand at once
     metrics: tuple[str, int] | None = None     # (host, port) to serve /metrics on
     metrics_textfile: str | None = None
 
