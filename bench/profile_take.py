@@ -9,7 +9,7 @@ its time goes.
 
 A benchmark, not a test: it measures and prints.  The daemon is built as
 ``oomkit run`` builds it (``Daemon``, ``newest-task`` attached at the box,
-``depth`` 4), with a restorer that only remembers (nothing outlives the run
+``depth`` 8, the default), with a restorer that only remembers (nothing outlives the run
 but the marks on its own tasks, which it kills).
 
 * ``--fake`` (default): a fake cgroup2 tree and /proc in a temp dir, real file
@@ -219,7 +219,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--real", action="store_true", help="a real cgroup v2 memcg (root, the VM)")
     ap.add_argument("--tasks", type=int, default=24)
-    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--runner", choices=["worker", "inprocess", "both"], default="both")
     ap.add_argument("--profile", action="store_true", help="cProfile the takes (cumulative)")
