@@ -117,6 +117,22 @@ def test_the_innermost_is_placed_under_every_level_above_at_its_placed_values():
     assert score(WORKER, CC_PAGES) > score(SLEEPER, CC_PAGES, 7 * MiB)
 
 
+def test_the_outermost_ceiling_binds_where_the_middle_one_is_looser():
+    """/p and /p/b both chose the sleeper (in /p/b, outside /p/b/c) at 1000:
+    256 + 65000 = 65256 at /p's OOM, 256 + 24000 = 24256 at /p/b's.  The
+    worker (/p/b/c's choice) under /p/b alone may stand at (24256 - 4096 -
+    7424 - 1) // 24 = 530, but at /p's OOM, grown by /p's 181 MiB, 4096 +
+    46336 + 34450 = 84882 would outrank the sleeper; under /p it stands at
+    (65256 - 4096 - 46336 - 1) // 65 = 228: 4096 + 46336 + 14820 = 65252."""
+    a = level("/p", A_PAGES, [SLEEPER], [1000], [JOB, HOG, WORKER], slack=181 * MiB)
+    b = level("/p/b", B_PAGES, [SLEEPER], [1000], [HOG, WORKER], slack=29 * MiB)
+    c = level("/p/b/c", CC_PAGES, [WORKER], [1000], room=3 * MiB, slack=7 * MiB)
+    assert place([a, b, c]) == ({"/p": (1000,), "/p/b": (1000,), "/p/b/c": (228,)}, {})
+    assert nest(b, c) == ((1000,), (530,))
+    grown = WORKER._replace(rss=WORKER.rss + 181 * MiB, oom_score_adj=228)
+    assert badness(grown, A_PAGES) < badness(SLEEPER._replace(oom_score_adj=1000), A_PAGES)
+
+
 def test_a_task_marked_above_stands_at_that_mark_not_above():
     """/p/b's decision two deep (the hog, then the worker, then the sleeper,
     alone at 1000, 999, 849): the hog at 121 as above, the worker under it at
@@ -415,4 +431,27 @@ def test_a_blocker_two_levels_up_is_held_back_and_the_middle_placed_again(tree, 
     chain_on_top(d, proc, "/box/a", [PID_A, PID_B, PID_D], 80 * MiB // 4096)
     d.stop()
     assert [adj(proc, p) for p in (*EVERY, PID_E)] == [0] * 5
+    assert d.restorer.held == {}
+
+
+def test_a_decision_outside_the_nested_ones_leaves_their_values_alone(tree, daemons):
+    """/solo (a managed memcg beside /box, near its limit) decides after /box
+    and /box/a have placed theirs: its task stands at 1000, and /box/a's hog
+    stays under /box's job (not written again as a decision alone)."""
+    from test_live_v2_fake import task
+
+    mount, proc = tree
+    newest(proc, PID_C)
+    task(proc, PID_E, "solo", 4 * 1024)
+    cgroup(mount, "/box", current=250 * MiB, limit=256 * MiB)
+    cgroup(mount, "/solo", current=30 * MiB, limit=32 * MiB, procs=[PID_E])
+    d = daemons([{"cgroup": "/box", "policy": "newest-task"},
+                 {"cgroup": "/box/a", "policy": "largest-task"},
+                 {"cgroup": "/solo", "policy": "largest-task"}])
+    hog = adj(proc, PID_A)
+    assert 0 < hog < 1000 and adj(proc, PID_C) == 1000 and adj(proc, PID_E) == 1000
+    d.stack.episodes["/solo"].next_take = 0
+    d.stack._look("/solo")
+    assert (adj(proc, PID_A), adj(proc, PID_C), adj(proc, PID_E)) == (hog, 1000, 1000)
+    d.stop()
     assert d.restorer.held == {}

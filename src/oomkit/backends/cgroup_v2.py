@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -609,6 +609,14 @@ class Rank:
         return pids.union(*self.sharers.values())
 
 
+class _Plan(NamedTuple):
+    """:func:`place` over the decisions in ``top``'s subtree."""
+
+    top: str
+    values: dict[str, tuple[int, ...]]      # memcg -> its values, placed
+    held: dict[str, str]                    # memcg -> the memcg it is held back for
+
+
 @dataclass(frozen=True)
 class _Gone:
     """A marked task that exited or was put back, and the decision that marked it."""
@@ -1044,18 +1052,16 @@ class V2Stack:
         firsts, _groups = _firsts(ranks)
         stand = self._stand(ep, ranks, list(firsts.values()))
         ep.stand, ep.last = stand, ranks
-        values, held = self._plan()
-        if ep.memcg in held:
-            self._hold(ep, held[ep.memcg])
+        plan = self._plan(ep.memcg)
+        if ep.memcg in plan.held:
+            self._hold(ep, plan.held[ep.memcg])
         else:
-            self._write(ep, ranks, values.get(ep.memcg))
-        self._settle(values, held, done=ep)
+            self._write(ep, ranks, plan.values.get(ep.memcg))
+        self._settle(plan, done=ep)
         if ep.level is Level.GLOBAL:
-            armed = [o for o in self.episodes.values() if o.is_armed or o.stand is not None]
-            for other in armed:
-                self._unarm(other, replan=False)    # the machine's decision alone stands now
-            if armed:
-                self._settle(*self._plan())
+            for other in self.episodes.values():
+                if other.is_armed or other.stand is not None:
+                    self._unarm(other, replan=False)    # the machine's decision alone stands now
 
     def _write(self, ep: Episode, ranks: list[Rank], values: Sequence[int] | None,
                replaced: bool = False) -> None:
@@ -1146,21 +1152,27 @@ class V2Stack:
 
     # -- nested managed memcgs --------------------------------------------------------------
 
-    def _plan(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-        """Every managed memcg's decision placed under every one above it that
-        stands (:func:`place`): values by memcg, and who waits for whom."""
-        return place([e.stand for e in self.episodes.values() if e.stand is not None])
+    def _plan(self, memcg: str) -> _Plan:
+        """The decisions nested with ``memcg``'s, each placed under every one
+        above it that stands (:func:`place`): those in the subtree of the
+        outermost memcg above it (or it) with a standing decision, which no
+        other managed memcg is nested with."""
+        top = next((p for p in reversed(list(ancestors(memcg)))
+                    if (e := self.episodes.get(p)) is not None and e.stand is not None), memcg)
+        family = [e.stand for e in self.episodes.values()
+                  if e.stand is not None and is_within(e.memcg, top)]
+        return _Plan(top, *place(family))
 
-    def _settle(self, values: Mapping[str, tuple[int, ...]], held: Mapping[str, str],
-                done: Episode | None = None) -> None:
-        """Bring every decision but ``done``'s (written already) to the plan,
-        outermost first, so each is placed under what stands above it by then:
-        one held back now loses its marks; one held back that may stand again
-        is taken again (its decision is old); one whose values moved (what
-        stands above it changed) is written again from its ranks."""
+    def _settle(self, plan: _Plan, done: Episode | None = None) -> None:
+        """Bring every decision of ``plan`` but ``done``'s (written already) to
+        it, outermost first, so each is placed under what stands above it by
+        then: one held back now loses its marks; one held back that may stand
+        again is taken again (its decision is old); one whose values moved
+        (what stands above it changed) is written again from its ranks."""
         now = self.backend.clock.now()
+        values, held = plan.values, plan.held
         for other in sorted(self.episodes.values(), key=lambda e: e.memcg.count("/")):
-            if other is done or other.stand is None:
+            if other is done or other.stand is None or not is_within(other.memcg, plan.top):
                 continue
             by = held.get(other.memcg)
             if by is not None:
@@ -1364,7 +1376,7 @@ class V2Stack:
             return
         ep.stand, ep.last, ep.held = None, None, None
         if replan:
-            self._settle(*self._plan())
+            self._settle(self._plan(ep.memcg))
 
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
