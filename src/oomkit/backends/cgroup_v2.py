@@ -26,11 +26,11 @@ lets the kernel carry it out:
 * ``memory.high`` is put back and nothing else happens until the kernel's
   real OOM, if it comes: the kernel kills the armed task through its own
   path (OOM reaper, ``memory.events`` oom_kill, its report, oom.group), once;
-* a managed memcg inside another, both near their limits: one
-  ``oom_score_adj`` per task serves both OOMs, so the inner decision is placed
-  under the outer's (:func:`nest`), or, where no values let each OOM's own
-  choice win there, the memcg with less room decides alone and the other is
-  held back;
+* managed memcgs nested, several near their limits: one ``oom_score_adj``
+  per task serves every OOM, so each decision is placed under every one above
+  it that stands, at the values placed for it (:func:`place`), or, where no
+  values let each OOM's own choice win there, the memcg with less room
+  decides and the other is held back;
 * while usage stays in the zone the decision is taken again every
   ``rearm`` seconds and at once when an armed task exits; when usage leaves
   the zone every armed value is restored and the wake-up point set again.
