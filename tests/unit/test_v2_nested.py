@@ -406,9 +406,10 @@ def test_each_of_three_ooms_finds_its_own_chain_on_top(tree, three, depth):
 
 def test_a_blocker_two_levels_up_is_held_back_and_the_middle_placed_again(tree, three, caplog):
     """test_a_blocker_further_up_is_held_back_and_those_under_it_placed_again on
-    the fake tree: /box's choice is the sleeper in /box/a/c, at 1000 it would
-    outrank /box/a/c's worker at /box/a/c's OOM under any value /box allows
-    it, and /box/a/c has the less room (4 MiB to 6): /box is held back (the
+    the fake tree: /box's choice is the sleeper in /box/a/c; at 1000, grown by
+    /box/a/c's 23 MiB of slack, it would outrank /box/a/c's worker at its OOM
+    under any value /box allows the worker (936), and /box/a/c has the less
+    room (4 MiB to 6): /box is held back (the
     sleeper unmarked), /box/a's hog written again at 1000, not at the 803 it
     stood at under /box.  When /box/a/c leaves its zone /box's decision comes
     back, and /box/a's hog goes back under it.  stop puts everything back."""
