@@ -169,6 +169,21 @@ def test_a_blocker_further_up_is_held_back_and_those_under_it_placed_again():
     assert place(stands(7 * MiB)) == ({"/p": (1000,), "/p/b": (803,)}, {"/p/b/c": "/p"})
 
 
+def test_a_memcg_held_back_for_one_held_back_itself_stands_again():
+    """/p and /p/b both chose the sleeper (inside /p/b/c) at 1000; /p/b/c's
+    worker loses its own OOM to it under either: under /p/b at most (24256 -
+    4096 - 7424 - 1) // 24 = 530, 4096 + 3180 = 7276 against 256 + 6000 +
+    1792 = 8048; under /p at most 228.  /p/b (the nearer blocker) has more
+    room than /p/b/c (6 MiB to 4): it would be held back for it, but /p has
+    less (2 MiB), so /p/b/c is held back for /p in any case, and /p/b, held
+    back for nothing, stands."""
+    a = level("/p", A_PAGES, [SLEEPER], [1000], [JOB, HOG, WORKER], room=2 * MiB, slack=181 * MiB)
+    b = level("/p/b", B_PAGES, [SLEEPER], [1000], [HOG, WORKER], slack=29 * MiB)
+    c = level("/p/b/c", CC_PAGES, [WORKER], [1000], [SLEEPER], room=4 * MiB, slack=7 * MiB)
+    assert place([a, b, c]) == ({"/p": (1000,), "/p/b": (1000,)}, {"/p/b/c": "/p"})
+    assert place([b, c]) == ({"/p/b/c": (1000,)}, {"/p/b": "/p/b/c"})     # /p gone: /p/b waits
+
+
 # -- the daemon on the fake tree ------------------------------------------------------------
 
 

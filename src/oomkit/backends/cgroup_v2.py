@@ -207,16 +207,27 @@ def place(stands: Sequence[Stand]) -> tuple[dict[str, tuple[int, ...]], dict[str
     (or as much: it OOMs first) the blocker is held back and everything is
     placed again without it; otherwise this memcg is held back.  Returns the
     values of those that stand, and for each held back the memcg it waits
-    for.  A function of the stands alone, so a re-take of the same numbers
-    holds back the same memcgs (no flapping).  Pure."""
+    for.  A memcg held back for one that is held back itself in the end is
+    placed again (that one is pinned held back: it could stand in no plan).
+    A function of the stands alone, so a re-take of the same numbers holds
+    back the same memcgs (no flapping).  Pure."""
     order = sorted(stands, key=lambda s: (s.memcg.count("/"), s.memcg))     # outer first
-    forced: dict[str, str] = {}
-    for _ in range(len(order) + 1):
-        values, held, blocker = _place_once(order, forced)
-        if blocker is None:
+    forced: dict[str, str] = {}         # a blocker held back -> the memcg it is held for
+    pinned: dict[str, str] = {}         # held back whatever the others do -> its blocker
+    # Each pass adds a blocker, or pins a memcg not pinned before (it then blocks
+    # nothing): at most n pins, and at most n blockers between two.
+    for _ in range((len(order) + 1) ** 2):
+        values, held, blocker = _place_once(order, {**forced, **pinned})
+        if blocker is not None:
+            forced[blocker[0]] = blocker[1]
+            continue
+        idle = [x for x, memcg in forced.items() if memcg in held]
+        if not idle:
             return values, held
-        forced[blocker[0]] = blocker[1]
-    raise AssertionError("place(): a memcg held back twice")      # pragma: no cover
+        for x in idle:
+            memcg = forced.pop(x)
+            pinned[memcg] = held[memcg]
+    raise AssertionError("place(): no plan")      # pragma: no cover
 
 
 def _place_once(order: Sequence[Stand], forced: Mapping[str, str]
