@@ -17,6 +17,17 @@ from helpers.procs import vm_until as until
 MiB = 1 << 20
 
 
+def one_record_the_policys_kill(d, pid: int, memcg: str) -> dict:
+    """The daemon wrote one record for the OOM: ``memcg``'s chain decided that
+    ``pid`` die, and the kernel killed it."""
+    records = d.records()
+    assert len(records) == 1, records
+    rec = records[0]
+    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
+    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(pid, f"policy:{memcg}")], rec
+    return rec
+
+
 def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, daemon):
     """P (112 MiB) holds C (72 MiB); largest-task is attached at C, newest-task
     at P.  In C an old task holds 56 MiB beside a sleeper: C is in its zone (the
@@ -46,11 +57,7 @@ def test_the_outer_oom_kills_the_outer_chains_choice_not_the_inner_mark(box, dae
     assert sleeper.alive()
     assert box.events(p)["oom_kill"] >= 1 and box.events(c)["oom_kill"] == 0, \
         (box.events(p), box.events(c))
-    records = d.records()
-    assert len(records) == 1, records
-    rec = records[0]
-    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
-    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(grower.pid, f"policy:{p}")], rec
+    rec = one_record_the_policys_kill(d, grower.pid, p)
     assert rec["handlers"][0]["policy"] == "newest-task"
     assert d.stop() == 0
     assert adj(big.pid) == 0 and adj(sleeper.pid) == 0
@@ -82,11 +89,7 @@ def test_the_inner_oom_kills_the_inner_chains_choice_not_the_outer_mark_inside_i
     assert m.alive(), f"P's marked task died at C's OOM:\n{d.log}"
     assert sleeper.alive() and holder.alive()
     assert box.events(c)["oom_kill"] >= 1, box.events(c)
-    records = d.records()
-    assert len(records) == 1, records
-    rec = records[0]
-    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
-    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(grower.pid, f"policy:{c}")], rec
+    rec = one_record_the_policys_kill(d, grower.pid, c)
     assert rec["handlers"][0]["policy"] == "newest-task"
     assert "held back" in d.log, d.log
     assert d.stop() == 0
@@ -126,10 +129,6 @@ def test_three_levels_the_outermost_oom_kills_its_choice_not_a_mark_two_levels_d
     assert sleeper.alive()
     assert box.events(b)["oom_kill"] == 0 and box.events(a)["oom_kill"] >= 1, \
         (box.events(a), box.events(b))
-    records = d.records()
-    assert len(records) == 1, records
-    rec = records[0]
-    assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
-    assert [(k["pid"], k["by"]) for k in rec["killed"]] == [(grower.pid, f"policy:{a}")], rec
+    one_record_the_policys_kill(d, grower.pid, a)
     assert d.stop() == 0
     assert adj(worker.pid) == 0 and adj(hog.pid) == 0 and adj(sleeper.pid) == 0
