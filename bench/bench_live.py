@@ -331,7 +331,7 @@ class DaemonProc:
 
     def start(self, timeout: float = 300.0) -> DaemonProc:
         t0 = time.monotonic()
-        self._err = open(self.stderr_path, "w")
+        self._err = open(self.stderr_path, "w")    # noqa: SIM115 (open while the daemon runs; closed in stop)
         self.popen = subprocess.Popen([sys.executable, "-m", "oomkit.cli", "run", "--config", str(self.config)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=self._err, cwd=self.bench.tmp, env=self.env)
@@ -703,7 +703,7 @@ def bench_idle(args) -> None:
         c1, t1 = [cpu_ticks(p) for p in pids], time.monotonic()
         mem = [vm(p) for p in pids]
         wall = t1 - t0
-        cpu = [(b - a) / HZ for a, b in zip(c0, c1)]
+        cpu = [(b - a) / HZ for a, b in zip(c0, c1, strict=False)]
         d.stop()
         startup = d.startup_s
     finally:
@@ -720,7 +720,7 @@ def bench_idle(args) -> None:
              f"Start-up (taking the {size + 1} memcgs, until \"running\"): {startup:.1f} s.", "",
              "| process | VmRSS MiB | VmHWM MiB | RssAnon MiB | RssFile MiB | CPU s | CPU % of one core |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, m, c in zip(names, mem, cpu):
+    for name, m, c in zip(names, mem, cpu, strict=False):
         lines.append(f"| {name} | {m['VmRSS'] / MiB:.1f} | {m['VmHWM'] / MiB:.1f} | {m['RssAnon'] / MiB:.1f} | "
                      f"{m['RssFile'] / MiB:.1f} | {c:.2f} | {c / wall * 100:.3f} |")
     lines += ["", f"- RSS {rss:.1f} MiB (daemon), target <= 30 MiB: **{'met' if rss <= 30 else 'missed'}**",
@@ -1207,7 +1207,7 @@ def one_storm(bench: Bench, cgs: list[str], limit: int, hog_mib: int, args):
     efds = [notify.register_oom_eventfd(bench.fs, cg) for cg in cgs]
     usage = [bench.fs.open(cg, "memory.usage_in_bytes") for cg in cgs]
     hogs = [bench.hog(cg, hog_mib, slot=i, start=False) for i, cg in enumerate(cgs)]
-    for hog, cg in zip(hogs, cgs):
+    for hog, cg in zip(hogs, cgs, strict=False):
         if not hog.wait_line("ready", 60):
             raise RuntimeError("hog did not start")
         bench.fs.attach(cg, hog.pid)
@@ -1320,7 +1320,8 @@ class HeapProbe:
         for s in stats:
             frames = list(reversed(s.traceback))      # innermost first (tracemalloc: oldest first)
             mine = next((f for f in frames if "/oomkit/" in f.filename), None)
-            where = " from ".join(f"{short(f.filename)}:{f.lineno}" for f in dict.fromkeys((frames[0], mine or frames[0])))
+            where = " from ".join(f"{short(f.filename)}:{f.lineno}"
+                                  for f in dict.fromkeys((frames[0], mine or frames[0])))
             out.append(f"  - {s.size_diff:+,} B, {s.count_diff:+,} blocks, {s.size:,} B: {where}")
         return out
 
@@ -1396,7 +1397,7 @@ def bench_storm(args) -> None:
     by_memcg: dict[str, list[dict]] = {}
     for e in events:
         by_memcg.setdefault(e["memcg"], []).append(e)
-    pids = {cg: h.pid for cg, h in zip(cgs, hogs)}
+    pids = {cg: h.pid for cg, h in zip(cgs, hogs, strict=False)}
     one = sum(1 for cg in cgs if len(by_memcg.get(cg, [])) == 1)
     twice = sum(1 for cg in cgs if len(by_memcg.get(cg, [])) > 1)
     missing = sum(1 for cg in cgs if cg not in by_memcg)
@@ -1405,7 +1406,8 @@ def bench_storm(args) -> None:
     strangers = [e["memcg"] for e in events if e["memcg"] not in pids]
     first_n, last_n = min(notified.values()), max(notified.values())
     total = (max(relieved.values()) - first_n) / 1e6 if relieved else float("nan")
-    daemon_ms = summary([e["latency_ms"] for e in events if e.get("latency_ms") is not None])   # not in a kernel kill taken back
+    # not in a kernel kill taken back
+    daemon_ms = summary([e["latency_ms"] for e in events if e.get("latency_ms") is not None])
     stall_unc = summary([(relieved[i] - stalls[i]) / 1e6 for i in relieved if stalls[i]])
     s = summary(per)
     lines = ["## 4. OOM storm", "", machine_line(info, end_load), "",

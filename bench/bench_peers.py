@@ -260,7 +260,7 @@ def meminfo() -> dict[str, int]:
 
 def events(path: Path) -> dict[str, int]:
     try:
-        return {k: int(v) for k, v in (l.split() for l in cg_read(path, "memory.events").splitlines())}
+        return {k: int(v) for k, v in (ln.split() for ln in cg_read(path, "memory.events").splitlines())}
     except OSError:
         return {}
 
@@ -427,15 +427,15 @@ class Guest:
     # -- the tool ------------------------------------------------------------------------
 
     def start_tool(self, wl: str) -> None:
-        log = open(self.logdir / f"{wl}.log", "wb")
+        log = open(self.logdir / f"{wl}.log", "wb")    # noqa: SIM115 (the tool's stderr while it runs)
         self.daemon_log = self.logdir / f"{wl}.log"
         name, env = self.name, dict(os.environ, PYTHONUNBUFFERED="1")
         if name == "kernel":
             log.close()
             return
         if name == "earlyoom":
-            args = [l for l in (PEERS / "earlyoom.args").read_text().splitlines()
-                    if l and not l.startswith("#")]
+            args = [ln for ln in (PEERS / "earlyoom.args").read_text().splitlines()
+                    if ln and not ln.startswith("#")]
             argv, ready = ["earlyoom", *args], "sending SIGTERM when"
         elif name == "nohang":
             argv, ready = ["nohang", "--monitor", "--config", str(PEERS / "nohang.conf")], "Monitoring has started"
@@ -715,8 +715,8 @@ def configs_md(tools: list[str]) -> str:
             out += ["", "bench/peers/nohang.conf: Debian's /etc/nohang/nohang.conf with this added "
                     "(diff):", "", "```"]
             conf = (PEERS / "nohang.conf").read_text().splitlines()
-            out += [l for l in conf if l.startswith("## bench_peers") or "bench_peers.py" in l
-                    or l.startswith("@BADNESS")]
+            out += [ln for ln in conf if ln.startswith("## bench_peers") or "bench_peers.py" in ln
+                    or ln.startswith("@BADNESS")]
             out.append("```")
         elif tool == "oomd":
             files = ["oomd.json"]
@@ -751,7 +751,7 @@ def host(args) -> None:
             print(f"== {tool}", file=sys.stderr, flush=True)
             all_data.append(run_tool(tool, workloads))
         run = {"wall_s": time.monotonic() - started,
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "host": f"{os.cpu_count()} CPUs, kernel {platform.release()}"}
         (OUT / "run.json").write_text(json.dumps(run))
     wall = run["wall_s"]

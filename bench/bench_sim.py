@@ -54,7 +54,7 @@ def machine_info() -> dict:
         pass
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
             "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 # -- (i) events per second ---------------------------------------------------------------

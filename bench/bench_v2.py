@@ -307,7 +307,7 @@ class Proc:
 
 def memory_events(path: Path) -> dict[str, int]:
     try:
-        return {k: int(v) for k, v in (l.split() for l in (path / "memory.events").read_text().splitlines())}
+        return {k: int(v) for k, v in (ln.split() for ln in (path / "memory.events").read_text().splitlines())}
     except OSError:
         return {}
 
@@ -433,7 +433,7 @@ def daemon_stop(d: subprocess.Popen) -> int:
 
 def records(path: Path) -> list[dict]:
     try:
-        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     except (OSError, ValueError):
         return []
 
@@ -517,8 +517,8 @@ def run_trial(row: str, wl: str) -> dict:
                               | {"killed": [(k.get("pid"), k.get("by")) for k in r.get("killed", [])]}
                               for r in recs]
             res["daemon_log_tail"] = log[-3000:]
-            res["daemon_warnings"] = [l for l in log.splitlines()
-                                      if "WARNING" in l or "ERROR" in l or "Traceback" in l][:20]
+            res["daemon_warnings"] = [ln for ln in log.splitlines()
+                                      if "WARNING" in ln or "ERROR" in ln or "Traceback" in ln][:20]
             # the daemon's decisions in full (the tail above is mostly usage lines)
             res["daemon_decisions"] = [ln for ln in log.splitlines() if any(
                 w in ln for w in ("armed", "killed", "decision", "zone", "acting", "disarm",
@@ -795,6 +795,39 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
     return "\n".join(lines)
 
 
+def readme(all_data: list[dict]) -> str:
+    """The README's compact table: one line per row and kernel, n per cell."""
+    burst = ("fork-burst", "many-small")
+    lines = ["| row, kernel | n | policy's choice died: fast / slow / fork burst / many small "
+             "| kills of the decision's marked task (fork burst / many small) | the old task "
+             "died (kills): fast / slow / fork burst / many small | needless kills, holding "
+             "still 15 s | thrash: trials with a kill | victims per OOM | time to relief, "
+             "median (emulated) |", "|---|---|---|---|---|---|---|---|---|"]
+    for d in all_data:
+        cells = {w: cell(d.get("trials", []), w) for w in WORKLOADS}
+        oom_wls = [w for w in WORKLOADS if w not in ("hold", "thrash")]
+
+        def died(w: str, cells: dict = cells) -> str:
+            c = cells[w]
+            return f"{c['hits']}/{c['kills']}" if c["kills"] else ("no kill" if c["n"] else "not run")
+
+        marked = (" / ".join(f"{cells[w]['armed']}/{cells[w]['recorded']}" for w in burst)
+                  if d["row"].startswith("oomkit") else "-")
+        old = " / ".join(str(cells[w]["old"]) if cells[w]["n"] else "-" for w in oom_wls)
+        hold, th = cells["hold"], cells["thrash"]
+        ooms = sum(cells[w]["ooms"] for w in oom_wls)
+        vic = sum(cells[w]["victims"] for w in oom_wls)
+        relief = [r for w in oom_wls for r in cells[w]["relief"]]
+        ns = sorted({c["n"] for c in cells.values() if c["n"]})
+        lines.append(
+            f"| {d['row']}, {d.get('kernel_arg', d.get('kernel'))} "
+            f"| {'-'.join(map(str, ns)) or '-'} | {' / '.join(died(w) for w in oom_wls)} | {marked} "
+            f"| {old} | {hold['victims']} in {hold['n']} | {th['trials_with_victims']} of {th['n']} "
+            f"| {f'{vic / ooms:.2f}' if ooms else '-'} "
+            f"| {f'{statistics.median(relief):.2f} s' if relief else '-'} |")
+    return "\n".join(lines)
+
+
 def detail(all_data: list[dict], workloads: list[str]) -> str:
     lines = ["| kernel | row | workload | trials (errors) | kernel kills | policy's choice died "
              "| oomkit's records: victims armed by the policy | OOMs | victims | victims not killed by "
@@ -865,6 +898,9 @@ def host(args) -> None:
         "## Who decided", "", table(all_data, workloads), "",
         "## Per workload", "", detail(all_data, workloads), "",
     ])
+    if args.readme:
+        print(readme(all_data))
+        return
     if not args.no_write:
         old = RESULTS.read_text() if RESULTS.exists() else ""
         if "\n## Notes" in old:
@@ -885,6 +921,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS-v2.md")
     ap.add_argument("--report-only", action="store_true",
                     help="no VM: rewrite RESULTS-v2.md from bench/v2-data")
+    ap.add_argument("--readme", action="store_true",
+                    help="with --report-only: print the README's compact table, write nothing")
     ap.add_argument("--guest", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -80,3 +80,22 @@ def test_task_reader_bpf_needs_the_running_kernels_proc():
     assert open_task_reader("proc", "/proc") is None
     with pytest.raises(ConfigError, match="reads the running kernel"):
         open_task_reader("bpf", "/tmp/fake-proc")
+
+
+def test_the_shipped_example_and_every_layer_have_the_same_defaults():
+    """contrib/oomkit.toml's [daemon] keys, an empty [daemon] and LiveSettings()
+    agree: the shipped defaults are one set, whichever way they reach the live stack."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from oomkit.backends.live import LiveSettings
+    from oomkit.daemon.main import live_settings
+
+    shipped = tomllib.loads((Path(__file__).parents[2] / "contrib" / "oomkit.toml").read_text())
+    example = resolve({"daemon": shipped["daemon"]})
+    builtin = resolve({"daemon": {}})
+    assert live_settings(example) == live_settings(builtin) == LiveSettings()
+    for f in dataclasses.fields(builtin):
+        if f.name not in ("attach", "file", "base_dir"):
+            assert getattr(example, f.name) == getattr(builtin, f.name), f.name

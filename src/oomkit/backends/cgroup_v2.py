@@ -26,11 +26,11 @@ lets the kernel carry it out:
 * ``memory.high`` is put back and nothing else happens until the kernel's
   real OOM, if it comes: the kernel kills the armed task through its own
   path (OOM reaper, ``memory.events`` oom_kill, its report, oom.group), once;
-* a managed memcg inside another, both near their limits: one
-  ``oom_score_adj`` per task serves both OOMs, so the inner decision is placed
-  under the outer's (:func:`nest`), or, where no values let each OOM's own
-  choice win there, the memcg with less room decides alone and the other is
-  held back;
+* managed memcgs nested, several near their limits: one ``oom_score_adj``
+  per task serves every OOM, so each decision is placed under every one above
+  it that stands, at the values placed for it (:func:`place`), or, where no
+  values let each OOM's own choice win there, the memcg with less room
+  decides and the other is held back;
 * while usage stays in the zone the decision is taken again every
   ``rearm`` seconds and at once when an armed task exits; when usage leaves
   the zone every armed value is restored and the wake-up point set again.
@@ -45,6 +45,7 @@ early: it runs the chain for real, and a kill then is oomkit's own.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import select
@@ -52,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -187,43 +188,118 @@ class Stand:
 
 
 def nest(outer: Stand, inner: Stand) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-    """The values of two standing decisions, ``inner``'s memcg inside ``outer``'s,
-    so that the kernel's pick at each memcg's OOM is that memcg's own choice:
-    one ``oom_score_adj`` per task serves both OOMs, whose ``oom_badness()``
-    differ only in totalpages (mm/oom_kill.c: the OOMing memcg's
-    mem_cgroup_get_max(); only its subtree's tasks are candidates).  The outer
-    stands as alone; the inner is graded under a ceiling per task, so that at
-    the outer's OOM each of its marks, grown by the outer's slack, stays below
-    every outer mark; it must still win its own OOM over every other candidate
-    there (the outer's marks inside it at their values), grown by its slack.
-    Where that cannot hold, the decision whose memcg has the smaller room under
-    its limit (it OOMs first) stands alone and the other is held back (None).
-    Pure."""
-    capped = _under(outer, inner)
-    if capped is not None:
-        return outer.values, capped
-    if inner.room <= outer.room:
-        return None, inner.values
-    return outer.values, None
+    """The values of two standing decisions, ``inner``'s memcg inside ``outer``'s
+    (:func:`place` for two): the outer's and the inner's, None for the one
+    held back.  Pure."""
+    values, _held = place([outer, inner])
+    return values.get(outer.memcg), values.get(inner.memcg)
 
 
-def _under(outer: Stand, inner: Stand) -> tuple[int, ...] | None:
-    """``inner``'s values under ``outer``'s decision, or None if it cannot win there."""
-    unit_p, unit_c = outer.totalpages // 1000, inner.totalpages // 1000
-    if unit_p <= 0 or unit_c <= 0 or not outer.chain or not inner.chain:
-        return None
+def place(stands: Sequence[Stand]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The values of every standing decision, so that the kernel's pick at each
+    memcg's OOM is that memcg's own choice: one ``oom_score_adj`` per task
+    serves every OOM, whose ``oom_badness()`` differ only in totalpages
+    (mm/oom_kill.c: the OOMing memcg's mem_cgroup_get_max()) and candidates
+    (its subtree).  Outermost first, each memcg is placed under every one above
+    it that stands, at the values it was placed at (:func:`_under`); an
+    outermost one stands as alone.  Where that fails, the nearest memcg above
+    whose inclusion makes it fail blocks it: if this memcg has the less room
+    (or as much: it OOMs first) the blocker is held back and everything is
+    placed again without it; otherwise this memcg is held back.  Returns the
+    values of those that stand, and for each held back the memcg it waits
+    for.  A memcg held back for one that is held back itself in the end is
+    placed again (that one is pinned held back: it could stand in no plan).
+    A function of the stands alone, so a re-take of the same numbers holds
+    back the same memcgs (no flapping).  Pure."""
+    order = sorted(stands, key=lambda s: (s.memcg.count("/"), s.memcg))     # outer first
+    forced: dict[str, str] = {}         # a blocker held back -> the memcg it is held for
+    pinned: dict[str, str] = {}         # held back whatever the others do -> its blocker
+    # Each pass adds a blocker, or pins a memcg not pinned before (it then blocks
+    # nothing): at most n pins, and at most n blockers between two.
+    for _ in range((len(order) + 1) ** 2):
+        values, held, blocker = _place_once(order, {**forced, **pinned})
+        if blocker is not None:
+            forced[blocker[0]] = blocker[1]
+            continue
+        idle = [x for x, memcg in forced.items() if memcg in held]
+        if not idle:
+            return values, held
+        for x in idle:
+            memcg = forced.pop(x)
+            pinned[memcg] = held[memcg]
+    raise AssertionError("place(): no plan")      # pragma: no cover
+
+
+def _place_once(order: Sequence[Stand], forced: Mapping[str, str]
+                ) -> tuple[dict[str, tuple[int, ...]], dict[str, str], tuple[str, str] | None]:
+    """One pass of :func:`place` with ``forced`` held back; a blocker to hold
+    back (and for whom) ends it early."""
+    placed: dict[str, Stand] = {}
+    held = dict(forced)
+    for s in order:
+        if s.memcg in held:
+            continue
+        outers = [placed[a] for a in reversed(list(ancestors(s.memcg))[1:]) if a in placed]
+        values, blocker = _weigh(outers, s)
+        if blocker is not None:
+            if s.room <= blocker.room:
+                return {}, {}, (blocker.memcg, s.memcg)
+            held[s.memcg] = blocker.memcg
+            continue
+        assert values is not None
+        placed[s.memcg] = dataclasses.replace(s, values=values)
+    return {m: p.values for m, p in placed.items()}, held, None
+
+
+def _weigh(outers: Sequence[Stand], inner: Stand) -> tuple[tuple[int, ...] | None, Stand | None]:
+    """``inner``'s values under ``outers`` (outermost first), or the nearest of
+    them whose inclusion leaves no values for it."""
+    values, kept = inner.values, list[Stand]()
+    for outer in reversed(outers):              # nearest first
+        capped = _under([outer, *kept], inner)
+        if capped is None:
+            return None, outer
+        values, kept = capped, [outer, *kept]
+    return values, None
+
+
+def _ceiling(outer: Stand) -> Callable[[TaskInfo], int]:
+    """The highest value a task inside ``outer``'s memcg may have so that at its
+    OOM, grown by its slack, it stays below every task of its decision (at the
+    values placed): a task it marks stands there, not above."""
+    unit = outer.totalpages // 1000     # badness(): adj * (totalpages / 1000)
     marks = {t.pid: v for t, v in zip(outer.chain, outer.values, strict=False)}
     floor = min(badness(t._replace(oom_score_adj=v), outer.totalpages) or 0
                 for t, v in zip(outer.chain, outer.values, strict=False))
-    grow_p = -(-outer.slack // PAGE_SIZE)
+    grow = -(-outer.slack // PAGE_SIZE)
 
     def top(t: TaskInfo) -> int:
-        if t.pid in marks:      # the outer's mark already: it stands there, not above
+        if t.pid in marks:
             return marks[t.pid]
         base = badness(t._replace(oom_score_adj=0), outer.totalpages) or 0
-        return (floor - base - grow_p - 1) // unit_p
+        return (floor - base - grow - 1) // unit
 
-    # A successor the outer marks stands at the outer's value: no successor of
+    return top
+
+
+def _under(outers: Sequence[Stand], inner: Stand) -> tuple[int, ...] | None:
+    """``inner``'s values under every decision of ``outers`` (memcgs above its,
+    each at its placed values), or None if it cannot win its own OOM there.
+    Each task's ceiling is the least of theirs (:func:`_ceiling`); a task
+    several mark stands at the highest of their marks (``Armed.owners``)."""
+    if inner.totalpages // 1000 <= 0 or not inner.chain or not outers or any(
+            o.totalpages // 1000 <= 0 or not o.chain for o in outers):
+        return None
+    marks: dict[int, int] = {}
+    for o in outers:
+        for t, v in zip(o.chain, o.values, strict=False):
+            marks[t.pid] = max(v, marks.get(t.pid, v))
+    ceilings = [_ceiling(o) for o in outers]
+
+    def top(t: TaskInfo) -> int:
+        return min(c(t) for c in ceilings)
+
+    # A successor an outer marks stands at that outer's value: no successor of
     # the inner's there; it and the rest are rivals like any other candidate.
     cut = next((i for i, t in enumerate(inner.chain) if i >= inner.head and t.pid in marks),
                len(inner.chain))
@@ -489,12 +565,14 @@ class Episode:
     # there, and may be the policy's new choice.
     members: frozenset[int] = frozenset()
     next_poll: float | None = None
-    # Nested managed memcgs (nest()): the decision as numbers, the ranks it was
-    # armed from (re-placed when an outer decision changes), and, while it is
-    # held back for another memcg's that OOMs first, that memcg.
+    # Nested managed memcgs (place()): the decision as numbers (its values
+    # alone), the ranks it was armed from (written again when what stands
+    # above it changes), while it is held back for another memcg's that OOMs
+    # first, that memcg, and the values the plan placed it at.
     stand: Stand | None = None
     last: list[Rank] | None = None
     held: str | None = None
+    placed: tuple[int, ...] | None = None      # the values written for stand.chain
 
     @property
     def record(self) -> OOMRecord | None:
@@ -540,6 +618,14 @@ class Rank:
         """Who dies when the kernel carries it out: its tasks and their mm sharers."""
         pids = {t.pid for tasks, _cg in self.chosen for t in tasks}
         return pids.union(*self.sharers.values())
+
+
+class _Plan(NamedTuple):
+    """:func:`place` over the decisions in ``top``'s subtree."""
+
+    top: str
+    values: dict[str, tuple[int, ...]]      # memcg -> its values, placed
+    held: dict[str, str]                    # memcg -> the memcg it is held back for
 
 
 @dataclass(frozen=True)
@@ -970,37 +1056,38 @@ class V2Stack:
 
     def _arm(self, ep: Episode, ranks: list[Rank]) -> None:
         """Mark the victim 1000 (a group: its largest task, and oom.group) and each
-        successor as :func:`grade` places it, or, nested with another managed
-        memcg's standing decision, as :func:`nest` places it (or hold it back);
-        put back what no longer stands."""
-        before = {p: self.armed[p].value for p in ep.armed if p in self.armed}
-        firsts: dict[int, TaskInfo] = {}
-        groups: set[str] = set()
-        for tasks, cgroup in ranks[0].chosen:
-            if cgroup is not None:
-                groups.add(cgroup)
-                tasks = [max(tasks, key=lambda t: t.rss + t.swap)]   # the kernel's pick, then its group
-            firsts.update((t.pid, t) for t in tasks if t.oom_score_adj > OOM_SCORE_ADJ_MIN)
-        replaced = ranks is ep.last            # the same decision, placed anew (an outer changed)
+        successor as :func:`grade` places it, or, nested with other managed
+        memcgs' standing decisions, as :func:`place` places it (or hold it
+        back); put back what no longer stands; then bring the nested decisions
+        to the same plan (:meth:`_settle`)."""
+        firsts, _groups = _firsts(ranks)
         stand = self._stand(ep, ranks, list(firsts.values()))
         ep.stand, ep.last = stand, ranks
-        values: Sequence[int] = [OOM_SCORE_ADJ_MAX] * len(firsts)
-        after: list[tuple[Episode, str]] = []
-        if stand is not None:
-            nested, by, after = self._nested(ep, stand)
-            if nested is None:
-                self._hold(ep, by or "?")
-                self._follow(ep, after)
-                return
-            values = nested
-        ep.held = None
-        want = {pid: (t, v, ranks[0]) for (pid, t), v in zip(firsts.items(), values, strict=False)}
-        head = len(firsts)
-        placed = ranks[:1 + max(0, len(values) - head)]
-        for rank, value in zip(placed[1:], values[head:], strict=True):
-            successor = rank.victim
-            assert successor is not None        # only one-task ranks have successors
-            want.setdefault(successor.pid, (successor, value, rank))
+        plan = self._plan(ep.memcg)
+        if ep.memcg in plan.held:
+            self._hold(ep, plan.held[ep.memcg])
+        else:
+            self._write(ep, ranks, plan.values.get(ep.memcg))
+        self._settle(plan, done=ep)
+        if ep.level is Level.GLOBAL:
+            for other in self.episodes.values():
+                if other.is_armed or other.stand is not None:
+                    self._unarm(other, replan=False)    # the machine's decision alone stands now
+
+    def _write(self, ep: Episode, ranks: list[Rank], values: Sequence[int] | None,
+               replaced: bool = False) -> None:
+        """Write ``ranks`` at ``values`` (the plan's; None: 1000 for the victim(s)
+        and :func:`grade`'s successors as alone, a decision not nested).
+        ``replaced``: the same decision placed anew (its ``decided_at`` kept)."""
+        before = {p: self.armed[p].value for p in ep.armed if p in self.armed}
+        firsts, groups = _firsts(ranks)
+        if values is None:
+            values = [OOM_SCORE_ADJ_MAX] * len(firsts)
+        elif ep.stand is not None and tuple(values) != ep.stand.values:
+            log.debug("oomkit: %s: values %s under the decisions above it (alone: %s)",
+                      ep.memcg, list(values), list(ep.stand.values))
+        ep.held, ep.placed = None, tuple(values) if ep.stand is not None else None
+        want, placed = _wanted(ranks, firsts, values)
         try:
             self._fix_strays(ep, self.rehearsal.read(OOMEvent(Level.MEMCG, ep.memcg), ep.memcg))
         except CgroupGone:
@@ -1029,11 +1116,6 @@ class V2Stack:
             names = ", ".join(f"pid {p} ({self.armed[p].name}) at {v}" for p, v in now_armed.items())
             log.info("oomkit: %s near its limit: %s armed for the kernel's OOM killer, by %s",
                      ep.memcg, names or "nobody", ranks[0].record.handlers[-1].policy)
-        self._follow(ep, after)
-        if ep.level is Level.GLOBAL:
-            for other in self.episodes.values():
-                if other.is_armed:
-                    self._unarm(other)      # the machine's decision alone stands now
 
     def _stand(self, ep: Episode, ranks: list[Rank], firsts: list[TaskInfo]) -> Stand | None:
         """The decision as numbers, over the memcg as this take read it, with
@@ -1081,75 +1163,48 @@ class V2Stack:
 
     # -- nested managed memcgs --------------------------------------------------------------
 
-    def _outer(self, ep: Episode) -> Episode | None:
-        """The nearest managed memcg above ``ep``'s with a standing decision (its
-        own, or held back for ``ep``'s)."""
-        for path in list(ancestors(ep.memcg))[1:]:
-            outer = self.episodes.get(path)
-            if outer is not None and outer.stand is not None:
-                return outer if outer.held in (None, ep.memcg) else None
-        return None
+    def _plan(self, memcg: str) -> _Plan:
+        """The decisions nested with ``memcg``'s, each placed under every one
+        above it that stands (:func:`place`): those in the subtree of the
+        outermost memcg above it (or it) with a standing decision, which no
+        other managed memcg is nested with."""
+        top = next((p for p in reversed(list(ancestors(memcg)))
+                    if (e := self.episodes.get(p)) is not None and e.stand is not None), memcg)
+        family = [e.stand for e in self.episodes.values()
+                  if e.stand is not None and is_within(e.memcg, top)]
+        return _Plan(top, *place(family))
 
-    def _inners(self, ep: Episode) -> list[Episode]:
-        """The managed memcgs inside ``ep``'s whose nearest outer decision is ``ep``'s."""
-        return [d for d in self.episodes.values() if d is not ep and d.stand is not None
-                and is_within(d.memcg, ep.memcg) and self._outer(d) is ep]
-
-    def _nested(self, ep: Episode, stand: Stand
-                ) -> tuple[Sequence[int] | None, str | None, list[tuple[Episode, str]]]:
-        """``ep``'s values beside the nested memcgs' decisions (:func:`nest`): None
-        and the memcg whose decision stands instead when ``ep``'s is held back;
-        and what each nested one needs then: "hold" (back), "replace" (its
-        values anew, under ``ep``'s) or "retake" (it was held back: decide again)."""
-        values: Sequence[int] = stand.values
-        after: list[tuple[Episode, str]] = []
-        outer = self._outer(ep)
-        if outer is not None and outer.stand is not None:
-            kept, mine = nest(outer.stand, stand)
-            if mine is None:
-                self._log_hold(ep, outer.memcg, stand, outer.stand)
-                return None, outer.memcg, []
-            if kept is None:
-                self._log_hold(outer, ep.memcg, outer.stand, stand)
-                after.append((outer, "hold"))
-            elif outer.held == ep.memcg:
-                after.append((outer, "retake"))
-            if mine != stand.values:
-                log.debug("oomkit: %s: values %s under %s's decision (alone: %s)", ep.memcg,
-                          list(mine), outer.memcg, list(stand.values))
-            values = mine
-        for inner in self._inners(ep):
-            assert inner.stand is not None
-            kept, theirs = nest(stand, inner.stand)
-            if kept is None:
-                self._log_hold(ep, inner.memcg, stand, inner.stand)
-                return None, inner.memcg, [(inner, "retake")] if inner.held == ep.memcg else []
-            if theirs is None:
-                self._log_hold(inner, ep.memcg, inner.stand, stand)
-            after.append((inner, "hold" if theirs is None else "retake" if inner.held else "replace"))
-        return values, None, after
-
-    @staticmethod
-    def _log_hold(ep: Episode, by: str, mine: Stand, theirs: Stand) -> None:
-        log.debug("oomkit: %s: decision held back: no oom_score_adj values let it and %s's both "
-                  "win their own OOMs, and %s is nearer its limit (%d bytes of room, %d here)",
-                  ep.memcg, by, by, theirs.room, mine.room)
-
-    def _follow(self, ep: Episode, after: list[tuple[Episode, str]]) -> None:
-        """What the nested decisions need once ``ep``'s marks are written."""
-        for other, what in after:
-            if what == "hold":
-                self._hold(other, ep.memcg)
-            elif what == "replace" and other.last is not None:
-                self._arm(other, other.last)
-            else:
-                other.held, other.next_take = None, self.backend.clock.now()
+    def _settle(self, plan: _Plan, done: Episode | None = None) -> None:
+        """Bring every decision of ``plan`` but ``done``'s (written already) to
+        it, outermost first, so each is placed under what stands above it by
+        then: one held back now loses its marks; one held back that may stand
+        again is taken again (its decision is old); one whose values moved
+        (what stands above it changed) is written again from its ranks."""
+        now = self.backend.clock.now()
+        values, held = plan.values, plan.held
+        for other in sorted(self.episodes.values(), key=lambda e: e.memcg.count("/")):
+            if other is done or other.stand is None or not is_within(other.memcg, plan.top):
+                continue
+            by = held.get(other.memcg)
+            if by is not None:
+                if other.held != by:
+                    self._hold(other, by)
+            elif other.held is not None:
+                other.held, other.next_take = None, now
+            elif (other.placed is not None and other.last is not None
+                  and other.placed != values.get(other.memcg)):
+                self._write(other, other.last, values.get(other.memcg), replaced=True)
 
     def _hold(self, ep: Episode, by: str) -> None:
         """``ep``'s decision is held back for ``by``'s (it OOMs first): no marks,
-        the decision kept as numbers to weigh again when either is retaken."""
+        the decision kept as numbers to weigh again when any of them is retaken."""
+        blocker = self.episodes.get(by)
+        if ep.stand is not None and blocker is not None and blocker.stand is not None:
+            log.debug("oomkit: %s: decision held back: no oom_score_adj values let it and %s's "
+                      "both win their own OOMs, and %s is nearer its limit (%d bytes of room, "
+                      "%d here)", ep.memcg, by, by, blocker.stand.room, ep.stand.room)
         stand, last = ep.stand, ep.last
-        self._unarm(ep, wake_inners=False)
+        self._unarm(ep, replan=False)
         ep.stand, ep.last, ep.held = stand, last, by
 
     @staticmethod
@@ -1316,10 +1371,10 @@ class V2Stack:
             log.debug("oomkit: %s of %s not restored (%s): gone with its cgroup", name, cg, exc)
         self.restorer.drop(str(self.fs.path(cg, name)))
 
-    def _unarm(self, ep: Episode, wake_inners: bool = True) -> None:
+    def _unarm(self, ep: Episode, replan: bool = True) -> None:
         """No standing decision (the chain passed): the kernel decides at the limit.
-        ``wake_inners``: the decisions placed under it are taken again (not when
-        it is only held back for one of theirs)."""
+        ``replan``: the decisions nested with it are placed again without it
+        (not when it is only held back: the plan that holds it places them)."""
         self._fix_strays(ep)
         for pid in list(ep.armed):
             self._unmark(pid, ep.memcg)
@@ -1327,16 +1382,12 @@ class V2Stack:
         self._set_groups(ep, set())
         if ep.is_armed:
             log.debug("oomkit: %s: standing decision dropped", ep.memcg)
-        ep.ranks, ep.records, ep.decided_at = [], {}, None
+        ep.ranks, ep.records, ep.decided_at, ep.placed = [], {}, None, None
         if ep.stand is None:
             return
-        # Nested decisions weighed against this one: decide them again now (one
-        # held back for it comes back; one placed under it may stand higher).
-        now = self.backend.clock.now()
-        inners = self._inners(ep) if wake_inners else []
-        for other in [*inners, *(o for o in self.episodes.values() if o.held == ep.memcg)]:
-            other.held, other.next_take = None, now
         ep.stand, ep.last, ep.held = None, None, None
+        if replan:
+            self._settle(self._plan(ep.memcg))
 
     def _disarm(self, ep: Episode) -> None:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
@@ -1504,3 +1555,29 @@ class V2Stack:
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _firsts(ranks: Sequence[Rank]) -> tuple[dict[int, TaskInfo], set[str]]:
+    """The tasks the victim's rank marks (a group: its largest task, the
+    kernel's pick there, then its group) and the groups it kills whole."""
+    firsts: dict[int, TaskInfo] = {}
+    groups: set[str] = set()
+    for tasks, cgroup in ranks[0].chosen:
+        if cgroup is not None:
+            groups.add(cgroup)
+            tasks = [max(tasks, key=lambda t: t.rss + t.swap)]
+        firsts.update((t.pid, t) for t in tasks if t.oom_score_adj > OOM_SCORE_ADJ_MIN)
+    return firsts, groups
+
+
+def _wanted(ranks: Sequence[Rank], firsts: Mapping[int, TaskInfo], values: Sequence[int]
+            ) -> tuple[dict[int, tuple[TaskInfo, int, Rank]], list[Rank]]:
+    """Each task to mark -> (it, its value, its rank), and the ranks that stand
+    (as many successors as ``values`` places)."""
+    want = {pid: (t, v, ranks[0]) for (pid, t), v in zip(firsts.items(), values, strict=False)}
+    placed = list(ranks[:1 + max(0, len(values) - len(firsts))])
+    for rank, value in zip(placed[1:], values[len(firsts):], strict=True):
+        successor = rank.victim
+        assert successor is not None        # only one-task ranks have successors
+        want.setdefault(successor.pid, (successor, value, rank))
+    return want, placed

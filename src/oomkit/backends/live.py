@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from oomkit import oom_kill
 from oomkit.backends.base import Fallback, OOMEvent, Release, relief_for
+from oomkit.config.common import DEPTH_DEFAULT, PROC_CACHE_DEFAULT
 from oomkit.context import (
     CgroupInfo,
     LazyMapping,
@@ -62,11 +63,11 @@ class LiveSettings:
     """What a live stack is opened and reconfigured from (the daemon's config, typed)."""
 
     dry_run: bool = False
-    proc_cache: int = 10_000
+    proc_cache: int = PROC_CACHE_DEFAULT
     headroom: int | None = None          # v2: the standing decision's zone; None: auto
     pressure: PSITrigger | None = None   # v2: a PSI trigger that runs the chain early; None: off
     rearm: float = 0.5                   # v2: seconds between two takes of a standing decision
-    depth: int = 8                       # v2: the chain's victim and its successors, marked at once
+    depth: int = DEPTH_DEFAULT           # v2: the chain's victim and its successors, marked at once
     executor: str = "daemon"             # v1: who kills the chain's victim, "daemon" or "kernel"
 
 
@@ -214,7 +215,7 @@ class LiveBackend:
 
     def __init__(self, fs: CgroupFS, proc: ProcFS, *, clock: Clock | None = None,
                  protected_pids: Sequence[int] = (), dry_run: bool = False,
-                 tick: Callable[[], None] = lambda: None, proc_cache: int = 10_000,
+                 tick: Callable[[], None] = lambda: None, proc_cache: int = PROC_CACHE_DEFAULT,
                  bpf: BpfTasks | None = None):
         self.fs, self.proc = fs, proc
         # How an OOM's tasks are read: with ``bpf``, the BPF reader's one read

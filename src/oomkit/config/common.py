@@ -163,6 +163,12 @@ HANDLER_BUDGET = (1, 10 ** 9)        # Python lines per handler call (simulator)
 WATCHDOG_TIMEOUT = (0.2, 300.0)      # the daemon beats 4 times per timeout
 PROC_CACHE = (0, 1_000_000)
 DEPTH = (1, 16)                      # v2: the chain's victim and its successors
+# The defaults the daemon's TOML, its resolved config and the live stack's
+# settings (backends/live.py LiveSettings) all take: written once, here.
+PROC_CACHE_DEFAULT = 10_000          # tasks whose /proc fds are kept between OOMs
+# 8: at depth 4 a fork burst outran the standing decision and the kernel's own
+# pick (the old task) died in 9 of 20 trials on 6.1 (bench/RESULTS-v2.md, 2026-12-07).
+DEPTH_DEFAULT = 8
 REARM = (0.05, 60.0)                 # v2: seconds between two takes of a standing decision
 EXIT_DELAY = (0.0, 3600.0)
 EVENT_AT = (0.0, 365 * 24 * 3600.0)  # simulated seconds

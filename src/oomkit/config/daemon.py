@@ -15,8 +15,10 @@ from oomkit.config.common import (
     BACKOFF_WAIT,
     BACKOFF_WINDOW,
     DEPTH,
+    DEPTH_DEFAULT,
     HANDLER_DEADLINE,
     PROC_CACHE,
+    PROC_CACHE_DEFAULT,
     REARM,
     WATCHDOG_TIMEOUT,
     Duration,
@@ -50,12 +52,12 @@ class DaemonSpec(_Strict):
     dry_run: bool = False
     watchdog_timeout: Duration = "1s"
     task_reader: str = "auto"       # how an OOM's tasks are read: "bpf", "proc", or "auto" (bpf if it loads)
-    proc_cache: int = 10_000        # tasks whose /proc fds are kept between OOMs (0: none)
+    proc_cache: int = PROC_CACHE_DEFAULT   # tasks whose /proc fds are kept between OOMs (0: none)
     state_dir: str = "/run/oomkit"  # what the daemon changed, for a restart or `oomkit restore`; its lock
     # cgroup v2: a standing decision for each managed memcg within `headroom` of memory.max
     headroom: Size = "auto"         # "auto": 1/8 of memory.max, 4 MiB to 1 GiB
     rearm: Duration = "500ms"       # how often a standing decision is taken again
-    depth: int = 8                  # the chain's victim and up to depth-1 successors stand at once
+    depth: int = DEPTH_DEFAULT      # the chain's victim and up to depth-1 successors stand at once
     pressure: str = "off"           # a PSI trigger that runs the chain (and kills) early: opt-in
     tripwire: bool = False          # before 0.2 (memory.high as a throttle); ignored now
     executor: str = "daemon"        # v1: who kills the chain's victim: "daemon" (pidfd) or "kernel"
@@ -123,7 +125,7 @@ class DaemonConfig:
     dry_run_forced: bool = False   # --dry-run on the command line: kept across reloads
     host: str = ""                 # written into every record; "" until resolved (the hostname)
     executor: str = "daemon"       # v1: "daemon" kills by pidfd, "kernel" kills what the chain marked
-    depth: int = 8                 # v2: how many of the chain's choices stand at once
+    depth: int = DEPTH_DEFAULT     # v2: how many of the chain's choices stand at once
     metrics: tuple[str, int] | None = None     # (host, port) to serve /metrics on
     metrics_textfile: str | None = None
 
