@@ -475,6 +475,14 @@ def run_trial(row: str, wl: str) -> dict:
         elif row in PEER_MODE:
             daemon, log_path = peer_start(row, box.name, tmp)
         res["daemon_start_s"] = round(now() - t, 1)
+        if mode == "high":
+            # oomd's shipped rule (memory_reclaim) and systemd-oomd (it skips a
+            # cgroup whose pgscan did not move) act only while the cgroup reclaims.
+            # Without swap only its page cache can be: the hogs' own pages, charged
+            # to the cgroup that first reads them, i.e. the first trial's alone.
+            # A cold cache gives every trial what a newly started service has.
+            Path("/proc/sys/vm/drop_caches").write_text("3")
+            res["caches_dropped"] = True
         kmsg = Kmsg()
         for role, args in spec["pre"]:
             procs.append(Proc(len(procs), role, args, w))
