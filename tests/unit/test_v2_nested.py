@@ -1,4 +1,4 @@
-"""Nested managed memcgs on cgroup v2 (backends/cgroup_v2.py ``nest()``): an
+"""Nested managed memcgs on cgroup v2 (backends/cgroup_v2.py ``place()``): an
 outer memcg P and a memcg C inside it, both near their limits, each with its
 own standing decision.  One oom_score_adj per task serves both OOMs, whose
 oom_badness() differ in totalpages (the OOMing memcg's limit) and candidates
@@ -13,11 +13,18 @@ import logging
 import pytest
 from test_live_v2_fake import PID_A, PID_B, PID_C, MiB, cgroup, daemons, tree  # noqa: F401
 
-from oomkit.backends.cgroup_v2 import Stand, nest, place
+from oomkit.backends.cgroup_v2 import Stand, place
 from oomkit.context import TaskInfo
 from oomkit.oom_kill import badness
 
 P_PAGES, C_PAGES = 112 * MiB // 4096, 72 * MiB // 4096      # 28 and 18 pages per adj unit
+
+
+def nest(outer, inner):
+    """:func:`place` for two (``inner``'s memcg inside ``outer``'s): the outer's
+    values and the inner's, None for the one held back."""
+    values, _held = place([outer, inner])
+    return values.get(outer.memcg), values.get(inner.memcg)
 
 
 def _t(pid, rss_mib, adj=0):

@@ -147,7 +147,7 @@ def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int
     large, or its own value already as high: a mark only raises).  The first
     ``head`` tasks are all the victim's rank (a handler that killed two, the
     first freeing nothing), all at 1000.  ``top``: the highest value each task
-    may have (:func:`nest`: under an outer memcg's decision), 1000 without.  Pure."""
+    may have (:func:`place`: under the decisions above it), 1000 without.  Pure."""
     if not chain:
         return []
     cap = top or (lambda t: OOM_SCORE_ADJ_MAX)
@@ -175,7 +175,7 @@ def grade(chain: Sequence[TaskInfo], others: Iterable[TaskInfo], totalpages: int
 
 @dataclass(frozen=True)
 class Stand:
-    """One memcg's standing decision as plain numbers, for :func:`nest`."""
+    """One memcg's standing decision as plain numbers, for :func:`place`."""
 
     memcg: str
     totalpages: int                  # of its OOM: mem_cgroup_get_max() in pages
@@ -185,14 +185,6 @@ class Stand:
     head: int                        # how many of chain are the victim's rank
     values: tuple[int, ...]          # what grade() gives each when it stands alone
     others: tuple[TaskInfo, ...]     # its OOM's other candidates (not exiting), own values
-
-
-def nest(outer: Stand, inner: Stand) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-    """The values of two standing decisions, ``inner``'s memcg inside ``outer``'s
-    (:func:`place` for two): the outer's and the inner's, None for the one
-    held back.  Pure."""
-    values, _held = place([outer, inner])
-    return values.get(outer.memcg), values.get(inner.memcg)
 
 
 def place(stands: Sequence[Stand]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -1120,7 +1112,7 @@ class V2Stack:
     def _stand(self, ep: Episode, ranks: list[Rank], firsts: list[TaskInfo]) -> Stand | None:
         """The decision as numbers, over the memcg as this take read it, with
         :func:`grade`'s values when it stands alone: the others (not exiting)
-        at their own values (a nested memcg's marks are :func:`nest`'s to
+        at their own values (a nested memcg's marks are :func:`place`'s to
         weigh), room to grow = the limit less every task's memory (growth past
         it reclaims page cache, not rss).  None: the machine's, or no limit."""
         if ep.level is not Level.MEMCG or not firsts:
@@ -1153,7 +1145,7 @@ class V2Stack:
 
     def _as_is(self, t: TaskInfo, memcg: str) -> TaskInfo:
         """``t`` at the oom_score_adj it will have: another memcg's mark stays,
-        unless that memcg is nested with ``memcg`` (:func:`nest` weighs those)."""
+        unless that memcg is nested with ``memcg`` (:func:`place` weighs those)."""
         armed = self.armed.get(t.pid)
         if armed is None:
             return t
