@@ -205,13 +205,18 @@ def newest(proc, pid):
     stat.write_text(" ".join(fields))
 
 
-def winner(proc, pids, totalpages):
-    """The kernel's pick among ``pids`` at their oom_score_adj now (oom_badness())."""
-    tasks = {p: _t(p, 0) for p in pids}
-    rss = {PID_A: 50, PID_B: 1, PID_C: 8}       # the tree's tasks, MiB
-    score = {p: badness(t._replace(rss=rss[p] * MiB, oom_score_adj=adj(proc, p)), totalpages)
-             for p, t in tasks.items()}
-    return max(score, key=lambda p: score[p])
+PID_D, PID_E = 5_000_004, 5_000_005
+RSS = {PID_A: 50, PID_B: 1, PID_C: 8, PID_D: 16, PID_E: 180}  # MiB: hog, sleep, job, worker, filler
+PTE = 68 * 1024                                      # every fake task's VmPTE
+
+
+def pick(proc, pids, totalpages):
+    """The kernel's pick among ``pids`` at the oom_score_adj written now:
+    oom_badness() (rss + page tables + adj * totalpages / 1000), the last of
+    equal scores (oom_evaluate_task() keeps a later tie)."""
+    score = {p: badness(TaskInfo(p, "", (), "/", RSS[p] * MiB, 0, PTE, adj(proc, p), 0, 0.0,
+                                 False), totalpages) for p in pids}
+    return max(reversed(list(score)), key=lambda p: score[p])
 
 
 @pytest.fixture
@@ -240,8 +245,8 @@ def test_each_oom_finds_its_own_chains_choice_on_top(tree, nested):
     d = nested()
     assert adj(proc, PID_C) == 1000
     assert 0 < adj(proc, PID_A) < 1000
-    assert winner(proc, [PID_A, PID_B, PID_C], BOX) == PID_C       # /box's OOM
-    assert winner(proc, [PID_A, PID_B], A) == PID_A                # /box/a's OOM
+    assert pick(proc, [PID_A, PID_B, PID_C], BOX) == PID_C       # /box's OOM
+    assert pick(proc, [PID_A, PID_B], A) == PID_A                # /box/a's OOM
     d.stop()
     assert [adj(proc, p) for p in (PID_A, PID_B, PID_C)] == [0, 0, 0]
     assert d.restorer.held == {}
@@ -270,9 +275,9 @@ def test_where_no_values_serve_both_the_nearer_memcg_decides(tree, nested, caplo
     assert all(held not in a.owners for a in d.stack.armed.values())     # none of its marks
     assert f"{held}: decision held back" in caplog.text
     if stands == "/box":
-        assert winner(proc, [PID_A, PID_B, PID_C], BOX) == PID_B
+        assert pick(proc, [PID_A, PID_B, PID_C], BOX) == PID_B
     else:
-        assert winner(proc, [PID_A, PID_B], A) == PID_A
+        assert pick(proc, [PID_A, PID_B], A) == PID_A
     # the standing one leaves its zone: the other's decision comes back
     cgroup(mount, stands, current=(80 if stands == "/box" else 20) * MiB,
            limit=(256 if stands == "/box" else 64) * MiB,
@@ -339,20 +344,6 @@ def test_a_kill_at_the_outer_oom_of_an_inner_mark_is_not_the_inner_decisions(tre
 
 
 # -- three levels: /box ⊃ /box/a ⊃ /box/a/c ----------------------------------------------
-
-PID_D, PID_E = 5_000_004, 5_000_005
-RSS = {PID_A: 50, PID_B: 1, PID_C: 8, PID_D: 16, PID_E: 180}  # MiB: hog, sleep, job, worker, filler
-PTE = 68 * 1024                                      # every fake task's VmPTE
-
-
-def pick(proc, pids, totalpages):
-    """The kernel's pick among ``pids`` at the oom_score_adj written now:
-    oom_badness() (rss + page tables + adj * totalpages / 1000), the last of
-    equal scores (oom_evaluate_task() keeps a later tie)."""
-    score = {p: badness(TaskInfo(p, "", (), "/", RSS[p] * MiB, 0, PTE, adj(proc, p), 0, 0.0,
-                                 False), totalpages) for p in pids}
-    return max(reversed(list(score)), key=lambda p: score[p])
-
 
 @pytest.fixture
 def three(tree, daemons):
