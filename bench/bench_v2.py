@@ -770,6 +770,12 @@ def cell(trials: list[dict], wl: str) -> dict:
             "recorded": sum(len(r["killed"]) for t in ts for r in t.get("records") or [])}
 
 
+def totals(cells: dict[str, dict], oom_wls: list[str]) -> tuple[int, int, list[float]]:
+    """OOMs, victims and relief times over the OOM workloads of one row."""
+    return (sum(cells[w]["ooms"] for w in oom_wls), sum(cells[w]["victims"] for w in oom_wls),
+            [r for w in oom_wls for r in cells[w]["relief"]])
+
+
 def table(all_data: list[dict], workloads: list[str]) -> str:
     oom_wls = [w for w in workloads if w not in ("hold", "thrash")]
     lines = ["| kernel | row | policy's choice died (fast / slow / fork burst / many small) | "
@@ -788,10 +794,8 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
         tot_k = sum(cells[w]["kills"] for w in oom_wls)
         hold = cells.get("hold")
         needless = f"{hold['victims']} in {hold['n']} trials" if hold else "not run"
-        ooms = sum(cells[w]["ooms"] for w in oom_wls)
-        vic = sum(cells[w]["victims"] for w in oom_wls)
+        ooms, vic, relief = totals(cells, oom_wls)
         vpo = f"{vic / ooms:.2f} ({vic}/{ooms})" if ooms else f"- ({vic} victims, no OOM)"
-        relief = [r for w in oom_wls for r in cells[w]["relief"]]
         rel = f"{statistics.median(relief):.2f} s" if relief else "-"
         th = cells.get("thrash")
         thr = f"{th['ooms']} / {th['victims']} in {th['n']}" if th else "not run"
@@ -801,6 +805,11 @@ def table(all_data: list[dict], workloads: list[str]) -> str:
                      f"| {' / '.join(str(cells[w]['old']) for w in oom_wls)} of "
                      f"{' / '.join(str(cells[w]['kills']) for w in oom_wls)} | {thr} |")
     return "\n".join(lines)
+
+
+def died(c: dict) -> str:
+    """One workload's "policy's choice died" cell of the README table."""
+    return f"{c['hits']}/{c['kills']}" if c["kills"] else ("no kill" if c["n"] else "not run")
 
 
 def readme(all_data: list[dict]) -> str:
@@ -815,21 +824,15 @@ def readme(all_data: list[dict]) -> str:
         cells = {w: cell(d.get("trials", []), w) for w in WORKLOADS}
         oom_wls = [w for w in WORKLOADS if w not in ("hold", "thrash")]
 
-        def died(w: str, cells: dict = cells) -> str:
-            c = cells[w]
-            return f"{c['hits']}/{c['kills']}" if c["kills"] else ("no kill" if c["n"] else "not run")
-
         marked = (" / ".join(f"{cells[w]['armed']}/{cells[w]['recorded']}" for w in burst)
                   if d["row"].startswith("oomkit") else "-")
         old = " / ".join(str(cells[w]["old"]) if cells[w]["n"] else "-" for w in oom_wls)
         hold, th = cells["hold"], cells["thrash"]
-        ooms = sum(cells[w]["ooms"] for w in oom_wls)
-        vic = sum(cells[w]["victims"] for w in oom_wls)
-        relief = [r for w in oom_wls for r in cells[w]["relief"]]
+        ooms, vic, relief = totals(cells, oom_wls)
         ns = sorted({c["n"] for c in cells.values() if c["n"]})
         lines.append(
             f"| {d['row']}, {d.get('kernel_arg', d.get('kernel'))} "
-            f"| {'-'.join(map(str, ns)) or '-'} | {' / '.join(died(w) for w in oom_wls)} | {marked} "
+            f"| {'-'.join(map(str, ns)) or '-'} | {' / '.join(died(cells[w]) for w in oom_wls)} | {marked} "
             f"| {old} | {hold['victims']} in {hold['n']} | {th['trials_with_victims']} of {th['n']} "
             f"| {f'{vic / ooms:.2f}' if ooms else '-'} "
             f"| {f'{statistics.median(relief):.2f} s' if relief else '-'} |")
@@ -884,6 +887,9 @@ def host(args) -> None:
                "date": utc_now(),
                "host": f"{os.cpu_count()} CPUs, host kernel {platform.release()}", "n": args.n}
         (OUT / "v2-run.json").write_text(json.dumps(run))
+    if args.readme:
+        print(readme(all_data))
+        return
     text = "\n".join([
         "# cgroup v2: who decided at the OOM (in the VM)", "",
         "Written by `python bench/bench_v2.py` (issue 9). A benchmark, not a test.", "",
@@ -906,9 +912,6 @@ def host(args) -> None:
         "## Who decided", "", table(all_data, workloads), "",
         "## Per workload", "", detail(all_data, workloads), "",
     ])
-    if args.readme:
-        print(readme(all_data))
-        return
     if not args.no_write:
         old = RESULTS.read_text() if RESULTS.exists() else ""
         if "\n## Notes" in old:
@@ -936,6 +939,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.n < 1:
         sys.exit("oomkit: -n must be at least 1")
+    if args.readme and not args.report_only:
+        sys.exit("oomkit: --readme goes with --report-only (it prints the table of bench/v2-data)")
     if args.guest:
         workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
         guest(args.guest, workloads, args.n, Path(args.out))
