@@ -469,3 +469,35 @@ def test_a_decision_outside_the_nested_ones_leaves_their_values_alone(tree, daem
     assert (adj(proc, PID_A), adj(proc, PID_C), adj(proc, PID_E)) == (hog, 1000, 1000)
     d.stop()
     assert d.restorer.held == {}
+
+
+def test_a_family_is_its_subtree_of_managed_memcgs_in_take_order(tree, daemons):
+    """_plan() and _settle() visit only the episodes in the subtree of the plan's
+    top (an index kept at take and release), in take order, as a scan of every
+    episode filtered by is_within() would: a memcg released leaves it, one taken
+    again comes last, a memcg beside the family is never in it."""
+    from oomkit.context import is_within
+
+    mount, _proc = tree
+    cgroup(mount, "/box", current=250 * MiB, limit=256 * MiB)
+    cgroup(mount, "/solo", current=10 * MiB, limit=32 * MiB)
+    d = daemons([{"cgroup": "/box", "policy": "newest-task"},
+                 {"cgroup": "/solo", "policy": "largest-task"}])
+    stack = d.stack
+
+    def scanned(top):
+        return [e.memcg for e in stack.episodes.values() if is_within(e.memcg, top)]
+
+    def family(top):
+        return [e.memcg for e in stack._family(top)]
+
+    for top in ("/", "/box", "/box/a", "/box/job", "/solo", "/box/gone"):
+        assert family(top) == scanned(top)
+    assert family("/box") == ["/box", "/box/a", "/box/job"]
+    stack.release("/box/a")
+    assert family("/box") == scanned("/box") == ["/box", "/box/job"]
+    stack.sync({*stack.watched, "/box/a"})
+    assert family("/box") == scanned("/box") == ["/box", "/box/job", "/box/a"]
+    assert family("/") == scanned("/")
+    d.stop()
+    assert stack._below == {} and stack.episodes == {}

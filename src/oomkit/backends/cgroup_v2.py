@@ -654,6 +654,10 @@ class V2Stack:
         self.rehearsal = Rehearsal(backend)
         self.decider: Engine | None = None
         self.episodes: dict[str, Episode] = {}
+        # cgroup -> the managed memcgs strictly below it, in take order (as in
+        # episodes): a take places and settles only the decisions of its own
+        # subtree, without a scan of every managed memcg (_family()).
+        self._below: dict[str, dict[str, None]] = {}
         self.global_ep: Episode | None = None       # the root attachment's, for global OOMs
         self.watched: set[str] = set()
         self.armed: dict[int, Armed] = {}
@@ -868,6 +872,8 @@ class V2Stack:
         ep = Episode(path, events=self.fs.events(path),
                      local_kills=self.fs.events(path, local=True).get("oom_kill", 0))
         self.episodes[path] = ep
+        for above in list(ancestors(path))[1:]:
+            self._below.setdefault(above, {})[path] = None
         wd = self.inotify.add_watch(self.fs.path(path, "memory.events"), notify.IN_MODIFY)
         self.watches[wd] = path
         self._take_pressure(path)
@@ -891,6 +897,12 @@ class V2Stack:
         """Stop watching ``path``: put back all we changed there."""
         self.watched.discard(path)
         ep = self.episodes.pop(path, None)
+        for above in list(ancestors(path))[1:]:
+            below = self._below.get(above)
+            if below is not None:
+                below.pop(path, None)
+                if not below:
+                    del self._below[above]
         if ep is not None:
             self._disarm(ep)
             self._lift(ep)
@@ -1162,9 +1174,12 @@ class V2Stack:
         other managed memcg is nested with."""
         top = next((p for p in reversed(list(ancestors(memcg)))
                     if (e := self.episodes.get(p)) is not None and e.stand is not None), memcg)
-        family = [e.stand for e in self.episodes.values()
-                  if e.stand is not None and is_within(e.memcg, top)]
+        family = [e.stand for e in self._family(top) if e.stand is not None]
         return _Plan(top, *place(family))
+
+    def _family(self, top: str) -> list[Episode]:
+        """The episodes of ``top`` and of the managed memcgs below it, in take order."""
+        return [e for p in (top, *self._below.get(top, ())) if (e := self.episodes.get(p)) is not None]
 
     def _settle(self, plan: _Plan, done: Episode | None = None) -> None:
         """Bring every decision of ``plan`` but ``done``'s (written already) to
@@ -1174,8 +1189,8 @@ class V2Stack:
         (what stands above it changed) is written again from its ranks."""
         now = self.backend.clock.now()
         values, held = plan.values, plan.held
-        for other in sorted(self.episodes.values(), key=lambda e: e.memcg.count("/")):
-            if other is done or other.stand is None or not is_within(other.memcg, plan.top):
+        for other in sorted(self._family(plan.top), key=lambda e: e.memcg.count("/")):
+            if other is done or other.stand is None:
                 continue
             by = held.get(other.memcg)
             if by is not None:
