@@ -54,35 +54,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fake_v2  # bench/: the fake tree, shared with profile_take.py
+
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
-FIX = REPO / "tests" / "fixtures" / "linux"
-EVENTS = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"
 PID0 = 5_000_001                    # above any pid_max (4194304)
-
-
-class Holder:
-    """The restorer, remembering only (nothing real is ever marked here)."""
-
-    watchdog_pid = None
-
-    def __init__(self) -> None:
-        self.held: dict[str, str] = {}
-
-    def start(self) -> None:
-        pass
-
-    def hold(self, path, restore, *, pid=None, starttime=None) -> None:
-        self.held[path] = restore
-
-    def drop(self, path) -> None:
-        self.held.pop(path, None)
-
-    def heartbeat(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # -- the fake tree ------------------------------------------------------------------------
@@ -92,34 +68,14 @@ class Tree:
     def __init__(self, root: Path) -> None:
         self.mount, self.proc = root / "cg", root / "proc"
         self.next_pid, self.next_start = PID0, 1000
-        self.status = (FIX / "proc_status.txt").read_text()
-        self.stat = (FIX / "proc_stat.txt").read_text()
 
     def cgroup(self, rel: str, current: int, limit: int | None, procs=()) -> None:
-        d = self.mount / rel.strip("/") if rel != "/" else self.mount
-        d.mkdir(parents=True, exist_ok=True)
-        files = {"memory.current": f"{current}\n", "memory.max": f"{limit or 'max'}\n",
-                 "memory.high": "max\n", "memory.swap.current": "0\n",
-                 "cgroup.procs": "".join(f"{p}\n" for p in procs), "cgroup.kill": "",
-                 "memory.oom.group": "0\n", "memory.events": EVENTS, "memory.events.local": EVENTS,
-                 "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-                                    "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"}
-        for name, text in files.items():
-            (d / name).write_text(text)
+        fake_v2.cgroup(self.mount, rel, current, limit, procs)
 
     def task(self, name: str, rss_kb: int) -> int:
         pid, start = self.next_pid, self.next_start
         self.next_pid, self.next_start = pid + 1, start + 1     # newest-task's order: creation
-        d = self.proc / str(pid)
-        d.mkdir(parents=True)
-        (d / "status").write_text(self.status.replace("python3", name)
-                                  .replace("VmRSS:\t   13508 kB", f"VmRSS:\t{rss_kb:8d} kB"))
-        fields = self.stat.replace("4587 (python3)", f"{pid} ({name})", 1).split(" ")
-        fields[21] = str(start)
-        (d / "stat").write_text(" ".join(fields))
-        (d / "cmdline").write_bytes(name.encode() + b"\0")
-        (d / "oom_score_adj").write_text("0\n")
-        (d / "statm").write_text(f"4141 {rss_kb // 4} 1146 1 0 1013 0\n")
+        fake_v2.task(self.proc, pid, name, rss_kb, start)
         return pid
 
     def job(self, rel: str, tasks: int) -> None:
@@ -136,13 +92,8 @@ def fake_tree(shape: str, n: int, tasks: int, per_parent: int) -> Iterator[tuple
     tmp = Path(tempfile.mkdtemp(prefix="oomkit-scale-"))
     try:
         t = Tree(tmp)
-        t.cgroup("/", 200 * MiB, None)
-        (t.mount / "cgroup.controllers").write_text("cpu io memory pids\n")
+        fake_v2.root(t.mount, t.proc)
         t.cgroup("/batch", 0, None)
-        t.proc.mkdir()
-        (t.proc / "meminfo").write_text((FIX / "meminfo.txt").read_text())
-        (t.proc / "self").mkdir()
-        (t.proc / "self" / "mounts").write_text(f"cgroup2 {t.mount} cgroup2 rw,nosuid 0 0\n")
         leaves: list[str] = []
         parents: list[str] = []
         if shape == "flat":
@@ -181,7 +132,7 @@ def measure(shape: str, n: int, args) -> dict:
         config = resolve({"daemon": {"cgroup": "v2", "handler_deadline": "10s",
                                      "policy_runner": args.runner, "depth": args.depth, **keys},
                           "attach": [{"cgroup": "/batch/*", "policy": "newest-task"}]})
-        d = Daemon(config, restorer=Holder())
+        d = Daemon(config, restorer=fake_v2.Holder())
         try:
             t0 = time.perf_counter()
             d.reconcile()                   # takes every memcg: each is near its limit

@@ -43,66 +43,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fake_v2  # bench/: the fake tree, shared with bench_v2_scale.py
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 MiB = 1 << 20
-FIX = REPO / "tests" / "fixtures" / "linux"
-EVENTS = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"
-
-
-class Holder:
-    """The restorer, remembering only (a crash here leaves marks on our own tasks)."""
-
-    watchdog_pid = None
-
-    def __init__(self) -> None:
-        self.held: dict[str, str] = {}
-
-    def start(self) -> None:
-        pass
-
-    def hold(self, path, restore, *, pid=None, starttime=None) -> None:
-        self.held[path] = restore
-
-    def drop(self, path) -> None:
-        self.held.pop(path, None)
-
-    def heartbeat(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-# -- the trees ------------------------------------------------------------------------
-
-
-def _fake_cgroup(mount: Path, rel: str, current: int, limit: int | None, procs=()) -> None:
-    d = mount / rel.strip("/") if rel != "/" else mount
-    d.mkdir(parents=True, exist_ok=True)
-    files = {"memory.current": f"{current}\n", "memory.max": f"{limit or 'max'}\n",
-             "memory.high": "max\n", "memory.swap.current": "0\n",
-             "cgroup.procs": "".join(f"{p}\n" for p in procs), "cgroup.kill": "",
-             "memory.oom.group": "0\n", "memory.events": EVENTS, "memory.events.local": EVENTS,
-             "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-                                "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"}
-    for name, text in files.items():
-        (d / name).write_text(text)
-
-
-def _fake_task(proc: Path, pid: int, name: str, rss_kb: int, start: int) -> None:
-    d = proc / str(pid)
-    d.mkdir(parents=True)
-    status = (FIX / "proc_status.txt").read_text().replace("python3", name)
-    (d / "status").write_text(status.replace("VmRSS:\t   13508 kB", f"VmRSS:\t{rss_kb:8d} kB"))
-    stat = (FIX / "proc_stat.txt").read_text().replace("4587 (python3)", f"{pid} ({name})", 1)
-    fields = stat.split(" ")
-    fields[21] = str(start)                 # starttime: newest-task's order
-    (d / "stat").write_text(" ".join(fields))
-    (d / "cmdline").write_bytes(name.encode() + b"\0")
-    (d / "oom_score_adj").write_text("0\n")
-    (d / "statm").write_text(f"4141 {rss_kb // 4} 1146 1 0 1013 0\n")
 
 
 @contextlib.contextmanager
@@ -111,17 +57,12 @@ def fake_tree(n: int) -> Iterator[tuple[dict, str]]:
     try:
         mount, proc = tmp / "cg", tmp / "proc"
         pids = [5_000_001 + i for i in range(n)]
-        _fake_cgroup(mount, "/", 200 * MiB, None)
-        (mount / "cgroup.controllers").write_text("cpu io memory pids\n")
-        _fake_cgroup(mount, "/box", 60 * MiB, 256 * MiB)
-        _fake_cgroup(mount, "/box/w", 60 * MiB, 64 * MiB, pids)
-        proc.mkdir()
-        (proc / "meminfo").write_text((FIX / "meminfo.txt").read_text())
-        (proc / "self").mkdir()
-        (proc / "self" / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw,nosuid 0 0\n")
-        _fake_task(proc, pids[0], "old", 40 * 1024, 1000)          # older and larger
+        fake_v2.root(mount, proc)
+        fake_v2.cgroup(mount, "/box", 60 * MiB, 256 * MiB)
+        fake_v2.cgroup(mount, "/box/w", 60 * MiB, 64 * MiB, pids)
+        fake_v2.task(proc, pids[0], "old", 40 * 1024, 1000)          # older and larger
         for i, pid in enumerate(pids[1:]):
-            _fake_task(proc, pid, f"small{i}", 1024, 2000 + i)
+            fake_v2.task(proc, pid, f"small{i}", 1024, 2000 + i)
         yield {"mount": str(mount), "proc": str(proc), "event_log": str(tmp / "ev.jsonl")}, "/box/w"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,7 +126,7 @@ def measure(daemon_keys: dict, box: str, runner: str, depth: int, repeat: int,
     config = resolve({"daemon": {"cgroup": "v2", "handler_deadline": "10s", "policy_runner": runner,
                                  "depth": depth, **daemon_keys},
                       "attach": [{"cgroup": box, "policy": "newest-task"}]})
-    d = Daemon(config, restorer=Holder())
+    d = Daemon(config, restorer=fake_v2.Holder())
     try:
         d.reconcile()
         stack = d.stack
