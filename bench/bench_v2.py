@@ -53,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -679,6 +680,16 @@ def guest(row: str, workloads: list[str], n: int, out: Path) -> None:
 # ======================================================================================
 # Host side
 
+def host_load(stop: threading.Event, samples: list[float], every: float = 10.0) -> None:
+    """The host's 1-minute load average until ``stop``: the guest's CPU is emulated
+    on the host's cores, so a loaded host slows it and every timing in its trials
+    (a boot with a high load is worth reading with that in mind)."""
+    while True:
+        samples.append(os.getloadavg()[0])
+        if stop.wait(every):
+            return
+
+
 def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = False) -> dict:
     """One VM boot for ``row`` on ``kernel``, n rounds of ``workloads``.  With
     ``append`` the trials are added to those of the row's earlier boots (same
@@ -695,7 +706,12 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     argv += ["--", "env", f"PYTHONPATH={REPO / 'src'}", sys.executable, str(Path(__file__).resolve()),
             "--guest", row, "--out", str(out), "--workloads", ",".join(workloads), "-n", str(n)]
     t = time.monotonic()
+    stop, loads = threading.Event(), list[float]()
+    watch = threading.Thread(target=host_load, args=(stop, loads), daemon=True)
+    watch.start()
     proc = subprocess.run(argv, cwd=REPO, text=True, capture_output=True)
+    stop.set()
+    watch.join()
     sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-3000:])
     data = json.loads(out.read_text()) if out.exists() else {"row": row, "trials": []}
     if proc.returncode != 0:
@@ -706,6 +722,7 @@ def run_row(kernel: str, row: str, workloads: list[str], n: int, append: bool = 
     data["commit"] = git_head()
     boot = {k: data.get(k) for k in ("date", "commit", "n", "host_wall_s", "error")}
     boot["trials"] = len(data["trials"])
+    boot["host_load"] = {"max": round(max(loads), 2), "mean": round(statistics.fmean(loads), 2)}
     if earlier is not None:
         offset = 1 + max((t.get("trial", 0) for t in earlier["trials"]), default=-1)
         for tr in data["trials"]:
@@ -730,6 +747,12 @@ def load_row(kernel: str, row: str) -> dict | None:
         return None
     with gzip.open(path, "rt") as f:
         return json.loads(f.read())
+
+
+def boot_load(boot: dict) -> str:
+    """``, host load max M (mean m)`` for a boot that sampled it (since 2026-12-07 16:30 UTC)."""
+    load = boot.get("host_load")
+    return f", host load max {load['max']:.1f} (mean {load['mean']:.1f})" if load else ""
 
 
 def utc_now() -> str:
@@ -901,7 +924,7 @@ def host(args) -> None:
         "in its own VM boot: " + "; ".join(
             f"{d.get('kernel', d.get('kernel_arg'))} {d['row']}: n = {d.get('n', '?')}, "
             + (", ".join(f"{b.get('date')} on {b.get('commit') or '?'} (n = {b.get('n')}, "
-                         f"{(b.get('host_wall_s') or 0) / 60:.1f} min)" for b in d["boots"])
+                         f"{(b.get('host_wall_s') or 0) / 60:.1f} min{boot_load(b)})" for b in d["boots"])
                if d.get("boots") else
                f"{d.get('date', run['date'])}, {d.get('host_wall_s', 0) / 60:.1f} min")
             for d in all_data),
