@@ -750,7 +750,8 @@ def load_row(kernel: str, row: str) -> dict | None:
 
 
 def boot_load(boot: dict) -> str:
-    """``, host load max M (mean m)`` for a boot that sampled it (since 2026-12-07 16:30 UTC)."""
+    """``, host load max M (mean m)`` for a boot that sampled it (boots started
+    at 17:03 UTC on 2026-12-07 and later)."""
     load = boot.get("host_load")
     return f", host load max {load['max']:.1f} (mean {load['mean']:.1f})" if load else ""
 
