@@ -403,3 +403,8 @@ def ancestors(path: str) -> Iterator[str]:
     while current is not None:
         yield current
         current = parent_of(current)
+
+
+def above(path: str) -> list[str]:
+    """Every cgroup strictly above ``path``, its parent first, up to the root ``/``."""
+    return list(ancestors(path))[1:]

@@ -71,7 +71,7 @@ from oomkit.backends.live import (
     unmark,
     victims_from_kmsg,
 )
-from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, ancestors, is_within
+from oomkit.context import CgroupInfo, LazyMapping, LazyTasks, Level, TaskInfo, above, ancestors, is_within
 from oomkit.engine.chain import Engine
 from oomkit.errors import CgroupGone, KernelError, TaskGone
 from oomkit.linux import notify, parse, pidfd
@@ -231,7 +231,7 @@ def _place_once(order: Sequence[Stand], forced: Mapping[str, str]
     for s in order:
         if s.memcg in held:
             continue
-        outers = [placed[a] for a in reversed(list(ancestors(s.memcg))[1:]) if a in placed]
+        outers = [placed[a] for a in reversed(above(s.memcg)) if a in placed]
         values, blocker = _weigh(outers, s)
         if blocker is not None:
             if s.room <= blocker.room:
@@ -872,8 +872,8 @@ class V2Stack:
         ep = Episode(path, events=self.fs.events(path),
                      local_kills=self.fs.events(path, local=True).get("oom_kill", 0))
         self.episodes[path] = ep
-        for above in list(ancestors(path))[1:]:
-            self._below.setdefault(above, {})[path] = None
+        for outer in above(path):
+            self._below.setdefault(outer, {})[path] = None
         wd = self.inotify.add_watch(self.fs.path(path, "memory.events"), notify.IN_MODIFY)
         self.watches[wd] = path
         self._take_pressure(path)
@@ -897,12 +897,12 @@ class V2Stack:
         """Stop watching ``path``: put back all we changed there."""
         self.watched.discard(path)
         ep = self.episodes.pop(path, None)
-        for above in list(ancestors(path))[1:]:
-            below = self._below.get(above)
+        for outer in above(path):
+            below = self._below.get(outer)
             if below is not None:
                 below.pop(path, None)
                 if not below:
-                    del self._below[above]
+                    del self._below[outer]
         if ep is not None:
             self._disarm(ep)
             self._lift(ep)
