@@ -121,7 +121,9 @@ def one(workload: str, seconds: float) -> dict:
         time.sleep(5.0)         # the workload reaches its steady state (the page cache fills)
         for k in counts:
             counts[k] = 0
-        workers = [p for p in _children(os.getpid())]
+        # the daemon's own processes (the zygote, the policy workers): not the workload's
+        ours = {p.pid for p in procs}
+        workers = [p for p in _children(os.getpid(), skip=ours)]
         cpu0 = _cpu(os.getpid()) + sum(_cpu(p) for p in workers)
         t0 = time.monotonic()
         stop = threading.Timer(seconds, lambda: setattr(d, "running", False))
@@ -148,8 +150,8 @@ def one(workload: str, seconds: float) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _children(pid: int) -> list[int]:
-    """Every process below ``pid`` (the zygote, the policy workers)."""
+def _children(pid: int, skip: set[int]) -> list[int]:
+    """Every process below ``pid`` but ``skip`` and theirs (the zygote, the policy workers)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -158,6 +160,8 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         for k in map(int, kids):
+            if k in skip:
+                continue
             out.append(k)
             todo.append(k)
     return out
@@ -167,6 +171,10 @@ def guest(srcs: list[str], workloads: list[str], seconds: float, out: Path) -> N
     rows = []
     for src in srcs:
         for wl in workloads:
+            # The file's pages outlive a row's memcg (reparented up to the root,
+            # mm/memcontrol.c memcg_reparent_objcgs()) and a later reader finds
+            # them cached, charged to no memcg of its own: drop them (the guest's).
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
             r = subprocess.run([sys.executable, __file__, "--one", wl, "--seconds", str(seconds)],
                                env=dict(os.environ, PYTHONPATH=src), capture_output=True, text=True)
             if r.returncode != 0:
