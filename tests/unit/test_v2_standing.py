@@ -292,6 +292,51 @@ def test_two_kernel_kills_between_two_looks_are_two_records(tree, started, tmp_p
     assert [r["resolved_by"] for r in records] == ["policy", "kernel"]
 
 
+def test_memory_events_wakes_are_looked_at_at_most_every_gap(tree, started, tmp_path, monkeypatch):
+    """A memcg at memory.max counts a 'max' event per charge (and so does every
+    memcg above it): a memory.events wake within LOOK_GAP of the memcg's last
+    look reads nothing and puts the look off to the gap's end; a kernel kill
+    counted meanwhile is reported then, once.  A wake after the gap is looked
+    at at once, and several events of one memcg in one read are one look."""
+    import json
+
+    from oomkit.backends import cgroup_v2
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    stack, ep = d.stack, d.stack.episodes["/box/a"]
+    assert ep.in_zone
+    reads = []
+    real_read = stack._read
+    monkeypatch.setattr(stack, "_read", lambda e: reads.append(e.memcg) or real_read(e))
+    now = d.backend.clock.now()
+    ep.looked = now                                 # just looked
+    kmsg = kill_lines(1, PID_A, "hog", 1000, anon_kb=51200)
+    kernel_killed(mount, monkeypatch, kmsg, 1)      # memory.events written: an inotify wake
+    stack._on_inotify(0)
+    assert reads == [] and ep.next_look == now + cgroup_v2.LOOK_GAP
+    assert not (tmp_path / "ev.jsonl").exists() or not (tmp_path / "ev.jsonl").read_text()
+    timer = stack.next_timer()
+    assert timer is not None and timer <= cgroup_v2.LOOK_GAP
+    ep.looked, ep.next_look = now - cgroup_v2.LOOK_GAP, now    # the gap is over
+    stack.on_timer()
+    assert reads == ["/box/a"] and ep.next_look is None
+    kmsg.clear()
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(PID_A, "policy:/box")]]
+    # wakes after the gap: at once, one look per memcg for interleaved events
+    job = stack.episodes["/box/job"]
+    job.looked = ep.looked = d.backend.clock.now() - cgroup_v2.LOOK_GAP
+    for high, rel in ((1, "a"), (1, "job"), (2, "a")):
+        (mount / "box" / rel / "memory.events").write_text(f"low 0\nhigh {high}\nmax 0\noom 1\n"
+                                                          f"oom_kill 1\n")
+    stack._on_inotify(0)
+    assert reads[1:] == ["/box/a", "/box/job"] and job.next_look is None
+
+
 def test_a_new_process_in_the_zone_is_decided_on_at_once(tree, started, monkeypatch):
     """The proc connector reports a fork into /box/a (in its zone): the decision
     is taken again within FORK_DELAY, not at the next rearm (500 ms), so

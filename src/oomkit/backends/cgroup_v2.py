@@ -90,6 +90,17 @@ GLOBAL_POLL = 1.0             # seconds between two looks at MemAvailable out of
 FORK_DELAY = 0.01             # a new task in the zone: decide again this soon (a burst coalesces)
 MEMBERS_POLL = 0.05           # in the zone: how often cgroup.procs is read for tasks moved in
 RECENT_MARKS = 10.0           # seconds a marked task's decision is kept after it exited
+# memory.events wakes us at every charge that finds a memcg full (a 'max'
+# event: mm/memcontrol.c try_charge_memcg()), in it and in every memcg above it
+# (memcg_memory_event() counts up the tree), up to 100 times a second each
+# (kernel/cgroup/cgroup.c cgroup_file_notify(), CGROUP_FILE_NOTIFY_MIN_INTV): a
+# memcg full of page cache sits at memory.max for good.  So a memcg's files are
+# read at most this often on such wakes; what a look finds (a kernel kill, usage
+# entering or leaving the zone) waits at most this long.  A grower that crossed
+# our wake-up point meanwhile is throttled there (mem_cgroup_handle_over_high()).
+# An armed task's exit (pidfd), a new task (proc connector, MEMBERS_POLL) and
+# rearm wake us on their own.
+LOOK_GAP = 0.05
 
 
 def zone(limit: int, headroom: int | None) -> int:
@@ -557,6 +568,8 @@ class Episode:
     # there, and may be the policy's new choice.
     members: frozenset[int] = frozenset()
     next_poll: float | None = None
+    looked: float | None = None      # when its files were last read (_look)
+    next_look: float | None = None   # a memory.events wake put off to then (LOOK_GAP)
     # Nested managed memcgs (place()): the decision as numbers (its values
     # alone), the ranks it was armed from (written again when what stands
     # above it changes), while it is held back for another memcg's that OOMs
@@ -708,7 +721,7 @@ class V2Stack:
         commit()
 
     def next_timer(self) -> float | None:
-        times = [t for e in self._all_episodes() for t in (e.next_take, e.next_poll)
+        times = [t for e in self._all_episodes() for t in (e.next_take, e.next_poll, e.next_look)
                  if t is not None]
         return max(0.0, min(times) - self.backend.clock.now()) if times else None
 
@@ -721,7 +734,8 @@ class V2Stack:
         for ep in list(self.episodes.values()):
             if ep.in_zone and ep.next_poll is not None and ep.next_poll <= now:
                 self._poll_members(ep, now)
-            if ep.next_take is not None and ep.next_take <= now:
+            due = [t for t in (ep.next_take, ep.next_look) if t is not None and t <= now]
+            if due:
                 self._look(ep.memcg)
 
     def _poll_members(self, ep: Episode, now: float) -> None:
@@ -919,6 +933,7 @@ class V2Stack:
     # -- one look at a memcg ------------------------------------------------------------
 
     def _on_inotify(self, mask: int) -> None:
+        woken: dict[str, None] = {}     # each memcg looked at once per read, in order
         for wd, ev_mask, _cookie, _name in self.inotify.read():
             if ev_mask & notify.IN_Q_OVERFLOW:
                 log.warning("oomkit: inotify queue overflowed: looking at every managed cgroup")
@@ -928,14 +943,28 @@ class V2Stack:
             watched = self.watches.get(wd)
             if ev_mask & notify.IN_IGNORED:
                 self.watches.pop(wd, None)
-            elif watched is not None and watched in self.episodes:
-                self._look(watched)
+            elif watched is not None:
+                woken[watched] = None
+        for path in woken:
+            ep = self.episodes.get(path)
+            if ep is not None:
+                self._woken(ep)
+
+    def _woken(self, ep: Episode) -> None:
+        """memory.events changed: look now, or LOOK_GAP after the last look (a
+        memcg at memory.max, or below one, counts a 'max' event per charge)."""
+        now = self.backend.clock.now()
+        if ep.looked is not None and now < ep.looked + LOOK_GAP:
+            ep.next_look = ep.looked + LOOK_GAP
+            return
+        self._look(ep.memcg)
 
     def _look(self, path: str) -> None:
         """Read ``path``'s numbers, classify, act."""
         ep = self.episodes.get(path)
         if ep is None:
             return
+        ep.looked, ep.next_look = self.backend.clock.now(), None
         try:
             look = self._read(ep)
         except CgroupGone:
@@ -1400,6 +1429,7 @@ class V2Stack:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
         self._unarm(ep)
         ep.next_take, ep.next_poll, ep.in_zone, ep.members = None, None, False, frozenset()
+        ep.next_look = None
 
     # -- the kernel's kills -------------------------------------------------------------
 
