@@ -166,7 +166,8 @@ def _oom_group_case(box, daemon, policy):
     rec = d.records()[0]
     assert rec["resolved_by"] == "policy" and rec["executed_by"] == "kernel", rec
     assert hog.pid in [k["pid"] for k in rec["killed"]]
-    assert d.stop() == 0
+    rc = d.stop()
+    assert rc == 0, f"the daemon exited {rc}:\n{d.log}"
     assert box.fs.read(job, "memory.oom.group").strip() == "0"      # ours, put back
 
 
