@@ -337,6 +337,26 @@ def test_memory_events_wakes_are_looked_at_at_most_every_gap(tree, started, tmp_
     assert reads[1:] == ["/box/a", "/box/job"] and job.next_look is None
 
 
+def test_a_victim_named_twice_in_one_read_is_one_record(tree, started, tmp_path, monkeypatch):
+    """/dev/kmsg names the armed hog's kill twice in one read (6.1 reports some
+    kills twice; a look put off by LOOK_GAP reads both): one record, no crash."""
+    import json
+
+    from oomkit.linux import notify
+
+    mount, proc = tree
+    monkeypatch.setattr(notify, "open_kmsg", lambda *a, **k: os.open("/dev/null", os.O_RDONLY))
+    d = started()
+    d.stack._on_exit(PID_A, 0)                  # the marked hog exited before the kill was read
+    kmsg = kill_lines(1, PID_A, "hog", 1000, anon_kb=51200) + kill_lines(3, PID_A, "hog", 1000,
+                                                                         anon_kb=51200)
+    kernel_killed(mount, monkeypatch, kmsg, 1)
+    d.stack._look("/box/a")
+    d.events.close()
+    records = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(PID_A, "policy:/box")]]
+
+
 def test_a_new_process_in_the_zone_is_decided_on_at_once(tree, started, monkeypatch):
     """The proc connector reports a fork into /box/a (in its zone): the decision
     is taken again within FORK_DELAY, not at the next rearm (500 ms), so
