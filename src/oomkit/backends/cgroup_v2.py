@@ -734,8 +734,7 @@ class V2Stack:
         for ep in list(self.episodes.values()):
             if ep.in_zone and ep.next_poll is not None and ep.next_poll <= now:
                 self._poll_members(ep, now)
-            due = [t for t in (ep.next_take, ep.next_look) if t is not None and t <= now]
-            if due:
+            if any(t is not None and t <= now for t in (ep.next_take, ep.next_look)):
                 self._look(ep.memcg)
 
     def _poll_members(self, ep: Episode, now: float) -> None:
@@ -1429,7 +1428,6 @@ class V2Stack:
         """Out of the zone: nothing armed, no timer; the wake-up point waits."""
         self._unarm(ep)
         ep.next_take, ep.next_poll, ep.in_zone, ep.members = None, None, False, frozenset()
-        ep.next_look = None
 
     # -- the kernel's kills -------------------------------------------------------------
 
