@@ -322,7 +322,8 @@ def _print_status(st) -> None:
     click.echo(f"cgroup {t(st.hierarchy)} at {t(st.mount)}; tasks read by {t(st.task_reader)}"
                f"{'; DRY RUN: nothing is released' if st.dry_run else ''}")
     click.echo(f"event log {t(st.event_log)} ({st.event_log_errors} write errors); "
-               f"reload failures: {st.reload_failures}")
+               f"reload failures: {st.reload_failures}"
+               f"{f'; INTERNAL ERRORS: {st.internal_errors}' if st.internal_errors else ''}")
     click.echo(f"{len(st.managed)} cgroups managed, {len(st.attachments)} attachments:")
     for a in st.attachments:
         params = f" {t(json.dumps(a.params, sort_keys=True))}" if a.params else ""

@@ -5,6 +5,7 @@
     ├── PolicyLoadError      a policy name, module, file or class that cannot be loaded
     ├── AttachError          a second policy on one cgroup (EEXIST), or a cgroup that does not exist
     ├── ContextReadOnly      a policy tried to change the OOM context (also an AttributeError)
+    ├── InternalError        a bug of oomkit's own kept escaping the daemon's loop: it stops
     └── KernelError          an OS error met while reading or writing cgroupfs or /proc
         ├── CgroupGone       the cgroup was removed under us (ENOENT/ENODEV on a cgroup file)
         ├── TaskGone         the task exited under us (ESRCH, or ENOENT under /proc/PID)
@@ -44,6 +45,11 @@ class AttachError(ConfigError):
 
 class ContextReadOnly(OOMKitError, AttributeError):
     """A policy tried to set an attribute of the OOM context or of anything in it."""
+
+
+class InternalError(OOMKitError):
+    """The daemon's loop met bugs of oomkit's own faster than restarting its live
+    stack could contain them (``oomkit.daemon.main.Daemon._contain``)."""
 
 
 class KernelError(OOMKitError):

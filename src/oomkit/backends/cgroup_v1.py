@@ -511,6 +511,9 @@ class V1Events:
         return str(self.fs.path(path, "memory.oom_control"))
 
     def close(self) -> None:
+        handback = getattr(self.restorer, "on_handback", None)
+        if handback is not None and self.rearm in handback:
+            handback.remove(self.rearm)     # a restarted stack (Daemon._contain) rearms its own
         self.kmsg.close()
         for net in self._nets:              # no record is lost: committed as they stand
             net.record.note = ((net.record.note + "; ") if net.record.note else "") + \

@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from oomkit.daemon.reactor import Reactor
 from oomkit.daemon.restore import Restorer
 from oomkit.engine.attachment import Recipe
 from oomkit.engine.chain import Engine
-from oomkit.errors import ConfigError, KernelError, OOMKitError, PolicyLoadError
+from oomkit.errors import ConfigError, InternalError, KernelError, OOMKitError, PolicyLoadError
 from oomkit.linux import notify
 from oomkit.linux.bpftasks import BpfTasks
 from oomkit.linux.cgroupfs import CgroupFS, detect
@@ -72,6 +73,12 @@ def open_stack(fs: CgroupFS, proc: ProcFS, settings: LiveSettings, daemon: Daemo
 
 
 class Daemon:
+    # A bug of oomkit's own that escapes a turn of the loop restarts the live
+    # stack; more than RESTARTS of them within RESTART_WINDOW seconds stop the
+    # daemon (see _contain).
+    RESTARTS = 3
+    RESTART_WINDOW = 60.0
+
     def __init__(self, config: DaemonConfig, config_path: str | None = None, *,
                  restorer: Restorer | None = None):
         self.heap = open_heap_dumps()   # first: what is built from here on is traced
@@ -84,6 +91,7 @@ class Daemon:
         self.restorer = restorer or Restorer(config.state_dir, config.watchdog_timeout)
         reader = open_task_reader(config.task_reader, config.proc)
         self.task_reader = "proc" if reader is None else f"bpf ({reader.mode})"
+        self._faults: list[float] = []      # when the loop's internal errors were contained
         self.stack = open_stack(self.fs, self.proc, live_settings(config), self, self.restorer, reader)
         self.engine = self._engine(config)
         self.pressure = PolicyPressure(self)
@@ -164,16 +172,59 @@ class Daemon:
     def loop(self) -> None:
         beat = self.config.watchdog_timeout / 4
         while self.running:
-            timers = [t for t in (self.stack.next_timer(), self.notifier.next_ping()) if t is not None]
-            self.reactor.poll(max(0.0, min([beat, *timers])))
-            self.notifier.watchdog()    # from the loop only: a stuck loop stops pinging systemd
-            self.heartbeat()
-            self.events.retry()
-            self.stack.on_timer()
-            self.stack.flush()
-            self._reload_step()
-            if self._dump_asked:
-                self._dump_heap()
+            try:
+                self._turn(beat)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: contained, or the daemon stops
+                self._contain(exc)
+
+    def _turn(self, beat: float) -> None:
+        timers = [t for t in (self.stack.next_timer(), self.notifier.next_ping()) if t is not None]
+        self.reactor.poll(max(0.0, min([beat, *timers])))
+        self.notifier.watchdog()    # from the loop only: a stuck loop stops pinging systemd
+        self.heartbeat()
+        self.events.retry()
+        self.stack.on_timer()
+        self.stack.flush()
+        self._reload_step()
+        if self._dump_asked:
+            self._dump_heap()
+
+    def _contain(self, exc: Exception) -> None:
+        """An exception escaped a turn of the loop: a bug of oomkit's own (a policy's
+        never gets here: the engine and its workers contain those).  What it may have
+        left half done is the live stack's state (marks, limits, a paused v1 OOM), so
+        the stack is closed, which puts back every setting it changed (on v1 a paused
+        OOM goes to the kernel), and opened anew, and the cgroups are taken again; the
+        engine and its policy workers stay.  A bug that keeps coming stops the daemon:
+        the kernel decides, and the unit's Restart= starts a clean process."""
+        self.book.internal_errors += 1
+        now = time.monotonic()
+        self._faults = [t for t in self._faults if now - t < self.RESTART_WINDOW] + [now]
+        log.error("oomkit: internal error (a bug in oomkit: please report it with these lines): "
+                  "%s: %s", type(exc).__name__, exc, exc_info=exc)
+        if len(self._faults) > self.RESTARTS:
+            raise InternalError(f"{len(self._faults)} internal errors within {self.RESTART_WINDOW:g}s: "
+                                "stopping; every setting is put back and the kernel's OOM killer "
+                                "decides") from exc
+        try:
+            self._restart_stack()
+        except Exception as again:  # noqa: BLE001 - the same bug, or another: the daemon stops
+            raise InternalError(f"the live stack could not be restarted after an internal error "
+                                f"({type(again).__name__}: {again}): stopping") from again
+        log.warning("oomkit: the live stack was restarted after the internal error: every setting "
+                    "put back, %d cgroups taken again", len(self.managed))
+        self.publish()
+
+    def _restart_stack(self) -> None:
+        old = self.stack
+        reader, old.backend.bpf = old.backend.bpf, None     # the BPF reader goes on, in the new stack
+        old.close()
+        old.backend.close()
+        self.stack = open_stack(self.fs, self.proc, live_settings(self.config), self, self.restorer, reader)
+        self.engine.backend = self.stack.backend
+        self.stack.bind(self.engine)
+        self.quiet.clock = self.stack.backend.clock
+        self.reconcile()
 
     def stop(self) -> None:
         """Put back every setting we changed, then let the watchdog go (once)."""

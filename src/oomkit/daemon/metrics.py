@@ -84,6 +84,8 @@ def families(st: DaemonStatus) -> list[Metric]:
         CounterMetricFamily("oomkit_event_log_errors", "Event-log writes that failed.", value=st.event_log_errors),
         CounterMetricFamily("oomkit_reload_failures", "Reloads refused (the running config kept).",
                             value=st.reload_failures),
+        CounterMetricFamily("oomkit_internal_errors", "Bugs of oomkit's own the daemon's loop contained "
+                            "by restarting its live stack.", value=st.internal_errors),
         GaugeMetricFamily("oomkit_managed_cgroups", "Cgroups the daemon manages.", value=len(st.managed)),
         GaugeMetricFamily("oomkit_dry_run", "1 if nothing is released (dry run).", value=int(st.dry_run)),
     ]

@@ -111,6 +111,7 @@ class DaemonStatus(msgspec.Struct, kw_only=True):
     event_log: str = ""
     event_log_errors: int = 0
     reload_failures: int = 0
+    internal_errors: int = 0        # bugs of oomkit's own the loop contained (stack restarts)
     failures: int = 0               # handler failures, every attachment (detached ones too)
     ejections: int = 0              # attachments ejected after repeated failures
     handler_seconds: Timings = msgspec.field(default_factory=Timings)   # each handler's run
@@ -127,6 +128,7 @@ class StatusBook:
         self.ooms_by: dict[str, int] = {}
         self.kills_by: dict[str, int] = {}
         self.reload_failures = 0
+        self.internal_errors = 0
         self.failures = 0
         self.ejections = 0
         self.handler_seconds = Timings()
@@ -272,5 +274,6 @@ def build_status(daemon: Any, running: str = "running") -> DaemonStatus:
         managed=sorted(daemon.managed), attachments=attached, ooms=book.ooms,
         ooms_by=dict(book.ooms_by), kills_by=dict(book.kills_by), event_log=daemon.events.path,
         event_log_errors=daemon.events.errors, reload_failures=book.reload_failures,
+        internal_errors=book.internal_errors,
         failures=book.failures, ejections=book.ejections, handler_seconds=book.handler_seconds.copy(),
         oom_seconds=book.oom_seconds.copy(), last_ooms=list(book.last))

@@ -1,0 +1,94 @@
+"""A bug of oomkit's own in the daemon's loop on real v1 memcgs (daemon/main.py,
+``Daemon._contain``): restarting the live stack hands a paused OOM to the kernel
+before the memcgs are taken again, and the new stack alone answers the watchdog.
+
+The daemon runs in this process (its loop is not needed: the error is handed
+to ``_contain`` as the loop would); its policy workers are real.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.procs import until
+from oomkit.config.daemon import resolve
+from oomkit.daemon import main as daemon_main
+
+MiB = 1 << 20
+
+
+class Restorer:
+    """What the daemon tells its watchdog (the real one is tested on its own)."""
+
+    watchdog_pid = None
+
+    def __init__(self):
+        self.held: dict[str, str] = {}
+        self.on_handback: list = []
+
+    def start(self):
+        pass
+
+    def hold(self, path, restore, *, pid=None, starttime=None):
+        self.held[path] = restore
+
+    def drop(self, path):
+        self.held.pop(path, None)
+
+    def heartbeat(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def daemon(sandbox, tmp_path):
+    made = []
+
+    def make(attach):
+        config = resolve({"daemon": {"cgroup": "v1", "mount": str(sandbox.fs.mount),
+                                     "event_log": str(tmp_path / "ev.jsonl"),
+                                     "handler_deadline": "5s"},
+                          "attach": attach})
+        d = daemon_main.Daemon(config, restorer=Restorer())
+        made.append(d)
+        d.reconcile()
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            d.stop()
+
+
+def test_a_restart_hands_a_paused_oom_to_the_kernel_then_holds_the_memcg_again(
+        sandbox, daemon, monkeypatch):
+    a = sandbox.cg("a", limit=24 * MiB)
+    d = daemon([{"cgroup": a, "policy": "largest-task"}])
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is True
+    assert len(d.restorer.on_handback) == 1
+    hog = sandbox.hog(a, 40)
+    # The loop does not run: nothing reads the notification, the OOM stays paused.
+    assert until(lambda: sandbox.fs.oom_control(a)["under_oom"], 60), "never went under OOM"
+    assert hog.alive()
+    seen = {}
+    real_open = daemon_main.open_stack
+
+    def open_stack(*args):
+        # between the old stack's close and the new one's take
+        seen["disabled"] = sandbox.fs.oom_control(a)["oom_kill_disable"]
+        seen["hog died"] = hog.wait_exit(10)
+        return real_open(*args)
+
+    monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+    d._contain(KeyError("a bug"))
+    assert seen == {"disabled": False, "hog died": True}, seen
+    control = sandbox.fs.oom_control(a)
+    assert control["oom_kill"] == 1 and not control["under_oom"]      # the kernel's kill
+    assert control["oom_kill_disable"] is True and d.managed == {a}    # held again
+    # the old stack's rearm is gone from the watchdog's hand-back: one stack answers it
+    assert d.restorer.on_handback == [d.stack.rearm]
+    d.stop()
+    assert sandbox.fs.oom_control(a)["oom_kill_disable"] is False
