@@ -358,6 +358,17 @@ def test_a_victim_named_twice_in_one_read_is_one_record(tree, started, tmp_path,
     assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(PID_A, "policy:/box")]]
 
 
+def test_victims_from_kmsg_names_each_victim_once_with_its_memcg():
+    """The shared parser (v1 and v2): two kills, the first reported twice, as 6.1
+    does: two victims, in order, each with the memcg of its summary line."""
+    from oomkit.backends.live import victims_from_kmsg
+
+    lines = (kill_lines(1, PID_A, "hog", 1000, anon_kb=51200) + kill_lines(3, PID_A, "hog", 1000)
+             + [kill_lines(5, PID_B, "sleep", 999)[1]])
+    assert [(v.pid, v.name, v.cgroup, v.rss) for v in victims_from_kmsg(lines)] == [
+        (PID_A, "hog", "/box/a", 51200 * 1024), (PID_B, "sleep", "?", 1024 * 1024)]
+
+
 def test_a_new_process_in_the_zone_is_decided_on_at_once(tree, started, monkeypatch):
     """The proc connector reports a fork into /box/a (in its zone): the decision
     is taken again within FORK_DELAY, not at the next rearm (500 ms), so

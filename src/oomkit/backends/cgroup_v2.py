@@ -1445,7 +1445,7 @@ class V2Stack:
             log.info("oomkit: the kernel also OOM-killed %s in %s, already killed by oomkit",
                      ", ".join(f"pid {v.pid}" for v in ours), path)
             return
-        fresh = _by_pid(v for v in victims if v.pid not in self._reported and v not in ours)
+        fresh = [v for v in victims if v.pid not in self._reported and v not in ours]
         ahead = self._ahead.pop(path, 0)
         if not fresh and (victims or ahead):
             # Reported already: 6.1 counts some kills twice, and two kills' lines
@@ -1590,15 +1590,6 @@ class V2Stack:
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _by_pid(victims: Iterable[Release]) -> list[Release]:
-    """Each victim once, in order: one read of /dev/kmsg may name a victim twice
-    (6.1 reports some kills twice; a look put off by LOOK_GAP reads both lines)."""
-    seen: dict[int, Release] = {}
-    for v in victims:
-        seen.setdefault(v.pid, v)
-    return list(seen.values())
 
 
 def _firsts(ranks: Sequence[Rank]) -> tuple[dict[int, TaskInfo], set[str]]:

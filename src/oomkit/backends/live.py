@@ -587,12 +587,14 @@ class KernelLog:
 def victims_from_kmsg(records: list[str]) -> list[Release]:
     """The kernel's own report of its kills: each "Killed process" line, with
     the victim's memcg from the "oom-kill:" summary line (mm/oom_kill.c
-    dump_oom_victim() and __oom_kill_process())."""
+    dump_oom_victim() and __oom_kill_process()).  Each victim once, in order: a
+    read may name one twice (6.1 reports some memcg kills twice; a look put off
+    on v2 reads both lines at once), and a killed pid is one death."""
     lines = [f for f in (parse.kmsg_oom_kill(r) for r in records) if f]
     memcgs = {f["pid"]: f.get("task_memcg") for f in lines if f["kind"] == "summary"}
-    out = []
+    out: dict[int, Release] = {}
     for f in lines:
-        if f["kind"] == "killed":
+        if f["kind"] == "killed" and f["pid"] not in out:
             rss = sum(f.get(k) or 0 for k in ("anon_rss", "file_rss", "shmem_rss"))
-            out.append(Release(f["pid"], f["name"], memcgs.get(f["pid"]) or "?", rss, rss))
-    return out
+            out[f["pid"]] = Release(f["pid"], f["name"], memcgs.get(f["pid"]) or "?", rss, rss)
+    return list(out.values())
