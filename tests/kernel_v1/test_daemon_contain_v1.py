@@ -11,35 +11,11 @@ from __future__ import annotations
 import pytest
 
 from helpers.procs import until
+from helpers.restorer import FakeRestorer
 from oomkit.config.daemon import resolve
 from oomkit.daemon import main as daemon_main
 
 MiB = 1 << 20
-
-
-class Restorer:
-    """What the daemon tells its watchdog (the real one is tested on its own)."""
-
-    watchdog_pid = None
-
-    def __init__(self):
-        self.held: dict[str, str] = {}
-        self.on_handback: list = []
-
-    def start(self):
-        pass
-
-    def hold(self, path, restore, *, pid=None, starttime=None):
-        self.held[path] = restore
-
-    def drop(self, path):
-        self.held.pop(path, None)
-
-    def heartbeat(self):
-        pass
-
-    def close(self):
-        pass
 
 
 @pytest.fixture
@@ -51,7 +27,7 @@ def daemon(sandbox, tmp_path):
                                      "event_log": str(tmp_path / "ev.jsonl"),
                                      "handler_deadline": "5s"},
                           "attach": attach})
-        d = daemon_main.Daemon(config, restorer=Restorer())
+        d = daemon_main.Daemon(config, restorer=FakeRestorer())
         made.append(d)
         d.reconcile()
         return d

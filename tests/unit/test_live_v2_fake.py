@@ -7,6 +7,7 @@ The pids are above any real pid_max (4194304), so a kill that reached
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from oomkit.backends.base import OOMEvent
 from oomkit.backends.cgroup_v2 import CgroupV2Backend
 from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
+from helpers.restorer import FakeRestorer  # noqa: E402
 
 MiB = 1 << 20
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "linux"
@@ -168,30 +172,6 @@ def test_a_task_in_do_exit_is_exiting(tree):
     stat.write_text(" ".join(fields))
     tasks = backend(tree).tasks(OOMEvent("memcg", "/box/a"), "/box")
     assert tasks.by_pid(PID_B).exiting is True and tasks.by_pid(PID_A).exiting is False
-
-
-class FakeRestorer:
-    """What the daemon's restorer is told (the real one is tested on its own)."""
-
-    watchdog_pid = None
-
-    def __init__(self):
-        self.held: dict[str, tuple[str, int | None]] = {}
-
-    def start(self):
-        pass
-
-    def hold(self, path, restore, *, pid=None, starttime=None):
-        self.held[path] = (restore, pid)
-
-    def drop(self, path):
-        self.held.pop(path, None)
-
-    def heartbeat(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def make_daemon(tree, tmp_path, attach, **daemon):
