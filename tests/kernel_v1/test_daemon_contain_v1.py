@@ -25,6 +25,7 @@ def daemon(sandbox, tmp_path):
     def make(attach):
         config = resolve({"daemon": {"cgroup": "v1", "mount": str(sandbox.fs.mount),
                                      "event_log": str(tmp_path / "ev.jsonl"),
+                                     "state_dir": str(tmp_path / "state"),
                                      "handler_deadline": "5s"},
                           "attach": attach})
         d = daemon_main.Daemon(config, restorer=FakeRestorer())

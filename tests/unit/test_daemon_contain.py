@@ -7,6 +7,7 @@ On the fake cgroup2 tree of test_live_v2_fake (pids above any real pid_max).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -52,12 +53,13 @@ def callbacks_of(d, stack) -> list:
 
 
 def test_an_internal_error_restarts_the_stack_with_every_setting_put_back_first(
-        tree, daemons, monkeypatch, caplog):
+        tree, daemons, monkeypatch, caplog, tmp_path):
     """/box/a is in its zone: the hog is marked 1000 and /box/job waits at a
     memory.high wake point.  A KeyError out of the stack's timer (as the
     kmsg double line raised once) puts both back before a new stack takes the
     cgroups again, and the daemon goes on."""
     mount, proc = tree
+    (tmp_path / "state").mkdir(mode=0o700)        # the restorer's, at a real start
     d = daemons([{"cgroup": "/box", "policy": "largest-task"}])
     old = d.stack
     assert adj(proc, PID_A) == 1000 and high(mount, "/box/job") == f"{56 * MiB}"
@@ -86,6 +88,8 @@ def test_an_internal_error_restarts_the_stack_with_every_setting_put_back_first(
     assert high(mount, "/box/job") == f"{56 * MiB}"
     assert d.managed == {"/box", "/box/a", "/box/job"}
     assert d.book.internal_errors == 1
+    shown = json.loads((tmp_path / "state" / "status.json").read_text())     # oomkit status
+    assert shown["internal_errors"] == 1 and shown["managed"] == ["/box", "/box/a", "/box/job"]
     text = caplog.text
     assert "internal error (a bug in oomkit" in text and "KeyError: 4242" in text
     assert "live stack was restarted" in text

@@ -182,7 +182,8 @@ def make_daemon(tree, tmp_path, attach, **daemon):
     # A deadline a loaded machine cannot miss: these tests are about decisions, not time.
     daemon = {"handler_deadline": "5s", **daemon}
     config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
-                                 "event_log": str(tmp_path / "ev.jsonl"), **daemon},
+                                 "event_log": str(tmp_path / "ev.jsonl"),
+                                 "state_dir": str(tmp_path / "state"), **daemon},
                       "attach": attach})
     return Daemon(config, restorer=FakeRestorer())
 

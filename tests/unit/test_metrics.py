@@ -46,7 +46,7 @@ def test_families_show_the_status_counts():
         t.observe(s)
     st = doc(ooms=3, ooms_by={"memcg/policy": 2, "global/kernel": 1},
              kills_by={"policy:/a": 2, "policy:/b": 1, "kernel": 4}, failures=5, ejections=1,
-             event_log_errors=2, reload_failures=1, handler_seconds=t,
+             event_log_errors=2, reload_failures=1, internal_errors=3, handler_seconds=t,
              attachments=[AttachmentStatus(cgroup="/a", pattern="/a", policy="largest-task", ooms=2,
                                            kills=2, failures=5, ejected=True)])
     m = samples(st)
@@ -58,6 +58,7 @@ def test_families_show_the_status_counts():
     assert m[("oomkit_ejections_total", ())] == 1
     assert m[("oomkit_event_log_errors_total", ())] == 2
     assert m[("oomkit_reload_failures_total", ())] == 1
+    assert m[("oomkit_internal_errors_total", ())] == 3
     assert m[("oomkit_managed_cgroups", ())] == 2 and m[("oomkit_dry_run", ())] == 0
     assert m[("oomkit_build_info", (("hierarchy", "v1"), ("task_reader", "proc"), ("version", "0.1.0")))] == 1
     # Cumulative buckets: 0.4 ms in the first, two 3 ms by 5 ms, 20 s only in +Inf.
