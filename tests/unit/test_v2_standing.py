@@ -358,6 +358,32 @@ def test_a_victim_named_twice_in_one_read_is_one_record(tree, started, tmp_path,
     assert [[(k["pid"], k["by"]) for k in r["killed"]] for r in records] == [[(PID_A, "policy:/box")]]
 
 
+def _r(pid):
+    from oomkit.backends.base import Release
+    return Release(pid, f"t{pid}", "/box/a", MiB, MiB)
+
+
+@pytest.mark.parametrize("victims,reported,ahead,count,want", [
+    # one kill, one count: reported
+    ([1], set(), 0, 1, ([1], 0, False)),
+    # 6.1's second count of a kill already reported: no record
+    ([1], {1}, 0, 1, ([], 0, True)),
+    # two kills' lines read at one count: both reported, one ahead ...
+    ([1, 2], set(), 0, 1, ([1, 2], 1, False)),
+    # ... and the next count, with nothing new read, uses it up
+    ([], {1, 2}, 1, 1, ([], 0, True)),
+    # a count of two with one ahead and one new victim: the new one, none left ahead
+    ([3], {1, 2}, 1, 2, ([3], 0, False)),
+    # nothing read (no /dev/kmsg) and nothing ahead: one nameless kill
+    ([], set(), 0, 1, ([], 0, False)),
+])
+def test_tally_reports_each_kill_once(victims, reported, ahead, count, want):
+    from oomkit.backends.cgroup_v2 import tally
+
+    t = tally([_r(p) for p in victims], reported, ahead, count)
+    assert ([v.pid for v in t.fresh], t.ahead, t.done) == want
+
+
 def test_victims_from_kmsg_names_each_victim_once_with_its_memcg():
     """The shared parser (v1 and v2): two kills, the first reported twice, as 6.1
     does: two victims, in order, each with the memcg of its summary line."""

@@ -49,7 +49,7 @@ import dataclasses
 import enum
 import logging
 import select
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -318,6 +318,32 @@ def _under(outers: Sequence[Stand], inner: Stand) -> tuple[int, ...] | None:
     if rivals and least <= max(rivals) + -(-inner.slack // PAGE_SIZE):
         return None             # another candidate of the inner OOM would outrank its victim
     return tuple(values)
+
+
+# -- which of the kernel's kills are new ------------------------------------------------
+
+
+class Tally(NamedTuple):
+    """:func:`tally`'s answer for one move of ``oom_kill`` in ``memory.events.local``."""
+
+    fresh: list[Release]    # the victims to report now
+    ahead: int              # kills reported ahead of the count, for the counts to come
+    done: bool              # nothing to report: every victim read was reported already
+
+
+def tally(victims: Sequence[Release], reported: Container[int], ahead: int, count: int) -> Tally:
+    """The kernel's victims read from /dev/kmsg at a move of ``count`` kills,
+    against the pids ``reported`` lately and the kills reported ``ahead`` of the
+    count before.  Debian's 6.1 counts some kills twice (seen in the VM: one
+    death, two moves of the count), and two kills'
+    lines may be read at one count (both reported then, the second counted at
+    the next move): a move whose victims were all reported, or that an earlier
+    report was ahead of, is no new kill.
+    No victim read (no /dev/kmsg) is still one kill to report, nameless."""
+    fresh = [v for v in victims if v.pid not in reported]
+    if not fresh and (victims or ahead):
+        return Tally([], max(0, ahead - count), True)
+    return Tally(fresh, max(0, ahead + len(fresh) - count), False)
 
 
 # -- the backend ----------------------------------------------------------------------
@@ -1445,29 +1471,18 @@ class V2Stack:
             log.info("oomkit: the kernel also OOM-killed %s in %s, already killed by oomkit",
                      ", ".join(f"pid {v.pid}" for v in ours), path)
             return
-        fresh = [v for v in victims if v.pid not in self._reported and v not in ours]
         ahead = self._ahead.pop(path, 0)
-        if not fresh and (victims or ahead):
-            # Reported already: 6.1 counts some kills twice, and two kills' lines
-            # may be read at one count (both reported then), the second counted next.
+        t = tally([v for v in victims if v not in ours], self._reported, ahead, count)
+        if t.ahead:
+            self._ahead[path] = t.ahead
+        if t.done:
             log.debug("oomkit: kill of %s in %s already reported (%d ahead)",
                       [v.pid for v in victims], path, ahead)
-            if ahead > count:
-                self._ahead[path] = ahead - count
             return
-        for v in fresh:
-            self._reported[v.pid] = now
-        if ahead + len(fresh) > count:
-            self._ahead[path] = ahead + len(fresh) - count
-        for v in [v for v in fresh if v.pid in self._gone]:
-            gone = self._gone.pop(v.pid)
-            if gone.value is not None and adjs.get(v.pid) != gone.value:
-                continue        # put back before the kernel chose it: its own choice
-            fresh.remove(v)
-            self.daemon.write(*self._executed(gone.record, [self._killed(v, gone.by)], gone.level,
-                                              gone.memcg, gone.decided_at))
+        self._reported.update((v.pid, now) for v in t.fresh)
+        rest = self._report_gone(t.fresh, adjs)
         # No victim named (no /dev/kmsg): still one record that the kernel killed.
-        kills: list[list[Release]] = [[v] for v in fresh] or ([] if victims else [[]])
+        kills: list[list[Release]] = [[v] for v in rest] or ([] if victims else [[]])
         for killed in kills:
             memcg = next((oom_memcgs[v.pid] for v in killed if v.pid in oom_memcgs), path)
             ep = self._deciding(memcg, path, killed)
@@ -1475,6 +1490,20 @@ class V2Stack:
             self.daemon.write(record, oom)
             if ep is not None:
                 ep.next_take = now      # the decision's victim is gone: take it again
+
+    def _report_gone(self, victims: list[Release], adjs: Mapping[int, int]) -> list[Release]:
+        """Kills of marked tasks whose marks were gone when the kill was read (the
+        task exited, or was put back after the kernel chose it): their decision's
+        records.  Returns the other victims."""
+        rest = []
+        for v in victims:
+            gone = self._gone.pop(v.pid, None)
+            if gone is None or (gone.value is not None and adjs.get(v.pid) != gone.value):
+                rest.append(v)      # not marked, or put back before the kernel chose it
+                continue
+            self.daemon.write(*self._executed(gone.record, [self._killed(v, gone.by)], gone.level,
+                                              gone.memcg, gone.decided_at))
+        return rest
 
     def _deciding(self, memcg: str, path: str, victims: list[Release]) -> Episode | None:
         """The episode whose standing decision covers this kill: the machine's if
