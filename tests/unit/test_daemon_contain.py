@@ -91,7 +91,7 @@ def test_an_internal_error_restarts_the_stack_with_every_setting_put_back_first(
     shown = json.loads((tmp_path / "state" / "status.json").read_text())     # oomkit status
     assert shown["internal_errors"] == 1 and shown["managed"] == ["/box", "/box/a", "/box/job"]
     text = caplog.text
-    assert "internal error (a bug in oomkit" in text and "KeyError: 4242" in text
+    assert "internal error (an exception oomkit did not expect" in text and "KeyError: 4242" in text
     assert "live stack was restarted" in text
     d.stop()
     assert adj(proc, PID_A) == 0 and d.restorer.held == {}

@@ -200,8 +200,8 @@ class Daemon:
         self.book.internal_errors += 1
         now = time.monotonic()
         self._faults = [t for t in self._faults if now - t < self.RESTART_WINDOW] + [now]
-        log.error("oomkit: internal error (a bug in oomkit: please report it with these lines): "
-                  "%s: %s", type(exc).__name__, exc, exc_info=exc)
+        log.error("oomkit: internal error (an exception oomkit did not expect here: please "
+                  "report it with these lines): %s: %s", type(exc).__name__, exc, exc_info=exc)
         if len(self._faults) > self.RESTARTS:
             raise InternalError(f"{len(self._faults)} internal errors within {self.RESTART_WINDOW:g}s: "
                                 "stopping; every setting is put back and the kernel's OOM killer "
