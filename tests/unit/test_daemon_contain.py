@@ -141,3 +141,21 @@ def test_a_stack_that_cannot_be_restarted_stops_the_daemon(tree, daemons, monkey
         d._contain(KeyError(1))
     # the old stack was closed before the new one failed: nothing of ours stands
     assert adj(proc, PID_A) == 0 and high(mount, "/box/job") == "max" and d.restorer.held == {}
+
+
+def test_a_stop_step_that_raises_leaves_the_rest_to_run(tree, daemons, monkeypatch, caplog):
+    """The stack's close fails: the restorer (which puts back what the daemon
+    still held) and the event log are closed anyway, and the log says so."""
+    d = daemons([{"cgroup": "/box", "policy": "largest-task"}])
+    closed = []
+    monkeypatch.setattr(d.stack, "close", lambda: (_ for _ in ()).throw(RuntimeError("stuck")))
+    monkeypatch.setattr(d.restorer, "close", lambda: closed.append("restorer"))
+    events_close = d.events.close
+    monkeypatch.setattr(d.events, "close", lambda: (closed.append("events"), events_close()))
+    with caplog.at_level(logging.INFO, logger="oomkit"):
+        d.stop()
+    assert closed == ["restorer", "events"]
+    assert "stop: closing the live stack failed: RuntimeError: stuck" in caplog.text
+    assert "stopped; closing the live stack failed (above)" in caplog.text
+    assert "every setting restored" not in caplog.text
+    type(d.stack).close(d.stack)        # the real close, for this test's fds

@@ -27,6 +27,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,27 +228,50 @@ class Daemon:
         self.reconcile()
 
     def stop(self) -> None:
-        """Put back every setting we changed, then let the watchdog go (once)."""
+        """Put back every setting we changed, then let the watchdog go (once).
+        Each step runs whatever an earlier one raised: the restorer puts back
+        what a failed stack close left, and the event log keeps its records."""
         if self._stopped:
             return
         self._stopped = True
+        failed = [what for what, step in self._stop_steps() if not self._stop_step(what, step)]
+        if failed:
+            log.error("oomkit: stopped; %s failed (above); what the daemon held was put back "
+                      "by the restorer", ", ".join(failed))
+        else:
+            log.info("oomkit: stopped; every setting restored")
+
+    def _stop_steps(self) -> list[tuple[str, Callable[[], Any]]]:
+        steps: list[tuple[str, Callable[[], Any]]] = []
         if self.heap is not None:
-            self.heap.dump(self.book.ooms)
-        self.notifier.stopping()
-        self.engine.close()
-        self.pressure.close()
-        self.stack.close()
+            steps.append(("the heap dump", lambda: self.heap.dump(self.book.ooms)))
+        steps += [("telling systemd", self.notifier.stopping),
+                  ("closing the engine", self.engine.close),
+                  ("closing the pressure triggers", self.pressure.close),
+                  ("closing the live stack", self.stack.close),
+                  ("closing the global trigger", self._close_global),
+                  ("the restorer", self.restorer.close),
+                  ("closing the event log", self.events.close),
+                  ("closing the systemd socket", self.notifier.close)]
+        if self._published:     # never another daemon's (one that held the lock first)
+            steps.append(("removing the status file", lambda: status.remove_status(self.config.state_dir)))
+        if self.exporter is not None:
+            steps.append(("closing the metrics exporter", self.exporter.close))
+        return steps
+
+    @staticmethod
+    def _stop_step(what: str, step: Callable[[], Any]) -> bool:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the steps after it must still run
+            log.error("oomkit: stop: %s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+            return False
+        return True
+
+    def _close_global(self) -> None:
         if self.global_fd is not None:
             self.unregister(self.global_fd)
             self.global_fd = None
-        self.restorer.close()
-        self.events.close()
-        self.notifier.close()
-        if self._published:     # never another daemon's (one that held the lock first)
-            status.remove_status(self.config.state_dir)
-        if self.exporter is not None:
-            self.exporter.close()
-        log.info("oomkit: stopped; every setting restored")
 
     def _signals(self) -> None:
         self._wake_r.setblocking(False)
@@ -429,9 +453,8 @@ class Daemon:
                             "kernel's alone", exc)
                 return
             self.register(self.global_fd, self._on_global_pressure, events=select.POLLPRI)
-        elif not wanted and self.global_fd is not None:
-            self.unregister(self.global_fd)
-            self.global_fd = None
+        elif not wanted:
+            self._close_global()
 
     def _on_inotify(self, mask: int) -> None:
         """A cgroup was created or removed where one we care about may be."""
