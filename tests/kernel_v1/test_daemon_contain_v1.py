@@ -60,6 +60,7 @@ def test_a_restart_hands_a_paused_oom_to_the_kernel_then_holds_the_memcg_again(
         return real_open(*args)
 
     monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+    d.running = True     # as in the loop
     d._contain(KeyError("a bug"))
     assert seen == {"disabled": False, "hog died": True}, seen
     control = sandbox.fs.oom_control(a)

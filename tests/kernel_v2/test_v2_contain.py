@@ -44,6 +44,7 @@ def test_a_restart_puts_the_mark_back_then_arms_again(box, tmp_path, monkeypatch
             return real_open(*args)
 
         monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+        d.running = True     # as in the loop
         d._contain(KeyError("a bug"))
         assert seen == {"adj": 0, "held": {}}, seen
         assert adj(hog.pid) == 1000 and d.managed == {cg}          # armed again

@@ -120,9 +120,10 @@ def test_internal_errors_that_keep_coming_stop_the_daemon_and_stop_puts_everythi
 
 def test_errors_spread_over_more_than_the_window_are_each_contained(tree, daemons, monkeypatch):
     d = daemons([{"cgroup": "/box", "policy": "largest-task"}])
+    d.running = True
     clock = [1000.0]
-    monkeypatch.setattr(daemon_main.time, "monotonic", lambda: clock[0])
     for _ in range(2 * d.RESTARTS):
+        monkeypatch.setattr(d.backend.clock, "now", lambda: clock[0])     # each new stack's clock
         d._contain(RuntimeError("now and then"))
         clock[0] += d.RESTART_WINDOW / d.RESTARTS + 1
     assert d.book.internal_errors == 2 * d.RESTARTS
@@ -137,6 +138,7 @@ def test_a_stack_that_cannot_be_restarted_stops_the_daemon(tree, daemons, monkey
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(daemon_main, "open_stack", no_stack)
+    d.running = True
     with pytest.raises(InternalError, match=r"could not be restarted .*OSError.*Too many open files"):
         d._contain(KeyError(1))
     # the old stack was closed before the new one failed: nothing of ours stands
@@ -159,3 +161,15 @@ def test_a_stop_step_that_raises_leaves_the_rest_to_run(tree, daemons, monkeypat
     assert "stopped; closing the live stack failed (above)" in caplog.text
     assert "every setting restored" not in caplog.text
     type(d.stack).close(d.stack)        # the real close, for this test's fds
+
+
+def test_an_error_in_the_turn_that_stops_the_daemon_leaves_the_close_to_stop(tree, daemons):
+    """SIGTERM came in the same turn (running is False): no restart; stop() closes."""
+    mount, proc = tree
+    d = daemons([{"cgroup": "/box", "policy": "largest-task"}])
+    old = d.stack
+    d.running = False
+    d._contain(KeyError(1))
+    assert d.stack is old and d.book.internal_errors == 1 and adj(proc, PID_A) == 1000
+    d.stop()
+    assert adj(proc, PID_A) == 0 and d.restorer.held == {}

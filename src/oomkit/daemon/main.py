@@ -26,7 +26,6 @@ import select
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,10 +198,12 @@ class Daemon:
         engine and its policy workers stay.  A bug that keeps coming stops the daemon:
         the kernel decides, and the unit's Restart= starts a clean process."""
         self.book.internal_errors += 1
-        now = time.monotonic()
+        now = self.backend.clock.now()
         self._faults = [t for t in self._faults if now - t < self.RESTART_WINDOW] + [now]
         log.error("oomkit: internal error (an exception oomkit did not expect here: please "
                   "report it with these lines): %s: %s", type(exc).__name__, exc, exc_info=exc)
+        if not self.running:
+            return      # stopping (SIGTERM in this turn): stop() closes the stack anyway
         if len(self._faults) > self.RESTARTS:
             raise InternalError(f"{len(self._faults)} internal errors within {self.RESTART_WINDOW:g}s: "
                                 "stopping; every setting is put back and the kernel's OOM killer "
