@@ -335,11 +335,11 @@ def tally(victims: Sequence[Release], reported: Container[int], ahead: int, coun
     """The kernel's victims read from /dev/kmsg at a move of ``count`` kills,
     against the pids ``reported`` lately and the kills reported ``ahead`` of the
     count before.  Debian's 6.1 counts some kills twice (seen in the VM: one
-    death, two moves of the count), and two kills'
-    lines may be read at one count (both reported then, the second counted at
-    the next move): a move whose victims were all reported, or that an earlier
-    report was ahead of, is no new kill.
-    No victim read (no /dev/kmsg) is still one kill to report, nameless."""
+    death, two moves of the count), and two kills' lines may be read at one
+    count (both reported then, the second counted at the next move): a move
+    whose victims were all reported, or that an earlier report was ahead of, is
+    no new kill.  No victim read (no /dev/kmsg) is still one kill to report,
+    nameless."""
     fresh = [v for v in victims if v.pid not in reported]
     if not fresh and (victims or ahead):
         return Tally([], max(0, ahead - count), True)
