@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.inprocess import at_restart, in_process_daemon
 from helpers.procs import until
-from helpers.restorer import FakeRestorer
-from oomkit.config.daemon import resolve
-from oomkit.daemon import main as daemon_main
 
 MiB = 1 << 20
 
@@ -23,12 +21,8 @@ def daemon(sandbox, tmp_path):
     made = []
 
     def make(attach):
-        config = resolve({"daemon": {"cgroup": "v1", "mount": str(sandbox.fs.mount),
-                                     "event_log": str(tmp_path / "ev.jsonl"),
-                                     "state_dir": str(tmp_path / "state"),
-                                     "handler_deadline": "5s"},
-                          "attach": attach})
-        d = daemon_main.Daemon(config, restorer=FakeRestorer())
+        d = in_process_daemon(tmp_path, attach, cgroup="v1", mount=str(sandbox.fs.mount),
+                              handler_deadline="5s")
         made.append(d)
         d.reconcile()
         return d
@@ -50,16 +44,9 @@ def test_a_restart_hands_a_paused_oom_to_the_kernel_then_holds_the_memcg_again(
     # The loop does not run: nothing reads the notification, the OOM stays paused.
     assert until(lambda: sandbox.fs.oom_control(a)["under_oom"], 60), "never went under OOM"
     assert hog.alive()
-    seen = {}
-    real_open = daemon_main.open_stack
-
-    def open_stack(*args):
-        # between the old stack's close and the new one's take
-        seen["disabled"] = sandbox.fs.oom_control(a)["oom_kill_disable"]
-        seen["hog died"] = hog.wait_exit(10)
-        return real_open(*args)
-
-    monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+    seen = at_restart(monkeypatch, lambda: {
+        "disabled": sandbox.fs.oom_control(a)["oom_kill_disable"],
+        "hog died": hog.wait_exit(10)})
     d.running = True     # as in the loop
     d._contain(KeyError("a bug"))
     assert seen == {"disabled": False, "hog died": True}, seen

@@ -9,17 +9,10 @@ to ``_contain`` as the loop would); its policy worker is real.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from helpers.restorer import FakeRestorer
-from oomkit.config.daemon import resolve
-from oomkit.daemon import main as daemon_main
+from helpers.inprocess import at_restart, in_process_daemon
+from helpers.procs import score_adj as adj
 
 MiB = 1 << 20
-
-
-def adj(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
 
 
 def test_a_restart_puts_the_mark_back_then_arms_again(box, tmp_path, monkeypatch):
@@ -27,23 +20,12 @@ def test_a_restart_puts_the_mark_back_then_arms_again(box, tmp_path, monkeypatch
     hog = box.hog(cg, 112, step=1, delay=0.01)      # climbs into the zone and holds there
     assert hog.wait_line("allocated", 120), "the hog did not get its memory"
     (tmp_path / "state").mkdir(mode=0o700)
-    config = resolve({"daemon": {"cgroup": "v2", "mount": str(box.fs.mount), "task_reader": "proc",
-                                 "event_log": str(tmp_path / "ev.jsonl"),
-                                 "state_dir": str(tmp_path / "state"), "handler_deadline": "20s"},
-                      "attach": [{"cgroup": cg, "policy": "largest-task"}]})
-    d = daemon_main.Daemon(config, restorer=FakeRestorer())
+    d = in_process_daemon(tmp_path, [{"cgroup": cg, "policy": "largest-task"}], cgroup="v2",
+                          mount=str(box.fs.mount), task_reader="proc", handler_deadline="20s")
     try:
         d.reconcile()
         assert adj(hog.pid) == 1000, f"not armed at usage {box.fs.usage(cg)}"
-        seen = {}
-        real_open = daemon_main.open_stack
-
-        def open_stack(*args):
-            # between the old stack's close and the new one's take
-            seen.update(adj=adj(hog.pid), held=dict(d.restorer.held))
-            return real_open(*args)
-
-        monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+        seen = at_restart(monkeypatch, lambda: {"adj": adj(hog.pid), "held": dict(d.restorer.held)})
         d.running = True     # as in the loop
         d._contain(KeyError("a bug"))
         assert seen == {"adj": 0, "held": {}}, seen

@@ -16,21 +16,18 @@ from test_live_v2_fake import (  # noqa: F401  (fixtures)
     PID_B,
     MiB,
     daemons,
-    read,
     tree,
 )
+from test_v2_standing import adj, val
 
+from helpers.inprocess import at_restart  # tests/ on sys.path: test_live_v2_fake, above
 from oomkit.backends.cgroup_v2 import V2Stack
 from oomkit.daemon import main as daemon_main
 from oomkit.errors import InternalError
 
 
-def adj(proc, pid) -> int:
-    return int((proc / str(pid) / "oom_score_adj").read_text())
-
-
 def high(mount, rel) -> str:
-    return read(mount, rel, "memory.high").strip()
+    return val(mount, rel, "memory.high")
 
 
 def turns(d, n):
@@ -69,15 +66,8 @@ def test_an_internal_error_restarts_the_stack_with_every_setting_put_back_first(
         raise KeyError(4242)
 
     monkeypatch.setattr(old, "on_timer", broken)
-    seen = {}
-    real_open = daemon_main.open_stack
-
-    def open_stack(*args):
-        # between the old stack's close and the new one's take
-        seen.update(adj=adj(proc, PID_A), high=high(mount, "/box/job"), held=dict(d.restorer.held))
-        return real_open(*args)
-
-    monkeypatch.setattr(daemon_main, "open_stack", open_stack)
+    seen = at_restart(monkeypatch, lambda: {
+        "adj": adj(proc, PID_A), "high": high(mount, "/box/job"), "held": dict(d.restorer.held)})
     turns(d, 2)
     with caplog.at_level(logging.WARNING, logger="oomkit"):
         d.loop()
@@ -150,7 +140,11 @@ def test_a_stop_step_that_raises_leaves_the_rest_to_run(tree, daemons, monkeypat
     still held) and the event log are closed anyway, and the log says so."""
     d = daemons([{"cgroup": "/box", "policy": "largest-task"}])
     closed = []
-    monkeypatch.setattr(d.stack, "close", lambda: (_ for _ in ()).throw(RuntimeError("stuck")))
+
+    def stuck():
+        raise RuntimeError("stuck")
+
+    monkeypatch.setattr(d.stack, "close", stuck)
     monkeypatch.setattr(d.restorer, "close", lambda: closed.append("restorer"))
     events_close = d.events.close
     monkeypatch.setattr(d.events, "close", lambda: (closed.append("events"), events_close()))

@@ -18,7 +18,7 @@ from oomkit.linux.cgroupfs import CgroupFS
 from oomkit.linux.procfs import ProcFS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
-from helpers.restorer import FakeRestorer  # noqa: E402
+from helpers.inprocess import in_process_daemon  # noqa: E402
 
 MiB = 1 << 20
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "linux"
@@ -175,17 +175,10 @@ def test_a_task_in_do_exit_is_exiting(tree):
 
 
 def make_daemon(tree, tmp_path, attach, **daemon):
-    from oomkit.config.daemon import resolve
-    from oomkit.daemon.main import Daemon
-
     mount, proc = tree
     # A deadline a loaded machine cannot miss: these tests are about decisions, not time.
-    daemon = {"handler_deadline": "5s", **daemon}
-    config = resolve({"daemon": {"cgroup": "v2", "mount": str(mount), "proc": str(proc),
-                                 "event_log": str(tmp_path / "ev.jsonl"),
-                                 "state_dir": str(tmp_path / "state"), **daemon},
-                      "attach": attach})
-    return Daemon(config, restorer=FakeRestorer())
+    return in_process_daemon(tmp_path, attach, cgroup="v2", mount=str(mount), proc=str(proc),
+                             **{"handler_deadline": "5s", **daemon})
 
 
 @pytest.fixture
